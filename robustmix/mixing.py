@@ -1,0 +1,294 @@
+"""Mixed-sample data augmentation as mask samplers, and the one function that mixes.
+
+Every MSDA of the paper (Park, Yun, Chun, NeurIPS 2022) is a way to draw a mask:
+
+    x̃ = M ⊙ x_i + (1 − M) ⊙ x_j,        ỹ = m̄ · y_i + (1 − m̄) · y_j,   m̄ = mean(M)
+
+A *mask sampler* maps ``(lam, height, width, rng, device)`` to ``M`` of shape
+``(B, 1, H, W)`` with values in [0, 1], shared by all channels, where ``lam`` is a float
+tensor of shape ``(B,)`` and ``rng`` a :class:`numpy.random.Generator`. The random
+choices (box centres, bump centres) are drawn on the host from ``rng`` and moved to the
+device as small tensors; the mask itself is built on the device with batched tensor ops,
+no Python loop over samples. The same seed therefore gives the same masks on any device.
+
+:func:`mix` is the single place where x̃ and ỹ are formed; :class:`Mixer` draws
+(λ, mask, partner) once per batch and then applies them, so images and labels never
+disagree. The evaluations compute the kernel c(p) from these same samplers
+(:func:`mask_kernel`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from robustmix.errors import UsageError
+
+MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix")
+LAM_PER = ("batch", "sample")
+PAIRINGS = ("flip", "shuffle")
+
+
+class MaskSampler(Protocol):
+    def __call__(self, lam: Tensor, height: int, width: int, rng: np.random.Generator,
+                 device: torch.device | str) -> Tensor: ...
+
+
+def _as_device_tensor(values: np.ndarray, device, dtype=torch.float32) -> Tensor:
+    """Host-drawn randomness -> device tensor without waiting for the device."""
+    return torch.from_numpy(np.ascontiguousarray(values)).to(device=device, dtype=dtype,
+                                                                non_blocking=True)
+
+
+def _grid(height: int, width: int, device) -> tuple[Tensor, Tensor]:
+    """Row and column indices shaped (1, H, 1) and (1, 1, W) for broadcasting."""
+    rows = torch.arange(height, device=device).view(1, height, 1)
+    cols = torch.arange(width, device=device).view(1, 1, width)
+    return rows, cols
+
+
+def _box(side_h: Tensor, side_w: Tensor, height: int, width: int,
+         rng: np.random.Generator, device) -> Tensor:
+    """Boolean (B, H, W): a box of the given integer sides at a uniform pixel centre, clipped.
+
+    The box covers rows [cy − ⌊h/2⌋, cy − ⌊h/2⌋ + h) ∩ [0, H), so an unclipped box has
+    exactly the side h (timm's ±⌊h/2⌋ loses a row when h is odd).
+    """
+    batch = side_h.shape[0]
+    cy = _as_device_tensor(rng.integers(0, height, size=batch), device, torch.long)
+    cx = _as_device_tensor(rng.integers(0, width, size=batch), device, torch.long)
+    top = (cy - torch.div(side_h, 2, rounding_mode="floor")).view(-1, 1, 1)
+    left = (cx - torch.div(side_w, 2, rounding_mode="floor")).view(-1, 1, 1)
+    rows, cols = _grid(height, width, device)
+    inside_rows = (rows >= top) & (rows < top + side_h.view(-1, 1, 1))
+    inside_cols = (cols >= left) & (cols < left + side_w.view(-1, 1, 1))
+    return inside_rows & inside_cols
+
+
+def vanilla_mask(lam: Tensor, height: int, width: int, rng: np.random.Generator,
+                 device) -> Tensor:
+    """No mixing: M = 1."""
+    return torch.ones(lam.shape[0], 1, height, width, device=device)
+
+
+def mixup_mask(lam: Tensor, height: int, width: int, rng: np.random.Generator,
+               device) -> Tensor:
+    """Mixup: M = λ at every pixel."""
+    return lam.to(device).view(-1, 1, 1, 1).expand(-1, 1, height, width).contiguous()
+
+
+def cutmix_mask(lam: Tensor, height: int, width: int, rng: np.random.Generator,
+                device) -> Tensor:
+    """CutMix: M = 0 inside a box of side ⌊H√(1−λ)⌋ × ⌊W√(1−λ)⌋ at a uniform centre, 1 outside.
+
+    Clipping at the border makes E[mean M] larger than E[λ] (≈ 0.70 for α = 1 on 32×32);
+    the label uses the realised mean, so ỹ stays consistent with x̃.
+    """
+    cut = torch.sqrt(1.0 - lam.to(device))
+    side_h = torch.floor(height * cut).long()
+    side_w = torch.floor(width * cut).long()
+    inside = _box(side_h, side_w, height, width, rng, device)
+    return (~inside).float().unsqueeze(1)
+
+
+def hmix_mask(r: float) -> MaskSampler:
+    """HMix(r): a box of nominal area fraction r·(1−λ) comes whole from the partner (M = 0);
+    outside it M = w with w = λ / (outside area fraction), so mean(M) = λ exactly.
+
+    r = 0 is Mixup; r = 1 without clipping is CutMix. The box's sides are
+    ⌊H√(r(1−λ))⌋ × ⌊W√(r(1−λ))⌋ at a uniform centre, clipped.
+    """
+    if not 0.0 <= r <= 1.0:
+        raise UsageError(f"--hmix-r must lie in [0, 1], got {r}")
+
+    def sample(lam: Tensor, height: int, width: int, rng: np.random.Generator,
+               device) -> Tensor:
+        lam = lam.to(device)
+        cut = torch.sqrt(r * (1.0 - lam))
+        side_h = torch.floor(height * cut).long()
+        side_w = torch.floor(width * cut).long()
+        inside = _box(side_h, side_w, height, width, rng, device)
+        outside_fraction = 1.0 - inside.float().mean(dim=(1, 2))
+        # outside_fraction >= λ because the box area is at most r(1−λ) <= 1−λ, so w <= 1.
+        weight = (lam / outside_fraction.clamp_min(1e-12)).clamp(max=1.0)
+        mask = torch.where(inside, torch.zeros_like(lam).view(-1, 1, 1),
+                           weight.view(-1, 1, 1))
+        return mask.unsqueeze(1)
+
+    sample.__name__ = f"hmix_mask(r={r})"
+    return sample
+
+
+def gmix_mask(lam: Tensor, height: int, width: int, rng: np.random.Generator,
+              device) -> Tensor:
+    """GMix: a Gaussian bump g(p) = exp(−π‖p − c‖² / (λ′·H·W)), λ′ = min(λ, 1−λ), c a uniform pixel.
+
+    The bump belongs to the minority image: M = g if λ < 0.5, else M = 1 − g. Its integral
+    over the plane is λ′·H·W, so mean(M) ≈ λ away from the borders (σ² = λ′HW / 2π).
+    The official code assumes square images (H·H); this uses H·W.
+    """
+    lam = lam.to(device)
+    batch = lam.shape[0]
+    cy = _as_device_tensor(rng.integers(0, height, size=batch), device).view(-1, 1, 1)
+    cx = _as_device_tensor(rng.integers(0, width, size=batch), device).view(-1, 1, 1)
+    rows, cols = _grid(height, width, device)
+    minority = torch.minimum(lam, 1.0 - lam).clamp_min(1e-12).view(-1, 1, 1)
+    dist2 = (rows - cy) ** 2 + (cols - cx) ** 2
+    bump = torch.exp(-math.pi * dist2 / (minority * height * width))
+    mask = torch.where(lam.view(-1, 1, 1) < 0.5, bump, 1.0 - bump)
+    return mask.unsqueeze(1)
+
+
+def stochastic_mask(switch_prob: float) -> MaskSampler:
+    """Stochastic Mixup & CutMix: CutMix with probability ``switch_prob``, else Mixup.
+
+    The choice is made per mask: once per batch with one mask per batch, per sample with
+    one mask per sample.
+    """
+    if not 0.0 <= switch_prob <= 1.0:
+        raise UsageError(f"--switch-prob must lie in [0, 1], got {switch_prob}")
+
+    def sample(lam: Tensor, height: int, width: int, rng: np.random.Generator,
+               device) -> Tensor:
+        use_cutmix = _as_device_tensor(rng.random(lam.shape[0]) < switch_prob, device,
+                                       torch.bool).view(-1, 1, 1, 1)
+        box = cutmix_mask(lam, height, width, rng, device)
+        flat = mixup_mask(lam, height, width, rng, device)
+        return torch.where(use_cutmix, box, flat)
+
+    sample.__name__ = f"stochastic_mask(switch_prob={switch_prob})"
+    return sample
+
+
+def make_sampler(mix: str, *, hmix_r: float = 0.5, switch_prob: float = 0.5) -> MaskSampler:
+    """The mask sampler of an MSDA by name (one of :data:`MIX_NAMES`)."""
+    samplers: dict[str, Callable[[], MaskSampler]] = {
+        "vanilla": lambda: vanilla_mask,
+        "mixup": lambda: mixup_mask,
+        "cutmix": lambda: cutmix_mask,
+        "stochastic": lambda: stochastic_mask(switch_prob),
+        "hmix": lambda: hmix_mask(hmix_r),
+        "gmix": lambda: gmix_mask,
+    }
+    if mix not in samplers:
+        raise UsageError(f"unknown mix '{mix}'; valid: {', '.join(MIX_NAMES)}")
+    return samplers[mix]()
+
+
+def sample_lam(rng: np.random.Generator, alpha: float, size: int) -> np.ndarray:
+    """λ ~ Beta(α, α), drawn on the host."""
+    if not alpha > 0:
+        raise UsageError(f"--alpha must be > 0 (λ ~ Beta(α, α)), got {alpha}")
+    return rng.beta(alpha, alpha, size=size)
+
+
+def mix(x: Tensor, y: Tensor, mask: Tensor, partner: Tensor) -> tuple[Tensor, Tensor]:
+    """Form the mixed batch: x̃ = M ⊙ x + (1 − M) ⊙ x[partner], ỹ = m̄ y + (1 − m̄) y[partner].
+
+    ``x`` is (B, C, H, W), ``y`` soft labels (B, K), ``mask`` (B or 1, 1, H, W) and
+    ``partner`` (B,) indices into the batch. m̄ is the mean of each mask actually used.
+    """
+    if y.dim() != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"labels should be probabilities of shape (batch_size, classes) = "
+                         f"({x.shape[0]}, K), got {tuple(y.shape)}")
+    mask = mask.to(x.dtype)
+    x_mixed = torch.lerp(x[partner], x, mask)
+    weight = mask.mean(dim=(1, 2, 3)).to(y.dtype).unsqueeze(1)
+    y_mixed = torch.lerp(y[partner], y, weight)
+    return x_mixed, y_mixed
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """How a training run mixes its batches (the flags of ``robustmix train``)."""
+
+    mix: str = "vanilla"
+    alpha: float = 1.0
+    lam_per: str = "batch"       # one λ and mask per batch (the paper's code) or per sample
+    pairing: str = "flip"        # partner of sample k: B−1−k (the paper's code) or a permutation
+    mix_prob: float = 1.0        # probability that a batch (or sample) is mixed at all
+    switch_prob: float = 0.5     # stochastic: probability of CutMix
+    hmix_r: float = 0.5
+
+    def validate(self) -> None:
+        if self.mix not in MIX_NAMES:
+            raise UsageError(f"unknown mix '{self.mix}'; valid: {', '.join(MIX_NAMES)}")
+        if not self.alpha > 0:
+            raise UsageError(f"--alpha must be > 0 (λ ~ Beta(α, α)), got {self.alpha}")
+        if self.lam_per not in LAM_PER:
+            raise UsageError(f"--lam-per must be one of {', '.join(LAM_PER)}, got '{self.lam_per}'")
+        if self.pairing not in PAIRINGS:
+            raise UsageError(f"--pairing must be one of {', '.join(PAIRINGS)}, got '{self.pairing}'")
+        for name in ("mix_prob", "switch_prob", "hmix_r"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+
+
+class Mixer:
+    """Draws (λ, mask, partner) for a batch from a host RNG, then mixes with :func:`mix`."""
+
+    def __init__(self, config: MixConfig):
+        config.validate()
+        self.config = config
+        self.sampler = make_sampler(config.mix, hmix_r=config.hmix_r,
+                                    switch_prob=config.switch_prob)
+
+    @property
+    def active(self) -> bool:
+        return self.config.mix != "vanilla" and self.config.mix_prob > 0
+
+    def draw(self, batch: int, height: int, width: int, rng: np.random.Generator,
+             device) -> tuple[Tensor, Tensor]:
+        """The mask (B or 1, 1, H, W) and partner indices (B,) for one batch."""
+        cfg = self.config
+        count = batch if cfg.lam_per == "sample" else 1
+        lam = sample_lam(rng, cfg.alpha, count)
+        applied = rng.random(count) < cfg.mix_prob
+        mask = self.sampler(_as_device_tensor(lam, device), height, width, rng, device)
+        if not applied.all():
+            keep = _as_device_tensor(applied, device, torch.bool).view(-1, 1, 1, 1)
+            mask = torch.where(keep, mask, torch.ones_like(mask))
+        if cfg.pairing == "flip":
+            partner = torch.arange(batch - 1, -1, -1, device=device)
+        else:
+            partner = _as_device_tensor(rng.permutation(batch), device, torch.long)
+        return mask, partner
+
+    def __call__(self, x: Tensor, y: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+        """Mix a batch ``x`` (B, C, H, W) with soft labels ``y`` (B, K)."""
+        if not self.active:
+            return x, y
+        if x.shape[0] < 2:
+            raise UsageError(f"mixing needs a batch of at least 2 images, got {x.shape[0]}")
+        mask, partner = self.draw(x.shape[0], x.shape[2], x.shape[3], rng, x.device)
+        return mix(x, y, mask, partner)
+
+
+def mask_kernel(sampler: MaskSampler, size: int | tuple[int, int], *, alpha: float = 1.0,
+                draws: int = 4096, seed: int = 0, chunk: int = 512,
+                device="cpu") -> np.ndarray:
+    """The regularization kernel c(p) = E_{λ,M}[(1 − M_u)(1 − M_{u+p})] of a mask sampler.
+
+    For horizontal offsets p = 0..W−1, averaged over every position u = (row, col) with
+    col + p < W, estimated from ``draws`` masks with λ ~ Beta(α, α). Mixup gives
+    E[(1−λ)²] at every p (1/3 for α = 1); CutMix falls from E[1 − mean M] at p = 0 to 0.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(seed)
+    total = torch.zeros(width, dtype=torch.float64)
+    done = 0
+    while done < draws:
+        n = min(chunk, draws - done)
+        lam = _as_device_tensor(sample_lam(rng, alpha, n), device)
+        hole = (1.0 - sampler(lam, height, width, rng, device)).double().squeeze(1)
+        for offset in range(width):
+            products = hole[:, :, : width - offset] * hole[:, :, offset:]
+            total[offset] += products.mean(dim=(1, 2)).sum().cpu()
+        done += n
+    return (total / draws).numpy()
