@@ -1,0 +1,14 @@
+"""robustmix: adversarial robustness and generalization of mixed-sample data augmentation.
+
+Heavy parts (torch, the models) load on first use, so ``robustmix --help`` stays quick.
+"""
+
+__version__ = "0.1.0"
+__all__ = ["load_model", "__version__"]
+
+
+def load_model(path):
+    """Load a trained model from a run directory or weights file (see :func:`robustmix.runs.load_model`)."""
+    from robustmix.runs import load_model as _load_model
+
+    return _load_model(path)

@@ -1,0 +1,5 @@
+import sys
+
+from robustmix.cli import main
+
+sys.exit(main())

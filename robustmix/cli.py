@@ -1,0 +1,246 @@
+"""The `robustmix` command: argument parsing and dispatch only; heavy parts load lazily."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from robustmix.errors import UsageError
+
+MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit code 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _float_pair(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0.35,1), got '{text}'") from None
+    if not 0 < lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI <= 1, got '{text}'")
+    return lo, hi
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated epochs (e.g. 100,150), got '{text}'") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one model under one MSDA into a run directory",
+                       description="Train one image classifier under one mixed-sample data "
+                                   "augmentation; writes a resumable run directory.")
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--mix", default="vanilla", choices=MIX_NAMES, metavar="NAME",
+                   help=f"the MSDA: {', '.join(MIX_NAMES)} (default: vanilla)")
+    g.add_argument("--alpha", type=float, default=1.0, help="λ ~ Beta(α, α) (default: 1)")
+    g.add_argument("--lam-per", choices=("batch", "sample"), default="batch",
+                   help="one λ and mask per batch (the paper's code) or per sample")
+    g.add_argument("--pairing", choices=("flip", "shuffle"), default="flip",
+                   help="partner of sample k: B-1-k (flip, the paper's code) or a permutation")
+    g.add_argument("--mix-prob", type=float, default=1.0,
+                   help="probability that a batch (sample, with --lam-per sample) is mixed")
+    g.add_argument("--switch-prob", type=float, default=0.5,
+                   help="stochastic: probability of CutMix rather than Mixup (default: 0.5)")
+    g.add_argument("--hmix-r", type=float, default=0.5,
+                   help="hmix: box area fraction r of the partner's share (default: 0.5)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digits",
+                   help="digits (embedded, default), cifar10, cifar100, svhn, mnist, "
+                        "fashionmnist, or imagefolder:PATH (PATH/train, PATH/val)")
+    g.add_argument("--data-dir", default="data", help="where torchvision data sets live")
+    g.add_argument("--download", action="store_true", help="fetch a torchvision data set")
+    g.add_argument("--image-size", type=_positive_int, default=None,
+                   help="resize images to this side (digits default: 16)")
+    g.add_argument("--crop-scale", type=_float_pair, default=None, metavar="LO,HI",
+                   help="random-resized-crop area scale instead of pad-crop (e.g. 0.08,1)")
+    g.add_argument("--pad", type=int, default=None,
+                   help="random-crop padding in pixels (default: image side / 8)")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: on for CIFAR and image folders)")
+    g = p.add_argument_group("model and recipe")
+    g.add_argument("--arch", default="smallcnn",
+                   help="smallcnn (default), preactresnet18/34/50, wrnDEPTH-WIDTH (e.g. "
+                        "wrn28-2), resnetN for CIFAR (e.g. resnet56), resnet50 (torchvision)")
+    g.add_argument("--epochs", type=int, default=15)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--nesterov", action="store_true")
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--schedule", choices=("cosine", "multistep"), default="cosine")
+    g.add_argument("--milestones", type=_int_list, default=(), metavar="E1,E2",
+                   help="multistep: epochs at which the lr is multiplied by --lr-gamma")
+    g.add_argument("--lr-gamma", type=float, default=0.1)
+    g.add_argument("--warmup-epochs", type=float, default=0.0)
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("device and output")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16 autocast on CUDA (default: on)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format on CUDA (default: on)")
+    g.add_argument("--log-interval", type=int, default=20,
+                   help="steps between progress updates (the only host synchronizations)")
+    g.add_argument("--out", default=None,
+                   help="run directory (default: runs/<dataset>-<arch>-<mix>-s<seed>)")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue a killed run from its last checkpoint, with its own settings")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_train, parser=p)
+
+
+def _add_masks(sub) -> None:
+    p = sub.add_parser("masks", help="mask gallery (PNG) or the kernel c(p) of one MSDA (CSV)",
+                       description="Draw each MSDA's mask at a fixed λ (--out), or write the "
+                                   "regularization kernel c(p) = E[(1-M_u)(1-M_u+p)] of one "
+                                   "MSDA for horizontal offsets p (--kernel).")
+    p.add_argument("--size", type=_positive_int, default=32, help="image side in pixels")
+    p.add_argument("--mix", default="cutmix", choices=MIX_NAMES, metavar="NAME",
+                   help=f"for --kernel: {', '.join(MIX_NAMES)} (default: cutmix)")
+    p.add_argument("--kernel", default=None, metavar="FILE.csv", help="write c(p) as offset,c")
+    p.add_argument("--draws", type=_positive_int, default=4096,
+                   help="masks drawn to estimate c(p)")
+    p.add_argument("--alpha", type=float, default=1.0, help="λ ~ Beta(α, α)")
+    p.add_argument("--hmix-r", type=float, default=0.5)
+    p.add_argument("--switch-prob", type=float, default=0.5)
+    p.add_argument("--lam", type=float, default=0.65, help="λ of the gallery (default: 0.65)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="FILE.png", help="write the gallery")
+    p.set_defaults(handler=_run_masks, parser=p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="robustmix", description="Adversarial robustness and generalization "
+                     "of mixed-sample data augmentation (Mixup, CutMix, HMix, GMix, ...).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
+    _add_train(sub)
+    _add_masks(sub)
+    return parser
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from robustmix import runs
+    from robustmix.mixing import MixConfig
+    from robustmix.train import TrainConfig, prepare_run_dir, train
+
+    if args.resume is not None:
+        given = _explicit_options(args, ignore={"resume", "quiet"})
+        if given:
+            raise UsageError(f"--resume takes every setting from {args.resume}/config.json; "
+                             f"drop {', '.join(given)}")
+        run_dir = Path(args.resume)
+        if not (run_dir / runs.CONFIG).is_file():
+            raise UsageError(f"{run_dir} holds no run to resume ({runs.CONFIG} is missing)")
+        config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG).get("train", {}),
+                                       source=str(run_dir / runs.CONFIG))
+        if runs.is_complete(run_dir):
+            print(f"robustmix train: {run_dir} is already complete; nothing to do")
+            return 0
+        result = train(config, run_dir, resume=True, progress=not args.quiet)
+    else:
+        mix = MixConfig(mix=args.mix, alpha=args.alpha, lam_per=args.lam_per,
+                        pairing=args.pairing, mix_prob=args.mix_prob,
+                        switch_prob=args.switch_prob, hmix_r=args.hmix_r)
+        config = TrainConfig(
+            dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+            download=args.download, crop_scale=args.crop_scale, pad=args.pad, flip=args.flip,
+            arch=args.arch, mix=mix, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+            weight_decay=args.weight_decay, schedule=args.schedule,
+            milestones=args.milestones, lr_gamma=args.lr_gamma,
+            warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+            seed=args.seed, device=args.device, amp=args.amp,
+            channels_last=args.channels_last, log_interval=args.log_interval)
+        from robustmix.models import check_arch
+
+        config = dataclasses.replace(config, arch=check_arch(config.arch))
+        config.validate()
+        out = Path(args.out or config.default_out())
+        prepare_run_dir(out, overwrite=args.overwrite)
+        result = train(config, out, progress=not args.quiet)
+    resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
+    print(f"robustmix train: {result.run_dir} done: test accuracy {result.test_acc:.2%}, "
+          f"train accuracy (mixed batches) {result.train_acc:.2%}, {result.epochs} epochs in "
+          f"{result.seconds:.1f} s{resumed}")
+    return 0
+
+
+def _explicit_options(args: argparse.Namespace, ignore: set[str]) -> list[str]:
+    """Options whose value differs from the parser default (i.e. given on the command line)."""
+    parser = args.parser
+    given = []
+    for action in parser._actions:
+        dest = action.dest
+        if dest in ignore or dest in ("help", "handler", "parser") or not action.option_strings:
+            continue
+        if getattr(args, dest, None) != action.default:
+            given.append(action.option_strings[0])
+    return given
+
+
+def _run_masks(args: argparse.Namespace) -> int:
+    from robustmix.masks import draw_gallery, write_kernel
+    from robustmix.mixing import MixConfig
+
+    if args.kernel is None and args.out is None:
+        raise UsageError("nothing to do: give --kernel FILE.csv and/or --out FILE.png")
+    MixConfig(mix=args.mix, alpha=args.alpha, hmix_r=args.hmix_r,
+              switch_prob=args.switch_prob).validate()
+    if not 0 <= args.lam <= 1:
+        raise UsageError(f"--lam must lie in [0, 1], got {args.lam}")
+    if args.size < 2:
+        raise UsageError(f"--size must be >= 2, got {args.size}")
+    if args.kernel is not None:
+        write_kernel(args.kernel, args.mix, args.size, draws=args.draws, alpha=args.alpha,
+                     hmix_r=args.hmix_r, switch_prob=args.switch_prob, seed=args.seed)
+        print(f"robustmix masks: wrote c(p) of {args.mix} for offsets 0..{args.size - 1} "
+              f"({args.draws} masks) to {args.kernel}")
+    if args.out is not None:
+        draw_gallery(args.out, args.size, lam=args.lam, hmix_r=args.hmix_r, seed=args.seed)
+        print(f"robustmix masks: wrote the gallery (λ = {args.lam}) to {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as err:
+        print(f"robustmix {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"robustmix {args.command}: interrupted; finished work is kept "
+              "(rerun to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""The training loop: one model under one MSDA, into a resumable run directory.
+
+The data set lives on the training device; batches are augmented and mixed there; the
+loss is the soft-target cross-entropy of the mixed labels. All randomness after model
+initialization (epoch order, crops, flips, λ, masks, partners) comes from one
+``numpy.random.Generator`` seeded with ``--seed`` and saved in every checkpoint, so a run
+killed after epoch k and resumed ends with exactly the weights of an uninterrupted run
+(on the CPU; GPU kernels may be non-deterministic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robustmix import runs
+from robustmix.errors import UsageError
+from robustmix.mixing import MixConfig, Mixer
+
+SCHEDULES = ("cosine", "multistep")
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
+                 "images_per_s"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run; saved as ``config.json["train"]``."""
+
+    dataset: str = "digits"
+    data_dir: str = "data"
+    image_size: int | None = None          # None: the data set's own size (digits: 16)
+    download: bool = False
+    crop_scale: tuple[float, float] | None = None
+    pad: int | None = None                 # None: the data set's default crop padding
+    flip: bool | None = None               # None: the data set's default (off for digits)
+    arch: str = "smallcnn"
+    mix: MixConfig = field(default_factory=MixConfig)
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                       # bf16 autocast on CUDA
+    channels_last: bool = True             # on CUDA
+    log_interval: int = 20                 # steps between host synchronizations
+
+    def validate(self) -> None:
+        self.mix.validate()
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or (self.batch_size < 2 and self.mix.mix != "vanilla"):
+            raise UsageError(f"--batch-size must be >= 2 when mixing (>= 1 without), "
+                             f"got {self.batch_size}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise UsageError(f"--momentum must lie in [0, 1), got {self.momentum}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
+                             f"got '{self.schedule}'")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise UsageError(f"--warmup-epochs must lie in [0, epochs), got {self.warmup_epochs}")
+        if list(self.milestones) != sorted(set(self.milestones)) or any(
+                not 0 < m < self.epochs for m in self.milestones):
+            raise UsageError(f"--milestones must be increasing epochs between 1 and "
+                             f"{self.epochs - 1}, got {','.join(map(str, self.milestones))}")
+        if not 0 < self.lr_gamma <= 1:
+            raise UsageError(f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+        if self.log_interval < 1:
+            raise UsageError(f"--log-interval must be >= 1, got {self.log_interval}")
+        if self.pad is not None and self.pad < 0:
+            raise UsageError(f"--pad must be >= 0, got {self.pad}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """Rebuild from ``to_dict`` output; unknown keys or wrong types are refused."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"{source}: unknown training settings {', '.join(unknown)}")
+        values = dict(values)
+        try:
+            mix_values = values.pop("mix", {})
+            mix_known = {f.name for f in dataclasses.fields(MixConfig)}
+            if set(mix_values) - mix_known:
+                raise UsageError(f"{source}: unknown mix settings "
+                                 f"{', '.join(sorted(set(mix_values) - mix_known))}")
+            for key in ("crop_scale", "milestones"):
+                if values.get(key) is not None:
+                    values[key] = tuple(values[key])
+            config = cls(mix=MixConfig(**mix_values), **values)
+            config.validate()
+        except TypeError as err:
+            raise UsageError(f"{source}: malformed training settings ({err})") from None
+        return config
+
+    def default_out(self) -> str:
+        name = self.dataset
+        if name.startswith("imagefolder:"):
+            name = "imagefolder-" + Path(name.split(":", 1)[1]).name
+        return f"runs/{name}-{self.arch}-{self.mix.mix}-s{self.seed}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asked for, but no CUDA device is available; "
+                         "use --device cpu or auto")
+    return device
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at a global step: linear warm-up, then cosine or step decay."""
+    epoch = step / steps_per_epoch
+    if epoch < config.warmup_epochs:
+        return config.lr * (step + 1) / (config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "cosine":
+        done = (epoch - config.warmup_epochs) / (config.epochs - config.warmup_epochs)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+    passed = sum(1 for milestone in config.milestones if epoch >= milestone)
+    return config.lr * config.lr_gamma ** passed
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy against soft labels, averaged over the batch."""
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def soft_labels(y: Tensor, num_classes: int, smoothing: float) -> Tensor:
+    off = smoothing / num_classes
+    return torch.full((y.shape[0], num_classes), off, device=y.device).scatter_(
+        1, y.unsqueeze(1), 1.0 - smoothing + off)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Iterator[tuple[Tensor, Tensor]],
+             amp: bool = False) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of a model over (x, y) batches, in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    count = 0
+    for x, y in batches:
+        with _autocast(x.device, amp):
+            logits = model(x).float()
+        correct = correct + (logits.argmax(1) == y).sum().cpu()
+        loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum").double().cpu()
+        count += y.shape[0]
+    model.train(was_training)
+    return correct.item() / max(count, 1), loss_sum.item() / max(count, 1)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=enabled and device.type == "cuda")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for package in ("robustmix", "torch", "torchvision", "numpy", "scikit-learn",
+                    "torchattacks", "pyautoattack"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    train_acc: float
+    test_acc: float
+    seconds: float
+    resumed_from: int = 0
+
+
+def prepare_run_dir(out: Path, *, overwrite: bool) -> None:
+    """Refuse to write over another run unless asked; with ``overwrite`` clear its files."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory")
+    if runs.holds_run(out):
+        if not overwrite:
+            raise UsageError(f"{out} already holds a run; continue it with --resume {out} "
+                             "or replace it with --overwrite")
+        for name in runs.RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
+def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train one model into ``out``; with ``resume`` continue from its checkpoint."""
+    from tqdm.auto import tqdm
+
+    from robustmix.data import Augment, load_dataset
+    from robustmix.models import build_model, check_arch
+
+    config.validate()
+    if check_arch(config.arch) != config.arch:
+        config = dataclasses.replace(config, arch=check_arch(config.arch))
+    out = Path(out)
+    device = resolve_device(config.device)
+    data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                        download=config.download, device=device)
+    augment = Augment(
+        pad=data.default_augment.pad if config.pad is None else config.pad,
+        flip=data.default_augment.flip if config.flip is None else config.flip,
+        crop_scale=config.crop_scale or data.default_augment.crop_scale)
+    steps_per_epoch = data.n_train // config.batch_size
+    if steps_per_epoch < 1:
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the training set "
+                         f"({data.n_train} images)")
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, num_classes=data.num_classes, in_channels=data.channels,
+                        mean=data.mean, std=data.std)
+    spec = model.config
+    memory_format = (torch.channels_last if config.channels_last and device.type == "cuda"
+                     else torch.preserve_format)
+    model = model.to(device=device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    mixer = Mixer(config.mix)
+    rng = np.random.default_rng(config.seed)
+    metrics: list[dict[str, Any]] = []
+    start_epoch = 0
+
+    checkpoint_path = out / runs.CHECKPOINT
+    if resume and checkpoint_path.exists():
+        state = runs.load_checkpoint(checkpoint_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = json.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = int(state["epoch"])
+        metrics = runs.read_csv(out / runs.METRICS)[:start_epoch]
+    else:
+        runs.write_json(out / runs.CONFIG, {
+            "train": config.to_dict(), "model": spec, "versions": _versions(),
+            "git_commit": _git_commit(), "device": str(device),
+            "dataset": {"name": data.name, "n_train": data.n_train, "n_test": data.n_test,
+                        "num_classes": data.num_classes, "channels": data.channels,
+                        "height": data.height, "width": data.width},
+            "augment": dataclasses.asdict(augment)})
+
+    started = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=True, dynamic_ncols=True)
+        for step, (x, y) in enumerate(data.train_batches(rng, config.batch_size, device,
+                                                          augment)):
+            global_step = epoch * steps_per_epoch + step
+            lr = learning_rate(config, global_step, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            target = soft_labels(y, data.num_classes, config.label_smoothing)
+            x, target = mixer(x, target, rng)
+            if memory_format is torch.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, config.amp):
+                logits = model(x)
+            loss = soft_cross_entropy(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (logits.detach().argmax(1) == target.argmax(1)).sum()
+            seen += y.shape[0]
+            if (step + 1) % config.log_interval == 0 or step + 1 == steps_per_epoch:
+                mean_loss = loss_sum.item() / seen  # the one host synchronization per interval
+                if not math.isfinite(mean_loss):
+                    raise UsageError(
+                        f"training diverged: loss is {mean_loss} at epoch {epoch + 1}, step "
+                        f"{step + 1}; the last good checkpoint (epoch {epoch}) is kept; "
+                        "lower --lr")
+                elapsed = time.perf_counter() - epoch_start
+                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.1%}",
+                                img_s=f"{seen / elapsed:.0f}", refresh=False)
+                bar.update(step + 1 - bar.n)
+        train_seconds = time.perf_counter() - epoch_start
+        test_acc, test_loss = evaluate(model, data.eval_batches("test", 2 * config.batch_size,
+                                                                device), config.amp)
+        bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.1%}",
+                        test=f"{test_acc:.1%}", img_s=f"{seen / train_seconds:.0f}")
+        bar.close()
+        metrics.append({
+            "epoch": epoch + 1, "train_loss": f"{loss_sum.item() / seen:.6f}",
+            "train_acc": f"{correct.item() / seen:.6f}", "test_loss": f"{test_loss:.6f}",
+            "test_acc": f"{test_acc:.6f}", "lr": f"{lr:.6g}",
+            "seconds": f"{time.perf_counter() - epoch_start:.3f}",
+            "images_per_s": f"{seen / train_seconds:.1f}"})
+        runs.write_csv(out / runs.METRICS, metrics, METRIC_FIELDS)
+        runs.save_checkpoint(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "epoch": epoch + 1, "rng": json.dumps(rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state()})
+
+    runs.save_weights(out / runs.WEIGHTS, model, spec)
+    last = metrics[-1]
+    return TrainResult(run_dir=out, epochs=config.epochs, train_acc=float(last["train_acc"]),
+                       test_acc=float(last["test_acc"]),
+                       seconds=time.perf_counter() - started, resumed_from=start_epoch)
