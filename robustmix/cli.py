@@ -132,12 +132,66 @@ def _add_masks(sub) -> None:
     p.set_defaults(handler=_run_masks, parser=p)
 
 
+def _add_attack(sub) -> None:
+    p = sub.add_parser("attack", help="FGSM / PGD / AutoAttack accuracy over an ε grid",
+                       description="Measure clean and robust accuracy of trained runs on their "
+                                   "test split; writes RUN_DIR/robustness.csv.")
+    p.add_argument("--run", nargs="+", required=True, metavar="RUN_DIR",
+                   help="one or more run directories (runs/* works)")
+    p.add_argument("--eps", default="8/255",
+                   help="budget(s): 8/255, 0.031, or a comma list (default: 8/255)")
+    p.add_argument("--norm", default="linf", choices=("linf", "l2"))
+    p.add_argument("--attacks", default="fgsm,pgd,autoattack",
+                   help="comma list of fgsm, pgd, autoattack, autoattack-fast "
+                        "(default: fgsm,pgd,autoattack)")
+    p.add_argument("--pgd-steps", type=_positive_int, default=20)
+    p.add_argument("--pgd-step", type=float, default=None,
+                   help="PGD step size (default: ε/4)")
+    p.add_argument("--restarts", type=_positive_int, default=1,
+                   help="PGD restarts; an example counts as broken if any restart breaks it")
+    p.add_argument("--n-examples", type=_positive_int, default=None,
+                   help="a fixed subset of the test set (default: all of it)")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="seed of PGD starts and AutoAttack")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--data-dir", default=None, help="override the run's data directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_attack, parser=p)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="train-test gap, first-layer norms, gradient profiles, Q",
+                       description="Measure generalization and the paper's regularizers on "
+                                   "trained runs; writes RUN_DIR/generalization.json and CSVs.")
+    p.add_argument("--run", nargs="+", required=True, metavar="RUN_DIR")
+    p.add_argument("--n-examples", type=_positive_int, default=None,
+                   help="a fixed subset of the test set for the gradient parts")
+    p.add_argument("--q-draws", type=_positive_int, default=512,
+                   help="image pairs and masks drawn to estimate Q (default: 512)")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_run_evaluate, parser=p)
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="compare runs: tables, plots, the paper's predictions",
+                       description="Gather runs (seeds averaged) into OUT/report.md with CSV "
+                                   "tables and PNG plots.")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR")
+    p.add_argument("--out", default="report", help="output directory (default: report)")
+    p.set_defaults(handler=_run_report, parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robustmix", description="Adversarial robustness and generalization "
                      "of mixed-sample data augmentation (Mixup, CutMix, HMix, GMix, ...).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
     _add_train(sub)
+    _add_attack(sub)
+    _add_evaluate(sub)
+    _add_report(sub)
     _add_masks(sub)
     return parser
 
@@ -225,6 +279,64 @@ def _run_masks(args: argparse.Namespace) -> int:
     if args.out is not None:
         draw_gallery(args.out, args.size, lam=args.lam, hmix_r=args.hmix_r, seed=args.seed)
         print(f"robustmix masks: wrote the gallery (λ = {args.lam}) to {args.out}")
+    return 0
+
+
+def _run_attack(args: argparse.Namespace) -> int:
+    from attacks import AttackConfig, PGDSettings, parse_eps
+    from attacks.runner import attack_run, format_table
+    from robustmix.train import resolve_device
+
+    config = AttackConfig(
+        attacks=tuple(a.strip() for a in args.attacks.split(",")), eps=tuple(parse_eps(args.eps)),
+        norm=args.norm, batch_size=args.batch_size, seed=args.seed,
+        pgd=PGDSettings(steps=args.pgd_steps, step_size=args.pgd_step, restarts=args.restarts))
+    config.validate()
+    device = resolve_device(args.device)
+    _check_run_dirs(args.run)
+    for run in args.run:
+        rows = attack_run(run, config, device=device, n_examples=args.n_examples,
+                          data_dir=args.data_dir, progress=not args.quiet)
+        print(format_table(run, rows))
+        print(f"robustmix attack: wrote {run}/robustness.csv")
+    return 0
+
+
+def _check_run_dirs(paths: Sequence[str]) -> None:
+    """Refuse a missing directory or an unfinished run before any work starts."""
+    from pathlib import Path
+
+    from robustmix import runs
+
+    for path in paths:
+        if not Path(path).is_dir():
+            raise UsageError(f"{path}: no such run directory")
+        if not runs.is_complete(path):
+            raise UsageError(f"{path} holds no finished run ({runs.WEIGHTS} is missing); "
+                             f"finish it with: robustmix train --resume {path}")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from evaluations import evaluate_run
+
+    _check_run_dirs(args.run)
+    for run in args.run:
+        result = evaluate_run(run, device=args.device, batch_size=args.batch_size,
+                              n_examples=args.n_examples, q_draws=args.q_draws, seed=args.seed)
+        print(f"robustmix evaluate: {run}: train accuracy {result['train']['accuracy']:.2%}, "
+              f"test {result['test']['accuracy']:.2%}, gap {result['gap']['accuracy']:+.2%}; "
+              f"wrote {run}/generalization.json")
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from evaluations import write_report
+
+    if not args.runs:
+        raise UsageError("no run directories given (did a glob match nothing?); "
+                         "usage: robustmix report RUN_DIR... --out DIR")
+    path = write_report(args.runs, args.out)
+    print(f"robustmix report: wrote {path}")
     return 0
 
 

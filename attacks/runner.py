@@ -1,0 +1,325 @@
+"""The ε-sweep: clean accuracy, then each attack over an ascending ε grid, never twice.
+
+For each attack the sweep keeps the set of examples still standing. Misclassified clean
+examples are never attacked; at each ε only the examples standing at the previous ε are
+attacked, because the ε-balls nest: an example broken at a smaller ε is broken at every
+larger one. For FGSM and PGD, whose randomness is per example, this is exact: the examples
+counted robust at ε are those the same attack at ε alone leaves standing, minus those
+already broken at a smaller ε. A ``worst-case`` row per ε counts the examples that every
+attack left standing.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from attacks.autoattack import autoattack
+from attacks.eps import Eps, check_norm
+from attacks.gradient import PassCounter, PGDSettings, fgsm, pgd
+from robustmix.errors import UsageError
+
+ATTACKS = ("fgsm", "pgd", "autoattack", "autoattack-fast")
+CSV_FIELDS = ["run", "attack", "settings", "norm", "eps", "eps_value", "n_examples",
+              "n_attacked", "clean_acc", "robust_acc", "seconds", "forward_passes",
+              "backward_passes", "checks"]
+
+
+class AttackError(RuntimeError):
+    """An attack broke a guard (left the ε-ball or [0, 1], raised accuracy): a bug, stop."""
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """What to run: attacks, the ε grid, the norm, and the attacks' settings."""
+
+    attacks: tuple[str, ...] = ("fgsm", "pgd", "autoattack")
+    eps: tuple[Eps, ...] = (Eps(8 / 255, "8/255"),)
+    norm: str = "linf"
+    pgd: PGDSettings = field(default_factory=PGDSettings)
+    batch_size: int = 256
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_norm(self.norm)
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown or not self.attacks:
+            raise UsageError(f"unknown attack '{','.join(unknown)}'; valid: {', '.join(ATTACKS)}")
+        if self.norm == "l2" and "fgsm" in self.attacks:
+            raise UsageError("fgsm is an L∞ attack; with --norm l2 use pgd or autoattack")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.pgd.steps < 1 or self.pgd.restarts < 1:
+            raise UsageError("--pgd-steps and --restarts must be >= 1")
+        if self.pgd.step_size is not None and not self.pgd.step_size > 0:
+            raise UsageError(f"--pgd-step must be > 0, got {self.pgd.step_size}")
+        if list(self.eps) != sorted(self.eps):
+            raise ValueError("eps must be sorted ascending")
+
+    def settings(self, attack: str, eps: float) -> str:
+        if attack == "pgd":
+            return self.pgd.describe(eps)
+        if attack == "autoattack":
+            return f"standard (apgd-ce,apgd-t,fab-t,square);seed={self.seed}"
+        if attack == "autoattack-fast":
+            return f"apgd-ce,apgd-t;seed={self.seed}"
+        if attack == "worst-case":
+            return "per-example worst of " + ",".join(self.attacks)
+        return ""
+
+
+@dataclass
+class Row:
+    attack: str
+    eps: Eps
+    settings: str
+    n_examples: int
+    n_attacked: int
+    clean_acc: float
+    robust_acc: float
+    seconds: float
+    forward_passes: int
+    backward_passes: int
+    checks: list[str]
+
+    def as_csv(self, run: str, norm: str) -> dict:
+        return {"run": run, "attack": self.attack, "settings": self.settings, "norm": norm,
+                "eps": self.eps.text, "eps_value": f"{self.eps.value:.8g}",
+                "n_examples": self.n_examples, "n_attacked": self.n_attacked,
+                "clean_acc": f"{self.clean_acc:.6f}", "robust_acc": f"{self.robust_acc:.6f}",
+                "seconds": f"{self.seconds:.3f}", "forward_passes": self.forward_passes,
+                "backward_passes": self.backward_passes, "checks": ";".join(self.checks)}
+
+
+@dataclass
+class Result:
+    rows: list[Row]
+    clean: Tensor                              # (N,) bool: correctly classified
+    robust: dict[tuple[str, float], Tensor]    # (attack, ε) -> (N,) bool standing
+
+
+@contextmanager
+def eval_mode_and_rng(model: nn.Module) -> Iterator[None]:
+    """Eval mode during the attack, the former mode after; global RNG states untouched.
+
+    torchattacks and AutoAttack reseed the global torch RNG inside their attacks.
+    """
+    was_training = model.training
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def check_adversarial(x_adv: Tensor, x: Tensor, eps: float, norm: str, attack: str) -> None:
+    """Every adversarial example lies in the ε-ball around its input and in [0, 1]."""
+    if x_adv.shape != x.shape or not torch.isfinite(x_adv).all():
+        raise AttackError(f"{attack} returned a malformed batch")
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    if (size > eps * (1 + 1e-5) + 1e-6).any():
+        raise AttackError(f"{attack} left the {norm} ball of ε = {eps:.6g} "
+                          f"(max {size.max().item():.6g}): a bug, the run stops")
+    if x_adv.min() < 0 or x_adv.max() > 1:
+        raise AttackError(f"{attack} left the image range [0, 1]: a bug, the run stops")
+
+
+def select_examples(n_total: int, n_examples: int | None) -> np.ndarray:
+    """A fixed, seed-independent subset of the test set (sorted indices)."""
+    if n_examples is None or n_examples >= n_total:
+        return np.arange(n_total)
+    if n_examples < 1:
+        raise UsageError(f"--n-examples must be >= 1, got {n_examples}")
+    return np.sort(np.random.default_rng(0).permutation(n_total)[:n_examples])
+
+
+def _predict(model: nn.Module, x: Tensor, batch_size: int, device) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model(chunk.to(device)).argmax(1).cpu()
+                          for chunk in x.split(batch_size)]) if len(x) else torch.zeros(0)
+
+
+def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
+               indices: Tensor | None = None, device="cpu", n_classes: int | None = None,
+               state_dir: Path | None = None, progress: bool = False) -> Result:
+    """Clean and robust accuracy of ``model`` (any module taking [0, 1] inputs) on (x, y).
+
+    ``indices`` identify the examples (their positions in the full test set; default
+    0..N−1); PGD's random starts are drawn from them and the seed, so no result depends on
+    the batch size, the order, or which other examples are attacked. x and y may live on
+    the CPU; batches move to ``device``.
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    if indices is None:
+        indices = torch.arange(x.shape[0])
+    n = x.shape[0]
+    rows: list[Row] = []
+    robust: dict[tuple[str, float], Tensor] = {}
+    with eval_mode_and_rng(model):
+        counter = PassCounter(model)
+        clean = _predict(counter, x, config.batch_size, device) == y.cpu()
+        clean_acc = clean.float().mean().item() if n else 0.0
+        if n_classes is None:
+            with torch.no_grad():
+                n_classes = counter(x[:1].to(device)).shape[1]
+        for attack in config.attacks:
+            standing = clean.clone()
+            for eps in config.eps:
+                targets = standing.nonzero().squeeze(1)
+                start = time.perf_counter()
+                before = (counter.forwards, counter.backwards)
+                bar = tqdm(total=targets.numel(), desc=f"{attack} ε={eps.text}", leave=False,
+                           disable=not progress, unit="ex")
+                broken, checks = _attack(counter, attack, x, y, indices, targets, eps, config,
+                                         device, n_classes, state_dir, bar.update)
+                bar.close()
+                standing[targets[broken]] = False
+                robust[(attack, eps.value)] = standing.clone()
+                rows.append(Row(attack, eps, config.settings(attack, eps.value), n,
+                                targets.numel(), clean_acc, standing.float().mean().item(),
+                                time.perf_counter() - start, counter.forwards - before[0],
+                                counter.backwards - before[1], checks))
+        for eps in config.eps:
+            worst = clean.clone()
+            for attack in config.attacks:
+                worst &= robust[(attack, eps.value)]
+            robust[("worst-case", eps.value)] = worst
+            rows.append(Row("worst-case", eps, config.settings("worst-case", eps.value), n,
+                            int(clean.sum()), clean_acc, worst.float().mean().item(), 0.0, 0, 0,
+                            sorted({c for r in rows if r.eps == eps for c in r.checks})))
+    _check_rows(rows)
+    return Result(rows, clean, robust)
+
+
+def _attack(model, attack, x, y, indices, targets, eps: Eps, config: AttackConfig, device,
+            n_classes, state_dir, advance) -> tuple[Tensor, list[str]]:
+    """Attack the examples ``targets``; returns which of them broke and the checks raised."""
+    broken = torch.zeros(targets.numel(), dtype=torch.bool)
+    if targets.numel() == 0:
+        return broken, []
+    if attack.startswith("autoattack"):
+        x_t, y_t = x[targets].to(device), y[targets].to(device)
+        state = None
+        if state_dir is not None:
+            key = f"{attack}-{config.norm}-{eps.value:.8g}-seed{config.seed}-n{x.shape[0]}"
+            state = Path(state_dir) / f"{key.replace('/', '_')}.json"
+        x_adv, hit, checks = autoattack(
+            model, x_t, y_t, eps.value, config.norm, seed=config.seed,
+            version="fast" if attack == "autoattack-fast" else "standard",
+            batch_size=config.batch_size, n_classes=n_classes, state_path=state,
+            on_batch=advance)
+        # Each break was confirmed by a forward pass when it was found (possibly in an
+        # earlier, interrupted process whose adversarial examples are not kept).
+        check_adversarial(x_adv, x_t, eps.value, config.norm, attack)
+        return hit.cpu(), checks
+    for chunk in torch.arange(targets.numel()).split(config.batch_size):
+        batch = targets[chunk]
+        xb, yb = x[batch].to(device), y[batch].to(device)
+        if attack == "fgsm":
+            x_adv = fgsm(model, xb, yb, eps.value, config.norm)
+        else:
+            x_adv, _ = pgd(model, xb, yb, indices[batch], eps.value, config.norm, config.pgd,
+                           config.seed)
+        check_adversarial(x_adv, xb, eps.value, config.norm, attack)
+        with torch.no_grad():
+            broken[chunk] = (model(x_adv).argmax(1) != yb).cpu()
+        advance(batch.numel())
+    return broken, []
+
+
+def _check_rows(rows: Sequence[Row]) -> None:
+    """Robust ≤ clean, and robust accuracy never rises with ε: anything else is a bug."""
+    by_attack: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.robust_acc > row.clean_acc + 1e-12:
+            raise AttackError(f"{row.attack} at ε = {row.eps.text} reports robust accuracy "
+                              f"{row.robust_acc:.4f} above clean {row.clean_acc:.4f}: a bug")
+        by_attack.setdefault(row.attack, []).append(row)
+    for attack, series in by_attack.items():
+        for smaller, larger in zip(series, series[1:]):
+            if larger.robust_acc > smaller.robust_acc + 1e-12:
+                raise AttackError(f"{attack}: robust accuracy rises from ε = {smaller.eps.text} "
+                                  f"to {larger.eps.text}: a bug")
+
+
+ROBUSTNESS = "robustness.csv"
+STATE_DIR = ".attack-state"
+
+
+def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
+               n_examples: int | None = None, data_dir: str | None = None,
+               progress: bool = False) -> list[Row]:
+    """Attack a finished run's model on its test split; merge the rows into robustness.csv.
+
+    Rows of an earlier call with the same attack, settings, norm, ε and examples are
+    replaced; the others are kept.
+    """
+    from robustmix import runs
+    from robustmix.data import load_dataset
+    from robustmix.train import TrainConfig
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"--run {run_dir}: no such run directory")
+    model = runs.load_model(run_dir).to(device)
+    train_config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG).get("train", {}),
+                                         source=str(run_dir / runs.CONFIG))
+    data = load_dataset(train_config.dataset, data_dir=data_dir or train_config.data_dir,
+                        image_size=train_config.image_size)
+    x_all, y_all = data.tensors("test")
+    chosen = torch.from_numpy(select_examples(x_all.shape[0], n_examples))
+    x = x_all[chosen].float().div_(255)
+    y = y_all[chosen]
+    result = robustness(model, x, y, config, indices=chosen, device=device,
+                        n_classes=data.num_classes, state_dir=run_dir / STATE_DIR,
+                        progress=progress)
+    write_rows(run_dir / ROBUSTNESS, [row.as_csv(str(run_dir), config.norm)
+                                      for row in result.rows])
+    state_dir = run_dir / STATE_DIR
+    if state_dir.is_dir() and not any(state_dir.iterdir()):
+        state_dir.rmdir()
+    return result.rows
+
+
+def write_rows(path: Path, new_rows: list[dict]) -> None:
+    """Merge rows into a robustness CSV, replacing those with the same key."""
+    from robustmix import runs
+
+    def key(row: dict) -> tuple:
+        return (row["attack"], row["settings"], row["norm"], f"{float(row['eps_value']):.8g}",
+                str(row["n_examples"]))
+
+    old = runs.read_csv(path) if path.exists() else []
+    replaced = {key(row) for row in new_rows}
+    merged = [row for row in old if key(row) not in replaced] + new_rows
+    runs.write_csv(path, merged, CSV_FIELDS)
+
+
+def format_table(run: str, rows: Sequence[Row]) -> str:
+    """The printed table: one line per attack and ε."""
+    lines = [f"{run}: clean accuracy {rows[0].clean_acc:.2%} on {rows[0].n_examples} test "
+             "examples" if rows else run,
+             f"  {'attack':<16}{'eps':>10}{'robust':>9}{'attacked':>10}{'seconds':>9}"
+             f"{'fwd+bwd passes':>16}  checks"]
+    for row in rows:
+        passes = f"{row.forward_passes}+{row.backward_passes}" if row.attack != "worst-case" \
+            else "-"
+        lines.append(f"  {row.attack:<16}{row.eps.text:>10}{row.robust_acc:>9.2%}"
+                     f"{row.n_attacked:>10}{row.seconds:>9.1f}{passes:>16}  "
+                     f"{'; '.join(row.checks) or '-'}")
+    return "\n".join(lines)

@@ -1,0 +1,397 @@
+"""The attack runner: closed forms, agreement with torchattacks, guards, and the exact sweep."""
+
+import math
+
+import pytest
+import torch
+import torchattacks
+from torch import nn
+
+from attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
+from attacks import autoattack as autoattack_module
+from attacks.eps import Eps
+from attacks.gradient import pgd
+from attacks.runner import check_adversarial
+from robustmix.errors import UsageError
+
+
+def tiny_cnn(seed=0, classes=10):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, classes)).eval()
+
+
+def tiny_data(n=64, seed=1, classes=10):
+    """Inputs and the labels a model predicts on them, so every example starts correct."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    return x, torch.randint(0, classes, (n,), generator=g)
+
+
+def correct_labels(model, x):
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+class Linear2(nn.Module):
+    """Two-class linear model z = W x + b on flattened inputs."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w = nn.Parameter(w)
+        self.b = nn.Parameter(b)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T + self.b
+
+
+EPS_GRID = tuple(parse_eps("0.02,0.05,0.1,0.2"))
+
+
+# ---------------------------------------------------------------------------- ε parsing
+
+
+def test_eps_parsing_accepts_fractions_decimals_and_lists():
+    assert parse_eps("8/255") == [Eps(8 / 255, "8/255")]
+    assert [e.value for e in parse_eps("4/255, 0.031,1/255,4/255")] == [1 / 255, 4 / 255, 0.031]
+    assert parse_eps("8/255")[0].text == "8/255"
+
+
+@pytest.mark.parametrize("text", ["-1/255", "0", "1/0", "nan", "inf", "abc", "1/2/3", "",
+                                  "1/255,,2/255", "0/0", "8/-255"])
+def test_eps_parsing_refuses_bad_budgets(text):
+    with pytest.raises(UsageError, match="--eps"):
+        parse_eps(text)
+
+
+# ---------------------------------------------------------------------------- closed forms
+
+
+def test_fgsm_and_pgd_on_a_linear_model_match_the_closed_form():
+    torch.manual_seed(0)
+    d = 36
+    model = Linear2(torch.randn(2, d), torch.zeros(2))
+    x = 0.3 + 0.4 * torch.rand(400, 1, 6, 6)  # far enough from 0 and 1 that nothing clips
+    y = correct_labels(model, x)
+    w = model.w.detach()
+    margin = (x.flatten(1) @ (w[0] - w[1])).abs()
+    l1 = (w[0] - w[1]).abs().sum()
+    config = AttackConfig(attacks=("fgsm", "pgd"), eps=tuple(parse_eps("0.01,0.02,0.04")),
+                          pgd=PGDSettings(steps=10))
+    result = robustness(model, x, y, config)
+    for eps in config.eps:
+        expected = (margin > eps.value * l1).float().mean().item()
+        for attack in ("fgsm", "pgd", "worst-case"):
+            assert result.robust[(attack, eps.value)].float().mean().item() == \
+                pytest.approx(expected)
+    # the FGSM example itself: x − ε·sign(w_y − w_other)
+    x_adv = torchattacks.FGSM(model, eps=0.02)(x, y)
+    direction = torch.where(y.view(-1, 1) == 0, (w[0] - w[1]).sign(), (w[1] - w[0]).sign())
+    torch.testing.assert_close(x_adv.flatten(1), x.flatten(1) - 0.02 * direction)
+
+
+# ---------------------------------------------------------------------------- vs torchattacks
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_step_equals_torchattacks_without_random_start(norm):
+    model = tiny_cnn()
+    x, _ = tiny_data(32)
+    y = correct_labels(model, x)
+    eps, step, steps = (0.05, 0.01, 7) if norm == "linf" else (0.5, 0.1, 7)
+    ours, _ = pgd(model, x, y, torch.arange(32), eps, norm,
+                  PGDSettings(steps=steps, step_size=step, random_start=False), seed=0,
+                  early_exit=False)
+    reference_attack = (torchattacks.PGD(model, eps=eps, alpha=step, steps=steps,
+                                         random_start=False) if norm == "linf" else
+                        torchattacks.PGDL2(model, eps=eps, alpha=step, steps=steps,
+                                           random_start=False))
+    torch.testing.assert_close(ours, reference_attack(x, y), atol=1e-6, rtol=0)
+
+
+def test_pgd_finds_at_least_what_torchattacks_finds():
+    model = tiny_cnn()
+    x, _ = tiny_data(64)
+    y = correct_labels(model, x)
+    settings = PGDSettings(steps=10, step_size=0.01, random_start=False)
+    _, ours = pgd(model, x, y, torch.arange(64), 0.04, "linf", settings, seed=0)
+    theirs = torchattacks.PGD(model, eps=0.04, alpha=0.01, steps=10, random_start=False)(x, y)
+    with torch.no_grad():
+        their_broken = model(theirs).argmax(1) != y
+    assert their_broken.any() and not their_broken.all()
+    assert (ours | ~their_broken).all(), "early exit and the best iterate never lose a break"
+
+
+# ---------------------------------------------------------------------------- guards
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    model = tiny_cnn()
+    x, _ = tiny_data(96)
+    y = correct_labels(model, x)
+    y[:10] = (y[:10] + 1) % 10  # ten examples misclassified from the start
+    config = AttackConfig(attacks=("fgsm", "pgd"), eps=EPS_GRID, batch_size=32,
+                          pgd=PGDSettings(steps=8, restarts=2))
+    return model, x, y, config, robustness(model, x, y, config)
+
+
+def test_robust_never_above_clean_and_never_rising_with_eps(sweep):
+    *_, result = sweep
+    assert result.clean.sum() == 86
+    for attack in ("fgsm", "pgd", "worst-case"):
+        series = [result.robust[(attack, e.value)] for e in EPS_GRID]
+        assert not (series[0] & ~result.clean).any()
+        for smaller, larger in zip(series, series[1:]):
+            assert not (larger & ~smaller).any()
+        assert series[-1].sum() < series[0].sum(), "the grid must show some breaks"
+
+
+def test_misclassified_and_already_broken_examples_are_never_attacked(sweep):
+    *_, result = sweep
+    rows = {(r.attack, r.eps.value): r for r in result.rows}
+    for attack in ("fgsm", "pgd"):
+        assert rows[(attack, EPS_GRID[0].value)].n_attacked == 86
+        for smaller, larger in zip(EPS_GRID, EPS_GRID[1:]):
+            standing = result.robust[(attack, smaller.value)].sum().item()
+            assert rows[(attack, larger.value)].n_attacked == standing
+
+
+def test_the_sweep_is_exact_and_cheaper_than_independent_attacks(sweep):
+    model, x, y, config, result = sweep
+    sweep_passes = sum(r.forward_passes + r.backward_passes for r in result.rows)
+    independent_passes = 0
+    previous = result.clean
+    for eps in EPS_GRID:
+        alone = robustness(model, x, y, AttackConfig(attacks=config.attacks, eps=(eps,),
+                                                    batch_size=32, pgd=config.pgd))
+        independent_passes += sum(r.forward_passes + r.backward_passes for r in alone.rows)
+        for attack in config.attacks:
+            assert torch.equal(result.robust[(attack, eps.value)],
+                               alone.robust[(attack, eps.value)] & _previous(result, attack, eps))
+        previous = result.robust[("worst-case", eps.value)]
+    assert sweep_passes < independent_passes
+
+
+def _previous(result, attack, eps):
+    values = [e.value for e in EPS_GRID]
+    index = values.index(eps.value)
+    return result.clean if index == 0 else result.robust[(attack, values[index - 1])]
+
+
+def test_batch_size_order_and_subset_change_no_result(sweep):
+    model, x, y, config, result = sweep
+    other = robustness(model, x, y, AttackConfig(attacks=config.attacks, eps=EPS_GRID,
+                                                 batch_size=7, pgd=config.pgd))
+    for key, flags in result.robust.items():
+        assert torch.equal(flags, other.robust[key]), key
+    # a subset evaluated alone, with its indices, gets the same per-example verdicts
+    subset = torch.arange(95, -1, -3)  # reversed order, every third example
+    part = robustness(model, x[subset], y[subset], AttackConfig(
+        attacks=config.attacks, eps=EPS_GRID, batch_size=5, pgd=config.pgd), indices=subset)
+    for key, flags in part.robust.items():
+        assert torch.equal(flags, result.robust[key][subset]), key
+
+
+def test_worst_case_is_the_per_example_and_over_attacks(sweep):
+    *_, result = sweep
+    for eps in EPS_GRID:
+        expected = result.robust[("fgsm", eps.value)] & result.robust[("pgd", eps.value)]
+        assert torch.equal(result.robust[("worst-case", eps.value)], expected)
+
+
+def test_eval_mode_during_the_attack_and_former_mode_and_rng_after():
+    model = tiny_cnn()
+    modes = []
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    model.train()
+    x, _ = tiny_data(16)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    model.train()
+    modes.clear()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    robustness(model, x, y, AttackConfig(attacks=("fgsm", "pgd", "autoattack-fast"),
+                                         eps=(Eps(0.05, "0.05"),), batch_size=8,
+                                         pgd=PGDSettings(steps=3)))
+    assert modes and not any(modes), "every forward pass during the attack is in eval mode"
+    assert model.training
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_an_example_outside_the_ball_or_the_range_stops_the_run(monkeypatch):
+    x = torch.full((4, 1, 8, 8), 0.5)
+    check_adversarial(x + 0.05, x, 0.05, "linf", "pgd")
+    with pytest.raises(AttackError, match="left the linf ball"):
+        check_adversarial(x + 0.06, x, 0.05, "linf", "pgd")
+    with pytest.raises(AttackError, match="left the l2 ball"):
+        check_adversarial(x + 0.1, x, 0.5, "l2", "pgd")
+    with pytest.raises(AttackError, match=r"\[0, 1\]"):
+        check_adversarial(x * 2.05, x, 1.1, "linf", "pgd")
+
+    import attacks.runner
+
+    monkeypatch.setattr(attacks.runner, "fgsm", lambda model, x, y, eps, norm: (x + 2 * eps))
+    model = tiny_cnn()
+    xs, _ = tiny_data(8)
+    with pytest.raises(AttackError, match="fgsm left the linf ball"):
+        robustness(model, xs, correct_labels(model, xs),
+                   AttackConfig(attacks=("fgsm",), eps=(Eps(0.01, "0.01"),)))
+
+
+# ---------------------------------------------------------------------------- AutoAttack
+
+
+def test_autoattack_fast_runs_and_reports_its_checks():
+    model = tiny_cnn()
+    x, _ = tiny_data(12)
+    y = correct_labels(model, x)
+    config = AttackConfig(attacks=("pgd", "autoattack-fast"), eps=tuple(parse_eps("0.02,0.1")),
+                          batch_size=6, pgd=PGDSettings(steps=10))
+    result = robustness(model, x, y, config)
+    rows = {(r.attack, r.eps.value): r for r in result.rows}
+    assert rows[("autoattack-fast", 0.1)].robust_acc <= rows[("autoattack-fast", 0.02)].robust_acc
+    assert rows[("autoattack-fast", 0.1)].robust_acc < 1.0
+    assert rows[("autoattack-fast", 0.02)].checks == []
+
+    probabilities = nn.Sequential(model, nn.Softmax(dim=1))
+    result = robustness(probabilities, x, y, AttackConfig(
+        attacks=("autoattack-fast",), eps=(Eps(0.02, "0.02"),), batch_size=6))
+    checks = result.rows[0].checks
+    assert any("probability distribution" in c for c in checks), checks
+    assert checks[0] in result.rows[-1].checks  # and the worst-case row carries it too
+
+
+def test_autoattack_resumes_where_it_stopped(tmp_path, monkeypatch):
+    model = tiny_cnn()
+    x, _ = tiny_data(12)
+    y = correct_labels(model, x)
+    config = AttackConfig(attacks=("autoattack-fast",), eps=(Eps(0.01, "0.01"),), batch_size=4)
+    real = autoattack_module._perturb
+    uninterrupted = []
+    monkeypatch.setattr(autoattack_module, "_perturb",
+                        lambda *args: uninterrupted.append(args[1]) or real(*args))
+    reference = robustness(model, x, y, config)
+    assert uninterrupted.count("apgd-t") >= 2
+
+    calls = []
+
+    def dies_in_the_second_targeted_batch(adversary, component, *args):
+        calls.append(component)
+        if calls.count("apgd-t") == 2:  # APGD-CE done, one APGD-T batch done
+            raise KeyboardInterrupt
+        return real(adversary, component, *args)
+
+    monkeypatch.setattr(autoattack_module, "_perturb", dies_in_the_second_targeted_batch)
+    with pytest.raises(KeyboardInterrupt):
+        robustness(model, x, y, config, state_dir=tmp_path)
+    states = list(tmp_path.iterdir())
+    assert len(states) == 1
+    counted = []
+    monkeypatch.setattr(autoattack_module, "_perturb",
+                        lambda *args: counted.append(args[1]) or real(*args))
+    resumed = robustness(model, x, y, config, state_dir=tmp_path)
+    # only the APGD-T batches not yet done run again
+    assert counted == ["apgd-t"] * (uninterrupted.count("apgd-t") - 1)
+    assert torch.equal(resumed.robust[("autoattack-fast", 0.01)],
+                       reference.robust[("autoattack-fast", 0.01)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_attack_settings_are_refused():
+    with pytest.raises(UsageError, match="unknown attack 'cw'"):
+        AttackConfig(attacks=("cw",)).validate()
+    with pytest.raises(UsageError, match="fgsm is an L∞ attack"):
+        AttackConfig(attacks=("fgsm",), norm="l2").validate()
+    with pytest.raises(UsageError, match="--norm"):
+        AttackConfig(norm="l1").validate()
+    assert math.isclose(PGDSettings().step_for(0.08), 0.02)
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from robustmix.cli import main
+
+    out = tmp_path_factory.mktemp("attack") / "run"
+    assert main(["train", "--quiet", "--epochs", "1", "--mix", "mixup", "--out", str(out)]) == 0
+    return out
+
+
+def test_attack_command_writes_the_csv_and_merges_reruns(trained_run, capsys):
+    import csv
+
+    from attacks.runner import CSV_FIELDS
+    from robustmix.cli import main
+
+    argv = ["attack", "--quiet", "--run", str(trained_run), "--eps", "2/255,16/255",
+            "--attacks", "fgsm,pgd", "--pgd-steps", "5", "--n-examples", "60"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "worst-case" in printed and "16/255" in printed
+    rows = list(csv.DictReader((trained_run / "robustness.csv").open()))
+    assert list(rows[0]) == CSV_FIELDS
+    assert {(r["attack"], r["eps"]) for r in rows} == {
+        (a, e) for a in ("fgsm", "pgd", "worst-case") for e in ("2/255", "16/255")}
+    for row in rows:
+        assert int(row["n_examples"]) == 60
+        assert float(row["robust_acc"]) <= float(row["clean_acc"])
+        assert float(row["eps_value"]) == pytest.approx(eval(row["eps"]))
+    assert main(argv) == 0  # the same evaluation again replaces its rows
+    assert len(list(csv.DictReader((trained_run / "robustness.csv").open()))) == len(rows)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--eps=-1/255"], "must be positive"),
+    (["--eps", "1/0"], "zero denominator"),
+    (["--eps", "nan"], "must be positive and finite"),
+    (["--eps", "eight"], "is not a number"),
+    (["--attacks", "fgsm,cw"], "unknown attack 'cw'"),
+    (["--norm", "l2", "--attacks", "fgsm"], "fgsm is an L∞ attack"),
+])
+def test_bad_attack_input_is_one_line_and_exit_2(trained_run, capsys, argv, fragment):
+    from robustmix.cli import main
+
+    before = sorted(p.name for p in trained_run.iterdir())
+    try:
+        code = main(["attack", "--run", str(trained_run), *argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and fragment in err, err
+    assert sorted(p.name for p in trained_run.iterdir()) == before
+
+
+def test_unfinished_missing_or_code_carrying_runs_are_refused(trained_run, tmp_path, capsys):
+    import shutil
+
+    from robustmix import runs
+    from robustmix.cli import main
+
+    def attack(run):
+        code = main(["attack", "--quiet", "--run", str(run), "--attacks", "fgsm"])
+        return code, capsys.readouterr().err.strip()
+
+    code, err = attack(tmp_path / "nope")
+    assert code == 2 and "no such run directory" in err
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(trained_run, unfinished)
+    (unfinished / runs.WEIGHTS).unlink()
+    code, err = attack(unfinished)
+    assert code == 2 and "no finished run" in err and "--resume" in err
+
+    marker = tmp_path / "code-ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil"
+    shutil.copytree(trained_run, evil)
+    torch.save({"weights": Evil()}, evil / runs.WEIGHTS)  # a pickle under the weights' name
+    code, err = attack(evil)
+    assert code == 2 and "not a readable safetensors" in err and len(err.splitlines()) == 1
+    assert not marker.exists()
