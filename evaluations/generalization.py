@@ -1,0 +1,218 @@
+"""`evaluate_run`: generalization measurements of one trained run, into its directory.
+
+Writes ``RUN_DIR/generalization.json``, ``gradient_profile.csv`` and ``regularizer.csv``
+(atomically) and returns the JSON's content (non-finite numbers as null): ``run``, ``mix``,
+``seed`` (the training seed), ``dataset``, ``device``, ``batch_size``, ``seconds``, and
+
+- ``train`` / ``test``: accuracy and mean cross-entropy on the clean (unmixed,
+  unaugmented) splits, through :func:`robustmix.train.evaluate` (the path training uses);
+  ``gap``: accuracy train − test, loss test − train;
+- ``first_layer``: the norms of :mod:`evaluations.first_layer`;
+- ``input_gradient``: mean over the gradient subset of ‖∇ℓ_k‖₂ and ‖∇f_k‖₂
+  (:mod:`evaluations.gradients`; L2 norm per example, then the mean);
+- ``gradient_profile``: the Figure-4 profiles and decay statistic of :mod:`evaluations.profiles`;
+- ``regularizer``: Q_A per mask distribution (:mod:`evaluations.regularizer`).
+
+The gradient parts use the whole test set, or with ``n_examples`` a fixed subset, the same
+for every model and seed and the same as the attack runner's (:func:`subset_indices`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluations.first_layer import first_layer_norms
+from evaluations.gradients import input_gradients, l2_per_example
+from evaluations.profiles import (COLUMNS, DEFINITION, NORMALIZATION, OffsetTable,
+                                  decay_statistic, profile_rows)
+from evaluations.regularizer import regularizer_table
+from evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV, open_run
+from robustmix import runs
+from robustmix.errors import UsageError
+
+DEFAULT_Q_DRAWS = 512
+PROFILE_ELEMENTS = 1 << 22   # gradient-map pixels per pass of the offset loop (32 MiB in float64)
+
+
+def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int = 256,
+                 n_examples: int | None = None, q_draws: int = DEFAULT_Q_DRAWS,
+                 seed: int = 0) -> dict[str, Any]:
+    """Measure one run (see the module docstring); returns what it writes to generalization.json."""
+    from robustmix.data import load_dataset
+    from robustmix.train import TrainConfig, evaluate
+
+    for flag, value in (("--batch-size", batch_size), ("--q-draws", q_draws)):
+        _check_positive(flag, value)
+    if n_examples is not None:
+        _check_positive("--n-examples", n_examples)
+    run = open_run(run_dir)
+    model = runs.load_model(run.path)
+    config = TrainConfig.from_dict(run.train, source=str(run.path / runs.CONFIG))
+    device = _device(device)
+    data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                        device=device)
+    _check_same_data(run, data)
+    model = model.to(device).eval()
+    started = time.perf_counter()
+
+    clean = {}
+    for split in ("train", "test"):
+        accuracy, loss = evaluate(model, data.eval_batches(split, batch_size, device))
+        clean[split] = {"accuracy": accuracy, "loss": loss,
+                        "n": data.n_train if split == "train" else data.n_test}
+    indices = subset_indices(data.n_test, n_examples)
+    x_test, y_test = split_images(data, "test", indices)
+    gradients = gradient_measures(model, x_test, y_test, batch_size, device)
+    mix = config.mix
+    q = regularizer_table(model.first_layer, model.std, split_images(data, "train")[0],
+                          alpha=mix.alpha, hmix_r=mix.hmix_r, switch_prob=mix.switch_prob,
+                          draws=q_draws, seed=seed, device=device)
+    result = {
+        "run": run.path.name, "mix": run.mix, "seed": run.seed,
+        "dataset": run.dataset, "device": str(device), "batch_size": batch_size,
+        "train": clean["train"], "test": clean["test"],
+        "gap": {"accuracy": clean["train"]["accuracy"] - clean["test"]["accuracy"],
+                "loss": clean["test"]["loss"] - clean["train"]["loss"],
+                "definition": "accuracy: train - test; loss: test - train (clean splits)"},
+        "first_layer": first_layer_norms(model.first_layer, model.std),
+        **gradients, "regularizer": q,
+        "seconds": time.perf_counter() - started,
+    }
+    result = _json_safe(result)
+    _write(run.path, result)
+    return result
+
+
+def _device(name: str) -> torch.device:
+    from robustmix.train import resolve_device
+
+    try:
+        return resolve_device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+
+
+def _check_positive(flag: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{flag} must be a positive integer, got {value!r}")
+
+
+def _check_same_data(run, data) -> None:
+    expected = run.dataset
+    found = {"channels": data.channels, "height": data.height, "width": data.width,
+             "n_train": data.n_train, "n_test": data.n_test}
+    differ = [k for k, v in found.items() if expected.get(k) not in (None, v)]
+    if differ:
+        raise UsageError(f"{run.path}: the data set loaded now differs from the one it was "
+                         f"trained on ({', '.join(f'{k} {expected[k]} then, {found[k]} now' for k in differ)})")
+
+
+def subset_indices(n: int, n_examples: int | None) -> np.ndarray:
+    """All of 0..n−1, or a fixed subset of ``n_examples``: the sorted first k of
+    ``default_rng(0).permutation(n)``, the rule of ``attacks.runner.select_examples``, so
+    ``evaluate`` and ``attack`` with one --n-examples look at the same test images."""
+    if n_examples is None or n_examples >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).permutation(n)[:n_examples])
+
+
+class _FolderImages:
+    """Indexable view of an image-folder split that loads only the images asked for."""
+
+    def __init__(self, data, split: str):
+        self.dataset = data._eval_dataset(split)  # the evaluation transform of robustmix.data
+        first = self.dataset[0][0]
+        self.shape = (len(self.dataset), *first.shape)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.dataset[int(i)][0] for i in index])
+
+
+def split_images(data, split: str, indices: np.ndarray | None = None):
+    """Images (uint8, N×C×H×W) and labels of a split or of ``indices`` of it.
+
+    Tensor data sets are indexed in memory; an image folder without ``indices`` gives a
+    lazy view (its images are read when indexed) and no labels.
+    """
+    if hasattr(data, "_eval_dataset") and not hasattr(data, "_x"):
+        view = _FolderImages(data, split)
+        if indices is None:
+            return view, None
+        labels = torch.tensor([data._eval_dataset(split).samples[int(i)][1] for i in indices])
+        return view[torch.from_numpy(indices)], labels
+    images, labels = data.tensors(split)
+    if indices is None:
+        return images, labels
+    index = torch.from_numpy(indices).to(images.device)
+    return images[index], labels[index]
+
+
+def gradient_measures(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      batch_size: int, device) -> dict[str, Any]:
+    """Mean input-gradient norms and the gradient-distance profile over the given examples."""
+    height, width = images.shape[2], images.shape[3]
+    table = OffsetTable(height, width, device)
+    norms_loss, norms_logit, maps = [], [], []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(device)
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        y = labels[start:start + batch_size].to(device)
+        grad_loss, grad_logit = input_gradients(model, x, y)
+        norms_loss.append(l2_per_example(grad_loss).cpu())
+        norms_logit.append(l2_per_example(grad_logit).cpu())
+        maps.append(grad_logit.sum(dim=1))
+        # the offset loop runs once per PROFILE_ELEMENTS map pixels, not once per batch
+        if sum(m.numel() for m in maps) >= PROFILE_ELEMENTS:
+            table.add(torch.cat(maps))
+            maps = []
+    if maps:
+        table.add(torch.cat(maps))
+    profiles = table.profiles()
+    return {
+        "input_gradient": {
+            "loss_l2_mean": float(torch.cat(norms_loss).mean()),
+            "logit_l2_mean": float(torch.cat(norms_logit).mean()),
+            "n_examples": int(images.shape[0]),
+            "definition": "L2 norm per example of d CE(f(x),y)/dx and of d f_y(x)/dx "
+                          "(x in [0,1]), then the mean over the examples"},
+        "gradient_profile": {
+            "normalization": NORMALIZATION, "definition": DEFINITION,
+            "n_examples": int(images.shape[0]), "csv": PROFILE_CSV,
+            "decay": decay_statistic(profiles["radial"], height, width), **profiles},
+    }
+
+
+def _write(run_dir: Path, result: dict[str, Any]) -> None:
+    profile = result["gradient_profile"]
+    runs.write_csv(run_dir / PROFILE_CSV,
+                   profile_rows({k: profile[k] for k in ("horizontal", "vertical", "radial")}),
+                   COLUMNS)
+    q = result["regularizer"]
+    runs.write_csv(run_dir / REGULARIZER_CSV,
+                   [{"mask": name, "q": f"{v['q']:.8g}", "q_se": f"{v['se']:.8g}",
+                     "q_relative": _fmt(v["relative"])} for name, v in q["q"].items()]
+                   + [{"mask": "reference (M = 0)", "q": f"{q['reference']['q']:.8g}",
+                       "q_se": f"{q['reference']['se']:.8g}", "q_relative": "1"}],
+                   ["mask", "q", "q_se", "q_relative"])
+    runs.write_json(run_dir / GENERALIZATION, _json_safe(result))
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.8g}"
+
+
+def _json_safe(value):
+    """Non-finite floats become null, so the file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

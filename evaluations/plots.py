@@ -1,0 +1,173 @@
+"""The report's figures, drawn with matplotlib's object API on the Agg canvas (no pyplot,
+no global backend switch) and written atomically as PNG.
+
+One colour per method in every figure (``METHOD_COLOURS``); groups that share a method
+differ by line style and marker. Legends sit outside the axes so they hide no data.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from evaluations.grouping import Group
+from robustmix import runs
+
+METHOD_COLOURS = {
+    "vanilla": "#404040", "mixup": "#1f77b4", "cutmix": "#d62728", "stochastic": "#9467bd",
+    "hmix": "#2ca02c", "gmix": "#ff7f0e", "puzzlemix": "#8c564b",
+}
+OTHER_COLOUR = "#17becf"
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D")
+ATTACK_ORDER = ("fgsm", "pgd", "autoattack", "autoattack-fast", "worst-case")
+
+
+def style(group: Group) -> dict:
+    """Colour by method, line style and marker by the group's index within its method."""
+    return {"color": METHOD_COLOURS.get(group.method, OTHER_COLOUR),
+            "linestyle": LINESTYLES[group.style % len(LINESTYLES)],
+            "marker": MARKERS[group.style % len(MARKERS)]}
+
+
+def _figure(ncols: int, width: float = 4.2, height: float = 3.6):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols + 2.2, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def save(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    runs.atomic_write_bytes(path, buffer.getvalue())
+
+
+def _legend(fig, axes) -> None:
+    handles, labels = [], []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8, title="method")
+
+
+def attack_order(attacks: Sequence[str]) -> list[str]:
+    known = [a for a in ATTACK_ORDER if a in attacks]
+    return known + sorted(a for a in attacks if a not in ATTACK_ORDER)
+
+
+def robustness_figure(path: Path, summary, groups: list[Group], norm: str) -> None:
+    """Robust accuracy (%) against ε, one panel per attack; error bars: std over seeds.
+
+    ``summary`` rows: group, attack, norm, eps_key, mean, std, n.
+    """
+    rows = summary[summary["norm"] == norm]
+    attacks = attack_order(rows["attack"].unique().tolist())
+    fig, axes = _figure(len(attacks))
+    scale, unit = (255.0, "ε (×1/255, L∞)") if norm == "linf" else (1.0, "ε (L2, [0,1] pixels)")
+    for ax, attack in zip(axes, attacks):
+        for group in groups:
+            part = rows[(rows["attack"] == attack) & (rows["group"] == group.name)]
+            if part.empty:
+                continue
+            part = part.sort_values("eps_key")
+            ax.errorbar(part["eps_key"] * scale, part["mean"] * 100,
+                        yerr=np.nan_to_num(part["std"].to_numpy() * 100), label=group.name,
+                        capsize=3, markersize=4, **style(group))
+        ax.set_title(f"{attack} ({norm})")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Robust accuracy against ε ({norm}); error bars: std over seeds")
+    _legend(fig, axes)
+    save(fig, path)
+
+
+def bars_figure(path: Path, panels: list[tuple[str, str, dict[str, list[float]]]],
+                groups: list[Group], title: str) -> None:
+    """One bar chart per panel (title, y label, group name -> per-run values): the bar is the
+    mean over seeds, the error bar the std, the dots the single runs."""
+    fig, axes = _figure(len(panels), width=3.6)
+    for ax, (panel_title, ylabel, values) in zip(axes, panels):
+        for x, group in enumerate(groups):
+            points = [v for v in values.get(group.name, []) if v is not None and math.isfinite(v)]
+            if not points:
+                continue
+            s = style(group)
+            std = float(np.std(points, ddof=1)) if len(points) > 1 else 0.0
+            ax.bar(x, float(np.mean(points)), yerr=std, color=s["color"], alpha=0.75,
+                   capsize=4, label=group.name, hatch=("", "//", "..", "xx")[group.style % 4])
+            ax.plot([x] * len(points), points, "k.", markersize=5)
+        ax.set_xticks(range(len(groups)), [g.name for g in groups], rotation=30, ha="right",
+                      fontsize=8)
+        ax.set_title(panel_title)
+        ax.set_ylabel(ylabel)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    _legend(fig, axes)
+    save(fig, path)
+
+
+def profile_figure(path: Path, measured: dict[str, dict[str, np.ndarray]],
+                   kernels: dict[str, np.ndarray], groups: list[Group]) -> None:
+    """Measured horizontal profiles (max- and mean-normalized, mean over seeds) beside the
+    predicted kernel c(p)/c(0) of each group's MSDA, against the pixel offset."""
+    fig, axes = _figure(3)
+    panels = (("max_abs_over_p0", "measured: max_k,v |g_v g_v+p| / value at p=0"),
+              ("mean_abs_over_p0", "measured: mean_k,v |g_v g_v+p| / value at p=0"))
+    for ax, (column, label) in zip(axes[:2], panels):
+        for group in groups:
+            if group.name in measured:
+                curve = measured[group.name][column]
+                ax.plot(np.arange(len(curve)), curve, label=group.name, markersize=3,
+                        **style(group))
+        ax.set_title(label, fontsize=9)
+        ax.set_ylabel("normalized product (1 at p = 0)")
+    for group in groups:
+        if group.name in kernels:
+            curve = kernels[group.name]
+            axes[2].plot(np.arange(len(curve)), curve, label=group.name, markersize=3,
+                         **style(group))
+    axes[2].set_title("predicted: mask kernel c(p) / c(0) (vanilla: c = 0)", fontsize=9)
+    axes[2].set_ylabel("c(p) / c(0)")
+    for ax in axes:
+        ax.set_xlabel("horizontal offset p (pixels)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Gradient-distance profile (Figure 4) beside each MSDA's kernel c(p)")
+    _legend(fig, axes)
+    save(fig, path)
+
+
+def heatmap_figure(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str],
+                   title: str, colour_label: str) -> None:
+    """A models × mask-distributions heatmap, each cell annotated with its value."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.3 * len(cols) + 3.5, 0.6 * len(rows) + 2.2), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("mask distribution A")
+    ax.set_ylabel("model (trained with)")
+    finite = matrix[np.isfinite(matrix)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            value = matrix[i, j]
+            text = "–" if not math.isfinite(value) else f"{value:.3g}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if math.isfinite(value) and value < middle else "black")
+    fig.colorbar(image, ax=ax, label=colour_label)
+    ax.set_title(title, fontsize=10)
+    save(fig, path)

@@ -1,0 +1,427 @@
+"""`write_report`: comparison tables, plots and the paper's predictions for a set of runs.
+
+Reads each run's config.json, generalization.json (from ``robustmix evaluate``) and
+robustness.csv (from ``robustmix attack``); sections whose files are missing are skipped
+and the report says which runs lack what. Runs that differ only in seed are grouped
+(:mod:`evaluations.grouping`) and shown as mean ± std over seeds (n runs). Every file is
+written atomically into ``OUT``; files of an earlier report there that this one does not
+produce are removed, so report.md links exactly the files present.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from evaluations import plots
+from evaluations.collect import (RunRecord, load_record, robustness_rows, run_metrics,
+                                 unique_names)
+from evaluations.grouping import Group, group_runs, method_rank, summarize
+from evaluations.predictions import COLUMNS as PREDICTION_COLUMNS
+from evaluations.predictions import prediction_table
+from evaluations.profiles import DECAY, NORMALIZATION
+from evaluations.regularizer import DEFINITION as Q_DEFINITION
+from evaluations.runinfo import RunInfo, open_run
+from robustmix import runs
+from robustmix.errors import UsageError
+
+REPORT = "report.md"
+KERNEL_DRAWS = 2048
+GALLERY_MAX_SIZE = 128
+OUTPUTS = ("runs.csv", "generalization_by_method.csv", "robustness_by_method.csv",
+           "robust_accuracy_linf.png", "robust_accuracy_l2.png", "generalization.png",
+           "gradient_profiles.csv", "mask_kernels.csv", "gradient_profile.png",
+           "q_matrix.csv", "q_matrix.png", "mask_gallery.png", "predictions.csv", REPORT)
+GENERALIZATION_METRICS = (  # column, header, percent
+    ("test_acc", "test acc (%)", True), ("train_acc", "clean train acc (%)", True),
+    ("gap_acc", "acc gap train-test (pp)", True), ("gap_loss", "loss gap test-train", False),
+    ("first_layer_frobenius", "first layer ‖W‖_F", False),
+    ("first_layer_frobenius_input_units", "‖W/std‖_F", False),
+    ("grad_loss_l2", "mean ‖∇ₓℓ‖₂", False), ("grad_logit_l2", "mean ‖∇ₓf_y‖₂", False),
+    ("profile_decay", "profile decay D", False),
+)
+
+
+def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
+    """Write ``OUT/report.md`` with its CSV tables and PNG plots; returns its path."""
+    records = _load(list(run_dirs))
+    groups = group_runs([(r.name, r.info.train) for r in records])
+    report = _Report(records, groups, Path(out_dir))
+    return report.write()
+
+
+def _load(run_dirs: list) -> list[RunRecord]:
+    if not run_dirs:
+        raise UsageError("no runs given: pass one or more run directories")
+    infos: list[RunInfo] = []
+    seen = set()
+    for path in run_dirs:
+        info = open_run(path)
+        if info.path.resolve() not in seen:
+            seen.add(info.path.resolve())
+            infos.append(info)
+    datasets: dict[tuple, list[str]] = {}
+    for info in infos:
+        datasets.setdefault(info.data_identity(), []).append(str(info.path))
+    if len(datasets) > 1:
+        labels = {info.data_identity(): info.data_label() for info in infos}
+        parts = "; ".join(f"{labels[key]}: {', '.join(paths)}" for key, paths in datasets.items())
+        raise UsageError(f"runs of different data sets cannot be compared in one report "
+                         f"({parts}); make one report per data set")
+    names = unique_names([info.path for info in infos])
+    return [load_record(info, name) for info, name in zip(infos, names)]
+
+
+class _Report:
+    def __init__(self, records: list[RunRecord], groups: list[Group], out: Path):
+        self.records, self.groups, self.out = records, groups, out
+        self.group_of = {m: g for g in groups for m in g.members}
+        rows = []
+        for r in records:
+            g = self.group_of[r.name]
+            rows.append({"run": r.name, "group": g.name, "method": g.method, "seed": r.info.seed,
+                         **run_metrics(r)})
+        self.per_run = pd.DataFrame(rows).set_index("run", drop=False)
+        frames = [f.assign(group=self.group_of[r.name].name) for r in records
+                  if (f := robustness_rows(r)) is not None]
+        self.robust = pd.concat(frames, ignore_index=True) if frames else None
+        self.dataset = records[0].info.dataset
+        self.written: list[str] = []
+        self.lines: list[str] = []
+
+    # ------------------------------------------------------------------ output helpers
+
+    def csv(self, name: str, frame: pd.DataFrame) -> None:
+        runs.atomic_write_text(self.out / name, frame.to_csv(index=False, float_format="%.8g"))
+        self.written.append(name)
+
+    def png(self, name: str, draw, *args) -> None:
+        draw(self.out / name, *args)
+        self.written.append(name)
+        self.lines += [f"![{name}]({name})", ""]
+
+    def link(self, name: str, what: str) -> None:
+        self.lines += [f"Table: [{name}]({name}) ({what}).", ""]
+
+    def section(self, title: str, *text: str) -> None:
+        self.lines += [f"## {title}", "", *text, ""] if text else [f"## {title}", ""]
+
+    # ------------------------------------------------------------------ the report
+
+    def write(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        d = self.dataset
+        self.lines += [
+            "# robustmix report", "",
+            f"{len(self.records)} runs in {len(self.groups)} groups on {d.get('name')} "
+            f"({d.get('channels')}×{d.get('height')}×{d.get('width')}, {d.get('n_train')} train / "
+            f"{d.get('n_test')} test images). Runs that differ only in seed form a group, "
+            "shown as mean ± std over seeds (n runs); std needs two seeds.", ""]
+        self.runs_section()
+        self.predictions_section()
+        self.robustness_section()
+        self.generalization_section()
+        self.profile_section()
+        self.q_section()
+        self.gallery_section()
+        report = self.out / REPORT
+        runs.atomic_write_text(report, "\n".join(self.lines).rstrip() + "\n")
+        self.written.append(REPORT)
+        for stale in set(OUTPUTS) - set(self.written):
+            (self.out / stale).unlink(missing_ok=True)
+        return report
+
+    def runs_section(self) -> None:
+        frame = self.per_run[["run", "group", "method", "seed", "final_test_acc"]].copy()
+        frame["path"] = [str(r.info.path) for r in self.records]
+        frame["generalization"] = [r.generalization is not None for r in self.records]
+        frame["robustness"] = [r.robustness is not None for r in self.records]
+        self.csv("runs.csv", frame)
+        self.section("Runs")
+        rows = [[r["run"], r["group"], r["seed"], _pct(r["final_test_acc"]),
+                 _yes(r["generalization"]), _yes(r["robustness"])] for _, r in frame.iterrows()]
+        self.lines += _md(["run", "group", "seed", "final test acc (%, metrics.csv)",
+                           "generalization.json", "robustness.csv"], rows)
+        missing_g = [r for r in self.records if r.generalization is None]
+        missing_r = [r for r in self.records if r.robustness is None]
+        if missing_g:
+            self.lines += [f"Without generalization.json: {', '.join(r.name for r in missing_g)}; "
+                           "measure them with `robustmix evaluate --run "
+                           f"{' '.join(str(r.info.path) for r in missing_g)}`.", ""]
+        if missing_r:
+            self.lines += [f"Without robustness.csv: {', '.join(r.name for r in missing_r)}; "
+                           "attack them with `robustmix attack --run "
+                           f"{' '.join(str(r.info.path) for r in missing_r)}`.", ""]
+        self.link("runs.csv", "one row per run")
+
+    def predictions_section(self) -> None:
+        rows = prediction_table(self.groups, self.per_run, self.robust)
+        self.csv("predictions.csv", pd.DataFrame(rows, columns=PREDICTION_COLUMNS))
+        self.section(
+            "The paper's predictions on these runs",
+            "Verdicts: a difference within 2·s·√(1/n_a + 1/n_b), s the pooled std over seeds "
+            "of that statistic, is \"inconclusive (within spread)\"; beyond it the sign decides "
+            "\"holds\" or \"does not hold\"; with one seed per method there is no spread and "
+            "the sign alone decides (the spread column says so). \"Does not hold\" is a "
+            "result, reported as measured.")
+        self.lines += _md(PREDICTION_COLUMNS, [[r[c] for c in PREDICTION_COLUMNS] for r in rows])
+        self.link("predictions.csv", "the same rows")
+
+    def robustness_section(self) -> None:
+        self.section("Clean and robust accuracy")
+        if self.robust is None:
+            self.lines += ["Skipped: no run has robustness.csv (run `robustmix attack`).", ""]
+            return
+        r = self.robust
+        summary = (r.groupby(["group", "attack", "norm", "eps_key"], sort=False)
+                   .agg(eps=("eps", "first"), mean=("robust_acc", "mean"),
+                        std=("robust_acc", "std"), n=("robust_acc", "count"),
+                        clean_acc=("clean_acc", "mean"), n_examples=("n_examples", "min"))
+                   .reset_index())
+        self.csv("robustness_by_method.csv", summary.rename(columns={
+            "eps_key": "eps_value", "mean": "robust_acc_mean", "std": "robust_acc_std",
+            "n": "n_runs", "clean_acc": "clean_acc_mean"}))
+        self.lines += ["Accuracy (%) on each run's attacked test subset, mean ± std over seeds "
+                       "(n runs). clean: the same subset unattacked. worst-case: per example, "
+                       "the worst over the attacks run at that ε. Where a run lists one attack "
+                       "at one ε several times, the row on the most examples is used, then the "
+                       "strongest setting (lowest accuracy).", ""]
+        for norm in ("linf", "l2"):
+            part = r[r["norm"] == norm]
+            if part.empty:
+                continue
+            attacks = plots.attack_order(part["attack"].unique().tolist())
+            rows = []
+            for eps_key in sorted(part["eps_key"].unique()):
+                at = part[part["eps_key"] == eps_key]
+                for group in self.groups:
+                    mine = at[at["group"] == group.name]
+                    if mine.empty:
+                        continue
+                    clean = mine.groupby("run")["clean_acc"].first().tolist()
+                    rows.append([at["eps"].iloc[0], group.name, _cell(clean, True)]
+                                + [_cell(mine.loc[mine["attack"] == a, "robust_acc"].tolist(), True)
+                                   for a in attacks])
+            self.lines += [f"**{norm}**", ""]
+            self.lines += _md(["ε", "method", "clean"] + attacks, rows)
+            self.png(f"robust_accuracy_{norm}.png", plots.robustness_figure, summary,
+                     self.groups, norm)
+        self.link("robustness_by_method.csv", "per method, attack, norm and ε")
+        flagged = r[r["checks"].astype(str).str.strip() != ""]
+        if not flagged.empty:
+            self.lines += ["Attack checks raised (read before trusting these numbers):", ""]
+            self.lines += [f"- {x.run}, {x.attack} {x.norm} ε = {x.eps}: {x.checks}"
+                           for x in flagged.itertuples()]
+            self.lines.append("")
+
+    def generalization_section(self) -> None:
+        self.section("Generalization and the first layer")
+        if self.per_run.get("test_acc") is None or self.per_run["test_acc"].isna().all():
+            self.lines += ["Skipped: no run has generalization.json (run `robustmix evaluate`).",
+                           ""]
+            return
+        table, rows = [], []
+        for group in self.groups:
+            row = {"group": group.name, "method": group.method}
+            cells = [group.name]
+            for column, _, percent in GENERALIZATION_METRICS:
+                values = self._values(group, column)
+                mean, std, n = summarize(values)
+                row.update({f"{column}_mean": mean, f"{column}_std": std, f"{column}_n": n})
+                cells.append(_cell(values, percent))
+            table.append(row)
+            rows.append(cells)
+        self.csv("generalization_by_method.csv", pd.DataFrame(table))
+        self.lines += ["Clean (unmixed, unaugmented) splits. Gaps: accuracy train − test, loss "
+                       "test − train. ‖W/std‖_F: the first layer as the [0, 1] input meets it. "
+                       "Input-gradient norms: L2 per test example, then the mean.", ""]
+        self.lines += _md(["method"] + [h for _, h, _ in GENERALIZATION_METRICS], rows)
+        panels = [("train − test accuracy gap", "gap (percentage points)",
+                   {g.name: [v * 100 for v in self._values(g, "gap_acc")] for g in self.groups}),
+                  ("test − train loss gap", "gap (cross-entropy, nats)",
+                   {g.name: self._values(g, "gap_loss") for g in self.groups}),
+                  ("first-layer weight norm", "‖W‖_F",
+                   {g.name: self._values(g, "first_layer_frobenius") for g in self.groups})]
+        self.png("generalization.png", plots.bars_figure, panels, self.groups,
+                 "Generalization gap and first-layer norm per method (bars: mean, dots: runs)")
+        self.link("generalization_by_method.csv", "mean, std and n per metric and method")
+
+    def profile_section(self) -> None:
+        self.section("Gradient-distance profile (Figure 4) and the mask kernel c(p)")
+        measured, rows = {}, []
+        for group in self.groups:
+            curves = [r.generalization["gradient_profile"] for r in self._records(group)
+                      if r.generalization and "gradient_profile" in r.generalization]
+            if not curves:
+                continue
+            measured[group.name] = {}
+            for direction in ("horizontal", "vertical", "radial"):
+                for column in ("max_abs_over_p0", "mean_abs_over_p0"):
+                    stack = np.array([[np.nan if v is None else v for v in c[direction][column]]
+                                      for c in curves], dtype=float)
+                    with warnings.catch_warnings():  # an offset with no value in any run
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        mean = np.nanmean(stack, axis=0)
+                    if direction == "horizontal":
+                        measured[group.name][column] = mean
+                    for offset, value in enumerate(mean):
+                        rows.append({"group": group.name, "direction": direction,
+                                     "offset": offset, "column": column, "mean_over_runs": value,
+                                     "n_runs": len(curves)})
+        if not measured:
+            self.lines += ["Skipped: no run has generalization.json (run `robustmix evaluate`).",
+                           ""]
+            return
+        frame = pd.DataFrame(rows).pivot_table(index=["group", "direction", "offset", "n_runs"],
+                                               columns="column", values="mean_over_runs",
+                                               sort=False).reset_index()
+        self.csv("gradient_profiles.csv", frame)
+        kernels, kernel_rows = self._kernels()
+        self.csv("mask_kernels.csv", pd.DataFrame(kernel_rows))
+        self.lines += [
+            "g = the input gradient of the true-class logit, channels summed. Normalization "
+            f"(the paper's is not published): {NORMALIZATION}. Curves are the mean over a "
+            "group's runs. Predicted: c(p) = E[(1 − M_u)(1 − M_u+p)] of the run's own mask "
+            f"sampler and α ({KERNEL_DRAWS} masks), divided by c(0) to compare shapes. "
+            f"Statistic of prediction (c): {DECAY} (in the generalization table).", ""]
+        self.png("gradient_profile.png", plots.profile_figure, measured, kernels, self.groups)
+        self.link("gradient_profiles.csv", "horizontal, vertical and radial profiles per method")
+        self.link("mask_kernels.csv", "c(p) and c(p)/c(0) per method")
+
+    def _kernels(self):
+        from robustmix.mixing import MIX_NAMES, make_sampler, mask_kernel
+
+        size = (int(self.dataset["height"]), int(self.dataset["width"]))
+        kernels, rows, cache = {}, [], {}
+        for group in self.groups:
+            s = group.settings
+            if group.method not in MIX_NAMES or group.method == "vanilla":
+                continue
+            key = (group.method, s.get("mix.alpha", 1.0), s.get("mix.hmix_r", 0.5),
+                   s.get("mix.switch_prob", 0.5))
+            if key not in cache:
+                sampler = make_sampler(group.method, hmix_r=key[2], switch_prob=key[3])
+                cache[key] = mask_kernel(sampler, size, alpha=key[1], draws=KERNEL_DRAWS)
+            kernel = cache[key]
+            kernels[group.name] = kernel / kernel[0] if kernel[0] > 0 else kernel
+            rows += [{"group": group.name, "method": group.method, "offset": p, "c": c,
+                      "c_over_c0": kernels[group.name][p]} for p, c in enumerate(kernel)]
+        return kernels, rows
+
+    def q_section(self) -> None:
+        self.section("First-layer regularizer Q (models × mask distributions)")
+        present = {c.split(".", 1)[1] for c in self.per_run.columns if c.startswith("q.")}
+        masks = sorted(present, key=lambda m: (method_rank(m), m))
+        if not masks:
+            self.lines += ["Skipped: no run has generalization.json (run `robustmix evaluate`).",
+                           ""]
+            return
+        vanilla = {g.family: g for g in self.groups if g.method == "vanilla"}
+        use_rho = all(g.family in vanilla for g in self.groups)
+        rows, matrix = [], np.full((len(self.groups), len(masks)), np.nan)
+        for i, group in enumerate(self.groups):
+            for j, mask in enumerate(masks):
+                q = self._values(group, f"q.{mask}")
+                mean, std, n = summarize(q)
+                rel = summarize(self._values(group, f"q_relative.{mask}"))[0]
+                base = summarize(self._values(vanilla[group.family], f"q.{mask}"))[0] \
+                    if group.family in vanilla else math.nan
+                rho = mean / base if base > 0 else math.nan
+                rows.append({"group": group.name, "mask": mask, "q_mean": mean, "q_std": std,
+                             "n": n, "q_relative_mean": rel, "rho_vs_vanilla": rho})
+                matrix[i, j] = rho if use_rho else rel
+        self.csv("q_matrix.csv", pd.DataFrame(rows))
+        shown = [j for j, m in enumerate(masks) if m != "vanilla"]
+        if not shown:
+            self.lines += ["Skipped: Q was measured on no mask distribution but vanilla's.", ""]
+            return
+        what = ("ρ = Q_A(model) / Q_A(vanilla model)" if use_rho
+                else "Q_A / Q_ref (no vanilla run to divide by)")
+        self.lines += [f"{Q_DEFINITION}. Vanilla's mask (M = 1) "
+                       "gives Q = 0 and is left out of the heatmap. The heatmap shows "
+                       f"{what}, mean over seeds; prediction (d): the smallest value in each "
+                       "column sits on the model trained with that mask. ρ carries both the "
+                       "mask-specific effect and the overall scale of each model's first layer; "
+                       "Q_A / Q_ref (q_relative_mean in q_matrix.csv) divides the scale out.",
+                       ""]
+        self.lines += self._q_settings_note()
+        self.png("q_matrix.png", plots.heatmap_figure, matrix[:, shown],
+                 [g.name for g in self.groups], [masks[j] for j in shown],
+                 f"First-layer regularizer: {what}", what.split(" (")[0])
+        header = ["model"] + [masks[j] for j in shown]
+        cells = [[g.name] + [_num(matrix[i, j]) for j in shown] for i, g in enumerate(self.groups)]
+        self.lines += _md(header, cells)
+        self.link("q_matrix.csv", "Q mean, std, n, Q/Q_ref and ρ per model and mask")
+
+    def _q_settings_note(self) -> list[str]:
+        settings = {}
+        for r in self.records:
+            q = (r.generalization or {}).get("regularizer")
+            if q:
+                key = tuple((k, q.get(k)) for k in ("alpha", "hmix_r", "switch_prob", "draws",
+                                                     "seed"))
+                settings.setdefault(key, []).append(r.name)
+        if len(settings) <= 1:
+            text = ", ".join(f"{k} = {v}" for k, v in next(iter(settings))) if settings else ""
+            return [f"All runs share the mask settings and draws ({text}): every model met the "
+                    "same pairs and masks.", ""]
+        parts = "; ".join(f"{', '.join(f'{k}={v}' for k, v in key)}: {', '.join(names)}"
+                          for key, names in settings.items())
+        return [f"Warning: Q was computed with different mask settings or draws across runs "
+                f"({parts}); Q_A values are comparable only within equal settings.", ""]
+
+    def gallery_section(self) -> None:
+        from robustmix.masks import draw_gallery
+
+        size = max(8, min(int(self.dataset["height"]), int(self.dataset["width"]),
+                          GALLERY_MAX_SIZE))
+        self.section("Mask gallery", f"Each MSDA's mask at λ = 0.65 on {size}×{size} digits "
+                                     "(the training samplers).")
+        self.png("mask_gallery.png", draw_gallery, size)
+
+    # ------------------------------------------------------------------ data access
+
+    def _records(self, group: Group) -> list[RunRecord]:
+        return [r for r in self.records if r.name in group.members]
+
+    def _values(self, group: Group, column: str) -> list[float]:
+        if column not in self.per_run.columns:
+            return []
+        return self.per_run.loc[self.per_run["group"] == group.name, column].tolist()
+
+
+def _md(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(map(cell, header)) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return lines + [""]
+
+
+def _cell(values: list[float], percent: bool) -> str:
+    mean, std, n = summarize(values)
+    if n == 0:
+        return "–"
+    scale = 100 if percent else 1
+    text = f"{mean * scale:.1f}" if percent else f"{mean:.4g}"
+    if n > 1:
+        text += f" ± {std * scale:.1f}" if percent else f" ± {std:.2g}"
+    return f"{text} ({n})"
+
+
+def _pct(value: float) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value * 100:.1f}"
+
+
+def _num(value: float) -> str:
+    return "–" if not math.isfinite(value) else f"{value:.3g}"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"

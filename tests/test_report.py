@@ -1,0 +1,180 @@
+"""write_report on tiny runs: every file, grouping over seeds, verdicts, refusals."""
+
+import json
+import math
+import shutil
+
+import matplotlib.image
+import pytest
+
+from evaluations import evaluate_run, write_report
+from evaluations.grouping import group_runs, pooled_std
+from evaluations.predictions import FAILS, HOLDS, NOT_MEASURED, WITHIN, judge
+from robustmix import runs
+from robustmix.errors import UsageError
+from robustmix.mixing import MixConfig
+from robustmix.train import TrainConfig, train
+
+RUNS = {"vanilla-s0": ("vanilla", 0), "vanilla-s1": ("vanilla", 1),
+        "cutmix-s0": ("cutmix", 0), "mixup-s0": ("mixup", 0)}
+FIELDS = ["run", "attack", "settings", "norm", "eps", "eps_value", "n_examples", "n_attacked",
+          "clean_acc", "robust_acc", "seconds", "forward_passes", "backward_passes", "checks"]
+# robust accuracy at 1/255 and 8/255 (L∞) per run and attack, written by hand
+ROBUST = {
+    "vanilla-s0": {"fgsm": (0.50, 0.10), "pgd": (0.40, 0.00)},
+    "vanilla-s1": {"fgsm": (0.52, 0.12), "pgd": (0.42, 0.02)},
+    "cutmix-s0": {"fgsm": (0.80, 0.30), "pgd": (0.41, 0.01)},
+    "mixup-s0": {"fgsm": (0.30, 0.05), "pgd": (0.10, 0.00)},
+}
+
+
+def write_robustness(run_dir, name):
+    rows = []
+    for eps, eps_value, at in (("1/255", 1 / 255, 0), ("8/255", 8 / 255, 1)):
+        for attack, values in ROBUST[name].items():
+            rows.append({"run": name, "attack": attack, "settings": "steps=10", "norm": "linf",
+                         "eps": eps, "eps_value": eps_value, "n_examples": 100,
+                         "n_attacked": 90, "clean_acc": 0.9, "robust_acc": values[at],
+                         "seconds": 1.0, "forward_passes": 100, "backward_passes": 100,
+                         "checks": "zero gradients on 3 points" if attack == "pgd" and at else ""})
+        worst = min(v[at] for v in ROBUST[name].values())
+        rows.append({**rows[-1], "attack": "worst-case", "robust_acc": worst, "checks": ""})
+    if name == "vanilla-s0":  # an earlier quick attack on fewer examples: not the one to use
+        rows.append({**rows[0], "n_examples": 20, "robust_acc": 0.0})
+    runs.write_csv(run_dir / "robustness.csv", rows, FIELDS)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    for name, (mix, seed) in RUNS.items():
+        train(TrainConfig(epochs=1, batch_size=128, seed=seed, mix=MixConfig(mix=mix)), root / name,
+              progress=False)
+        evaluate_run(root / name, device="cpu", n_examples=48, q_draws=64)
+        write_robustness(root / name, name)
+    out = root / "report"
+    report = write_report([root / name for name in RUNS], out)
+    return root, out, report
+
+
+def test_report_writes_every_file_and_links_each_one(study):
+    _, out, report = study
+    assert report == out / "report.md"
+    expected = {"report.md", "runs.csv", "predictions.csv", "robustness_by_method.csv",
+                "generalization_by_method.csv", "gradient_profiles.csv", "mask_kernels.csv",
+                "q_matrix.csv", "robust_accuracy_linf.png", "generalization.png",
+                "gradient_profile.png", "q_matrix.png", "mask_gallery.png"}
+    assert expected <= {p.name for p in out.iterdir()}
+    text = report.read_text()
+    for path in out.iterdir():
+        if path.suffix in (".png", ".csv"):
+            assert f"]({path.name})" in text, path.name
+        if path.suffix == ".png":
+            image = matplotlib.image.imread(path)
+            assert image.ndim == 3 and image.shape[2] in (3, 4)
+            assert image.shape[0] >= 250 and image.shape[1] >= 500, (path.name, image.shape)
+            assert image.std() > 0.01  # not a blank canvas
+    assert "zero gradients on 3 points" in text  # attack checks are surfaced
+
+
+def test_grouped_tables_average_the_two_vanilla_seeds(study):
+    root, out, _ = study
+    table = {r["group"]: r for r in runs.read_csv(out / "generalization_by_method.csv")}
+    assert set(table) == {"vanilla", "mixup", "cutmix"}
+    gaps = [runs.read_json(root / f"vanilla-s{s}" / "generalization.json")["gap"]["accuracy"]
+            for s in (0, 1)]
+    vanilla = table["vanilla"]
+    assert float(vanilla["gap_acc_mean"]) == pytest.approx(sum(gaps) / 2, rel=1e-6)
+    assert float(vanilla["gap_acc_std"]) == pytest.approx(abs(gaps[0] - gaps[1]) / math.sqrt(2),
+                                                          rel=1e-5, abs=1e-12)
+    assert int(vanilla["gap_acc_n"]) == 2 and int(table["cutmix"]["gap_acc_n"]) == 1
+    robust = [r for r in runs.read_csv(out / "robustness_by_method.csv")
+              if r["group"] == "vanilla" and r["attack"] == "fgsm" and r["eps"] == "1/255"]
+    assert len(robust) == 1
+    assert float(robust[0]["robust_acc_mean"]) == pytest.approx(0.51)
+    assert int(robust[0]["n_runs"]) == 2
+    q = {(r["group"], r["mask"]): r for r in runs.read_csv(out / "q_matrix.csv")}
+    assert float(q["vanilla", "cutmix"]["rho_vs_vanilla"]) == pytest.approx(1.0)
+    assert float(q["vanilla", "vanilla"]["q_mean"]) == 0.0
+
+
+def test_predictions_use_the_measured_numbers_and_the_seed_spread(study):
+    _, out, _ = study
+    rows = runs.read_csv(out / "predictions.csv")
+    by = {(r["prediction"][:3], r["comparison"]): r for r in rows}
+    assert {k[0] for k in by} == {"(a)", "(b)", "(c)", "(d)", "(e)"}
+    # vanilla fgsm at 1/255: 0.50, 0.52 -> s = 0.0141, threshold 2s·√1.5 = 0.035
+    assert by["(b)", "cutmix vs vanilla, fgsm"]["verdict"] == HOLDS        # 0.80 vs 0.51
+    assert by["(b)", "mixup vs vanilla, fgsm"]["verdict"] == FAILS         # 0.30 vs 0.51
+    assert by["(b)", "cutmix vs vanilla, pgd"]["verdict"] == WITHIN        # 0.41 vs 0.41
+    assert "1/255" in by["(b)", "cutmix vs vanilla, fgsm"]["statistic"]
+    assert "80 (n=1) vs vanilla 51 ± 1.4 (n=2)" in by["(b)", "cutmix vs vanilla, fgsm"]["measured"]
+    allowed = {HOLDS, FAILS, WITHIN, NOT_MEASURED}
+    assert all(r["verdict"] in allowed for r in rows)
+    assert all(r["verdict"] != NOT_MEASURED for r in rows)
+    assert ("(c)", "cutmix vs mixup") in by and ("(d)", "cutmix model on the cutmix mask") in by
+
+
+def test_report_without_robustness_or_generalization_says_what_is_missing(study):
+    root, out, _ = study
+    bare = root / "bare" / "cutmix-s0"
+    bare.mkdir(parents=True)
+    for name in (runs.CONFIG, runs.METRICS, runs.WEIGHTS):
+        shutil.copy(root / "cutmix-s0" / name, bare / name)
+    again = root / "again"
+    shutil.copytree(out, again)                  # an earlier, fuller report in the same folder
+    text = write_report([bare], again).read_text()
+    assert "no run has robustness.csv" in text
+    assert f"robustmix evaluate --run {bare}" in text
+    assert not (again / "robust_accuracy_linf.png").exists()   # stale output removed
+    for path in again.iterdir():
+        assert path.suffix not in (".png", ".csv") or f"]({path.name})" in text
+    verdicts = {r["verdict"] for r in runs.read_csv(again / "predictions.csv")}
+    assert verdicts == {NOT_MEASURED}
+
+
+def test_refusals_are_one_line_usage_errors(study, tmp_path):
+    root, _, _ = study
+    with pytest.raises(UsageError, match="no runs given"):
+        write_report([], tmp_path / "r")
+    other = tmp_path / "small-images"
+    shutil.copytree(root / "vanilla-s0", other)
+    config = runs.read_json(other / runs.CONFIG)
+    config["dataset"]["height"] = config["dataset"]["width"] = 12
+    config["train"]["image_size"] = 12
+    runs.write_json(other / runs.CONFIG, config)
+    with pytest.raises(UsageError, match="different data sets") as mixed:
+        write_report([root / "vanilla-s0", other], tmp_path / "r")
+    assert "1x12x12" in str(mixed.value) and "1x16x16" in str(mixed.value)
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(root / "mixup-s0", unfinished)
+    (unfinished / runs.WEIGHTS).unlink()
+    with pytest.raises(UsageError, match="model.safetensors is missing") as no_weights:
+        write_report([root / "vanilla-s0", unfinished], tmp_path / "r")
+    with pytest.raises(UsageError, match="not found") as missing:
+        write_report([tmp_path / "nowhere"], tmp_path / "r")
+    for error in (mixed, no_weights, missing):
+        assert "\n" not in str(error.value)
+    assert not (tmp_path / "r").exists()        # nothing written on refusal
+
+
+def test_groups_sharing_a_method_are_named_by_their_differences():
+    base = TrainConfig().to_dict()
+    alpha = json.loads(json.dumps(base))
+    alpha["mix"]["alpha"] = 0.4
+    other_seed = {**base, "seed": 3}
+    groups = group_runs([("a", base), ("b", alpha), ("c", other_seed)])
+    assert [(g.name, g.members) for g in groups] == [
+        ("vanilla (mix.alpha=0.4)", ["b"]), ("vanilla (mix.alpha=1.0)", ["a", "c"])]
+    assert groups[0].family == groups[1].family
+
+
+def test_judge_and_pooled_spread():
+    spread = pooled_std([[1.0, 3.0], [10.0], [4.0, 6.0]])  # each pair has std √2
+    assert spread == pytest.approx(math.sqrt(2))
+    assert judge([0.0], [10.0], spread, "lower")[0] == HOLDS
+    assert judge([0.0], [10.0], spread, "higher")[0] == FAILS
+    assert judge([0.0], [1.0], spread, "lower")[0] == WITHIN
+    assert judge([], [1.0], spread, "lower")[0] == NOT_MEASURED
+    verdict, text = judge([0.0], [1.0], None, "lower")
+    assert verdict == HOLDS and "sign only" in text
