@@ -33,7 +33,7 @@ def _int_list(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated epochs (e.g. 100,150), got '{text}'") from None
+            f"expected comma-separated integers (e.g. 100,150), got '{text}'") from None
 
 
 def _positive_int(text: str) -> int:
@@ -183,6 +183,28 @@ def _add_report(sub) -> None:
     p.set_defaults(handler=_run_report, parser=p)
 
 
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="the whole comparison: train, attack, evaluate, report",
+                       description="Train every MSDA over several seeds, attack each model, "
+                                   "evaluate generalization, and write OUT/report.md. Rerun "
+                                   "the same command to resume after a crash.")
+    p.add_argument("--preset", default=None,
+                   help="digits (default), cifar10-robustness, cifar100-table2, "
+                        "imagenet100-scenarios")
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="a custom study (keys as printed by --print-config)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the study's settings as TOML and exit")
+    p.add_argument("--methods", default=None, help="comma list overriding the methods")
+    p.add_argument("--seeds", type=_int_list, default=None, metavar="S1,S2",
+                   help="comma list overriding the seeds")
+    p.add_argument("--out", default=None, help="output directory (default: the preset's)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dry-run", action="store_true", help="list what would run and what is done")
+    p.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    p.set_defaults(handler=_run_study, parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robustmix", description="Adversarial robustness and generalization "
                      "of mixed-sample data augmentation (Mixup, CutMix, HMix, GMix, ...).")
@@ -192,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attack(sub)
     _add_evaluate(sub)
     _add_report(sub)
+    _add_study(sub)
     _add_masks(sub)
     return parser
 
@@ -337,6 +360,28 @@ def _run_report(args: argparse.Namespace) -> int:
                          "usage: robustmix report RUN_DIR... --out DIR")
     path = write_report(args.runs, args.out)
     print(f"robustmix report: wrote {path}")
+    return 0
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from robustmix import study
+
+    if args.preset is not None and args.config is not None:
+        raise UsageError("give --preset or --config, not both (a TOML config may set "
+                         "preset = NAME to start from one)")
+    config = study.load_config(args.preset, args.config)
+    if args.methods is not None:
+        config["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.seeds is not None:
+        config["seeds"] = list(args.seeds)
+    for key in ("out", "device"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    config = study.check_config(config, source="command line")
+    if args.print_config:
+        study.print_config(config)
+        return 0
+    study.run_study(config, dry_run=args.dry_run, progress=not args.quiet)
     return 0
 
 

@@ -41,7 +41,7 @@ def assert_one_line_error(code, err, *fragments):
     (["--mix", "cutmix", "--batch-size", "1"], ["--batch-size must be >= 2 when mixing"]),
     (["--crop-scale", "0.5"], ["expected LO,HI"]),
     (["--crop-scale", "0.9,0.2"], ["0 < LO <= HI <= 1"]),
-    (["--milestones", "5,x"], ["expected comma-separated epochs"]),
+    (["--milestones", "5,x"], ["expected comma-separated integers"]),
     (["--milestones", "20", "--epochs", "10"], ["--milestones must be increasing"]),
     (["--epochs", "0"], ["--epochs must be >= 1"]),
     (["--device", "tpu"], ["--device must be auto, cpu, cuda"]),

@@ -1,0 +1,190 @@
+"""`robustmix study`: end to end in miniature, restartable, and refusing bad configs."""
+
+import csv
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from robustmix import runs, study
+from robustmix.cli import main
+
+MINI = """
+preset = "digits"
+out = "{out}"
+methods = ["vanilla", "cutmix"]
+seeds = [0]
+device = "cpu"
+
+[train]
+epochs = 2
+image_size = 12
+
+[attack]
+eps = "8/255,32/255"
+pgd_steps = 3
+n_examples = 24
+autoattack = "autoattack-fast"
+autoattack_eps = "32/255"
+autoattack_examples = 8
+autoattack_seeds = []
+
+[evaluate]
+n_examples = 16
+q_draws = 16
+"""
+
+TIMING_COLUMNS = {"seconds", "images_per_s"}
+
+
+def write_config(tmp_path, out):
+    path = tmp_path / f"{Path(out).name}.toml"
+    path.write_text(MINI.format(out=out))
+    return path
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def stamps(out: Path) -> dict[str, int]:
+    """Modification times of every file the steps write in the run directories."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns
+            for p in sorted((out / "runs").rglob("*")) if p.is_file()}
+
+
+def tables(out: Path) -> dict[str, list[dict]]:
+    """The report's CSV tables without wall-clock columns."""
+    result = {}
+    for path in sorted(out.glob("*.csv")):
+        rows = list(csv.DictReader(path.open()))
+        result[path.name] = [{k: v for k, v in row.items() if k not in TIMING_COLUMNS}
+                             for row in rows]
+    return result
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    base = tmp_path_factory.mktemp("study")
+    out = base / "uninterrupted"
+    assert main(["study", "--quiet", "--config", str(write_config(base, out))]) == 0
+    return base, out
+
+
+@pytest.mark.slow
+def test_a_miniature_study_produces_every_report_file(finished):
+    _, out = finished
+    report = (out / "report.md").read_text()
+    for name in ("runs.csv", "predictions.csv", "robustness_by_method.csv",
+                 "generalization_by_method.csv", "robust_accuracy_linf.png",
+                 "generalization.png", "gradient_profile.png", "q_matrix.png",
+                 "mask_gallery.png", "study.toml"):
+        assert (out / name).is_file(), name
+        if name != "study.toml":
+            assert name in report, name
+    for run_name in ("vanilla-s0", "cutmix-s0"):
+        run_dir = out / "runs" / run_name
+        assert runs.is_complete(run_dir)
+        attacks = {(r["attack"], r["eps"]) for r in runs.read_csv(run_dir / "robustness.csv")}
+        assert {("fgsm", "8/255"), ("pgd", "32/255"), ("autoattack-fast", "32/255")} <= attacks
+        assert (run_dir / "generalization.json").is_file()
+    saved = tomllib.loads((out / "study.toml").read_text())
+    assert saved["methods"] == ["vanilla", "cutmix"] and saved["train"]["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_rerunning_does_no_training_attacking_or_evaluating_again(finished, capsys):
+    base, out = finished
+    before = stamps(out)
+    code, printed, _ = run(capsys, "study", "--quiet", "--config", str(write_config(base, out)))
+    assert code == 0
+    assert stamps(out) == before, "no run file may be rewritten"
+    assert "[1/1] report" in printed
+    code, printed, _ = run(capsys, "study", "--dry-run", "--config",
+                           str(write_config(base, out)))
+    assert "1 of 9 steps to do" in printed and printed.count(" done ") == 8
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_resumes_to_the_same_report(finished, monkeypatch):
+    base, reference = finished
+    out = base / "interrupted"
+    config = str(write_config(base, out))
+    from robustmix import data as data_module
+
+    real = data_module.TensorSource.train_batches
+    count = {"batches": 0}
+
+    def batches_then_die(self, *args, **kwargs):
+        for batch in real(self, *args, **kwargs):
+            count["batches"] += 1
+            if count["batches"] == 30:  # inside cutmix's first epoch (vanilla has 2 × 21)
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(data_module.TensorSource, "train_batches", batches_then_die)
+    assert main(["study", "--quiet", "--config", config]) == 130
+    monkeypatch.undo()
+    assert runs.is_complete(out / "runs" / "vanilla-s0")
+    assert not runs.is_complete(out / "runs" / "cutmix-s0")
+    assert main(["study", "--quiet", "--config", config]) == 0
+    assert tables(out) == tables(reference)
+
+
+def test_presets_print_as_toml_that_loads_back(capsys, tmp_path):
+    for name in study.PRESETS:
+        code, printed, err = run(capsys, "study", "--preset", name, "--print-config")
+        assert code == 0, err
+        path = tmp_path / f"{name}.toml"
+        path.write_text(printed)
+        assert study.load_config(None, str(path)) == study.load_config(name, None)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('bogus = 1', "unknown keys bogus"),
+    ('methods = ["mixup", "blend"]', "methods must be a non-empty list"),
+    ('seeds = []', "seeds must be a non-empty list of integers"),
+    ('seeds = [0, "one"]', "seeds must be a non-empty list of integers"),
+    ('[train]\nepochs = "ten"', "malformed"),
+    ('[train]\nwarp = 9', "unknown training settings warp"),
+    ('[attack]\neps = "8/0"', "zero denominator"),
+    ('[attack]\nattacks = ["cw"]', "attack.attacks must be a list of fgsm, pgd"),
+    ('[attack]\nn_examples = -5', "attack.n_examples must be a non-negative integer"),
+    ('[evaluate]\nq_draws = 1.5', "evaluate.q_draws must be a non-negative integer"),
+    ('[evaluate]\nsteps = 3', "unknown [evaluate] keys steps"),
+    ('methods = [', "not valid TOML"),
+])
+def test_bad_study_configs_are_one_line_and_exit_2(capsys, tmp_path, text, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(text + "\n")
+    code, _, err = run(capsys, "study", "--config", str(path), "--out", str(tmp_path / "s"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--preset", "imagenet1k"], "unknown preset 'imagenet1k'"),
+    (["--config", "missing.toml"], "no such file"),
+    (["--preset", "digits", "--config", "x.toml"], "not both"),
+    (["--methods", "mixup,nope"], "methods must be a non-empty list"),
+    (["--seeds", "0,x"], "expected comma-separated"),
+])
+def test_bad_study_flags_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, fragment):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "study", "--dry-run", *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_a_run_trained_with_other_settings_is_not_silently_reused(capsys, tmp_path):
+    out = tmp_path / "s"
+    config = write_config(tmp_path, out)
+    code, _, _ = run(capsys, "train", "--quiet", "--epochs", "1", "--image-size", "12",
+                     "--out", str(out / "runs" / "vanilla-s0"))
+    assert code == 0
+    code, _, err = run(capsys, "study", "--quiet", "--config", str(config))
+    assert code == 2 and "trained with other settings" in err
