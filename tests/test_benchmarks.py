@@ -1,0 +1,112 @@
+"""The benchmarks in benchmarks/ still run: each one's run() on a tiny setting, on the CPU.
+
+They return finite positive numbers under the keys their printouts and RESULTS.md use; the
+pass counts of plain torchattacks match their closed form, and the host-side timm-style
+mix of the baseline pipeline forms the labels its images imply.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import bench_attack, bench_mixing, bench_train  # noqa: E402
+from benchmarks.common import format_machine, summarize_us  # noqa: E402
+from robustmix.mixing import DATA_FREE_MIX_NAMES  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these check that the code runs, and on a loaded shared host two
+    threads waiting on each other make the tiny settings ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def check_machine(info: dict) -> None:
+    assert {"cpu", "logical_cores", "torch", "torch_threads", "device", "gpu",
+            "load_average", "date"} <= info.keys()
+    assert info["device"] == "cpu" and info["torch"] == torch.__version__
+    assert "CPU:" in format_machine(info) and "load average" in format_machine(info)
+
+
+def test_summary_of_known_times_in_microseconds():
+    stats = summarize_us(np.array([1e-6, 2e-6, 3e-6, 4e-6, 5e-6]))
+    assert stats["median_us"] == pytest.approx(3.0)
+    assert stats["iqr_us"] == pytest.approx(2.0)  # 4 - 2 by linear interpolation
+    assert stats["repeats"] == 5
+
+
+def test_bench_mixing_times_every_method_beside_torchvision():
+    result = bench_mixing.run(batch_size=8, size=8, repeats=3, warmup=1, device="cpu")
+    check_machine(result["machine"])
+    expected = {f"robustmix:{m}:{p}" for m in DATA_FREE_MIX_NAMES for p in ("batch", "sample")}
+    expected |= {"torchvision:MixUp", "torchvision:CutMix"}
+    assert set(result["results"]) == expected
+    for stats in result["results"].values():
+        assert positive(stats["median_us"]) and stats["iqr_us"] >= 0
+        assert stats["repeats"] == 3
+    assert "torchvision  MixUp" in bench_mixing.format_results(result)
+
+
+def test_bench_train_gives_both_pipelines_and_every_mixing_share():
+    result = bench_train.run(steps=1, warmup=1, batch_size=4, device="cpu", arch="smallcnn",
+                             n=16, workers=0, mix="cutmix", mix_repeats=2)
+    check_machine(result["machine"])
+    for key in ("robustmix_images_per_s", "baseline_images_per_s", "speedup"):
+        assert positive(result[key]), key
+    assert result["speedup"] == pytest.approx(
+        result["robustmix_images_per_s"] / result["baseline_images_per_s"])
+    assert result["robustmix_images_per_s"] == result["mixing"]["cutmix"]["images_per_s"]
+    assert set(result["mixing"]) == set(DATA_FREE_MIX_NAMES)
+    for row in result["mixing"].values():
+        assert all(positive(row[k]) for k in ("mix_us", "step_ms", "images_per_s", "share"))
+    settings = result["settings"]
+    assert (settings["arch"], settings["batch_size"], settings["workers"]) == ("smallcnn", 4, 0)
+    assert "(a) / (b)" in bench_train.format_results(result)
+
+
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_timm_style_mix_labels_match_the_pixels_taken(mix):
+    batch = 6
+    x = torch.arange(batch, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 8, 8).clone()
+    y = torch.arange(batch)
+    mixed, target = bench_train.timm_style_mix(x, y, mix, np.random.default_rng(3))
+    own = target[torch.arange(batch), y]  # weight of each image's own label
+    partner = target[torch.arange(batch), y.flip(0)]
+    assert torch.allclose(target.sum(1), torch.ones(batch))
+    assert torch.allclose(own + partner, torch.ones(batch))
+    # Pixel mean = own·i + (1 − own)·(B − 1 − i): the label weight is the pixel share.
+    expected = own * y + (1 - own) * y.flip(0)
+    assert torch.allclose(mixed.mean(dim=(1, 2, 3)), expected, atol=1e-5)
+
+
+def test_bench_attack_counts_passes_of_both_ways():
+    steps, eps = 2, "2/255,8/255"
+    result = bench_attack.run(epochs=1, eps=eps, pgd_steps=steps, batch_size=64,
+                              n_examples=40, raw_repeats=2, device="cpu")
+    check_machine(result["machine"])
+    n, n_eps = 40, 2
+    theirs, ours = result["independent"], result["sweep"]
+    # One clean pass, then per ε: FGSM (1 + 1) and PGD (steps + 1), each evaluated once.
+    assert theirs["forward_passes"] == n * (1 + n_eps * (steps + 3))
+    assert theirs["backward_passes"] == n * n_eps * (1 + steps)
+    assert 0 < ours["row_forward_passes"] <= ours["forward_passes"]
+    assert 0 < ours["row_backward_passes"] == ours["backward_passes"]
+    for key in ("pass_ratio", "sweep_passes_per_s", "raw_forward_backward_passes_per_s",
+                "raw_forward_passes_per_s", "throughput_ratio", "expected_s", "efficiency"):
+        assert positive(result[key]), key
+    assert result["pass_ratio"] < 1
+    assert len(ours["robust_acc"]["pgd"]) == len(theirs["robust_acc"]["pgd"]) == n_eps
+    assert "sweep / independent" in bench_attack.format_results(result)
