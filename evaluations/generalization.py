@@ -37,6 +37,7 @@ from robustmix import runs
 from robustmix.errors import UsageError
 
 DEFAULT_Q_DRAWS = 512
+KERNEL_DRAWS = 1024          # masks for c(p) of a data-dependent MSDA (PuzzleMix), on real batches
 PROFILE_ELEMENTS = 1 << 22   # gradient-map pixels per pass of the offset loop (32 MiB in float64)
 
 
@@ -70,9 +71,16 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
     x_test, y_test = split_images(data, "test", indices)
     gradients = gradient_measures(model, x_test, y_test, batch_size, device)
     mix = config.mix
-    q = regularizer_table(model.first_layer, model.std, split_images(data, "train")[0],
+    train_images, train_labels = split_images(data, "train")
+    settings = mix.sampler_settings()
+    q = regularizer_table(model.first_layer, model.std, train_images,
                           alpha=mix.alpha, hmix_r=mix.hmix_r, switch_prob=mix.switch_prob,
-                          draws=q_draws, seed=seed, device=device)
+                          draws=q_draws, seed=seed, device=device,
+                          model=model if train_labels is not None else None,
+                          labels=train_labels,
+                          puzzle_settings={k: v for k, v in settings.items()
+                                           if k.startswith("puzzle_")})
+    kernel = _data_kernel(config, model, train_images, train_labels, seed, device)
     result = {
         "run": run.path.name, "mix": run.mix, "seed": run.seed,
         "dataset": run.dataset, "device": str(device), "batch_size": batch_size,
@@ -82,11 +90,31 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
                 "definition": "accuracy: train - test; loss: test - train (clean splits)"},
         "first_layer": first_layer_norms(model.first_layer, model.std),
         **gradients, "regularizer": q,
+        **({"mask_kernel": kernel} if kernel is not None else {}),
         "seconds": time.perf_counter() - started,
     }
     result = _json_safe(result)
     _write(run.path, result)
     return result
+
+
+def _data_kernel(config, model, images, labels, seed: int, device) -> dict | None:
+    """c(p) of the run's own MSDA when its masks depend on the data (PuzzleMix): estimated
+    on batches of the training images with the trained model's saliency; None otherwise."""
+    from robustmix.mixing import is_data_dependent, make_sampler
+
+    sampler = make_sampler(config.mix.mix, **config.mix.sampler_settings())
+    if not is_data_dependent(sampler) or labels is None:
+        return None
+    from robustmix.puzzlemix import kernel_on_batches
+
+    c = kernel_on_batches(sampler, model, images, labels, alpha=config.mix.alpha,
+                          draws=KERNEL_DRAWS, batch_size=config.batch_size, seed=seed,
+                          device=device)
+    return {"c": c.tolist(), "draws": KERNEL_DRAWS, "batch_size": config.batch_size,
+            "definition": "c(p) = E[(1 - M_u)(1 - M_u+p)], horizontal offsets p, averaged "
+                          "over positions; masks drawn on training batches with this model's "
+                          "saliency"}
 
 
 def _device(name: str) -> torch.device:

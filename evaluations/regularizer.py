@@ -17,6 +17,11 @@ The draws are common random numbers: the pairs come from ``default_rng([seed, 0]
 the λ and masks of distribution A from ``default_rng([seed, 1, k_A])``, so every model
 evaluated with one seed meets the very same pairs and masks, and Q_A does not depend on
 which other distributions are evaluated or on the batch size.
+
+PuzzleMix's masks depend on the images and on a model's saliency: its Q uses the evaluated
+model's saliency (so models share its pairs and λ but not its masks) and the perturbation
+its mix actually makes, δ = x̃ − x_i (= (1 − M) ⊙ (x_j − x_i) without transport); it needs
+the model and the training labels and is left out when they are not given.
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robustmix.mixing import MIX_NAMES, make_sampler, sample_lam
+from robustmix.errors import UsageError
+from robustmix.mixing import (DATA_FREE_MIX_NAMES, MIX_NAMES, is_data_dependent, make_sampler,
+                              sample_lam)
 
 CHUNK = 256   # pairs per batched conv; fixed so the masks drawn do not depend on --batch-size
 DEFINITION = ("Q_A(W) = E_{lam, M ~ A} E_{i != j} || W * ((1 - M) . (x_j - x_i) / std) ||^2, "
               "first conv's stride/padding, no bias, unaugmented train images; "
-              "relative = Q_A / Q_ref with Q_ref the same with M = 0")
+              "relative = Q_A / Q_ref with Q_ref the same with M = 0; for puzzlemix "
+              "(M ⊙ x_i + (1 - M) ⊙ x_j replaced by its mix x~, saliency of the evaluated "
+              "model) the perturbation is x~ - x_i")
 
 
 def draw_pairs(n_images: int, draws: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +68,12 @@ def _unit(images: Tensor, device) -> Tensor:
 @torch.no_grad()
 def pair_energies(layer: nn.Conv2d, std: Tensor, images: Tensor, pairs: tuple[np.ndarray, np.ndarray],
                   sampler=None, *, alpha: float = 1.0, rng: np.random.Generator | None = None,
-                  device="cpu") -> np.ndarray:
-    """‖W ∗ ((1 − M_d) ⊙ (x_j − x_i)/std)‖² for every drawn pair d; M = 0 when no sampler."""
+                  device="cpu", model: nn.Module | None = None,
+                  labels: Tensor | None = None) -> np.ndarray:
+    """‖W ∗ ((1 − M_d) ⊙ (x_j − x_i)/std)‖² for every drawn pair d; M = 0 when no sampler.
+
+    A data-dependent sampler (PuzzleMix) needs ``model`` and ``labels`` and uses δ = x̃ − x_i.
+    """
     first, second = pairs
     where = getattr(images, "device", "cpu")  # a lazy image-folder view lives on the host
     height, width = images.shape[2], images.shape[3]
@@ -68,29 +81,49 @@ def pair_energies(layer: nn.Conv2d, std: Tensor, images: Tensor, pairs: tuple[np
     for start in range(0, len(first), CHUNK):
         index_i = torch.from_numpy(first[start:start + CHUNK])
         index_j = torch.from_numpy(second[start:start + CHUNK])
-        delta = _unit(images[index_j.to(where)], device) - \
-            _unit(images[index_i.to(where)], device)
+        x_i = _unit(images[index_i.to(where)], device)
+        x_j = _unit(images[index_j.to(where)], device)
+        delta = x_j - x_i
         if sampler is not None:
             lam = torch.from_numpy(sample_lam(rng, alpha, len(index_i))).float().to(device)
-            delta = delta * (1.0 - sampler(lam, height, width, rng, device))
+            if is_data_dependent(sampler):
+                from robustmix.puzzlemix import pair_deltas
+
+                y_i = labels[index_i.to(labels.device)].to(device)
+                y_j = labels[index_j.to(labels.device)].to(device)
+                delta = pair_deltas(sampler, model, x_i, y_i, x_j, y_j, lam, rng)
+            else:
+                delta = delta * (1.0 - sampler(lam, height, width, rng, device))
         energies.append(first_layer_energy(layer, std, delta).cpu())
     return torch.cat(energies).numpy()
 
 
 def regularizer_table(layer: nn.Conv2d, std: Tensor, images: Tensor, *, alpha: float = 1.0,
                       hmix_r: float = 0.5, switch_prob: float = 0.5, draws: int = 512,
-                      seed: int = 0, masks=MIX_NAMES, device="cpu") -> dict:
-    """Q_A for each mask distribution A in ``masks``, with Q_ref and the settings used."""
+                      seed: int = 0, masks=None, device="cpu", model: nn.Module | None = None,
+                      labels: Tensor | None = None, puzzle_settings: dict | None = None) -> dict:
+    """Q_A for each mask distribution A in ``masks``, with Q_ref and the settings used.
+
+    ``masks`` defaults to every MSDA when ``model`` and ``labels`` are given (PuzzleMix needs
+    them), else to :data:`~robustmix.mixing.DATA_FREE_MIX_NAMES`. ``puzzle_settings`` are
+    the ``puzzle_*`` keyword arguments of :func:`~robustmix.mixing.make_sampler`.
+    """
+    with_data = model is not None and labels is not None
+    if masks is None:
+        masks = MIX_NAMES if with_data else DATA_FREE_MIX_NAMES
     pairs = draw_pairs(images.shape[0], draws, seed)
     layer = layer.to(device)
     reference = pair_energies(layer, std, images, pairs, device=device)
     q_ref = float(reference.mean())
     table = {}
     for name in masks:
-        rng = np.random.default_rng([seed, 1, MIX_NAMES.index(name)])
-        sampler = make_sampler(name, hmix_r=hmix_r, switch_prob=switch_prob)
+        rng = np.random.default_rng([seed, 1, MIX_NAMES.index(name)])  # puzzlemix last
+        sampler = make_sampler(name, hmix_r=hmix_r, switch_prob=switch_prob,
+                               **(puzzle_settings or {}))
+        if is_data_dependent(sampler) and not with_data:
+            raise UsageError(f"Q of {name} needs the model (its saliency) and the labels")
         values = pair_energies(layer, std, images, pairs, sampler, alpha=alpha, rng=rng,
-                               device=device)
+                               device=device, model=model, labels=labels)
         q = float(values.mean())
         table[name] = {"q": q, "se": _standard_error(values),
                        "relative": q / q_ref if q_ref > 0 else math.nan}

@@ -294,20 +294,29 @@ class _Report:
         self.link("mask_kernels.csv", "c(p) and c(p)/c(0) per method")
 
     def _kernels(self):
-        from robustmix.mixing import MIX_NAMES, make_sampler, mask_kernel
+        from robustmix.mixing import DATA_FREE_MIX_NAMES, make_sampler, mask_kernel
 
         size = (int(self.dataset["height"]), int(self.dataset["width"]))
         kernels, rows, cache = {}, [], {}
         for group in self.groups:
             s = group.settings
-            if group.method not in MIX_NAMES or group.method == "vanilla":
+            if group.method == "vanilla":
                 continue
-            key = (group.method, s.get("mix.alpha", 1.0), s.get("mix.hmix_r", 0.5),
-                   s.get("mix.switch_prob", 0.5))
-            if key not in cache:
-                sampler = make_sampler(group.method, hmix_r=key[2], switch_prob=key[3])
-                cache[key] = mask_kernel(sampler, size, alpha=key[1], draws=KERNEL_DRAWS)
-            kernel = cache[key]
+            if group.method not in DATA_FREE_MIX_NAMES:
+                # PuzzleMix's masks depend on the data: c(p) measured by `robustmix evaluate`
+                stored = [np.asarray(r.generalization["mask_kernel"]["c"], dtype=float)
+                          for r in self._records(group)
+                          if r.generalization and "mask_kernel" in r.generalization]
+                if not stored:
+                    continue
+                kernel = np.mean(stored, axis=0)
+            else:
+                key = (group.method, s.get("mix.alpha", 1.0), s.get("mix.hmix_r", 0.5),
+                       s.get("mix.switch_prob", 0.5))
+                if key not in cache:
+                    sampler = make_sampler(group.method, hmix_r=key[2], switch_prob=key[3])
+                    cache[key] = mask_kernel(sampler, size, alpha=key[1], draws=KERNEL_DRAWS)
+                kernel = cache[key]
             kernels[group.name] = kernel / kernel[0] if kernel[0] > 0 else kernel
             rows += [{"group": group.name, "method": group.method, "offset": p, "c": c,
                       "c_over_c0": kernels[group.name][p]} for p, c in enumerate(kernel)]

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from robustmix.errors import UsageError
 
-MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix")
+MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix", "puzzlemix")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +64,17 @@ def _add_train(sub) -> None:
                    help="stochastic: probability of CutMix rather than Mixup (default: 0.5)")
     g.add_argument("--hmix-r", type=float, default=0.5,
                    help="hmix: box area fraction r of the partner's share (default: 0.5)")
+    g.add_argument("--puzzle-beta", type=float, default=1.2,
+                   help="puzzlemix: label smoothness beta of the graph cut (default: 1.2)")
+    g.add_argument("--puzzle-gamma", type=float, default=0.5,
+                   help="puzzlemix: data smoothness gamma across block boundaries "
+                        "(default: 0.5)")
+    g.add_argument("--puzzle-eta", type=float, default=0.2,
+                   help="puzzlemix: weight eta of the prior that keeps the mask mean near "
+                        "lambda (default: 0.2)")
+    g.add_argument("--puzzle-transport", action=argparse.BooleanOptionalAction, default=True,
+                   help="puzzlemix: move salient blocks out from under the partner "
+                        "(default: on)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
                    help="digits (embedded, default), cifar10, cifar100, svhn, mnist, "
@@ -244,7 +255,9 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         mix = MixConfig(mix=args.mix, alpha=args.alpha, lam_per=args.lam_per,
                         pairing=args.pairing, mix_prob=args.mix_prob,
-                        switch_prob=args.switch_prob, hmix_r=args.hmix_r)
+                        switch_prob=args.switch_prob, hmix_r=args.hmix_r,
+                        puzzle_beta=args.puzzle_beta, puzzle_gamma=args.puzzle_gamma,
+                        puzzle_eta=args.puzzle_eta, puzzle_transport=args.puzzle_transport)
         config = TrainConfig(
             dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
             download=args.download, crop_scale=args.crop_scale, pad=args.pad, flip=args.flip,

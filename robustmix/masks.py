@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from robustmix import runs
-from robustmix.mixing import MIX_NAMES, make_sampler, mask_kernel
+from robustmix.mixing import DATA_FREE_MIX_NAMES, make_sampler, mask_kernel
 
 
 def write_kernel(path: str | Path, mix: str, size: int, *, draws: int, alpha: float,
@@ -26,7 +26,7 @@ def gallery_masks(size: int, lam: float, *, hmix_r: float = 0.5,
                   seed: int = 0) -> dict[str, torch.Tensor]:
     """One (1, 1, size, size) mask per MSDA at a fixed λ, drawn from the training samplers."""
     masks = {}
-    for mix in MIX_NAMES:
+    for mix in DATA_FREE_MIX_NAMES:
         rng = np.random.default_rng(seed)
         sampler = make_sampler(mix, hmix_r=hmix_r)
         masks[mix] = sampler(torch.tensor([lam]), size, size, rng, "cpu")

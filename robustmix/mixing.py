@@ -11,17 +11,23 @@ choices (box centres, bump centres) are drawn on the host from ``rng`` and moved
 device as small tensors; the mask itself is built on the device with batched tensor ops,
 no Python loop over samples. The same seed therefore gives the same masks on any device.
 
+PuzzleMix's masks depend on the images: it is a :class:`DataDependentSampler`, called as
+``(lam, x, partner_x, rng, saliency=, partner_saliency=)`` and returning a
+:class:`MaskDraw` — the mask and the two images to combine, which its transport step may
+have rearranged (:mod:`robustmix.puzzlemix`). :data:`DATA_FREE_MIX_NAMES` are the MSDAs
+whose samplers need nothing but λ.
+
 :func:`mix` is the single place where x̃ and ỹ are formed; :class:`Mixer` draws
 (λ, mask, partner) once per batch and then applies them, so images and labels never
 disagree. The evaluations compute the kernel c(p) from these same samplers
-(:func:`mask_kernel`).
+(:func:`mask_kernel`; :func:`robustmix.puzzlemix.kernel_on_batches` for PuzzleMix).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -29,7 +35,8 @@ from torch import Tensor
 
 from robustmix.errors import UsageError
 
-MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix")
+DATA_FREE_MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix")
+MIX_NAMES = DATA_FREE_MIX_NAMES + ("puzzlemix",)   # appended: indices of the others stay
 LAM_PER = ("batch", "sample")
 PAIRINGS = ("flip", "shuffle")
 
@@ -37,6 +44,39 @@ PAIRINGS = ("flip", "shuffle")
 class MaskSampler(Protocol):
     def __call__(self, lam: Tensor, height: int, width: int, rng: np.random.Generator,
                  device: torch.device | str) -> Tensor: ...
+
+
+class MaskDraw(NamedTuple):
+    """What a data-dependent sampler returns: x̃ = mask ⊙ x + (1 − mask) ⊙ partner_x.
+
+    ``x`` holds the images whose labels are y (possibly with blocks moved), ``partner_x``
+    the partners' images (likewise); :func:`mix` combines them.
+    """
+
+    mask: Tensor        # (B, 1, H, W)
+    x: Tensor           # (B, C, H, W)
+    partner_x: Tensor   # (B, C, H, W)
+
+
+class DataDependentSampler(Protocol):
+    """A sampler whose masks depend on the batch (PuzzleMix).
+
+    Called with ``lam`` (B,) or (1,), the images ``x`` (B, C, H, W), the partner images
+    ``partner_x`` = x[partner], the generator, and (when ``needs_saliency``) the saliency
+    maps (B, H, W) of both; returns a :class:`MaskDraw`.
+    """
+
+    needs_data: ClassVar[bool]
+    needs_saliency: ClassVar[bool]
+
+    def __call__(self, lam: Tensor, x: Tensor, partner_x: Tensor, rng: np.random.Generator, *,
+                 saliency: Tensor | None = None,
+                 partner_saliency: Tensor | None = None) -> MaskDraw: ...
+
+
+def is_data_dependent(sampler) -> bool:
+    """Whether ``sampler`` is a :class:`DataDependentSampler` rather than a :class:`MaskSampler`."""
+    return bool(getattr(sampler, "needs_data", False))
 
 
 def _as_device_tensor(values: np.ndarray, device, dtype=torch.float32) -> Tensor:
@@ -165,15 +205,28 @@ def stochastic_mask(switch_prob: float) -> MaskSampler:
     return sample
 
 
-def make_sampler(mix: str, *, hmix_r: float = 0.5, switch_prob: float = 0.5) -> MaskSampler:
-    """The mask sampler of an MSDA by name (one of :data:`MIX_NAMES`)."""
-    samplers: dict[str, Callable[[], MaskSampler]] = {
+def _puzzlemix(**settings):
+    from robustmix.puzzlemix import PuzzleMix
+
+    return PuzzleMix(**settings)
+
+
+def make_sampler(mix: str, *, hmix_r: float = 0.5, switch_prob: float = 0.5,
+                 puzzle_beta: float = 1.2, puzzle_gamma: float = 0.5, puzzle_eta: float = 0.2,
+                 puzzle_transport: bool = True) -> MaskSampler | DataDependentSampler:
+    """The mask sampler of an MSDA by name (one of :data:`MIX_NAMES`).
+
+    ``puzzlemix`` gives a :class:`DataDependentSampler`; every other name a :class:`MaskSampler`.
+    """
+    samplers: dict[str, Callable[[], MaskSampler | DataDependentSampler]] = {
         "vanilla": lambda: vanilla_mask,
         "mixup": lambda: mixup_mask,
         "cutmix": lambda: cutmix_mask,
         "stochastic": lambda: stochastic_mask(switch_prob),
         "hmix": lambda: hmix_mask(hmix_r),
         "gmix": lambda: gmix_mask,
+        "puzzlemix": lambda: _puzzlemix(beta=puzzle_beta, gamma=puzzle_gamma, eta=puzzle_eta,
+                                        transport=puzzle_transport),
     }
     if mix not in samplers:
         raise UsageError(f"unknown mix '{mix}'; valid: {', '.join(MIX_NAMES)}")
@@ -187,17 +240,25 @@ def sample_lam(rng: np.random.Generator, alpha: float, size: int) -> np.ndarray:
     return rng.beta(alpha, alpha, size=size)
 
 
-def mix(x: Tensor, y: Tensor, mask: Tensor, partner: Tensor) -> tuple[Tensor, Tensor]:
+def mix(x: Tensor, y: Tensor, mask: Tensor, partner: Tensor,
+        partner_x: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Form the mixed batch: x̃ = M ⊙ x + (1 − M) ⊙ x[partner], ỹ = m̄ y + (1 − m̄) y[partner].
 
     ``x`` is (B, C, H, W), ``y`` soft labels (B, K), ``mask`` (B or 1, 1, H, W) and
     ``partner`` (B,) indices into the batch. m̄ is the mean of each mask actually used.
+    ``partner_x`` replaces x[partner] when a sampler rearranged the partners' pixels
+    (PuzzleMix's transport); their labels are still y[partner].
     """
     if y.dim() != 2 or y.shape[0] != x.shape[0]:
         raise ValueError(f"labels should be probabilities of shape (batch_size, classes) = "
                          f"({x.shape[0]}, K), got {tuple(y.shape)}")
+    if partner_x is None:
+        partner_x = x[partner]
+    elif partner_x.shape != x.shape:
+        raise ValueError(f"partner images should have the shape of x {tuple(x.shape)}, "
+                         f"got {tuple(partner_x.shape)}")
     mask = mask.to(x.dtype)
-    x_mixed = torch.lerp(x[partner], x, mask)
+    x_mixed = torch.lerp(partner_x, x, mask)
     weight = mask.mean(dim=(1, 2, 3)).to(y.dtype).unsqueeze(1)
     y_mixed = torch.lerp(y[partner], y, weight)
     return x_mixed, y_mixed
@@ -214,6 +275,10 @@ class MixConfig:
     mix_prob: float = 1.0        # probability that a batch (or sample) is mixed at all
     switch_prob: float = 0.5     # stochastic: probability of CutMix
     hmix_r: float = 0.5
+    puzzle_beta: float = 1.2     # puzzlemix: label smoothness (official defaults)
+    puzzle_gamma: float = 0.5    # puzzlemix: data smoothness
+    puzzle_eta: float = 0.2      # puzzlemix: weight of the label prior
+    puzzle_transport: bool = True  # puzzlemix: move salient blocks out from under the partner
 
     def validate(self) -> None:
         if self.mix not in MIX_NAMES:
@@ -228,46 +293,120 @@ class MixConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+        for name in ("puzzle_beta", "puzzle_gamma", "puzzle_eta"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
+                                 f"got {value}")
+        if not isinstance(self.puzzle_transport, bool):
+            raise UsageError(f"puzzle_transport must be true or false, got {self.puzzle_transport!r}")
+
+    def sampler_settings(self) -> dict:
+        """The keyword arguments of :func:`make_sampler` that this configuration sets."""
+        return {"hmix_r": self.hmix_r, "switch_prob": self.switch_prob,
+                "puzzle_beta": self.puzzle_beta, "puzzle_gamma": self.puzzle_gamma,
+                "puzzle_eta": self.puzzle_eta, "puzzle_transport": self.puzzle_transport}
+
+
+SaliencyFn = Callable[[Tensor, Tensor], Tensor]   # (x (B, C, H, W), y (B, K)) -> (B, H, W)
 
 
 class Mixer:
-    """Draws (λ, mask, partner) for a batch from a host RNG, then mixes with :func:`mix`."""
+    """Draws (λ, mask, partner) for a batch from a host RNG, then mixes with :func:`mix`.
+
+    For a data-dependent sampler (PuzzleMix) the draw needs the batch and, when the sampler
+    asks for it, ``saliency_fn(x, y)``: the Mixer calls it once per mixed batch on the clean
+    batch (the training loop passes one that does the extra forward and backward pass).
+    """
 
     def __init__(self, config: MixConfig):
         config.validate()
         self.config = config
-        self.sampler = make_sampler(config.mix, hmix_r=config.hmix_r,
-                                    switch_prob=config.switch_prob)
+        self.sampler = make_sampler(config.mix, **config.sampler_settings())
 
     @property
     def active(self) -> bool:
         return self.config.mix != "vanilla" and self.config.mix_prob > 0
 
+    @property
+    def needs_data(self) -> bool:
+        return is_data_dependent(self.sampler)
+
+    @property
+    def needs_saliency(self) -> bool:
+        return self.active and self.needs_data and bool(self.sampler.needs_saliency)
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Refuse, before any work, an image size the sampler cannot handle (PuzzleMix's
+        blocks must tile the image)."""
+        check = getattr(self.sampler, "check_image_size", None)
+        if self.active and check is not None:
+            check(height, width)
+
+    def _lam_and_applied(self, batch: int, rng: np.random.Generator):
+        count = batch if self.config.lam_per == "sample" else 1
+        lam = sample_lam(rng, self.config.alpha, count)
+        return lam, rng.random(count) < self.config.mix_prob
+
+    def _partner(self, batch: int, rng: np.random.Generator, device) -> Tensor:
+        if self.config.pairing == "flip":
+            return torch.arange(batch - 1, -1, -1, device=device)
+        return _as_device_tensor(rng.permutation(batch), device, torch.long)
+
     def draw(self, batch: int, height: int, width: int, rng: np.random.Generator,
              device) -> tuple[Tensor, Tensor]:
         """The mask (B or 1, 1, H, W) and partner indices (B,) for one batch."""
-        cfg = self.config
-        count = batch if cfg.lam_per == "sample" else 1
-        lam = sample_lam(rng, cfg.alpha, count)
-        applied = rng.random(count) < cfg.mix_prob
+        if self.needs_data:
+            raise UsageError(f"{self.config.mix} draws its masks from the images: call the "
+                             "Mixer with the batch, Mixer(config)(x, y, rng, saliency_fn=...)")
+        lam, applied = self._lam_and_applied(batch, rng)
         mask = self.sampler(_as_device_tensor(lam, device), height, width, rng, device)
         if not applied.all():
             keep = _as_device_tensor(applied, device, torch.bool).view(-1, 1, 1, 1)
             mask = torch.where(keep, mask, torch.ones_like(mask))
-        if cfg.pairing == "flip":
-            partner = torch.arange(batch - 1, -1, -1, device=device)
-        else:
-            partner = _as_device_tensor(rng.permutation(batch), device, torch.long)
-        return mask, partner
+        return mask, self._partner(batch, rng, device)
 
-    def __call__(self, x: Tensor, y: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
-        """Mix a batch ``x`` (B, C, H, W) with soft labels ``y`` (B, K)."""
+    def __call__(self, x: Tensor, y: Tensor, rng: np.random.Generator,
+                 saliency_fn: SaliencyFn | None = None) -> tuple[Tensor, Tensor]:
+        """Mix a batch ``x`` (B, C, H, W) with soft labels ``y`` (B, K).
+
+        ``saliency_fn`` is needed (and called) only by samplers with ``needs_saliency``.
+        """
         if not self.active:
             return x, y
         if x.shape[0] < 2:
             raise UsageError(f"mixing needs a batch of at least 2 images, got {x.shape[0]}")
+        if self.needs_data:
+            return self._mix_with_data(x, y, rng, saliency_fn)
         mask, partner = self.draw(x.shape[0], x.shape[2], x.shape[3], rng, x.device)
         return mix(x, y, mask, partner)
+
+    def _mix_with_data(self, x: Tensor, y: Tensor, rng: np.random.Generator,
+                       saliency_fn: SaliencyFn | None) -> tuple[Tensor, Tensor]:
+        """Draw order: λ, which masks apply, partners, then the sampler's own draws."""
+        batch = x.shape[0]
+        lam, applied = self._lam_and_applied(batch, rng)
+        partner = self._partner(batch, rng, x.device)
+        if not applied.any():
+            return x, y   # no extra pass for a batch that is not mixed
+        saliency = partner_saliency = None
+        if self.sampler.needs_saliency:
+            if saliency_fn is None:
+                raise UsageError(f"{self.config.mix} needs saliency maps: pass "
+                                 "saliency_fn(x, y) -> (B, H, W) to the Mixer")
+            saliency = saliency_fn(x, y).detach()
+            if saliency.shape != (batch, x.shape[2], x.shape[3]):
+                raise ValueError(f"saliency_fn should return ({batch}, {x.shape[2]}, "
+                                 f"{x.shape[3]}), got {tuple(saliency.shape)}")
+            partner_saliency = saliency[partner]
+        draw = self.sampler(_as_device_tensor(lam, x.device), x, x[partner], rng,
+                            saliency=saliency, partner_saliency=partner_saliency)
+        mask, own, partner_x = draw
+        if not applied.all():
+            keep = _as_device_tensor(applied, x.device, torch.bool).view(-1, 1, 1, 1)
+            mask = torch.where(keep, mask, torch.ones_like(mask))
+            own = torch.where(keep, own, x)
+        return mix(own, y, mask, partner, partner_x=partner_x)
 
 
 def mask_kernel(sampler: MaskSampler, size: int | tuple[int, int], *, alpha: float = 1.0,
@@ -279,6 +418,9 @@ def mask_kernel(sampler: MaskSampler, size: int | tuple[int, int], *, alpha: flo
     col + p < W, estimated from ``draws`` masks with λ ~ Beta(α, α). Mixup gives
     E[(1−λ)²] at every p (1/3 for α = 1); CutMix falls from E[1 − mean M] at p = 0 to 0.
     """
+    if is_data_dependent(sampler):
+        raise UsageError("this sampler's masks depend on the images: estimate its kernel on "
+                         "real batches with robustmix.puzzlemix.kernel_on_batches")
     height, width = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
     total = torch.zeros(width, dtype=torch.float64)
@@ -286,9 +428,20 @@ def mask_kernel(sampler: MaskSampler, size: int | tuple[int, int], *, alpha: flo
     while done < draws:
         n = min(chunk, draws - done)
         lam = _as_device_tensor(sample_lam(rng, alpha, n), device)
-        hole = (1.0 - sampler(lam, height, width, rng, device)).double().squeeze(1)
-        for offset in range(width):
-            products = hole[:, :, : width - offset] * hole[:, :, offset:]
-            total[offset] += products.mean(dim=(1, 2)).sum().cpu()
+        total += kernel_sums((1.0 - sampler(lam, height, width, rng, device)).double().squeeze(1))
         done += n
     return (total / draws).numpy()
+
+
+def kernel_sums(hole: Tensor) -> Tensor:
+    """Σ over masks of the position-averaged (1 − M_u)(1 − M_{u+p}), p = 0..W−1.
+
+    ``hole`` is 1 − M of shape (N, H, W); returns float64 sums of shape (W,) on the CPU,
+    which :func:`mask_kernel` divides by the number of masks.
+    """
+    width = hole.shape[-1]
+    sums = torch.zeros(width, dtype=torch.float64)
+    for offset in range(width):
+        products = hole[:, :, : width - offset] * hole[:, :, offset:]
+        sums[offset] = products.mean(dim=(1, 2)).sum().cpu()
+    return sums

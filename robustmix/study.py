@@ -25,8 +25,9 @@ from typing import Any, Callable
 from robustmix import runs
 from robustmix.errors import UsageError
 
-STUDY_METHODS = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix")
-MIX_KEYS = ("alpha", "lam_per", "pairing", "mix_prob", "switch_prob", "hmix_r")
+STUDY_METHODS = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix", "puzzlemix")
+MIX_KEYS = ("alpha", "lam_per", "pairing", "mix_prob", "switch_prob", "hmix_r", "puzzle_beta",
+            "puzzle_gamma", "puzzle_eta", "puzzle_transport")
 
 _DIGITS = {
     "description": "every MSDA on the embedded digits (16×16), 3 seeds; minutes on a CPU",

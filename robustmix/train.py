@@ -6,6 +6,11 @@ initialization (epoch order, crops, flips, λ, masks, partners) comes from one
 ``numpy.random.Generator`` seeded with ``--seed`` and saved in every checkpoint, so a run
 killed after epoch k and resumed ends with exactly the weights of an uninterrupted run
 (on the CPU; GPU kernels may be non-deterministic).
+
+PuzzleMix needs the saliency of the clean batch: one extra forward and backward pass per
+mixed batch (:func:`robustmix.puzzlemix.input_saliency`, model in eval mode as the
+official code, gradient for the input only), which the Mixer asks for through
+``saliency_fn``. It draws no random numbers and leaves the parameters' gradients alone.
 """
 
 from __future__ import annotations
@@ -265,6 +270,12 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
     mixer = Mixer(config.mix)
+    mixer.check_image_size(data.height, data.width)
+    saliency_fn = None
+    if mixer.needs_saliency:
+        from robustmix.puzzlemix import saliency_of
+
+        saliency_fn = saliency_of(model, amp=config.amp)
     rng = np.random.default_rng(config.seed)
     metrics: list[dict[str, Any]] = []
     start_epoch = 0
@@ -303,7 +314,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             target = soft_labels(y, data.num_classes, config.label_smoothing)
-            x, target = mixer(x, target, rng)
+            x, target = mixer(x, target, rng, saliency_fn=saliency_fn)
             if memory_format is torch.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, config.amp):

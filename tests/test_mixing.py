@@ -8,7 +8,7 @@ import torch
 
 from robustmix import cli
 from robustmix.errors import UsageError
-from robustmix.mixing import (MIX_NAMES, MixConfig, Mixer, cutmix_mask, gmix_mask, hmix_mask,
+from robustmix.mixing import (DATA_FREE_MIX_NAMES, MIX_NAMES, MixConfig, Mixer, cutmix_mask, gmix_mask, hmix_mask,
                               make_sampler, mask_kernel, mix, mixup_mask)
 
 H, W = 12, 20  # non-square on purpose
@@ -42,7 +42,7 @@ def test_cli_knows_the_same_mix_names():
     assert cli.MIX_NAMES == MIX_NAMES
 
 
-@pytest.mark.parametrize("name", MIX_NAMES)
+@pytest.mark.parametrize("name", DATA_FREE_MIX_NAMES)  # puzzlemix: tests/test_puzzlemix.py
 def test_masks_lie_in_unit_interval_with_the_contract_shape(name):
     lam, mask = draw(name, 500)
     assert mask.shape == (500, 1, H, W)
@@ -50,7 +50,7 @@ def test_masks_lie_in_unit_interval_with_the_contract_shape(name):
     assert mask.min() >= 0 and mask.max() <= 1
 
 
-@pytest.mark.parametrize("name", MIX_NAMES)
+@pytest.mark.parametrize("name", DATA_FREE_MIX_NAMES)
 def test_label_weight_is_the_mask_mean(name):
     batch, classes = 16, 10
     rng = np.random.default_rng(1)
