@@ -8,6 +8,11 @@ batches is written here (it mirrors ``run_standard_evaluation``) so that the sta
 can be saved after every batch and an interrupted evaluation resumes where it stopped;
 pyautoattack's own state file is saved only per attack and its resume path is not used.
 
+The state file records a fingerprint of what it belongs to (the model's weights, the
+examples, ε, norm, seed, version, batch size and classes) and the passes spent so far; a
+state that does not match, or does not parse, is ignored and the evaluation starts over,
+so a stale state can cost time but never change a number.
+
 AutoAttack's checks (randomized model, probabilities instead of logits, a dynamic
 defense, too few classes for the targeted attacks, Square succeeding where the gradient
 attacks failed) are captured from its ``auto-attack`` logger and returned, so they reach
@@ -16,15 +21,17 @@ the printed table and the CSV.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from robustmix import runs
+from robustmix.errors import UsageError
 
 COMPONENTS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
               "fast": ("apgd-ce", "apgd-t")}
@@ -94,15 +101,55 @@ def _run_checks(model: nn.Module, x: Tensor, y: Tensor, components) -> None:
     checks.check_n_classes(n_classes, list(components), 9, 9, logger=logger)
 
 
+def fingerprint(model: nn.Module, x: Tensor, y: Tensor, **settings: Any) -> str:
+    """A digest of the weights, the examples and the settings an evaluation state belongs to."""
+    digest = hashlib.sha256(repr(sorted(settings.items())).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    for tensor in (x, y):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _read_state(path: Path, expected: str, n: int, components) -> dict[str, Any] | None:
+    """The saved state if it belongs to this evaluation and is well formed, else None."""
+    try:
+        state = runs.read_json(path)
+    except UsageError:
+        return None
+    try:
+        ok = (isinstance(state, dict) and state.get("fingerprint") == expected
+              and isinstance(state["standing"], list) and len(state["standing"]) == n
+              and all(isinstance(v, bool) for v in state["standing"])
+              and isinstance(state["done"], list) and set(state["done"]) <= set(components)
+              and state["component"] in (None, *components)
+              and isinstance(state["order"], list)
+              and all(isinstance(i, int) and 0 <= i < n for i in state["order"])
+              and isinstance(state["next_batch"], int) and state["next_batch"] >= 0
+              and isinstance(state["accuracy"], dict)
+              and isinstance(state["passes"], list) and len(state["passes"]) == 2
+              and all(isinstance(v, int) and v >= 0 for v in state["passes"]))
+    except (KeyError, TypeError):
+        return None
+    return state if ok else None
+
+
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, *,
                version: str = "standard", seed: int = 0, batch_size: int = 250,
                n_classes: int, state_path: Path | None = None,
-               on_batch: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor, list[str]]:
+               on_batch: Callable[[int], None] | None = None,
+               passes: Callable[[], tuple[int, int]] | None = None
+               ) -> tuple[Tensor, Tensor, list[str], tuple[int, int] | None]:
     """Attack correctly classified points ``x`` (all on the model's device).
 
-    Returns (adversarial examples, broken flags, checks). With ``state_path`` the standing
-    set is saved after every batch and a rerun continues from it; the state file is
-    removed when the evaluation finishes.
+    Returns (adversarial examples, broken flags, checks, passes spent). With
+    ``state_path`` the standing set is saved after every batch and a rerun continues from
+    it; the state file is removed when the evaluation finishes. ``passes`` reads the
+    model's running (forward, backward) counts; the passes spent are then those of the
+    whole evaluation, an interrupted process's included and the checks counted once,
+    so a resumed evaluation reports what an uninterrupted one would (else None).
     """
     from pyautoattack import checks
 
@@ -110,20 +157,34 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, *,
     adversary = _build(model, eps, norm, seed, x.device, n_classes)
     standing = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     x_adv = x.clone()
+    key, resumed = None, False
     state = {"done": [], "component": None, "order": [], "next_batch": 0,
-             "accuracy": {"clean": 1.0}}
-    if state_path is not None and state_path.exists():
-        state = runs.read_json(state_path)
-        standing = torch.tensor(state.pop("standing"), dtype=torch.bool, device=x.device)
-        if standing.shape[0] != x.shape[0]:
-            raise ValueError(f"{state_path} belongs to a different set of examples")
+             "accuracy": {"clean": 1.0}, "passes": [0, 0]}
+    if state_path is not None:
+        key = fingerprint(model, x, y, eps=float(eps), norm=norm, seed=seed, version=version,
+                          batch_size=batch_size, n_classes=n_classes)
+        saved = _read_state(state_path, key, x.shape[0], components) \
+            if state_path.exists() else None
+        if saved is not None:
+            state, resumed = saved, True
+            standing = torch.tensor(state.pop("standing"), dtype=torch.bool, device=x.device)
+    start = passes() if passes is not None else (0, 0)
+    earlier = tuple(state["passes"])
+
+    def spent() -> tuple[int, int]:
+        now = passes() if passes is not None else (0, 0)
+        return (earlier[0] + now[0] - start[0], earlier[1] + now[1] - start[1])
 
     def save() -> None:
         if state_path is not None:
-            runs.write_json(state_path, {**state, "standing": standing.tolist()})
+            state["passes"] = list(spent())
+            runs.write_json(state_path, {**state, "fingerprint": key,
+                                         "standing": standing.tolist()})
 
     with captured_checks() as messages:
         _run_checks(model, x[:batch_size], y[:batch_size], components)
+        if resumed:  # the interrupted process counted the checks' passes already
+            start = passes() if passes is not None else (0, 0)
         for component in components:
             if component in state["done"]:
                 continue
@@ -147,6 +208,7 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, *,
             state["accuracy"][component] = standing.float().mean().item()
             save()
         checks.check_square_sr(state["accuracy"], logger=logging.getLogger("auto-attack"))
+    total = spent()
     if state_path is not None:
         state_path.unlink(missing_ok=True)
-    return x_adv, ~standing, list(messages)
+    return x_adv, ~standing, list(messages), total if passes is not None else None

@@ -26,7 +26,7 @@ def parse_eps(text: str) -> list[Eps]:
     items = [item.strip() for item in str(text).split(",")]
     if not items or any(not item for item in items):
         raise UsageError(f"--eps: expected a budget like 8/255 or 0.031, or a comma list of "
-                         f"them, got '{text}'")
+                         f"them, got {text!r}")
     parsed = {}
     for item in items:
         value = _parse_one(item)
@@ -41,19 +41,19 @@ def _parse_one(item: str) -> float:
             numerator, denominator = item.split("/")
             num, den = float(numerator), float(denominator)
             if den == 0:
-                raise UsageError(f"--eps: '{item}' has a zero denominator; expected {accepted}")
+                raise UsageError(f"--eps: {item!r} has a zero denominator; expected {accepted}")
             value = num / den
         else:
             value = float(item)
     except ValueError:
-        raise UsageError(f"--eps: '{item}' is not a number; expected {accepted}") from None
+        raise UsageError(f"--eps: {item!r} is not a number; expected {accepted}") from None
     if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"--eps: '{item}' must be positive and finite; expected {accepted}")
+        raise UsageError(f"--eps: {item!r} must be positive and finite; expected {accepted}")
     return value
 
 
 def check_norm(norm: str) -> str:
     norm = norm.lower()
     if norm not in NORMS:
-        raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got '{norm}'")
+        raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
     return norm

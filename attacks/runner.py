@@ -7,10 +7,16 @@ larger one. For FGSM and PGD, whose randomness is per example, this is exact: th
 counted robust at ε are those the same attack at ε alone leaves standing, minus those
 already broken at a smaller ε. A ``worst-case`` row per ε counts the examples that every
 attack left standing.
+
+Every row also carries the model checks (:func:`model_checks`): a model whose outputs
+differ between two passes on the same input (dropout left on), or that outputs
+probabilities instead of logits, gets a note in the ``checks`` column of every row, for
+every attack, so no number is read without it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from attacks.autoattack import autoattack
-from attacks.eps import Eps, check_norm
+from attacks.eps import NORMS, Eps, check_norm, parse_eps
 from attacks.gradient import PassCounter, PGDSettings, fgsm, pgd
+from robustmix import runs
 from robustmix.errors import UsageError
 
 ATTACKS = ("fgsm", "pgd", "autoattack", "autoattack-fast")
@@ -177,6 +184,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
         if n_classes is None:
             with torch.no_grad():
                 n_classes = counter(x[:1].to(device)).shape[1]
+        model_notes = model_checks(model, x[:config.batch_size], device)
         for attack in config.attacks:
             standing = clean.clone()
             for eps in config.eps:
@@ -185,15 +193,18 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
                 before = (counter.forwards, counter.backwards)
                 bar = tqdm(total=targets.numel(), desc=f"{attack} ε={eps.text}", leave=False,
                            disable=not progress, unit="ex")
-                broken, checks = _attack(counter, attack, x, y, indices, targets, eps, config,
-                                         device, n_classes, state_dir, bar.update)
+                broken, checks, spent = _attack(counter, attack, x, y, indices, targets, eps,
+                                                config, device, n_classes, state_dir,
+                                                bar.update)
                 bar.close()
                 standing[targets[broken]] = False
                 robust[(attack, eps.value)] = standing.clone()
+                if spent is None:
+                    spent = (counter.forwards - before[0], counter.backwards - before[1])
                 rows.append(Row(attack, eps, config.settings(attack, eps.value), n,
                                 targets.numel(), clean_acc, standing.float().mean().item(),
-                                time.perf_counter() - start, counter.forwards - before[0],
-                                counter.backwards - before[1], checks))
+                                time.perf_counter() - start, spent[0], spent[1],
+                                model_notes + [c for c in checks if c not in model_notes]))
         for eps in config.eps:
             worst = clean.clone()
             for attack in config.attacks:
@@ -201,32 +212,35 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
             robust[("worst-case", eps.value)] = worst
             rows.append(Row("worst-case", eps, config.settings("worst-case", eps.value), n,
                             int(clean.sum()), clean_acc, worst.float().mean().item(), 0.0, 0, 0,
-                            sorted({c for r in rows if r.eps == eps for c in r.checks})))
+                            model_notes + sorted({c for r in rows if r.eps == eps
+                                                  for c in r.checks} - set(model_notes))))
     _check_rows(rows)
     return Result(rows, clean, robust)
 
 
 def _attack(model, attack, x, y, indices, targets, eps: Eps, config: AttackConfig, device,
-            n_classes, state_dir, advance) -> tuple[Tensor, list[str]]:
-    """Attack the examples ``targets``; returns which of them broke and the checks raised."""
+            n_classes, state_dir, advance) -> tuple[Tensor, list[str], tuple[int, int] | None]:
+    """Attack the examples ``targets``; returns which of them broke, the checks raised, and
+    the (forward, backward) passes spent where they differ from what this process counts
+    (an AutoAttack resumed from its state adds those of the interrupted process)."""
     broken = torch.zeros(targets.numel(), dtype=torch.bool)
     if targets.numel() == 0:
-        return broken, []
+        return broken, [], None
     if attack.startswith("autoattack"):
         x_t, y_t = x[targets].to(device), y[targets].to(device)
         state = None
         if state_dir is not None:
             key = f"{attack}-{config.norm}-{eps.value:.8g}-seed{config.seed}-n{x.shape[0]}"
             state = Path(state_dir) / f"{key.replace('/', '_')}.json"
-        x_adv, hit, checks = autoattack(
+        x_adv, hit, checks, spent = autoattack(
             model, x_t, y_t, eps.value, config.norm, seed=config.seed,
             version="fast" if attack == "autoattack-fast" else "standard",
             batch_size=config.batch_size, n_classes=n_classes, state_path=state,
-            on_batch=advance)
+            on_batch=advance, passes=lambda: (model.forwards, model.backwards))
         # Each break was confirmed by a forward pass when it was found (possibly in an
         # earlier, interrupted process whose adversarial examples are not kept).
         check_adversarial(x_adv, x_t, eps.value, config.norm, attack)
-        return hit.cpu(), checks
+        return hit.cpu(), checks, spent
     for chunk in torch.arange(targets.numel()).split(config.batch_size):
         batch = targets[chunk]
         xb, yb = x[batch].to(device), y[batch].to(device)
@@ -239,7 +253,35 @@ def _attack(model, attack, x, y, indices, targets, eps: Eps, config: AttackConfi
         with torch.no_grad():
             broken[chunk] = (model(x_adv).argmax(1) != yb).cpu()
         advance(batch.numel())
-    return broken, []
+    return broken, [], None
+
+
+def model_checks(model: nn.Module, x: Tensor, device) -> list[str]:
+    """The ways a model makes robust accuracy lie, checked on a batch of clean inputs.
+
+    Two forward passes on the same inputs must agree (else the model is randomized, e.g.
+    dropout left on, and every accuracy is a draw), outputs must be finite, and they must
+    be logits: rows in [0, 1] that sum to 1 are probabilities, whose gradients vanish
+    where the model is confident, so gradient attacks find less than they should. The
+    model runs in whatever mode the caller set (eval, in :func:`robustness`).
+    """
+    if x.shape[0] == 0:
+        return []
+    xb = x.to(device)
+    with torch.no_grad():
+        first, second = model(xb).float(), model(xb).float()
+    notes = []
+    if not torch.isfinite(first).all():
+        notes.append("model: non-finite outputs (NaN or inf) on clean inputs")
+    elif not torch.allclose(first, second, rtol=1e-4, atol=1e-5):
+        notes.append("model: two passes on the same inputs give different outputs "
+                     "(randomness in eval mode, e.g. dropout left on); accuracies are draws")
+    if first.dim() == 2 and first.shape[1] > 1 and bool((first >= 0).all()) and \
+            bool((first <= 1).all()) and torch.allclose(first.sum(1), torch.ones_like(
+                first[:, 0]), atol=1e-4):
+        notes.append("model: outputs are probabilities (rows in [0, 1] summing to 1), not "
+                     "logits; gradient attacks on them underestimate robustness")
+    return notes
 
 
 def _check_rows(rows: Sequence[Row]) -> None:
@@ -261,15 +303,55 @@ ROBUSTNESS = "robustness.csv"
 STATE_DIR = ".attack-state"
 
 
+def _eps_text(text: str) -> str:
+    try:
+        values = parse_eps(text)
+    except UsageError:
+        raise ValueError(f"is {text!r}, not a budget like 8/255 or 0.031") from None
+    if len(values) != 1:
+        raise ValueError(f"is {text!r}, not one budget")
+    return text
+
+
+ROBUSTNESS_COLUMNS = {
+    "run": runs.text, "attack": runs.choice(ATTACKS + ("worst-case",)), "settings": runs.text,
+    "norm": runs.choice(NORMS), "eps": _eps_text, "eps_value": runs.number(0, above=True),
+    "n_examples": runs.number(0, integer=True), "n_attacked": runs.number(0, integer=True),
+    "clean_acc": runs.number(0, 1), "robust_acc": runs.number(0, 1), "seconds": runs.number(0),
+    "forward_passes": runs.number(0, integer=True),
+    "backward_passes": runs.number(0, integer=True), "checks": runs.text}
+assert list(ROBUSTNESS_COLUMNS) == CSV_FIELDS
+
+
+def _check_row(row: dict[str, str]) -> None:
+    """What one robustness row must satisfy beyond its columns' ranges."""
+    eps = parse_eps(row["eps"])[0].value
+    if not math.isclose(eps, float(row["eps_value"]), rel_tol=1e-6):
+        raise ValueError(f"eps {row['eps']} is {eps:.8g}, but eps_value is {row['eps_value']}")
+    if float(row["robust_acc"]) > float(row["clean_acc"]) + 1e-6:
+        raise ValueError(f"robust_acc {row['robust_acc']} is above clean_acc "
+                         f"{row['clean_acc']}")
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """A ``robustness.csv``, checked: its columns, names, ranges, and robust <= clean.
+
+    A file edited by hand into something this program never writes (a missing column, a
+    non-numeric or out-of-range accuracy, robust above clean) is a one-line UsageError
+    naming the file, the line and the problem.
+    """
+    return runs.read_table(path, ROBUSTNESS_COLUMNS, row_check=_check_row)
+
+
 def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
                n_examples: int | None = None, data_dir: str | None = None,
                progress: bool = False) -> list[Row]:
     """Attack a finished run's model on its test split; merge the rows into robustness.csv.
 
     Rows of an earlier call with the same attack, settings, norm, ε and examples are
-    replaced; the others are kept.
+    replaced; the others are kept. An existing robustness.csv is checked before any
+    attack runs, so a damaged one costs no time.
     """
-    from robustmix import runs
     from robustmix.data import load_dataset
     from robustmix.train import TrainConfig
 
@@ -277,34 +359,35 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     if not run_dir.is_dir():
         raise UsageError(f"--run {run_dir}: no such run directory")
     model = runs.load_model(run_dir).to(device)
-    train_config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG).get("train", {}),
+    train_config = TrainConfig.from_dict(runs.read_config(run_dir)["train"],
                                          source=str(run_dir / runs.CONFIG))
+    if (run_dir / ROBUSTNESS).exists():
+        read_rows(run_dir / ROBUSTNESS)
     data = load_dataset(train_config.dataset, data_dir=data_dir or train_config.data_dir,
                         image_size=train_config.image_size)
     x_all, y_all = data.tensors("test")
     chosen = torch.from_numpy(select_examples(x_all.shape[0], n_examples))
     x = x_all[chosen].float().div_(255)
     y = y_all[chosen]
+    state_dir = run_dir / STATE_DIR
+    runs.remove_stale_temporaries(state_dir)
     result = robustness(model, x, y, config, indices=chosen, device=device,
-                        n_classes=data.num_classes, state_dir=run_dir / STATE_DIR,
-                        progress=progress)
+                        n_classes=data.num_classes, state_dir=state_dir, progress=progress)
     write_rows(run_dir / ROBUSTNESS, [row.as_csv(str(run_dir), config.norm)
                                       for row in result.rows])
-    state_dir = run_dir / STATE_DIR
+    runs.remove_stale_temporaries(state_dir)
     if state_dir.is_dir() and not any(state_dir.iterdir()):
         state_dir.rmdir()
     return result.rows
 
 
 def write_rows(path: Path, new_rows: list[dict]) -> None:
-    """Merge rows into a robustness CSV, replacing those with the same key."""
-    from robustmix import runs
-
+    """Merge rows into a robustness CSV (checked first), replacing those with the same key."""
     def key(row: dict) -> tuple:
         return (row["attack"], row["settings"], row["norm"], f"{float(row['eps_value']):.8g}",
                 str(row["n_examples"]))
 
-    old = runs.read_csv(path) if path.exists() else []
+    old = read_rows(path) if path.exists() else []
     replaced = {key(row) for row in new_rows}
     merged = [row for row in old if key(row) not in replaced] + new_rows
     runs.write_csv(path, merged, CSV_FIELDS)

@@ -21,10 +21,6 @@ import pandas as pd
 
 from evaluations.runinfo import GENERALIZATION, ROBUSTNESS, RunInfo
 from robustmix import runs
-from robustmix.errors import UsageError
-
-ROBUSTNESS_COLUMNS = ("attack", "norm", "eps", "eps_value", "n_examples", "clean_acc",
-                      "robust_acc")
 
 
 @dataclass
@@ -49,20 +45,15 @@ def load_record(info: RunInfo, name: str) -> RunRecord:
 
 
 def read_robustness(path: Path) -> pd.DataFrame | None:
+    """A run's robustness.csv as a frame, checked first (:func:`attacks.runner.read_rows`):
+    a file edited by hand into something robustmix attack never writes is a UsageError."""
+    from attacks.runner import CSV_FIELDS, read_rows
+
     if not path.is_file():
         return None
-    try:
-        frame = pd.read_csv(path, keep_default_na=False, dtype={"eps": str, "checks": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not a readable CSV ({' '.join(str(err).split())})") from None
-    missing = [c for c in ROBUSTNESS_COLUMNS if c not in frame.columns]
-    if missing:
-        raise UsageError(f"{path} lacks the columns {', '.join(missing)}; "
-                         "rerun robustmix attack on that run")
-    if "checks" not in frame.columns:
-        frame["checks"] = ""
+    frame = pd.DataFrame(read_rows(path), columns=CSV_FIELDS)
     for column in ("eps_value", "clean_acc", "robust_acc", "n_examples"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        frame[column] = pd.to_numeric(frame[column])
     return frame
 
 
@@ -101,11 +92,12 @@ def robustness_rows(record: RunRecord) -> pd.DataFrame | None:
 
 
 def _final_test_acc(run_dir: Path) -> float:
-    try:
-        rows = runs.read_csv(run_dir / runs.METRICS)
-        return float(rows[-1]["test_acc"]) if rows else math.nan
-    except (OSError, KeyError, ValueError):
+    """The last epoch's test accuracy from metrics.csv (checked); NaN when there is none."""
+    path = run_dir / runs.METRICS
+    if not path.is_file():
         return math.nan
+    rows = runs.read_metrics(path)
+    return float(rows[-1]["test_acc"]) if rows else math.nan
 
 
 def _getter(tree: dict[str, Any]):

@@ -65,9 +65,8 @@ def open_run(path: str | Path) -> RunInfo:
     if not runs.is_complete(path):
         raise UsageError(f"{path} holds no finished run: {runs.WEIGHTS} is missing "
                          f"(finish it with: robustmix train --resume {path})")
-    config = runs.read_json(path / runs.CONFIG)
-    if not isinstance(config, dict) or not isinstance(config.get("train"), dict) \
-            or not isinstance(config.get("dataset"), dict):
-        raise UsageError(f"{path / runs.CONFIG} lacks the 'train' and 'dataset' settings; "
+    config = runs.read_config(path)  # types and unknown keys checked
+    if "dataset" not in config:
+        raise UsageError(f"{path / runs.CONFIG} lacks the 'dataset' section; "
                          "it was not written by robustmix train")
     return RunInfo(path, config)

@@ -22,9 +22,9 @@ def _float_pair(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0.35,1), got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0.35,1), got {text!r}") from None
     if not 0 < lo <= hi <= 1:
-        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI <= 1, got '{text}'")
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI <= 1, got {text!r}")
     return lo, hi
 
 
@@ -33,14 +33,14 @@ def _int_list(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers (e.g. 100,150), got '{text}'") from None
+            f"expected comma-separated integers (e.g. 100,150), got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
@@ -246,7 +246,7 @@ def _run_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / runs.CONFIG).is_file():
             raise UsageError(f"{run_dir} holds no run to resume ({runs.CONFIG} is missing)")
-        config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG).get("train", {}),
+        config = TrainConfig.from_dict(runs.read_config(run_dir)["train"],
                                        source=str(run_dir / runs.CONFIG))
         if runs.is_complete(run_dir):
             print(f"robustmix train: {run_dir} is already complete; nothing to do")
@@ -273,8 +273,13 @@ def _run_train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, arch=check_arch(config.arch))
         config.validate()
         out = Path(args.out or config.default_out())
-        prepare_run_dir(out, overwrite=args.overwrite)
-        result = train(config, out, progress=not args.quiet)
+        resume = prepare_run_dir(out, overwrite=args.overwrite, config=config)
+        if resume and runs.is_complete(out):
+            print(f"robustmix train: {out} already holds this run, complete; nothing to do")
+            return 0
+        if resume:
+            print(f"robustmix train: {out} holds this run, unfinished; continuing it")
+        result = train(config, out, resume=resume, progress=not args.quiet)
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
     print(f"robustmix train: {result.run_dir} done: test accuracy {result.test_acc:.2%}, "
           f"train accuracy (mixed batches) {result.train_acc:.2%}, {result.epochs} epochs in "

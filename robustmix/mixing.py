@@ -283,8 +283,9 @@ class MixConfig:
     def validate(self) -> None:
         if self.mix not in MIX_NAMES:
             raise UsageError(f"unknown mix '{self.mix}'; valid: {', '.join(MIX_NAMES)}")
-        if not self.alpha > 0:
-            raise UsageError(f"--alpha must be > 0 (λ ~ Beta(α, α)), got {self.alpha}")
+        if not 0 < self.alpha < math.inf:
+            raise UsageError(f"--alpha must be > 0 and finite (λ ~ Beta(α, α)), "
+                             f"got {self.alpha}")
         if self.lam_per not in LAM_PER:
             raise UsageError(f"--lam-per must be one of {', '.join(LAM_PER)}, got '{self.lam_per}'")
         if self.pairing not in PAIRINGS:

@@ -4,8 +4,12 @@ The data set lives on the training device; batches are augmented and mixed there
 loss is the soft-target cross-entropy of the mixed labels. All randomness after model
 initialization (epoch order, crops, flips, λ, masks, partners) comes from one
 ``numpy.random.Generator`` seeded with ``--seed`` and saved in every checkpoint, so a run
-killed after epoch k and resumed ends with exactly the weights of an uninterrupted run
-(on the CPU; GPU kernels may be non-deterministic).
+killed at any moment and resumed ends with exactly the weights of an uninterrupted run
+(on the CPU with the same number of threads; GPU kernels may be non-deterministic).
+
+A loss that turns NaN or infinite stops the run with the epoch and step where it first
+did; weights or a test loss that are not finite at the end of an epoch stop it too, so no
+checkpoint or weights file ever holds non-finite numbers.
 
 PuzzleMix needs the saliency of the clean batch: one extra forward and backward pass per
 mixed batch (:func:`robustmix.puzzlemix.input_saliency`, model in eval mode as the
@@ -35,8 +39,8 @@ from robustmix.errors import UsageError
 from robustmix.mixing import MixConfig, Mixer
 
 SCHEDULES = ("cosine", "multistep")
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
-                 "images_per_s"]
+METRIC_FIELDS = runs.METRIC_FIELDS
+MAX_IMAGE_SIZE = 1024  # larger --image-size values would resize whole data sets into RAM
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,14 @@ class TrainConfig:
         if self.batch_size < 1 or (self.batch_size < 2 and self.mix.mix != "vanilla"):
             raise UsageError(f"--batch-size must be >= 2 when mixing (>= 1 without), "
                              f"got {self.batch_size}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.lr < math.inf:
+            raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise UsageError(f"--weight-decay must be a finite number >= 0, "
+                             f"got {self.weight_decay}")
+        if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise UsageError(f"--image-size must lie in [8, {MAX_IMAGE_SIZE}], "
+                             f"got {self.image_size}")
         if not 0 <= self.momentum < 1:
             raise UsageError(f"--momentum must lie in [0, 1), got {self.momentum}")
         if self.schedule not in SCHEDULES:
@@ -108,17 +116,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
         """Rebuild from ``to_dict`` output; unknown keys or wrong types are refused."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UsageError(f"{source}: unknown training settings {', '.join(unknown)}")
+        runs.check_fields(values, cls, source, what="training settings")
         values = dict(values)
         try:
             mix_values = values.pop("mix", {})
-            mix_known = {f.name for f in dataclasses.fields(MixConfig)}
-            if set(mix_values) - mix_known:
-                raise UsageError(f"{source}: unknown mix settings "
-                                 f"{', '.join(sorted(set(mix_values) - mix_known))}")
             for key in ("crop_scale", "milestones"):
                 if values.get(key) is not None:
                     values[key] = tuple(values[key])
@@ -224,16 +225,65 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def prepare_run_dir(out: Path, *, overwrite: bool) -> None:
-    """Refuse to write over another run unless asked; with ``overwrite`` clear its files."""
+def prepare_run_dir(out: Path, *, overwrite: bool, config: TrainConfig | None = None) -> bool:
+    """Refuse to write over another run unless asked; with ``overwrite`` clear its files.
+
+    Returns True when ``out`` already holds a run with exactly ``config``'s settings, so
+    that the same command, rerun after a crash, continues it (or finds it complete).
+    """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a directory")
-    if runs.holds_run(out):
-        if not overwrite:
-            raise UsageError(f"{out} already holds a run; continue it with --resume {out} "
-                             "or replace it with --overwrite")
+    if not runs.holds_run(out):
+        return False
+    if overwrite:
         for name in runs.RUN_FILES:
             (out / name).unlink(missing_ok=True)
+        return False
+    differ = ""
+    if config is not None and (out / runs.CONFIG).is_file():
+        earlier = TrainConfig.from_dict(runs.read_config(out)["train"],
+                                        source=str(out / runs.CONFIG))
+        if earlier == config:
+            return True
+        names = [f.name for f in dataclasses.fields(TrainConfig)
+                 if getattr(earlier, f.name) != getattr(config, f.name)]
+        differ = f" with other settings ({', '.join(names)} differ)"
+    raise UsageError(f"{out} already holds a run{differ}; continue it with --resume {out} "
+                     "or replace it with --overwrite")
+
+
+def _restore(state: dict[str, Any], path: Path, config: TrainConfig, model, optimizer,
+             rng: np.random.Generator) -> int:
+    """Load a checkpoint's state into the run; returns its epoch. A checkpoint that does
+    not fit this run (another model, a damaged state) is a one-line UsageError."""
+    try:
+        epoch = state["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or \
+                not 1 <= epoch <= config.epochs:
+            raise ValueError(f"its epoch {epoch!r} is not one of 1..{config.epochs}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = json.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{path} does not fit this run ({first}); start over with "
+                         "--overwrite") from None
+    if not _finite(model):
+        raise UsageError(f"{path} holds non-finite weights; start over with --overwrite")
+    return epoch
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point weight and buffer is finite (one host synchronization)."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
+
+
+def _kept(out: Path, epoch: int) -> str:
+    if epoch == 0:
+        return "no checkpoint was written (it diverged in the first epoch)"
+    return f"the last good checkpoint ({out / runs.CHECKPOINT}, epoch {epoch}) is kept"
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
@@ -282,13 +332,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
 
     checkpoint_path = out / runs.CHECKPOINT
     if resume and checkpoint_path.exists():
-        state = runs.load_checkpoint(checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = json.loads(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = int(state["epoch"])
-        metrics = runs.read_csv(out / runs.METRICS)[:start_epoch]
+        start_epoch = _restore(runs.load_checkpoint(checkpoint_path), checkpoint_path, config,
+                               model, optimizer, rng)
+        metrics = runs.read_metrics(out / runs.METRICS, epochs=start_epoch)
     else:
         runs.write_json(out / runs.CONFIG, {
             "train": config.to_dict(), "model": spec, "versions": _versions(),
@@ -305,6 +351,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
+        first_bad = torch.zeros((), device=device, dtype=torch.long)  # 1-based step, 0: none
+        bad_loss = torch.zeros((), device=device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=True, dynamic_ncols=True)
         for step, (x, y) in enumerate(data.train_batches(rng, config.batch_size, device,
@@ -324,15 +372,20 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * y.shape[0]
+            newly_bad = (first_bad == 0) & ~torch.isfinite(loss.detach())  # stays on device
+            first_bad = torch.where(newly_bad, step + 1, first_bad)
+            bad_loss = torch.where(newly_bad, loss.detach().float(), bad_loss)
             correct += (logits.detach().argmax(1) == target.argmax(1)).sum()
             seen += y.shape[0]
             if (step + 1) % config.log_interval == 0 or step + 1 == steps_per_epoch:
                 mean_loss = loss_sum.item() / seen  # the one host synchronization per interval
                 if not math.isfinite(mean_loss):
+                    bad_step, value = int(first_bad.item()), bad_loss.item()
+                    if bad_step == 0:  # every loss finite, their sum overflowed
+                        bad_step, value = step + 1, mean_loss
                     raise UsageError(
-                        f"training diverged: loss is {mean_loss} at epoch {epoch + 1}, step "
-                        f"{step + 1}; the last good checkpoint (epoch {epoch}) is kept; "
-                        "lower --lr")
+                        f"training diverged: the loss is {value} at epoch {epoch + 1}, step "
+                        f"{bad_step}; {_kept(out, epoch)}; lower --lr")
                 elapsed = time.perf_counter() - epoch_start
                 bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.1%}",
                                 img_s=f"{seen / elapsed:.0f}", refresh=False)
@@ -340,6 +393,11 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
         train_seconds = time.perf_counter() - epoch_start
         test_acc, test_loss = evaluate(model, data.eval_batches("test", 2 * config.batch_size,
                                                                 device), config.amp)
+        finite_weights = _finite(model)
+        if not (finite_weights and math.isfinite(test_loss)):
+            what = "the test loss is" if finite_weights else "the weights are"
+            raise UsageError(f"training diverged: {what} not finite at the end of epoch "
+                             f"{epoch + 1}; {_kept(out, epoch)}; lower --lr")
         bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.1%}",
                         test=f"{test_acc:.1%}", img_s=f"{seen / train_seconds:.0f}")
         bar.close()
