@@ -297,7 +297,7 @@ def plan(config: dict[str, Any], *, progress: bool = True) -> list[Step]:
                 train = train_config(config, variant, method, seed)
                 label = _run_name(variant, method, seed)
                 steps.append(Step("train", run_dir, label,
-                                  lambda d=run_dir: runs.is_complete(d),
+                                  lambda d=run_dir, t=train: _trained(d, t),
                                   lambda d=run_dir, t=train: _train(d, t, progress)))
                 if gradient.attacks:
                     steps.append(Step("attack", run_dir, label,
@@ -322,17 +322,25 @@ def plan(config: dict[str, Any], *, progress: bool = True) -> list[Step]:
     return steps
 
 
-def _train(run_dir: Path, config, progress: bool) -> str:
-    from robustmix.train import TrainConfig, train
+def _trained(run_dir: Path, config) -> bool:
+    """Whether the run is complete; a run directory with other settings is refused."""
+    from robustmix.train import TrainConfig
 
     config_path = run_dir / runs.CONFIG
     if config_path.exists():
-        saved = TrainConfig.from_dict(runs.read_json(config_path).get("train", {}),
+        saved = TrainConfig.from_dict(runs.read_config(run_dir)["train"],
                                       source=str(config_path))
         if saved != config:
             raise UsageError(f"{run_dir} was trained with other settings than this study's; "
                              "use another --out, or delete that run directory")
-    result = train(config, run_dir, resume=config_path.exists(), progress=progress)
+    return runs.is_complete(run_dir)
+
+
+def _train(run_dir: Path, config, progress: bool) -> str:
+    from robustmix.train import train
+
+    _trained(run_dir, config)
+    result = train(config, run_dir, resume=(run_dir / runs.CONFIG).exists(), progress=progress)
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
     return f"test accuracy {result.test_acc:.2%}{resumed}"
 
