@@ -300,20 +300,12 @@ def plan(config: dict[str, Any], *, progress: bool = True) -> list[Step]:
                                   lambda d=run_dir, t=train: _trained(d, t),
                                   lambda d=run_dir, t=train: _train(d, t, progress)))
                 if gradient.attacks:
-                    steps.append(Step("attack", run_dir, label,
-                                      lambda d=run_dir: _attacked(d, gradient,
-                                                                  attack["n_examples"]),
-                                      lambda d=run_dir: _attack(d, gradient, device,
-                                                                attack["n_examples"],
-                                                                progress)))
+                    steps.append(_attack_step("attack", run_dir, label, gradient, device,
+                                              attack["n_examples"], progress))
                 if auto is not None and (seed in attack["autoattack_seeds"]
                                          or not attack["autoattack_seeds"]):
-                    steps.append(Step("autoattack", run_dir, label,
-                                      lambda d=run_dir: _attacked(d, auto,
-                                                                  attack["autoattack_examples"]),
-                                      lambda d=run_dir: _attack(d, auto, device,
-                                                                attack["autoattack_examples"],
-                                                                progress)))
+                    steps.append(_attack_step("autoattack", run_dir, label, auto, device,
+                                              attack["autoattack_examples"], progress))
                 steps.append(Step("evaluate", run_dir, label,
                                   lambda d=run_dir: _evaluated(d, evaluate),
                                   lambda d=run_dir: _evaluate(d, evaluate, device)))
@@ -345,7 +337,14 @@ def _train(run_dir: Path, config, progress: bool) -> str:
     return f"test accuracy {result.test_acc:.2%}{resumed}"
 
 
-def _attack_key(config, n_examples: int) -> set[tuple]:
+def _attack_step(kind: str, run_dir: Path, label: str, config, device: str, n_examples: int,
+                 progress: bool) -> Step:
+    """A step that runs one attack configuration; done when robustness.csv holds its rows."""
+    return Step(kind, run_dir, label, lambda: _attacked(run_dir, config, n_examples),
+                lambda: _attack(run_dir, config, device, n_examples, progress))
+
+
+def _attack_key(config) -> set[tuple]:
     return {(attack, config.settings(attack, eps.value), config.norm, f"{eps.value:.8g}")
             for attack in config.attacks for eps in config.eps}
 
@@ -361,7 +360,7 @@ def _attacked(run_dir: Path, config, n_examples: int) -> bool:
             continue
         have.add((row.get("attack"), row.get("settings"), row.get("norm"),
                   f"{float(row.get('eps_value') or 'nan'):.8g}"))
-    return _attack_key(config, n_examples) <= have
+    return _attack_key(config) <= have
 
 
 def _n_examples(run_dir: Path, n_examples: int) -> int:
