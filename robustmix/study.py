@@ -35,17 +35,19 @@ _DIGITS = {
     "methods": list(STUDY_METHODS),
     "seeds": [0, 1, 2],
     "device": "auto",
-    "train": {"dataset": "digits", "arch": "smallcnn", "epochs": 8, "batch_size": 64,
+    # sized to finish in under 10 minutes on 2 CPU cores (benchmarks/bench_study.py)
+    "train": {"dataset": "digits", "arch": "smallcnn", "epochs": 6, "batch_size": 64,
               "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine"},
     # digits at 16×16 are robust to the ε used on CIFAR; the grid goes to where PGD wins
     "attack": {"eps": "2/255,4/255,8/255,16/255,32/255", "norm": "linf",
-               "attacks": ["fgsm", "pgd"], "pgd_steps": 10, "restarts": 1, "n_examples": 200,
-               # standard AutoAttack costs ~20 s a model on 2 cores whatever stands (Square's
-               # 5,000 queries), so it runs on the first seed's models only
+               "attacks": ["fgsm", "pgd"], "pgd_steps": 10, "restarts": 1, "n_examples": 150,
+               # standard AutoAttack costs ~15-60 s a model on 2 cores, however few examples
+               # stand (Square's 5,000 queries, one small batch each), so it runs on the
+               # first seed's models only
                "autoattack": "autoattack", "autoattack_eps": "16/255",
-               "autoattack_examples": 60, "autoattack_seeds": [0], "batch_size": 256,
+               "autoattack_examples": 40, "autoattack_seeds": [0], "batch_size": 256,
                "seed": 0},
-    "evaluate": {"n_examples": 200, "q_draws": 256, "seed": 0},
+    "evaluate": {"n_examples": 150, "q_draws": 256, "seed": 0},
 }
 
 _CIFAR_RECIPE = {"arch": "preactresnet18", "epochs": 200, "batch_size": 128, "lr": 0.1,
@@ -351,20 +353,24 @@ def _attack_key(config) -> set[tuple]:
 
 def _attacked(run_dir: Path, config, n_examples: int) -> bool:
     """Whether robustness.csv holds every row of this attack configuration."""
-    path = run_dir / "robustness.csv"
+    from attacks.runner import ROBUSTNESS, read_rows
+
+    path = run_dir / ROBUSTNESS
     if not path.exists():
         return False
     have = set()
-    for row in runs.read_csv(path):
-        if n_examples and str(row.get("n_examples")) != str(_n_examples(run_dir, n_examples)):
+    for row in read_rows(path):
+        if n_examples and row["n_examples"] != str(_n_examples(run_dir, n_examples)):
             continue
-        have.add((row.get("attack"), row.get("settings"), row.get("norm"),
-                  f"{float(row.get('eps_value') or 'nan'):.8g}"))
+        have.add((row["attack"], row["settings"], row["norm"], f"{float(row['eps_value']):.8g}"))
     return _attack_key(config) <= have
 
 
 def _n_examples(run_dir: Path, n_examples: int) -> int:
-    n_test = runs.read_json(run_dir / runs.CONFIG)["dataset"]["n_test"]
+    n_test = runs.read_config(run_dir).get("dataset", {}).get("n_test")
+    if not isinstance(n_test, int) or isinstance(n_test, bool) or n_test < 1:
+        raise UsageError(f"{run_dir / runs.CONFIG}: dataset.n_test must be a positive "
+                         f"integer, got {n_test!r}")
     return min(n_examples, n_test) if n_examples else n_test
 
 
@@ -416,7 +422,7 @@ def _append_paper_table(report: Path, run_dirs: list[Path], config: dict) -> Non
     for run_dir in run_dirs:
         name = run_dir.name.rsplit("-s", 1)[0]
         key = name.replace("-", "/", 1) if config.get("variants") else name
-        rows = runs.read_csv(run_dir / runs.METRICS)
+        rows = runs.read_metrics(run_dir / runs.METRICS)
         measured.setdefault(key, []).append(100 * float(rows[-1]["test_acc"]))
     lines = ["", f"## Beside the paper: {paper['title']}", "",
              "| method | paper | this study (mean ± std over seeds) | difference |",

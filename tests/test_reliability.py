@@ -1,5 +1,5 @@
-"""Reliability through the commands themselves: `robustmix train` and `robustmix attack`
-killed (SIGKILL) at any moment and rerun, a full disk, diverging training, damaged or
+"""Reliability through the commands themselves: `robustmix train`, `robustmix attack` and
+`robustmix study` killed (SIGKILL) at any moment and rerun, a full disk, diverging training, damaged or
 code-carrying files, and bit-identical results from a fixed seed.
 
 The killed commands run in processes forked from a server that imported torch once (the
@@ -34,6 +34,7 @@ import torch
 
 import robustmix
 from attacks.runner import ROBUSTNESS, STATE_DIR, read_rows
+from evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV
 from robustmix import runs
 from robustmix.cli import main
 from robustmix.errors import UsageError
@@ -48,6 +49,35 @@ ATTACK = ["attack", "--quiet", "--attacks", "fgsm,pgd,autoattack-fast", "--eps",
           "48/255,96/255", "--pgd-steps", "5", "--n-examples", "8", "--batch-size", "2"]
 FIRST_ATTACK = ["attack", "--quiet", "--attacks", "fgsm", "--eps", "4/255", "--n-examples", "16"]
 WALL_CLOCK = {"seconds", "images_per_s"}
+# A miniature study: two methods, one seed, every kind of step (train, attack, AutoAttack,
+# evaluate, report). Its paths differ between the study directories compared, so the
+# columns that hold them are left out of the comparison with the wall-clock ones.
+STUDY = """
+preset = "digits"
+out = "{out}"
+methods = ["vanilla", "cutmix"]
+seeds = [0]
+device = "cpu"
+
+[train]
+epochs = 1
+image_size = 8
+batch_size = 128
+
+[attack]
+eps = "16/255,48/255"
+pgd_steps = 2
+n_examples = 12
+autoattack = "autoattack-fast"
+autoattack_eps = "48/255"
+autoattack_examples = 4
+autoattack_seeds = []
+
+[evaluate]
+n_examples = 8
+q_draws = 8
+"""
+PATHS = {"run", "path"}
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 TEMPORARY = re.compile(r"\..+\.\d+@[0-9a-f]{8}\.[^./]+\.tmp")
 PRELOAD = ["torch", "torch._dynamo", "numpy", "sklearn.datasets", "sklearn.model_selection",
@@ -262,6 +292,10 @@ def check_files(run_dir: Path) -> list[Path]:
             read_rows(path)
         elif path.parent.name == STATE_DIR and path.suffix == ".json":
             assert isinstance(runs.read_json(path), dict)
+        elif path.name == GENERALIZATION:
+            assert isinstance(runs.read_json(path), dict)
+        elif path.name in (PROFILE_CSV, REGULARIZER_CSV):
+            assert runs.read_csv(path)
         else:
             pytest.fail(f"unexpected file {path}")
     return temporaries
@@ -355,6 +389,65 @@ def test_attack_killed_anywhere_then_rerun_gives_the_uninterrupted_csv(
         assert not (run / STATE_DIR).exists()
         assert rows_without_wall_clock(run / ROBUSTNESS) == expected, sequence
     assert states_left, "some kill left an AutoAttack state that a rerun resumed from"
+
+
+def study_command(folder: Path) -> list:
+    config = folder.parent / f"{folder.name}.toml"
+    config.write_text(STUDY.format(out=folder))
+    return ["study", "--quiet", "--config", config]
+
+
+def study_results(out: Path) -> dict:
+    """What a study leaves: each run's weights and CSVs, and the report's tables, without
+    wall-clock columns and paths; every file whole."""
+    results = {}
+    for run_dir in sorted((out / "runs").iterdir()):
+        assert check_files(run_dir) == []
+        results[run_dir.name] = {
+            "weights": (run_dir / runs.WEIGHTS).read_bytes(),
+            "metrics": metrics_without_wall_clock(run_dir),
+            "robustness": [{k: v for k, v in row.items() if k not in PATHS}
+                           for row in rows_without_wall_clock(run_dir / ROBUSTNESS)],
+            "generalization": {k: v for k, v in runs.read_json(run_dir / GENERALIZATION).items()
+                               if k not in WALL_CLOCK | PATHS}}
+    for path in sorted(out.glob("*.csv")):
+        results[path.name] = [{k: v for k, v in row.items() if k not in WALL_CLOCK | PATHS}
+                              for row in runs.read_csv(path)]
+    for name in ("report.md", "study.toml", "robust_accuracy_linf.png", "mask_gallery.png"):
+        assert (out / name).stat().st_size > 0, name
+    return results
+
+
+@pytest.fixture(scope="module")
+def study_reference(commands, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study-reference") / "study"
+    outcome = commands.run(study_command(out))
+    assert outcome.exitcode == 0, outcome.log
+    return study_results(out), outcome
+
+
+@pytest.mark.slow
+def test_study_killed_anywhere_then_rerun_ends_as_an_uninterrupted_study(
+        commands, study_reference, tmp_path):
+    expected, outcome = study_reference
+    out = tmp_path / "study"
+    argv = study_command(out)
+
+    def reset():
+        shutil.rmtree(out, ignore_errors=True)
+
+    rng = random.Random(13)
+    # the first write (a config.json), two inside the steps, the last (the report's)
+    writes = [1, *sorted(rng.sample(range(2, outcome.writes), 2)), outcome.writes]
+    for sequence in kill_points(outcome, 13, writes, moments=1):
+        reset()
+        for how, where in sequence:
+            kill(commands, argv, how, where, reset)
+            for run_dir in (out / "runs").glob("*") if (out / "runs").exists() else []:
+                check_files(run_dir)
+        finished = commands.run(argv)
+        assert finished.exitcode == 0, (sequence, finished.log)
+        assert study_results(out) == expected, sequence
 
 
 @pytest.mark.slow
