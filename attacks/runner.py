@@ -16,6 +16,7 @@ every attack, so no number is read without it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import contextmanager
@@ -161,7 +162,8 @@ def _predict(model: nn.Module, x: Tensor, batch_size: int, device) -> Tensor:
 
 def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
                indices: Tensor | None = None, device="cpu", n_classes: int | None = None,
-               state_dir: Path | None = None, progress: bool = False) -> Result:
+               state_dir: Path | None = None, state_tag: str = "",
+               progress: bool = False) -> Result:
     """Clean and robust accuracy of ``model`` (any module taking [0, 1] inputs) on (x, y).
 
     ``indices`` identify the examples (their positions in the full test set; default
@@ -195,7 +197,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
                            disable=not progress, unit="ex")
                 broken, checks, spent = _attack(counter, attack, x, y, indices, targets, eps,
                                                 config, device, n_classes, state_dir,
-                                                bar.update)
+                                                state_tag, bar.update)
                 bar.close()
                 standing[targets[broken]] = False
                 robust[(attack, eps.value)] = standing.clone()
@@ -219,7 +221,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
 
 
 def _attack(model, attack, x, y, indices, targets, eps: Eps, config: AttackConfig, device,
-            n_classes, state_dir, advance) -> tuple[Tensor, list[str], tuple[int, int] | None]:
+            n_classes, state_dir, state_tag, advance) -> tuple[Tensor, list[str], tuple[int, int] | None]:
     """Attack the examples ``targets``; returns which of them broke, the checks raised, and
     the (forward, backward) passes spent where they differ from what this process counts
     (an AutoAttack resumed from its state adds those of the interrupted process)."""
@@ -230,7 +232,8 @@ def _attack(model, attack, x, y, indices, targets, eps: Eps, config: AttackConfi
         x_t, y_t = x[targets].to(device), y[targets].to(device)
         state = None
         if state_dir is not None:
-            key = f"{attack}-{config.norm}-{eps.value:.8g}-seed{config.seed}-n{x.shape[0]}"
+            key = (f"{attack}-{config.norm}-{eps.value:.8g}-seed{config.seed}-n{x.shape[0]}"
+                   f"{state_tag}")
             state = Path(state_dir) / f"{key.replace('/', '_')}.json"
         x_adv, hit, checks, spent = autoattack(
             model, x_t, y_t, eps.value, config.norm, seed=config.seed,
@@ -352,9 +355,11 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     replaced; the others are kept. An existing robustness.csv is checked before any
     attack runs, so a damaged one costs no time.
     """
+    from robustmix import distributed
     from robustmix.data import load_dataset
     from robustmix.train import TrainConfig
 
+    place = distributed.current()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"--run {run_dir}: no such run directory")
@@ -367,18 +372,62 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
                         image_size=train_config.image_size)
     x_all, y_all = data.tensors("test")
     chosen = torch.from_numpy(select_examples(x_all.shape[0], n_examples))
-    x = x_all[chosen].float().div_(255)
-    y = y_all[chosen]
+    # Under torchrun, rank r attacks every world-th example from the r-th on; the results
+    # are put back in order on every rank and rank 0 writes them.
+    mine = slice(place.rank, None, place.world)
+    x = x_all[chosen[mine]].float().div_(255)
+    y = y_all[chosen[mine]]
     state_dir = run_dir / STATE_DIR
-    runs.remove_stale_temporaries(state_dir)
-    result = robustness(model, x, y, config, indices=chosen, device=device,
-                        n_classes=data.num_classes, state_dir=state_dir, progress=progress)
-    write_rows(run_dir / ROBUSTNESS, [row.as_csv(str(run_dir), config.norm)
-                                      for row in result.rows])
-    runs.remove_stale_temporaries(state_dir)
-    if state_dir.is_dir() and not any(state_dir.iterdir()):
-        state_dir.rmdir()
+    runs.remove_stale_temporaries(state_dir)  # a live writer's temporaries are kept
+    result = robustness(model, x, y, config, indices=chosen[mine], device=device,
+                        n_classes=data.num_classes, state_dir=state_dir,
+                        state_tag=f"-rank{place.rank}of{place.world}" if place.active else "",
+                        progress=progress and place.is_main)
+    if place.active:
+        result = merge_results(distributed.all_gather(result))
+
+    def write() -> None:
+        write_rows(run_dir / ROBUSTNESS, [row.as_csv(str(run_dir), config.norm)
+                                          for row in result.rows])
+        runs.remove_stale_temporaries(state_dir)
+        if state_dir.is_dir() and not any(state_dir.iterdir()):
+            state_dir.rmdir()
+
+    distributed.on_main(write)
     return result.rows
+
+
+def merge_results(parts: Sequence[Result]) -> Result:
+    """One Result from those of ranks that each took every ``len(parts)``-th example.
+
+    Accuracies are recounted from the examples put back in order, so they are those of
+    one process attacking them all (FGSM's and PGD's randomness is per example); passes
+    add up, seconds are the slowest rank's, and checks are the union.
+    """
+    world = len(parts)
+    n = sum(part.clean.numel() for part in parts)
+
+    def in_order(pieces: Sequence[Tensor]) -> Tensor:
+        whole = torch.zeros(n, dtype=torch.bool)
+        for rank, piece in enumerate(pieces):
+            whole[rank::world] = piece
+        return whole
+
+    clean = in_order([part.clean for part in parts])
+    robust = {key: in_order([part.robust[key] for part in parts]) for key in parts[0].robust}
+    clean_acc = clean.float().mean().item() if n else 0.0
+    rows = []
+    for number, row in enumerate(parts[0].rows):
+        same = [part.rows[number] for part in parts]
+        rows.append(dataclasses.replace(
+            row, n_examples=n, n_attacked=sum(r.n_attacked for r in same), clean_acc=clean_acc,
+            robust_acc=robust[(row.attack, row.eps.value)].float().mean().item() if n else 0.0,
+            seconds=max(r.seconds for r in same),
+            forward_passes=sum(r.forward_passes for r in same),
+            backward_passes=sum(r.backward_passes for r in same),
+            checks=list(dict.fromkeys(c for r in same for c in r.checks))))
+    _check_rows(rows)
+    return Result(rows, clean, robust)
 
 
 def write_rows(path: Path, new_rows: list[dict]) -> None:

@@ -112,6 +112,10 @@ def _add_train(sub) -> None:
                    help="bf16 autocast on CUDA (default: on)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format on CUDA (default: on)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (pays off on a GPU, after warm-up)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: batch-norm statistics over the global batch")
     g.add_argument("--log-interval", type=int, default=20,
                    help="steps between progress updates (the only host synchronizations)")
     g.add_argument("--out", default=None,
@@ -120,7 +124,7 @@ def _add_train(sub) -> None:
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a killed run from its last checkpoint, with its own settings")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_run_train, parser=p)
+    p.set_defaults(handler=_distributed(_run_train), parser=p)
 
 
 def _add_masks(sub) -> None:
@@ -140,15 +144,16 @@ def _add_masks(sub) -> None:
     p.add_argument("--lam", type=float, default=0.65, help="λ of the gallery (default: 0.65)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="FILE.png", help="write the gallery")
-    p.set_defaults(handler=_run_masks, parser=p)
+    p.set_defaults(handler=_one_process(_run_masks), parser=p)
 
 
 def _add_attack(sub) -> None:
     p = sub.add_parser("attack", help="FGSM / PGD / AutoAttack accuracy over an ε grid",
                        description="Measure clean and robust accuracy of trained runs on their "
                                    "test split; writes RUN_DIR/robustness.csv.")
-    p.add_argument("--run", nargs="+", required=True, metavar="RUN_DIR",
-                   help="one or more run directories (runs/* works)")
+    p.add_argument("--run", "--runs", nargs="+", required=True, metavar="RUN_DIR", dest="run",
+                   help="one or more run directories (runs/* works); under torchrun spell it "
+                        "--runs (torchrun reads --run as its own --run-path)")
     p.add_argument("--eps", default="8/255",
                    help="budget(s): 8/255, 0.031, or a comma list (default: 8/255)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2"))
@@ -167,7 +172,7 @@ def _add_attack(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_run_attack, parser=p)
+    p.set_defaults(handler=_distributed(_run_attack), parser=p)
 
 
 def _add_evaluate(sub) -> None:
@@ -182,7 +187,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.set_defaults(handler=_run_evaluate, parser=p)
+    p.set_defaults(handler=_one_process(_run_evaluate), parser=p)
 
 
 def _add_report(sub) -> None:
@@ -191,7 +196,7 @@ def _add_report(sub) -> None:
                                    "tables and PNG plots.")
     p.add_argument("runs", nargs="*", metavar="RUN_DIR")
     p.add_argument("--out", default="report", help="output directory (default: report)")
-    p.set_defaults(handler=_run_report, parser=p)
+    p.set_defaults(handler=_one_process(_run_report), parser=p)
 
 
 def _add_study(sub) -> None:
@@ -213,7 +218,7 @@ def _add_study(sub) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is done")
     p.add_argument("--quiet", action="store_true", help="no per-step progress bars")
-    p.set_defaults(handler=_run_study, parser=p)
+    p.set_defaults(handler=_one_process(_run_study), parser=p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,11 +235,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _distributed(run):
+    """Run a command handler inside torchrun's process group when torchrun started us."""
+    def handler(args: argparse.Namespace) -> int:
+        from robustmix import distributed
+
+        if not distributed.launched():
+            return run(args)
+        distributed.start(args.device)
+        code = run(args)
+        distributed.stop()
+        return code
+    return handler
+
+
+def _one_process(run):
+    """A command that runs in one process: refused under torchrun."""
+    def handler(args: argparse.Namespace) -> int:
+        from robustmix import distributed
+
+        if distributed.launched():
+            raise UsageError(f"robustmix {args.command} runs in one process; under torchrun "
+                             "run train or attack")
+        return run(args)
+    return handler
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only (every process prints alone)."""
+    from robustmix import distributed
+
+    if distributed.current().is_main:
+        print(text)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from robustmix import runs
+    from robustmix import distributed, runs
     from robustmix.mixing import MixConfig
     from robustmix.train import TrainConfig, prepare_run_dir, train
 
@@ -244,12 +283,17 @@ def _run_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume takes every setting from {args.resume}/config.json; "
                              f"drop {', '.join(given)}")
         run_dir = Path(args.resume)
-        if not (run_dir / runs.CONFIG).is_file():
-            raise UsageError(f"{run_dir} holds no run to resume ({runs.CONFIG} is missing)")
-        config = TrainConfig.from_dict(runs.read_config(run_dir)["train"],
-                                       source=str(run_dir / runs.CONFIG))
-        if runs.is_complete(run_dir):
-            print(f"robustmix train: {run_dir} is already complete; nothing to do")
+
+        def read_run():
+            if not (run_dir / runs.CONFIG).is_file():
+                raise UsageError(f"{run_dir} holds no run to resume ({runs.CONFIG} is missing)")
+            return (TrainConfig.from_dict(runs.read_config(run_dir)["train"],
+                                          source=str(run_dir / runs.CONFIG)),
+                    runs.is_complete(run_dir))
+
+        config, complete = distributed.on_main(read_run)
+        if complete:
+            _say(f"robustmix train: {run_dir} is already complete; nothing to do")
             return 0
         result = train(config, run_dir, resume=True, progress=not args.quiet)
     else:
@@ -267,21 +311,24 @@ def _run_train(args: argparse.Namespace) -> int:
             milestones=args.milestones, lr_gamma=args.lr_gamma,
             warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
             seed=args.seed, device=args.device, amp=args.amp,
-            channels_last=args.channels_last, log_interval=args.log_interval)
+            channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
+            log_interval=args.log_interval)
         from robustmix.models import check_arch
 
         config = dataclasses.replace(config, arch=check_arch(config.arch))
         config.validate()
         out = Path(args.out or config.default_out())
-        resume = prepare_run_dir(out, overwrite=args.overwrite, config=config)
-        if resume and runs.is_complete(out):
-            print(f"robustmix train: {out} already holds this run, complete; nothing to do")
+        resume, complete = distributed.on_main(lambda: (
+            (found := prepare_run_dir(out, overwrite=args.overwrite, config=config)),
+            found and runs.is_complete(out)))
+        if complete:
+            _say(f"robustmix train: {out} already holds this run, complete; nothing to do")
             return 0
         if resume:
-            print(f"robustmix train: {out} holds this run, unfinished; continuing it")
+            _say(f"robustmix train: {out} holds this run, unfinished; continuing it")
         result = train(config, out, resume=resume, progress=not args.quiet)
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
-    print(f"robustmix train: {result.run_dir} done: test accuracy {result.test_acc:.2%}, "
+    _say(f"robustmix train: {result.run_dir} done: test accuracy {result.test_acc:.2%}, "
           f"train accuracy (mixed batches) {result.train_acc:.2%}, {result.epochs} epochs in "
           f"{result.seconds:.1f} s{resumed}")
     return 0
@@ -338,8 +385,8 @@ def _run_attack(args: argparse.Namespace) -> int:
     for run in args.run:
         rows = attack_run(run, config, device=device, n_examples=args.n_examples,
                           data_dir=args.data_dir, progress=not args.quiet)
-        print(format_table(run, rows))
-        print(f"robustmix attack: wrote {run}/robustness.csv")
+        _say(format_table(run, rows))
+        _say(f"robustmix attack: wrote {run}/robustness.csv")
     return 0
 
 
@@ -409,12 +456,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UsageError as err:
-        print(f"robustmix {args.command}: error: {err}", file=sys.stderr)
+        from robustmix import distributed
+
+        if distributed.current().is_main or not getattr(err, "shared", False):
+            print(f"robustmix {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"robustmix {args.command}: interrupted; finished work is kept "
               "(rerun to continue)", file=sys.stderr)
         return 130
+    finally:
+        if (module := sys.modules.get("robustmix.distributed")) is not None:
+            module.leave()
 
 
 if __name__ == "__main__":

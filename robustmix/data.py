@@ -197,11 +197,16 @@ class DataSource:
     default_augment: Augment
 
     def train_batches(self, rng: np.random.Generator, batch_size: int, device: Any,
-                      augment: Augment) -> Iterator[tuple[Tensor, Tensor]]:
+                      augment: Augment, shard: tuple[int, int] = (0, 1)
+                      ) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch: shuffled, augmented, drop_last; yields (x, y) on ``device``.
 
         x is float32 (B, C, H, W) in [0, 1], y int64 (B,). All of the epoch's random draws
         are taken from ``rng`` when this is called, before the first batch.
+
+        ``shard=(rank, world)``: ``batch_size`` is the global batch, and this yields only
+        rank's slice of each (``batch_size // world`` examples, cut in rank order), with the
+        same draws as the unsharded epoch: the world's slices make up its batches exactly.
         """
         raise NotImplementedError
 
@@ -228,6 +233,15 @@ class DataSource:
         if batch_size > self.n_train:
             raise UsageError(f"batch size {batch_size} is larger than the training set of "
                              f"{self.name} ({self.n_train} images)")
+
+    @staticmethod
+    def _shard_slice(batch_size: int, shard: tuple[int, int]) -> slice:
+        rank, world = shard
+        if not 0 <= rank < world or batch_size % world:
+            raise UsageError(f"batch size {batch_size} cannot be split evenly over {world} "
+                             "processes; use a multiple of the number of processes")
+        local = batch_size // world
+        return slice(rank * local, (rank + 1) * local)
 
     @staticmethod
     def _check_split(split: str) -> None:
@@ -289,8 +303,10 @@ class TensorSource(DataSource):
         return self._x[split], self._y[split]
 
     def train_batches(self, rng: np.random.Generator, batch_size: int, device: Any,
-                      augment: Augment) -> Iterator[tuple[Tensor, Tensor]]:
+                      augment: Augment, shard: tuple[int, int] = (0, 1)
+                      ) -> Iterator[tuple[Tensor, Tensor]]:
         self._check_train_batch_size(batch_size)
+        part = self._shard_slice(batch_size, shard)
         device = torch.device(device)
         steps = self.n_train // batch_size
         used = steps * batch_size
@@ -305,6 +321,8 @@ class TensorSource(DataSource):
             offsets = rng.integers(0, 2 * augment.pad + 1, size=(steps, batch_size, 2))
         if augment.flip:
             flips = rng.random((steps, batch_size)) < 0.5
+        order, boxes, offsets, flips = (None if a is None else a[:, part]
+                                        for a in (order, boxes, offsets, flips))
         return self._train_epoch(order, boxes, offsets, flips, device, augment)
 
     def _train_epoch(self, order: np.ndarray, boxes: np.ndarray | None,
@@ -456,14 +474,18 @@ class FolderSource(DataSource):
             pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
 
     def train_batches(self, rng: np.random.Generator, batch_size: int, device: Any,
-                      augment: Augment) -> Iterator[tuple[Tensor, Tensor]]:
+                      augment: Augment, shard: tuple[int, int] = (0, 1)
+                      ) -> Iterator[tuple[Tensor, Tensor]]:
         self._check_train_batch_size(batch_size)
+        part = self._shard_slice(batch_size, shard)
         device = torch.device(device)
-        order = rng.permutation(self.n_train).tolist()
+        order = rng.permutation(self.n_train)
         seed = int(rng.integers(2**63))
+        steps = self.n_train // batch_size
+        mine = order[:steps * batch_size].reshape(steps, batch_size)[:, part]
         epoch = _FolderTrainEpoch(self._samples["train"], self.height, augment, seed)
-        loader = self._loader(epoch, batch_size, sampler=order, drop_last=True, seed=seed,
-                              device=device)
+        loader = self._loader(epoch, part.stop - part.start, sampler=mine.ravel().tolist(),
+                              drop_last=True, seed=seed, device=device)
         return _moved(loader, device)
 
     def _eval_dataset(self, split: str) -> _FolderImages:

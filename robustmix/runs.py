@@ -48,7 +48,8 @@ WEIGHTS = "model.safetensors"
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, WEIGHTS)
 # The sections of config.json, as robustmix train writes them.
 CONFIG_SECTIONS = {"train": dict, "model": dict, "dataset": dict, "augment": dict,
-                   "versions": dict, "git_commit": (str, type(None)), "device": str}
+                   "versions": dict, "git_commit": (str, type(None)), "device": str,
+                   "world_size": int}
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
                  "images_per_s"]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustmix import runs
+from robustmix import distributed, runs
 from robustmix.errors import UsageError
 from robustmix.mixing import MixConfig, Mixer
 
@@ -71,6 +72,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True                       # bf16 autocast on CUDA
     channels_last: bool = True             # on CUDA
+    compile: bool = False                  # torch.compile the training forward and backward
+    sync_bn: bool = False                  # under torchrun: batch norm over the global batch
     log_interval: int = 20                 # steps between host synchronizations
 
     def validate(self) -> None:
@@ -172,20 +175,34 @@ def soft_labels(y: Tensor, num_classes: int, smoothing: float) -> Tensor:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterator[tuple[Tensor, Tensor]],
              amp: bool = False) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of a model over (x, y) batches, in eval mode."""
+    """Accuracy and mean cross-entropy of a model over (x, y) batches, in eval mode.
+
+    Under torchrun each rank takes every world-th batch and the sums are added over the
+    ranks, so every rank returns the numbers of the whole split.
+    """
+    place = distributed.current()
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long)
     loss_sum = torch.zeros((), dtype=torch.float64)
     count = 0
-    for x, y in batches:
+    device = None
+    for index, (x, y) in enumerate(batches):
+        device = x.device
+        if index % place.world != place.rank:
+            continue
         with _autocast(x.device, amp):
             logits = model(x).float()
         correct = correct + (logits.argmax(1) == y).sum().cpu()
         loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum").double().cpu()
         count += y.shape[0]
     model.train(was_training)
-    return correct.item() / max(count, 1), loss_sum.item() / max(count, 1)
+    if place.active:
+        totals = torch.stack([correct.double(), loss_sum, torch.tensor(count).double()])
+        correct, loss_sum, count = distributed.all_sum(totals.to(device or "cpu")).tolist()
+    else:
+        correct, loss_sum = correct.item(), loss_sum.item()
+    return correct / max(count, 1), loss_sum / max(count, 1)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -298,7 +315,18 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     if check_arch(config.arch) != config.arch:
         config = dataclasses.replace(config, arch=check_arch(config.arch))
     out = Path(out)
-    device = resolve_device(config.device)
+    place = distributed.current()
+    progress = progress and place.is_main
+    device = distributed.device_for(resolve_device(config.device), place)
+    if config.sync_bn and place.active and device.type != "cuda":
+        raise distributed.shared_error("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs "
+                                       "on GPUs only; drop it to train on the CPU")
+    local_batch = config.batch_size // place.world
+    if config.batch_size % place.world or (local_batch < 2 and config.mix.mix != "vanilla"):
+        raise distributed.shared_error(
+            f"--batch-size {config.batch_size} is the global batch; under torchrun it must be "
+            f"a multiple of the {place.world} processes, with at least 2 examples each when "
+            "mixing")
     data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                         download=config.download, device=device)
     augment = Augment(
@@ -317,6 +345,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     memory_format = (torch.channels_last if config.channels_last and device.type == "cuda"
                      else torch.preserve_format)
     model = model.to(device=device, memory_format=memory_format)
+    if config.sync_bn and place.active:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
     mixer = Mixer(config.mix)
@@ -331,22 +361,38 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     start_epoch = 0
 
     checkpoint_path = out / runs.CHECKPOINT
-    if resume and checkpoint_path.exists():
-        start_epoch = _restore(runs.load_checkpoint(checkpoint_path), checkpoint_path, config,
-                               model, optimizer, rng)
-        metrics = runs.read_metrics(out / runs.METRICS, epochs=start_epoch)
+
+    def read_checkpoint():  # on rank 0; its state goes to every rank
+        if not (resume and checkpoint_path.exists()):
+            return None
+        state = runs.load_checkpoint(checkpoint_path)
+        epoch = _restore(state, checkpoint_path, config, model, optimizer, rng)
+        return state, runs.read_metrics(out / runs.METRICS, epochs=epoch)
+
+    restored = distributed.on_main(read_checkpoint)
+    if restored is not None:
+        state, metrics = restored
+        start_epoch = state["epoch"]
+        if not place.is_main:
+            _restore(state, checkpoint_path, config, model, optimizer, rng)
     else:
-        runs.write_json(out / runs.CONFIG, {
+        distributed.on_main(lambda: runs.write_json(out / runs.CONFIG, {
             "train": config.to_dict(), "model": spec, "versions": _versions(),
-            "git_commit": _git_commit(), "device": str(device),
+            "git_commit": _git_commit(), "device": str(device), "world_size": place.world,
             "dataset": {"name": data.name, "n_train": data.n_train, "n_test": data.n_test,
                         "num_classes": data.num_classes, "channels": data.channels,
                         "height": data.height, "width": data.width},
-            "augment": dataclasses.asdict(augment)})
+            "augment": dataclasses.asdict(augment)}))
+    net = _training_module(model, config, device, place)
 
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         model.train()
+        # Alone, one generator drives everything. Under torchrun every rank draws the same
+        # epoch (order, crops, flips) from it and takes its slice of each global batch, and
+        # mixes its slice with draws of its own, reseeded per epoch so that resume is exact.
+        mix_rng = rng if place.world == 1 else np.random.default_rng(
+            [config.seed, epoch, place.rank])
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -355,18 +401,19 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
         bad_loss = torch.zeros((), device=device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=True, dynamic_ncols=True)
-        for step, (x, y) in enumerate(data.train_batches(rng, config.batch_size, device,
-                                                          augment)):
+        batches = data.train_batches(rng, config.batch_size, device, augment,
+                                     shard=(place.rank, place.world))
+        for step, (x, y) in enumerate(batches):
             global_step = epoch * steps_per_epoch + step
             lr = learning_rate(config, global_step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             target = soft_labels(y, data.num_classes, config.label_smoothing)
-            x, target = mixer(x, target, rng, saliency_fn=saliency_fn)
+            x, target = mixer(x, target, mix_rng, saliency_fn=saliency_fn)
             if memory_format is torch.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, config.amp):
-                logits = model(x)
+                logits = net(x)
             loss = soft_cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -378,43 +425,84 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
             correct += (logits.detach().argmax(1) == target.argmax(1)).sum()
             seen += y.shape[0]
             if (step + 1) % config.log_interval == 0 or step + 1 == steps_per_epoch:
-                mean_loss = loss_sum.item() / seen  # the one host synchronization per interval
+                # the one host synchronization per interval (with the ranks' sums)
+                loss_total, correct_total, seen_total = _totals(loss_sum, correct, seen)
+                mean_loss = loss_total / seen_total
                 if not math.isfinite(mean_loss):
-                    bad_step, value = int(first_bad.item()), bad_loss.item()
-                    if bad_step == 0:  # every loss finite, their sum overflowed
-                        bad_step, value = step + 1, mean_loss
-                    raise UsageError(
-                        f"training diverged: the loss is {value} at epoch {epoch + 1}, step "
-                        f"{bad_step}; {_kept(out, epoch)}; lower --lr")
+                    _diverged(first_bad, bad_loss, step, mean_loss, epoch, out)
                 elapsed = time.perf_counter() - epoch_start
-                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.1%}",
-                                img_s=f"{seen / elapsed:.0f}", refresh=False)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct_total / seen_total:.1%}",
+                                img_s=f"{seen_total / elapsed:.0f}", refresh=False)
                 bar.update(step + 1 - bar.n)
         train_seconds = time.perf_counter() - epoch_start
+        loss_total, correct_total, seen_total = _totals(loss_sum, correct, seen)
+        distributed.broadcast_buffers(model)  # every rank evaluates and saves rank 0's model
         test_acc, test_loss = evaluate(model, data.eval_batches("test", 2 * config.batch_size,
                                                                 device), config.amp)
         finite_weights = _finite(model)
         if not (finite_weights and math.isfinite(test_loss)):
             what = "the test loss is" if finite_weights else "the weights are"
-            raise UsageError(f"training diverged: {what} not finite at the end of epoch "
-                             f"{epoch + 1}; {_kept(out, epoch)}; lower --lr")
-        bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.1%}",
-                        test=f"{test_acc:.1%}", img_s=f"{seen / train_seconds:.0f}")
+            raise distributed.shared_error(
+                f"training diverged: {what} not finite at the end of epoch {epoch + 1}; "
+                f"{_kept(out, epoch)}; lower --lr")
+        bar.set_postfix(loss=f"{loss_total / seen_total:.3f}",
+                        acc=f"{correct_total / seen_total:.1%}", test=f"{test_acc:.1%}",
+                        img_s=f"{seen_total / train_seconds:.0f}")
         bar.close()
         metrics.append({
-            "epoch": epoch + 1, "train_loss": f"{loss_sum.item() / seen:.6f}",
-            "train_acc": f"{correct.item() / seen:.6f}", "test_loss": f"{test_loss:.6f}",
+            "epoch": epoch + 1, "train_loss": f"{loss_total / seen_total:.6f}",
+            "train_acc": f"{correct_total / seen_total:.6f}", "test_loss": f"{test_loss:.6f}",
             "test_acc": f"{test_acc:.6f}", "lr": f"{lr:.6g}",
             "seconds": f"{time.perf_counter() - epoch_start:.3f}",
-            "images_per_s": f"{seen / train_seconds:.1f}"})
-        runs.write_csv(out / runs.METRICS, metrics, METRIC_FIELDS)
-        runs.save_checkpoint(checkpoint_path, {
+            "images_per_s": f"{seen_total / train_seconds:.1f}"})
+        checkpoint = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "epoch": epoch + 1, "rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state()})
+            "torch_rng": torch.get_rng_state()}
 
-    runs.save_weights(out / runs.WEIGHTS, model, spec)
+        def write_epoch(rows=list(metrics), checkpoint=checkpoint):
+            runs.write_csv(out / runs.METRICS, rows, METRIC_FIELDS)
+            runs.save_checkpoint(checkpoint_path, checkpoint)
+
+        distributed.on_main(write_epoch)
+
+    distributed.on_main(lambda: runs.save_weights(out / runs.WEIGHTS, model, spec))
     last = metrics[-1]
     return TrainResult(run_dir=out, epochs=config.epochs, train_acc=float(last["train_acc"]),
                        test_acc=float(last["test_acc"]),
                        seconds=time.perf_counter() - started, resumed_from=start_epoch)
+
+
+def _training_module(model: torch.nn.Module, config: TrainConfig, device: torch.device,
+                     place: distributed.Place) -> torch.nn.Module:
+    """What the training step calls: the model, in DistributedDataParallel under torchrun
+    (which starts every rank from rank 0's weights), compiled with ``--compile``."""
+    net = model
+    if place.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index]
+                                      if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net, backend=os.environ.get("ROBUSTMIX_COMPILE_BACKEND",
+                                                        "inductor"))
+    return net
+
+
+def _totals(loss_sum: Tensor, correct: Tensor, seen: int) -> tuple[float, float, float]:
+    """Summed loss, correct and seen over the ranks, in one host synchronization."""
+    local = torch.stack([loss_sum.double(), correct.double(),
+                         torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)])
+    loss_total, correct_total, seen_total = distributed.all_sum(local).tolist()
+    return loss_total, correct_total, seen_total
+
+
+def _diverged(first_bad: Tensor, bad_loss: Tensor, step: int, mean_loss: float, epoch: int,
+              out: Path) -> None:
+    """Stop every rank with the first step whose loss was not finite (on any rank)."""
+    reports = [r for r in distributed.all_gather((int(first_bad.item()), bad_loss.item()))
+               if r[0] > 0]
+    bad_step, value = min(reports) if reports else (step + 1, mean_loss)  # else: sum overflowed
+    raise distributed.shared_error(
+        f"training diverged: the loss is {value} at epoch {epoch + 1}, step {bad_step}; "
+        f"{_kept(out, epoch)}; lower --lr")

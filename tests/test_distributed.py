@@ -1,0 +1,228 @@
+"""torchrun: sharded epochs, DDP training and the sharded attack, on the CPU with gloo.
+
+The cheap parts are checked in this process: the ranks' shards make up the unsharded
+batches exactly, and attack results put back together from strided shards are those of
+one process. The commands themselves run under the real torchrun with 2 processes (and
+1, which must give the single-process run's bits), with one intra-op thread each.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import robustmix
+from attacks import AttackConfig, PGDSettings, parse_eps
+from attacks.runner import ROBUSTNESS, merge_results, read_rows, robustness
+from robustmix import distributed, runs
+from robustmix.cli import main
+from robustmix.data import Augment, load_dataset
+from robustmix.errors import UsageError
+
+TRAIN = ["train", "--quiet", "--image-size", "8", "--batch-size", "64", "--mix", "cutmix",
+         "--log-interval", "5"]
+ATTACK = ["attack", "--quiet", "--attacks", "fgsm,pgd", "--eps", "8/255,32/255",
+          "--pgd-steps", "3", "--n-examples", "61", "--batch-size", "16"]
+ACCURACY_COLUMNS = ("attack", "settings", "norm", "eps", "n_examples", "n_attacked",
+                    "clean_acc", "robust_acc", "checks")
+ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                     "OPENBLAS_NUM_THREADS")}
+
+
+def torchrun(nproc: int, *argv, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(nproc), "-m", "robustmix", *map(str, argv)]
+    return subprocess.run(command, env={**os.environ, **ONE_THREAD}, capture_output=True,
+                          text=True, timeout=timeout, **popen)
+
+
+def accuracies(run_dir: Path) -> list[tuple]:
+    return [tuple(row[c] for c in ACCURACY_COLUMNS) for row in read_rows(run_dir / ROBUSTNESS)]
+
+
+# ---------------------------------------------------------------------------- in process
+
+
+@pytest.mark.parametrize("augment", [Augment(pad=2, flip=True), Augment(crop_scale=(0.3, 1))])
+def test_the_ranks_shards_make_up_the_unsharded_batches(augment):
+    data = load_dataset("digits", image_size=12)
+    whole = list(data.train_batches(np.random.default_rng(5), 96, "cpu", augment))
+    shards = [list(data.train_batches(np.random.default_rng(5), 96, "cpu", augment,
+                                      shard=(rank, 3))) for rank in range(3)]
+    assert len(whole) == 1400 // 96
+    for step, (x, y) in enumerate(whole):
+        assert all(shard[step][0].shape[0] == 32 for shard in shards)
+        assert torch.equal(torch.cat([shard[step][0] for shard in shards]), x)
+        assert torch.equal(torch.cat([shard[step][1] for shard in shards]), y)
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused():
+    data = load_dataset("digits", image_size=8)
+    with pytest.raises(UsageError, match="cannot be split evenly over 3"):
+        data.train_batches(np.random.default_rng(0), 64, "cpu", Augment(), shard=(0, 3))
+
+
+def test_results_from_strided_shards_merge_to_the_one_process_result(trained_run):
+    model = runs.load_model(trained_run)
+    data = load_dataset("digits", image_size=8)
+    x_all, y_all = data.tensors("test")
+    chosen = torch.arange(0, 397, 5)
+    x, y = x_all[chosen].float() / 255, y_all[chosen]
+    config = AttackConfig(attacks=("fgsm", "pgd"), eps=tuple(parse_eps("4/255,16/255")),
+                          batch_size=16, pgd=PGDSettings(steps=3))
+    whole = robustness(model, x, y, config, indices=chosen)
+    parts = [robustness(model, x[r::3], y[r::3], config, indices=chosen[r::3])
+             for r in range(3)]
+    merged = merge_results(parts)
+    assert torch.equal(merged.clean, whole.clean)
+    assert merged.robust.keys() == whole.robust.keys()
+    for key in whole.robust:
+        assert torch.equal(merged.robust[key], whole.robust[key]), key
+    assert [(r.attack, r.eps.text, r.n_examples, r.n_attacked, r.clean_acc, r.robust_acc)
+            for r in merged.rows] == \
+        [(r.attack, r.eps.text, r.n_examples, r.n_attacked, r.clean_acc, r.robust_acc)
+         for r in whole.rows]
+    assert 0 < whole.rows[-1].robust_acc < whole.rows[0].clean_acc, "a test that can fail"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A single-process run with one thread, as the torchrun processes use."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(TRAIN + ["--epochs", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture
+def group_of_one(tmp_path, monkeypatch):
+    """A real gloo process group of one process, as torchrun --nproc_per_node 1 makes."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store",
+                                         rank=0, world_size=1)
+    yield
+    distributed.leave()
+
+
+def test_sync_bn_on_the_cpu_is_one_line_and_exit_2(group_of_one, tmp_path, capsys):
+    code = main(TRAIN + ["--epochs", "1", "--sync-bn", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--sync-bn needs CUDA" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command", [["study", "--dry-run"], ["report", "x"],
+                                     ["masks", "--out", "m.png"]])
+def test_single_process_commands_refuse_torchrun(monkeypatch, capsys, command):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "runs in one process; under torchrun run train or attack" in err, err
+
+
+def test_compile_trains_the_same_model(trained_run, tmp_path, monkeypatch):
+    """--compile through dynamo and AOT autograd (the eager backend: no C compiler needed)
+    gives the eager run's numbers."""
+    monkeypatch.setenv("ROBUSTMIX_COMPILE_BACKEND", "aot_eager")
+    out = tmp_path / "compiled"
+    assert main(TRAIN + ["--epochs", "1", "--compile", "--out", str(out)]) == 0
+    eager, compiled = runs.load_model(trained_run), runs.load_model(out)
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
+    assert runs.read_config(out)["train"]["compile"] is True
+
+
+# ---------------------------------------------------------------------------- torchrun
+
+
+@pytest.mark.slow
+def test_torchrun_with_one_process_gives_the_single_process_bits(trained_run, tmp_path):
+    out = tmp_path / "run"
+    done = torchrun(1, *TRAIN, "--epochs", "1", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert (out / runs.WEIGHTS).read_bytes() == (trained_run / runs.WEIGHTS).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp")
+    out = base / "run"
+    done = torchrun(2, *TRAIN, "--epochs", "2", "--out", out, cwd=base)
+    assert done.returncode == 0, done.stderr
+    return base, out, done
+
+
+@pytest.mark.slow
+def test_a_two_process_run_writes_one_run_directory_that_loads(two_process_run):
+    base, out, done = two_process_run
+    assert sorted(p.name for p in base.iterdir()) == ["run"], "only rank 0 writes"
+    assert runs.is_complete(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [runs.CONFIG, runs.METRICS, runs.CHECKPOINT, runs.WEIGHTS])
+    config = runs.read_config(out)
+    assert config["world_size"] == 2 and config["train"]["batch_size"] == 64
+    rows = runs.read_metrics(out / runs.METRICS)
+    assert len(rows) == 2 and float(rows[-1]["test_acc"]) > 0.5
+    model = robustmix.load_model(out / runs.WEIGHTS)
+    x, y = load_dataset("digits", image_size=8).tensors("test")
+    with torch.no_grad():
+        accuracy = (model(x.float() / 255).argmax(1) == y).float().mean().item()
+    assert abs(accuracy - float(rows[-1]["test_acc"])) < 1e-6, \
+        "the saved model is the one the ranks evaluated together"
+    assert done.stdout.count("robustmix train:") == 1, "rank 0 alone prints"
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_to_the_same_bits(two_process_run, tmp_path):
+    _, expected, _ = two_process_run
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "robustmix", *TRAIN, "--epochs", "2",
+               "--out", str(out)]
+    process = subprocess.Popen(command, env={**os.environ, **ONE_THREAD},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (out / runs.CHECKPOINT).exists() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks, inside epoch 2
+    process.wait()
+    assert not runs.is_complete(out)
+    resumed = torchrun(2, "train", "--quiet", "--resume", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / runs.WEIGHTS).read_bytes() == (expected / runs.WEIGHTS).read_bytes()
+    assert [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}
+            for row in runs.read_metrics(out / runs.METRICS)] == \
+        [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}
+         for row in runs.read_metrics(expected / runs.METRICS)]
+
+
+@pytest.mark.slow
+def test_a_two_process_attack_gives_the_single_process_accuracies(trained_run, tmp_path,
+                                                                  capsys):
+    import shutil
+
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    shutil.copytree(trained_run, single)
+    shutil.copytree(trained_run, sharded)
+    assert main(ATTACK + ["--run", str(single)]) == 0
+    done = torchrun(2, *ATTACK, "--runs", sharded)
+    assert done.returncode == 0, done.stderr
+    assert accuracies(sharded) == accuracies(single)
+    assert {row["robust_acc"] for row in read_rows(single / ROBUSTNESS)} != {"0.000000"}
+    assert done.stdout.count("robustmix attack: wrote") == 1
