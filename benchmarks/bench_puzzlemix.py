@@ -1,7 +1,7 @@
 """Cost of one training step under PuzzleMix against CutMix.
 
-    python benchmarks/bench_puzzlemix.py                       # both setups, CPU or the GPU
-    python benchmarks/bench_puzzlemix.py --setups digits --steps 40 --device cpu
+    python -m benchmarks.bench_puzzlemix                       # both setups, CPU or the GPU
+    python -m benchmarks.bench_puzzlemix --setups digits --steps 40 --device cpu
 
 A step is what the training loop does per batch: mix (for PuzzleMix: the saliency pass on
 the clean batch, the block count draw, the graph cuts on the host, the transport), then
@@ -16,46 +16,22 @@ wall-clock with the device synchronized around what is timed.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import copy
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.common import format_machine, machine_info, resolve_device, set_threads, sync
 from robustmix.data import load_dataset
 from robustmix.mixing import MixConfig, Mixer
 from robustmix.models import build_model
 from robustmix.puzzlemix import PuzzleMix, input_saliency, saliency_of
-from robustmix.train import resolve_device, soft_cross_entropy, soft_labels
+from robustmix.train import TrainConfig, train_step
 
 BATCH = 64
-
-
-def machine_info(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    lines = [f"python {platform.python_version()}, torch {torch.__version__}, numpy "
-             f"{np.__version__}", f"CPU: {cpu}, {os.cpu_count()} logical cores visible, "
-             f"torch threads {torch.get_num_threads()}", f"device: {device}"]
-    if device.type == "cuda":
-        lines[-1] += f" ({torch.cuda.get_device_name(device)})"
-    try:
-        lines.append(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    except OSError:
-        pass
-    return "\n".join(lines)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def setup(name: str, device: torch.device):
@@ -82,7 +58,8 @@ def setup(name: str, device: torch.device):
 
 
 def time_steps(model, batches, steps: int, device) -> dict[str, list[float]]:
-    """Seconds per training step for CutMix and PuzzleMix, one entry per step.
+    """Seconds per training step (:func:`robustmix.train.train_step`) for CutMix and
+    PuzzleMix, one entry per step.
 
     The two methods train their own copy of the model and take turns step by step (after
     3 warm-up steps each), so a change in the machine's load hits both alike.
@@ -90,33 +67,24 @@ def time_steps(model, batches, steps: int, device) -> dict[str, list[float]]:
     runners = {}
     for mix in ("cutmix", "puzzlemix"):
         torch.manual_seed(0)
-        copy = copy_module(model)
-        runners[mix] = (copy, torch.optim.SGD(copy.parameters(), lr=0.01, momentum=0.9),
-                        Mixer(MixConfig(mix=mix)), np.random.default_rng(1))
+        net = copy.deepcopy(model)
+        runners[mix] = (net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9),
+                        Mixer(MixConfig(mix=mix)), np.random.default_rng(1),
+                        saliency_of(net) if mix == "puzzlemix" else None)
+    config = TrainConfig(amp=False)  # fp32, as before the GPU path existed: comparable
     times: dict[str, list[float]] = {mix: [] for mix in runners}
     for step in range(steps + 3):
         x, y = batches[step % len(batches)]
-        for mix, (net, optimizer, mixer, rng) in runners.items():
-            saliency_fn = saliency_of(net) if mixer.needs_saliency else None
+        for mix, (net, optimizer, mixer, rng, saliency_fn) in runners.items():
             net.train()
             sync(device)
             start = time.perf_counter()
-            target = soft_labels(y, 10, 0.0)
-            x_mixed, target = mixer(x, target, rng, saliency_fn=saliency_fn)
-            loss = soft_cross_entropy(net(x_mixed), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(net, optimizer, mixer, x, y, rng, lr=0.01, config=config,
+                       num_classes=10, saliency_fn=saliency_fn)
             sync(device)
             if step >= 3:
                 times[mix].append(time.perf_counter() - start)
     return times
-
-
-def copy_module(model):
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def time_parts(model, batches, device, repeats: int) -> dict[str, dict[int, float]]:
@@ -150,6 +118,39 @@ def time_parts(model, batches, device, repeats: int) -> dict[str, dict[int, floa
     return parts
 
 
+def run(*, setups: tuple[str, ...] = ("digits", "cifar"), steps: int = 40, repeats: int = 5,
+        device: str = "auto") -> dict[str, Any]:
+    """Step times of both methods and PuzzleMix's parts, per setup."""
+    device = resolve_device(device)
+    result: dict[str, Any] = {"machine": machine_info(device), "setups": {}}
+    for name in setups:
+        model, batches = setup(name, device)
+        times = time_steps(model, batches, steps, device)
+        result["setups"][name] = {"steps": times,
+                                  "parts": time_parts(model, batches, device, repeats)}
+    return result
+
+
+def format_results(result: dict[str, Any]) -> str:
+    lines = [format_machine(result["machine"])]
+    for name, numbers in result["setups"].items():
+        arch = "smallcnn, digits 1x16x16" if name == "digits" else "preactresnet18, random 3x32x32"
+        steps = len(numbers["steps"]["cutmix"])
+        lines.append(f"\n== {arch}, batch {BATCH}, {steps} steps ==")
+        means = {}
+        for mix, times in numbers["steps"].items():
+            means[mix] = statistics.fmean(times)
+            lines.append(f"{mix:>10}: {1000 * means[mix]:8.1f} ms/step mean, "
+                         f"{1000 * statistics.median(times):8.1f} median, "
+                         f"{1000 * min(times):8.1f} min, {1000 * max(times):8.1f} max")
+        lines.append(f"puzzlemix / cutmix: {means['puzzlemix'] / means['cutmix']:.2f}x")
+        lines.append("PuzzleMix parts, median ms per batch, by block count n:")
+        for label, values in numbers["parts"].items():
+            lines.append(f"  {label:>22}: " + ", ".join(f"n={n}: {1000 * s:.1f}"
+                                                        for n, s in values.items()))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setups", default="digits,cifar", help="digits, cifar or both")
@@ -158,26 +159,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    print(machine_info(device))
-    for name in args.setups.split(","):
-        model, batches = setup(name.strip(), device)
-        arch = "smallcnn, digits 1x16x16" if name == "digits" else "preactresnet18, random 3x32x32"
-        print(f"\n== {arch}, batch {BATCH}, {args.steps} steps ==")
-        means = {}
-        for mix, times in time_steps(model, batches, args.steps, device).items():
-            means[mix] = statistics.fmean(times)
-            print(f"{mix:>10}: {1000 * means[mix]:8.1f} ms/step mean, "
-                  f"{1000 * statistics.median(times):8.1f} median, "
-                  f"{1000 * min(times):8.1f} min, {1000 * max(times):8.1f} max")
-        print(f"puzzlemix / cutmix: {means['puzzlemix'] / means['cutmix']:.2f}x")
-        parts = time_parts(model, batches, device, args.repeats)
-        print("PuzzleMix parts, median ms per batch, by block count n:")
-        for label, values in parts.items():
-            print(f"  {label:>22}: " + ", ".join(f"n={n}: {1000 * s:.1f}"
-                                                 for n, s in values.items()))
+    set_threads(args.threads)
+    setups = tuple(name.strip() for name in args.setups.split(","))
+    print(format_results(run(setups=setups, steps=args.steps, repeats=args.repeats,
+                             device=args.device)))
 
 
 if __name__ == "__main__":

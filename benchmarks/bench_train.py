@@ -10,11 +10,10 @@ Both pipelines run in one process on the same device, data shape and MSDA (``--m
     (:class:`robustmix.data.TensorSource`; real CIFAR-10 through ``load_dataset`` when
     ``--data-dir`` holds it), batches gathered, cropped (pad 4) and flipped there by
     ``TensorSource.train_batches``, mixed there by :class:`robustmix.mixing.Mixer`; on CUDA
-    bf16 autocast and channels_last. The step is the body of the loop in
-    :func:`robustmix.train.train`, replicated line for line with the functions it calls
-    (``learning_rate``, ``soft_labels``, ``Mixer``, ``_autocast``, ``soft_cross_entropy``,
-    SGD, the on-device loss/accuracy sums and the one ``.item()`` per ``log_interval``),
-    leaving out only the progress bar; the loop itself is not a function that can be called.
+    bf16 autocast and channels_last. Each step is :func:`robustmix.train.train_step`, the
+    function the training loop calls, with the loop's learning rate, on-device loss and
+    accuracy sums and one ``.item()`` per ``log_interval``; left out are the progress bar
+    and the tracking of the first non-finite loss (two ``torch.where`` per step).
 (b) the usual research pipeline: a ``DataLoader`` (shuffle, drop_last, ``--workers``
     workers, pinned memory and persistent workers on CUDA) over a Dataset that turns each
     uint8 HWC image into a PIL image and applies ``RandomCrop(32, padding=4)``,
@@ -50,8 +49,8 @@ from benchmarks.common import (Stopwatch, format_machine, machine_info, resolve_
 from robustmix.data import Augment, TensorSource, load_dataset
 from robustmix.mixing import DATA_FREE_MIX_NAMES, MixConfig, Mixer
 from robustmix.models import build_model
-from robustmix.train import (TrainConfig, _autocast, learning_rate, soft_cross_entropy,
-                             soft_labels)
+from robustmix.train import (TrainConfig, learning_rate, soft_cross_entropy, soft_labels,
+                             train_step)
 
 NUM_CLASSES = 10
 BASELINE_MIXES = ("vanilla", "mixup", "cutmix", "stochastic")  # what timm's Mixup offers
@@ -164,7 +163,6 @@ def robustmix_steps(data: TensorSource, model, mix: str, *, batch_size: int, ste
     config = TrainConfig(arch=model.arch, mix=MixConfig(mix=mix), batch_size=batch_size,
                          lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
                          epochs=max(1, -(-(steps + warmup) * batch_size // data.n_train)))
-    amp = config.amp
     memory_format = torch.channels_last if config.channels_last and device.type == "cuda" \
         else torch.preserve_format
     model = model.to(device=device, memory_format=memory_format)
@@ -183,20 +181,12 @@ def robustmix_steps(data: TensorSource, model, mix: str, *, batch_size: int, ste
         if step == warmup:
             watch.start()
         x, y = next(batches)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step, steps_per_epoch)
-        target = soft_labels(y, data.num_classes, config.label_smoothing)
-        x, target = mixer(x, target, rng)
-        if memory_format is torch.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            logits = model(x)
-        loss = soft_cross_entropy(logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * y.shape[0]
-        correct += (logits.detach().argmax(1) == target.argmax(1)).sum()
+        loss, logits, target = train_step(model, optimizer, mixer, x, y, rng,
+                                          lr=learning_rate(config, step, steps_per_epoch),
+                                          config=config, num_classes=data.num_classes,
+                                          memory_format=memory_format)
+        loss_sum += loss * y.shape[0]
+        correct += (logits.argmax(1) == target.argmax(1)).sum()
         in_epoch = step % steps_per_epoch
         if (in_epoch + 1) % config.log_interval == 0 or in_epoch + 1 == steps_per_epoch:
             loss_sum.item()  # train.py's one host synchronization per interval

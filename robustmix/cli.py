@@ -242,7 +242,7 @@ def _distributed(run):
 
         if not distributed.launched():
             return run(args)
-        distributed.start(args.device)
+        distributed.start()
         code = run(args)
         distributed.stop()
         return code
@@ -379,8 +379,10 @@ def _run_attack(args: argparse.Namespace) -> int:
         attacks=tuple(a.strip() for a in args.attacks.split(",")), eps=tuple(parse_eps(args.eps)),
         norm=args.norm, batch_size=args.batch_size, seed=args.seed,
         pgd=PGDSettings(steps=args.pgd_steps, step_size=args.pgd_step, restarts=args.restarts))
+    from robustmix import distributed
+
     config.validate()
-    device = resolve_device(args.device)
+    device = distributed.device_for(resolve_device(args.device), distributed.current())
     _check_run_dirs(args.run)
     for run in args.run:
         rows = attack_run(run, config, device=device, n_examples=args.n_examples,

@@ -3,7 +3,9 @@ collectives that training and the attack runner need.
 
 ``torchrun --nproc_per_node N -m robustmix train ...`` starts N processes and sets
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous variables; :func:`start` reads
-them and joins the process group (NCCL for CUDA, gloo for the CPU). Without torchrun
+them and joins the process group: gloo, plus NCCL for CUDA tensors where there is a GPU
+(so a run on the CPU of a GPU machine works too, and the small object collectives go
+through gloo). Without torchrun
 nothing here starts a group, :func:`current` is rank 0 of 1, and every helper is the
 identity, so the single-process code path is the same code.
 
@@ -11,7 +13,8 @@ Only rank 0 writes files and prints. Steps whose outcome must be the same everyw
 the run directory usable? can the checkpoint be read? did the epoch's files get written?)
 run on rank 0 through :func:`on_main`, which hands the result, or the one-line error, to
 every rank: a refused input makes every process exit 2 with one printed line, instead of
-rank 0 failing while the others wait in a collective.
+rank 0 failing while the others wait in a collective; any other failure on rank 0 (a bug)
+stops the others too.
 """
 
 from __future__ import annotations
@@ -62,12 +65,9 @@ def _env_int(name: str, default: int | None = None) -> int:
                          "distributed runs with torchrun") from None
 
 
-def start(device: str = "auto") -> Place:
-    """Join torchrun's process group (once); returns this process's place.
-
-    The backend is NCCL when this process will train on CUDA, gloo otherwise; each process
-    uses the GPU of its local rank.
-    """
+def start() -> Place:
+    """Join torchrun's process group (once); returns this process's place. Each process
+    uses the GPU of its local rank."""
     if not launched():
         return Place()
     if not torch.distributed.is_available():
@@ -77,15 +77,16 @@ def start(device: str = "auto") -> Place:
     if not 0 <= rank < world:
         raise UsageError(f"RANK={rank} does not lie in 0..WORLD_SIZE-1={world - 1}")
     if not torch.distributed.is_initialized():
-        cuda = uses_cuda(device)
-        if cuda:
+        backend = "gloo"
+        if torch.cuda.is_available():
+            if local_rank >= torch.cuda.device_count():
+                raise UsageError(f"LOCAL_RANK={local_rank}, but this machine has "
+                                 f"{torch.cuda.device_count()} GPUs; start at most that many "
+                                 "processes per machine")
             torch.cuda.set_device(local_rank)
-        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+            backend = "cpu:gloo,cuda:nccl"
+        torch.distributed.init_process_group(backend=backend)
     return current()
-
-
-def uses_cuda(device: str) -> bool:
-    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def stop() -> None:
@@ -123,15 +124,22 @@ def on_main(fn: Callable[[], T]) -> T:
     if not place.active:
         return fn()
     box: list[Any] = [None]
+    failure = None
     if place.is_main:
         try:
             box[0] = ("ok", fn())
         except UsageError as err:
             box[0] = ("error", str(err))
+        except BaseException as err:  # a bug or an interrupt: stop the others, raise here
+            box[0], failure = ("crash", f"{type(err).__name__} on rank 0"), err
     torch.distributed.broadcast_object_list(box, src=0)
     status, value = box[0]
+    if failure is not None:
+        raise failure
     if status == "error":
         raise shared_error(value)
+    if status == "crash":
+        raise RuntimeError(f"stopped: {value} (see its output)")
     return value
 
 

@@ -327,8 +327,13 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
             f"--batch-size {config.batch_size} is the global batch; under torchrun it must be "
             f"a multiple of the {place.world} processes, with at least 2 examples each when "
             "mixing")
+    download = config.download
+    if download and place.active:  # once, on rank 0; torchvision does not write atomically
+        distributed.on_main(lambda: load_dataset(config.dataset, data_dir=config.data_dir,
+                                                 download=True) and None)
+        download = False
     data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                        download=config.download, device=device)
+                        download=download, device=device)
     augment = Augment(
         pad=data.default_augment.pad if config.pad is None else config.pad,
         flip=data.default_augment.flip if config.flip is None else config.flip,
@@ -367,14 +372,19 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
             return None
         state = runs.load_checkpoint(checkpoint_path)
         epoch = _restore(state, checkpoint_path, config, model, optimizer, rng)
-        return state, runs.read_metrics(out / runs.METRICS, epochs=epoch)
+        return (state, runs.read_metrics(out / runs.METRICS, epochs=epoch),
+                runs.read_config(out).get("world_size", 1))
 
     restored = distributed.on_main(read_checkpoint)
     if restored is not None:
-        state, metrics = restored
+        state, metrics, started_with = restored
         start_epoch = state["epoch"]
         if not place.is_main:
             _restore(state, checkpoint_path, config, model, optimizer, rng)
+        if started_with != place.world and progress:
+            print(f"robustmix train: note: {out} was started with {started_with} processes "
+                  f"and resumes with {place.world}; it continues, but each rank's mixing "
+                  "draws and batch-norm slices differ from an uninterrupted run's")
     else:
         distributed.on_main(lambda: runs.write_json(out / runs.CONFIG, {
             "train": config.to_dict(), "model": spec, "versions": _versions(),
@@ -404,25 +414,16 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
         batches = data.train_batches(rng, config.batch_size, device, augment,
                                      shard=(place.rank, place.world))
         for step, (x, y) in enumerate(batches):
-            global_step = epoch * steps_per_epoch + step
-            lr = learning_rate(config, global_step, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            target = soft_labels(y, data.num_classes, config.label_smoothing)
-            x, target = mixer(x, target, mix_rng, saliency_fn=saliency_fn)
-            if memory_format is torch.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, config.amp):
-                logits = net(x)
-            loss = soft_cross_entropy(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * y.shape[0]
-            newly_bad = (first_bad == 0) & ~torch.isfinite(loss.detach())  # stays on device
+            lr = learning_rate(config, epoch * steps_per_epoch + step, steps_per_epoch)
+            loss, logits, target = train_step(net, optimizer, mixer, x, y, mix_rng, lr=lr,
+                                              config=config, num_classes=data.num_classes,
+                                              memory_format=memory_format,
+                                              saliency_fn=saliency_fn)
+            loss_sum += loss * y.shape[0]
+            newly_bad = (first_bad == 0) & ~torch.isfinite(loss)  # stays on device
             first_bad = torch.where(newly_bad, step + 1, first_bad)
-            bad_loss = torch.where(newly_bad, loss.detach().float(), bad_loss)
-            correct += (logits.detach().argmax(1) == target.argmax(1)).sum()
+            bad_loss = torch.where(newly_bad, loss.float(), bad_loss)
+            correct += (logits.argmax(1) == target.argmax(1)).sum()
             seen += y.shape[0]
             if (step + 1) % config.log_interval == 0 or step + 1 == steps_per_epoch:
                 # the one host synchronization per interval (with the ranks' sums)
@@ -471,6 +472,29 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     return TrainResult(run_dir=out, epochs=config.epochs, train_acc=float(last["train_acc"]),
                        test_acc=float(last["test_acc"]),
                        seconds=time.perf_counter() - started, resumed_from=start_epoch)
+
+
+def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, mixer: Mixer, x: Tensor,
+               y: Tensor, rng: np.random.Generator, *, lr: float, config: TrainConfig,
+               num_classes: int, memory_format=torch.preserve_format,
+               saliency_fn=None) -> tuple[Tensor, Tensor, Tensor]:
+    """One SGD step on the mixed batch of (x, y): soft labels, the mix, the forward pass
+    (bf16 autocast on CUDA with ``config.amp``), the soft-target loss, backward and the
+    update at learning rate ``lr``. Returns the loss, logits and mixed targets, detached;
+    nothing here waits for the device."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    target = soft_labels(y, num_classes, config.label_smoothing)
+    x, target = mixer(x, target, rng, saliency_fn=saliency_fn)
+    if memory_format is torch.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with _autocast(x.device, config.amp):
+        logits = net(x)
+    loss = soft_cross_entropy(logits, target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach(), target
 
 
 def _training_module(model: torch.nn.Module, config: TrainConfig, device: torch.device,

@@ -15,7 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_attack, bench_mixing, bench_train  # noqa: E402
+from benchmarks import (bench_attack, bench_mixing, bench_puzzlemix, bench_study,  # noqa: E402
+                        bench_train)
 from benchmarks.common import format_machine, summarize_us  # noqa: E402
 from robustmix.mixing import DATA_FREE_MIX_NAMES  # noqa: E402
 
@@ -110,3 +111,50 @@ def test_bench_attack_counts_passes_of_both_ways():
     assert result["pass_ratio"] < 1
     assert len(ours["robust_acc"]["pgd"]) == len(theirs["robust_acc"]["pgd"]) == n_eps
     assert "sweep / independent" in bench_attack.format_results(result)
+
+
+def test_bench_puzzlemix_times_both_methods_and_every_part():
+    result = bench_puzzlemix.run(setups=("digits",), steps=1, repeats=1, device="cpu")
+    check_machine(result["machine"])
+    numbers = result["setups"]["digits"]
+    assert set(numbers["steps"]) == {"cutmix", "puzzlemix"}
+    assert all(len(times) == 1 and positive(times[0]) for times in numbers["steps"].values())
+    assert set(numbers["parts"]) == {"saliency", "masks (no transport)", "masks + transport"}
+    for values in numbers["parts"].values():
+        assert set(values) == {2, 4, 8, 16} and all(positive(v) for v in values.values())
+    assert "puzzlemix / cutmix" in bench_puzzlemix.format_results(result)
+
+
+TINY_STUDY = """
+methods = ["vanilla"]
+seeds = [0]
+device = "cpu"
+
+[train]
+epochs = 1
+image_size = 8
+batch_size = 128
+
+[attack]
+eps = "16/255"
+pgd_steps = 1
+n_examples = 8
+autoattack = "autoattack-fast"
+autoattack_eps = "16/255"
+autoattack_examples = 4
+
+[evaluate]
+n_examples = 8
+q_draws = 4
+"""
+
+
+def test_bench_study_reads_the_time_of_every_kind_of_step(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_STUDY)
+    numbers = bench_study.run(tmp_path / "study", ["--config", str(config)])
+    assert set(numbers["per_kind_s"]) == {"train", "attack", "autoattack", "evaluate", "report"}
+    assert all(seconds >= 0 for seconds in numbers["per_kind_s"].values())
+    assert positive(numbers["total_s"])
+    assert numbers["total_s"] >= sum(numbers["per_kind_s"].values())
+    assert (tmp_path / "study" / "report.md").is_file()

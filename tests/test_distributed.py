@@ -118,6 +118,25 @@ def group_of_one(tmp_path, monkeypatch):
     distributed.leave()
 
 
+def test_on_main_hands_over_results_and_errors(group_of_one):
+    assert distributed.current().active and distributed.current().world == 1
+    assert distributed.on_main(lambda: {"epoch": 3}) == {"epoch": 3}
+
+    def refused():
+        raise UsageError("no such file")
+
+    with pytest.raises(UsageError, match="no such file") as caught:
+        distributed.on_main(refused)
+    assert caught.value.shared, "raised on every rank, printed by rank 0 alone"
+
+    def bug():
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):  # rank 0 raises its own error; the others stop
+        distributed.on_main(bug)
+    assert distributed.on_main(lambda: 5) == 5, "the group is still usable"
+
+
 def test_sync_bn_on_the_cpu_is_one_line_and_exit_2(group_of_one, tmp_path, capsys):
     code = main(TRAIN + ["--epochs", "1", "--sync-bn", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
