@@ -210,9 +210,13 @@ class DataSource:
         """
         raise NotImplementedError
 
-    def eval_batches(self, split: str, batch_size: int,
-                     device: Any) -> Iterator[tuple[Tensor, Tensor]]:
-        """Every example of ``split`` ('train' or 'test') once, in order, unaugmented."""
+    def eval_batches(self, split: str, batch_size: int, device: Any,
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every example of ``split`` ('train' or 'test') once, in order, unaugmented.
+
+        ``shard=(rank, world)``: only the batches numbered rank, rank + world, ... of the
+        unsharded sequence (nothing else is loaded); the world's shards cover it once.
+        """
         raise NotImplementedError
 
     def tensors(self, split: str) -> tuple[Tensor, Tensor]:
@@ -344,16 +348,17 @@ class TensorSource(DataSource):
                 x = batch_flip(x, _to_device(flips[step], device))
             yield x, y
 
-    def eval_batches(self, split: str, batch_size: int,
-                     device: Any) -> Iterator[tuple[Tensor, Tensor]]:
+    def eval_batches(self, split: str, batch_size: int, device: Any,
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
         self._check_split(split)
         self._check_batch_size(batch_size)
-        return self._eval(split, batch_size, torch.device(device))
+        return self._eval(split, batch_size, torch.device(device), shard)
 
-    def _eval(self, split: str, batch_size: int,
-              device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    def _eval(self, split: str, batch_size: int, device: torch.device,
+              shard: tuple[int, int]) -> Iterator[tuple[Tensor, Tensor]]:
         x_all, y_all = self._x[split], self._y[split]
-        for start in range(0, x_all.shape[0], batch_size):
+        rank, world = shard
+        for start in range(rank * batch_size, x_all.shape[0], world * batch_size):
             x = x_all[start:start + batch_size].to(device, non_blocking=True)
             y = y_all[start:start + batch_size].to(device, non_blocking=True)
             yield _to_unit_float(x), y
@@ -496,11 +501,17 @@ class FolderSource(DataSource):
                                T.CenterCrop(self.height), T.PILToTensor()])
         return _FolderImages(self._samples[split], transform)
 
-    def eval_batches(self, split: str, batch_size: int,
-                     device: Any) -> Iterator[tuple[Tensor, Tensor]]:
+    def eval_batches(self, split: str, batch_size: int, device: Any,
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
         self._check_batch_size(batch_size)
         device = torch.device(device)
-        loader = self._loader(self._eval_dataset(split), batch_size, drop_last=False, seed=0,
+        dataset = self._eval_dataset(split)
+        rank, world = shard
+        # Only the last batch of the split can be short, so cutting this list into
+        # batch_size chunks gives back exactly this rank's batches.
+        mine = [i for start in range(rank * batch_size, len(dataset), world * batch_size)
+                for i in range(start, min(start + batch_size, len(dataset)))]
+        loader = self._loader(dataset, batch_size, sampler=mine, drop_last=False, seed=0,
                               device=device)
         return _moved(loader, device)
 

@@ -177,29 +177,24 @@ def evaluate(model: torch.nn.Module, batches: Iterator[tuple[Tensor, Tensor]],
              amp: bool = False) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of a model over (x, y) batches, in eval mode.
 
-    Under torchrun each rank takes every world-th batch and the sums are added over the
-    ranks, so every rank returns the numbers of the whole split.
+    Under torchrun the batches are this rank's share (``eval_batches(..., shard=...)``)
+    and the sums are added over the ranks, so every rank returns the whole split's numbers.
     """
-    place = distributed.current()
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long)
     loss_sum = torch.zeros((), dtype=torch.float64)
     count = 0
-    device = None
-    for index, (x, y) in enumerate(batches):
-        device = x.device
-        if index % place.world != place.rank:
-            continue
+    for x, y in batches:
         with _autocast(x.device, amp):
             logits = model(x).float()
         correct = correct + (logits.argmax(1) == y).sum().cpu()
         loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum").double().cpu()
         count += y.shape[0]
     model.train(was_training)
-    if place.active:
+    if distributed.current().active:  # on the CPU: the same backend on every rank
         totals = torch.stack([correct.double(), loss_sum, torch.tensor(count).double()])
-        correct, loss_sum, count = distributed.all_sum(totals.to(device or "cpu")).tolist()
+        correct, loss_sum, count = distributed.all_sum(totals).tolist()
     else:
         correct, loss_sum = correct.item(), loss_sum.item()
     return correct / max(count, 1), loss_sum / max(count, 1)
@@ -438,8 +433,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
         train_seconds = time.perf_counter() - epoch_start
         loss_total, correct_total, seen_total = _totals(loss_sum, correct, seen)
         distributed.broadcast_buffers(model)  # every rank evaluates and saves rank 0's model
-        test_acc, test_loss = evaluate(model, data.eval_batches("test", 2 * config.batch_size,
-                                                                device), config.amp)
+        test_acc, test_loss = evaluate(
+            model, data.eval_batches("test", 2 * config.batch_size, device,
+                                     shard=(place.rank, place.world)), config.amp)
         finite_weights = _finite(model)
         if not (finite_weights and math.isfinite(test_loss)):
             what = "the test loss is" if finite_weights else "the weights are"

@@ -64,6 +64,26 @@ def test_the_ranks_shards_make_up_the_unsharded_batches(augment):
         assert torch.equal(torch.cat([shard[step][1] for shard in shards]), y)
 
 
+def test_the_ranks_evaluation_batches_interleave_to_the_unsharded_ones(tmp_path):
+    from PIL import Image
+
+    for split, count in (("train", 3), ("val", 7)):
+        for label, name in enumerate(("ant", "bee")):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (20, 20), (30 * i, 100 * label, 7)).save(
+                    tmp_path / split / name / f"{i}.png")
+    for data in (load_dataset("digits", image_size=8),
+                 load_dataset(f"imagefolder:{tmp_path}", image_size=16)):
+        whole = list(data.eval_batches("test", 4, "cpu"))
+        shards = [list(data.eval_batches("test", 4, "cpu", shard=(rank, 3)))
+                  for rank in range(3)]
+        assert sum(map(len, shards)) == len(whole) and len(whole) % 3 != 0
+        for number, (x, y) in enumerate(whole):
+            xs, ys = shards[number % 3][number // 3]
+            assert torch.equal(xs, x) and torch.equal(ys, y), (data.name, number)
+
+
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused():
     data = load_dataset("digits", image_size=8)
     with pytest.raises(UsageError, match="cannot be split evenly over 3"):
