@@ -389,6 +389,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
                         "height": data.height, "width": data.width},
             "augment": dataclasses.asdict(augment)}))
     net = _training_module(model, config, device, place)
+    step_fn = _compile_errors_as_usage(train_step) if config.compile else train_step
 
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
@@ -410,10 +411,10 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
                                      shard=(place.rank, place.world))
         for step, (x, y) in enumerate(batches):
             lr = learning_rate(config, epoch * steps_per_epoch + step, steps_per_epoch)
-            loss, logits, target = train_step(net, optimizer, mixer, x, y, mix_rng, lr=lr,
-                                              config=config, num_classes=data.num_classes,
-                                              memory_format=memory_format,
-                                              saliency_fn=saliency_fn)
+            loss, logits, target = step_fn(net, optimizer, mixer, x, y, mix_rng, lr=lr,
+                                           config=config, num_classes=data.num_classes,
+                                           memory_format=memory_format,
+                                           saliency_fn=saliency_fn)
             loss_sum += loss * y.shape[0]
             newly_bad = (first_bad == 0) & ~torch.isfinite(loss)  # stays on device
             first_bad = torch.where(newly_bad, step + 1, first_bad)
@@ -504,9 +505,35 @@ def _training_module(model: torch.nn.Module, config: TrainConfig, device: torch.
         net = DistributedDataParallel(model, device_ids=[device.index]
                                       if device.type == "cuda" else None)
     if config.compile:
-        net = torch.compile(net, backend=os.environ.get("ROBUSTMIX_COMPILE_BACKEND",
-                                                        "inductor"))
+        backend = os.environ.get("ROBUSTMIX_COMPILE_BACKEND", "inductor")
+        try:
+            net = torch.compile(net, backend=backend)
+        except Exception as err:  # an unknown backend name
+            raise UsageError(f"--compile: torch.compile(backend={backend!r}) failed: "
+                             f"{_first_line(err)}") from None
     return net
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else type(err).__name__
+
+
+def _compile_errors_as_usage(step):
+    """``step``, with a failure of torch.compile's compilers (no C++ compiler, an operator
+    the backend lacks) turned into the one-line error; other errors pass unchanged."""
+    def guarded(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except Exception as err:
+            if not type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            cause = getattr(err, "inner_exception", None) or err.__cause__ or err
+            raise UsageError(f"--compile failed ({type(cause).__name__}: {_first_line(cause)}); "
+                             "train without --compile "
+                             "(compilation needs a working C++ compiler on the CPU, Triton on "
+                             "a GPU)") from None
+    return guarded
 
 
 def _totals(loss_sum: Tensor, correct: Tensor, seen: int) -> tuple[float, float, float]:

@@ -185,6 +185,26 @@ def test_compile_trains_the_same_model(trained_run, tmp_path, monkeypatch):
     assert runs.read_config(out)["train"]["compile"] is True
 
 
+def test_a_compiler_that_fails_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from torch._dynamo import register_backend
+
+    @register_backend(name="robustmix_test_broken")
+    def broken(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setenv("ROBUSTMIX_COMPILE_BACKEND", "robustmix_test_broken")
+    code = main(TRAIN + ["--epochs", "1", "--compile", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--compile failed" in err and "no C++ compiler found" in err, err
+    assert not runs.is_complete(tmp_path / "run")
+
+    monkeypatch.setenv("ROBUSTMIX_COMPILE_BACKEND", "no_such_backend")
+    code = main(TRAIN + ["--epochs", "1", "--compile", "--out", str(tmp_path / "other")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no_such_backend" in err and len(err.strip().splitlines()) == 1, err
+
+
 # ---------------------------------------------------------------------------- torchrun
 
 
