@@ -11,6 +11,10 @@ A loss that turns NaN or infinite stops the run with the epoch and step where it
 did; weights or a test loss that are not finite at the end of an epoch stop it too, so no
 checkpoint or weights file ever holds non-finite numbers.
 
+Under torchrun (:mod:`robustmix.distributed`) every rank draws the same epoch from that
+generator and trains on its slice of each global batch in DistributedDataParallel; each
+rank mixes its slice with a generator seeded by (seed, epoch, rank). Rank 0 alone writes.
+
 PuzzleMix needs the saliency of the clean batch: one extra forward and backward pass per
 mixed batch (:func:`robustmix.puzzlemix.input_saliency`, model in eval mode as the
 official code, gradient for the input only), which the Mixer asks for through
