@@ -144,7 +144,10 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, *,
                ) -> tuple[Tensor, Tensor, list[str], tuple[int, int] | None]:
     """Attack correctly classified points ``x`` (all on the model's device).
 
-    Returns (adversarial examples, broken flags, checks, passes spent). With
+    Returns (adversarial examples, broken flags, checks, passes spent). ``on_batch(k)``
+    reports progress: k examples done by the current component, the examples it skips
+    (broken before it runs) included, so the calls add up to N × the number of components,
+    on a resumed evaluation too. With
     ``state_path`` the standing set is saved after every batch and a rerun continues from
     it; the state file is removed when the evaluation finishes. ``passes`` reads the
     model's running (forward, backward) counts; the passes spent are then those of the
@@ -185,14 +188,18 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, *,
         _run_checks(model, x[:batch_size], y[:batch_size], components)
         if resumed:  # the interrupted process counted the checks' passes already
             start = passes() if passes is not None else (0, 0)
+        advance = on_batch if on_batch is not None else (lambda k: None)
         for component in components:
             if component in state["done"]:
+                advance(x.shape[0])
                 continue
             if state["component"] != component:
                 state.update(component=component, next_batch=0,
                              order=standing.nonzero().squeeze(1).tolist())
             order = torch.tensor(state["order"], dtype=torch.long, device=x.device)
             batches = order.split(batch_size)
+            advance(x.shape[0] - order.numel()  # broken before this component: skipped
+                    + sum(batch.numel() for batch in batches[:state["next_batch"]]))
             for number in range(state["next_batch"], len(batches)):
                 batch = batches[number]
                 adv = _perturb(adversary, component, x[batch], y[batch])
@@ -202,8 +209,7 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, *,
                 standing[batch[hit]] = False
                 state["next_batch"] = number + 1
                 save()
-                if on_batch is not None:
-                    on_batch(batch.numel())
+                advance(batch.numel())
             state["done"].append(component)
             state["accuracy"][component] = standing.float().mean().item()
             save()

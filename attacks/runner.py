@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from attacks.autoattack import autoattack
+from attacks.autoattack import COMPONENTS, autoattack
 from attacks.eps import NORMS, Eps, check_norm, parse_eps
 from attacks.gradient import PassCounter, PGDSettings, fgsm, pgd
 from robustmix import runs
@@ -193,8 +193,10 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
                 targets = standing.nonzero().squeeze(1)
                 start = time.perf_counter()
                 before = (counter.forwards, counter.backwards)
-                bar = tqdm(total=targets.numel(), desc=f"{attack} ε={eps.text}", leave=False,
-                           disable=not progress, unit="ex")
+                parts = _components(attack)
+                bar = tqdm(total=targets.numel() * parts, leave=False, disable=not progress,
+                           desc=f"{attack} ε={eps.text}" + (f" ({parts} attacks in turn)"
+                                                              if parts > 1 else ""), unit="ex")
                 broken, checks, spent = _attack(counter, attack, x, y, indices, targets, eps,
                                                 config, device, n_classes, state_dir,
                                                 state_tag, bar.update)
@@ -218,6 +220,13 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
                                                   for c in r.checks} - set(model_notes))))
     _check_rows(rows)
     return Result(rows, clean, robust)
+
+
+def _components(attack: str) -> int:
+    """How many attacks run in turn over the examples (AutoAttack's components)."""
+    if attack == "autoattack":
+        return len(COMPONENTS["standard"])
+    return len(COMPONENTS["fast"]) if attack == "autoattack-fast" else 1
 
 
 def _attack(model, attack, x, y, indices, targets, eps: Eps, config: AttackConfig, device,

@@ -9,6 +9,7 @@ from torch import nn
 
 from attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
 from attacks import autoattack as autoattack_module
+from attacks import runner as runner_module
 from attacks.eps import Eps
 from attacks.gradient import pgd
 from attacks.runner import check_adversarial
@@ -291,7 +292,17 @@ def test_autoattack_resumes_where_it_stopped(tmp_path, monkeypatch):
     counted = []
     monkeypatch.setattr(autoattack_module, "_perturb",
                         lambda *args: counted.append(args[1]) or real(*args))
+    progress = []
+    real_autoattack = runner_module.autoattack
+
+    def reporting(*args, on_batch, **kwargs):
+        return real_autoattack(*args, on_batch=lambda k: progress.append(k) or on_batch(k),
+                               **kwargs)
+
+    monkeypatch.setattr(runner_module, "autoattack", reporting)
     resumed = robustness(model, x, y, config, state_dir=tmp_path)
+    assert sum(progress) == 2 * 12, "the progress bar ends full: N × (APGD-CE, APGD-T)"
+    assert progress[0] == 12, "APGD-CE, done before the interruption, counts whole"
     # only the APGD-T batches not yet done run again
     assert counted == ["apgd-t"] * (uninterrupted.count("apgd-t") - 1)
     assert torch.equal(resumed.robust[("autoattack-fast", 0.01)],
