@@ -169,12 +169,6 @@ def shared_error(message: str) -> UsageError:
     return error
 
 
-def gather_to_main(value: T) -> list[T] | None:
-    """Every rank's ``value``, in rank order, on rank 0; None elsewhere."""
-    values = all_gather(value)
-    return values if current().is_main else None
-
-
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Make every rank's buffers (batch-norm statistics) rank 0's."""
     if current().active:
