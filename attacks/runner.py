@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from attacks import worst_case
 from attacks.autoattack import COMPONENTS, autoattack
 from attacks.eps import NORMS, Eps, check_norm, parse_eps
 from attacks.gradient import PassCounter, PGDSettings, fgsm, pgd
@@ -395,15 +396,46 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     if place.active:
         result = merge_results(distributed.all_gather(result))
 
+    final = {"rows": result.rows}
+
     def write() -> None:
-        write_rows(run_dir / ROBUSTNESS, [row.as_csv(str(run_dir), config.norm)
-                                          for row in result.rows])
+        final["rows"] = store(run_dir, config.norm, result)
         runs.remove_stale_temporaries(state_dir)
         if state_dir.is_dir() and not any(state_dir.iterdir()):
             state_dir.rmdir()
 
     distributed.on_main(write)
-    return result.rows
+    return final["rows"]
+
+
+def store(run_dir: Path, norm: str, result: Result) -> list[Row]:
+    """Record the per-example outcomes and write robustness.csv with true worst cases.
+
+    The worst-case rows are recomputed from every attack ever run on this run at the same
+    norm and on the same examples (:mod:`attacks.worst_case`), so AutoAttack run in a
+    separate command is part of them; returns this call's rows with those worst cases.
+    """
+    n = result.clean.numel()
+    attacked = [row for row in result.rows if row.attack != worst_case.WORST]
+    examples = worst_case.record(
+        run_dir / worst_case.EXAMPLES, norm, result.clean,
+        [(r.attack, r.settings, r.eps, result.robust[(r.attack, r.eps.value)]) for r in attacked])
+    old = read_rows(run_dir / ROBUSTNESS) if (run_dir / ROBUSTNESS).exists() else []
+    rows = list(attacked)
+    for eps, attacks, clean, standing in worst_case.worst_cases(examples, norm, n):
+        checks = {c for r in old if r["norm"] == norm and r["n_examples"] == str(n)
+                  and r["attack"] != worst_case.WORST
+                  and math.isclose(float(r["eps_value"]), eps.value, rel_tol=1e-6)
+                  for c in r["checks"].split(";") if c}
+        checks |= {c for r in attacked if r.eps.value == eps.value for c in r.checks}
+        rows.append(Row(worst_case.WORST, eps, worst_case.describe(attacks), n,
+                        int(clean.sum()), clean.float().mean().item() if n else 0.0,
+                        standing.float().mean().item() if n else 0.0, 0.0, 0, 0,
+                        sorted(checks)))
+    write_rows(run_dir / ROBUSTNESS, [row.as_csv(str(run_dir), norm) for row in rows],
+               drop=lambda row: row["attack"] == worst_case.WORST and row["norm"] == norm
+               and row["n_examples"] == str(n))
+    return rows
 
 
 def merge_results(parts: Sequence[Result]) -> Result:
@@ -439,15 +471,16 @@ def merge_results(parts: Sequence[Result]) -> Result:
     return Result(rows, clean, robust)
 
 
-def write_rows(path: Path, new_rows: list[dict]) -> None:
-    """Merge rows into a robustness CSV (checked first), replacing those with the same key."""
+def write_rows(path: Path, new_rows: list[dict], drop=lambda row: False) -> None:
+    """Merge rows into a robustness CSV (checked first), replacing those with the same key
+    and removing the old rows for which ``drop(row)`` is true."""
     def key(row: dict) -> tuple:
         return (row["attack"], row["settings"], row["norm"], f"{float(row['eps_value']):.8g}",
                 str(row["n_examples"]))
 
     old = read_rows(path) if path.exists() else []
     replaced = {key(row) for row in new_rows}
-    merged = [row for row in old if key(row) not in replaced] + new_rows
+    merged = [row for row in old if key(row) not in replaced and not drop(row)] + new_rows
     runs.write_csv(path, merged, CSV_FIELDS)
 
 

@@ -355,6 +355,42 @@ def test_attack_command_writes_the_csv_and_merges_reruns(trained_run, capsys):
     assert len(list(csv.DictReader((trained_run / "robustness.csv").open()))) == len(rows)
 
 
+def test_worst_case_covers_attacks_run_in_separate_commands(trained_run, tmp_path, capsys):
+    """FGSM in one command, PGD in another: the worst-case row is the per-example minimum
+    over both, equal to the worst case of one command that runs both."""
+    import shutil
+
+    from attacks import worst_case
+    from attacks.runner import read_rows
+    from robustmix.cli import main
+
+    apart, together = tmp_path / "apart", tmp_path / "together"
+    for run in (apart, together):
+        shutil.copytree(trained_run, run)
+        for name in ("robustness.csv", worst_case.EXAMPLES):
+            (run / name).unlink(missing_ok=True)
+    common = ["--quiet", "--eps", "4/255,16/255", "--pgd-steps", "5", "--n-examples", "60"]
+    for attacks in ("fgsm", "pgd"):
+        assert main(["attack", "--run", str(apart), "--attacks", attacks, *common]) == 0
+    assert main(["attack", "--run", str(together), "--attacks", "fgsm,pgd", *common]) == 0
+    capsys.readouterr()
+
+    def rows(run):
+        return {(r["attack"], r["eps"]): r for r in read_rows(run / "robustness.csv")}
+
+    a, b = rows(apart), rows(together)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key]["robust_acc"], a[key]["settings"]) == (b[key]["robust_acc"],
+                                                             b[key]["settings"]), key
+    assert a["worst-case", "16/255"]["settings"] == "per-example worst of fgsm,pgd"
+    flags = {(r["attack"], r["eps"]): worst_case.decode(r["standing"])
+             for r in worst_case.read(apart / worst_case.EXAMPLES)}
+    worst = (flags["fgsm", "16/255"] & flags["pgd", "16/255"]).float().mean().item()
+    assert float(a["worst-case", "16/255"]["robust_acc"]) == pytest.approx(worst, abs=1e-6)
+    assert len(flags) == 4                                   # no worst-case rows stored
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--eps=-1/255"], "must be positive"),
     (["--eps", "1/0"], "zero denominator"),
