@@ -5,8 +5,10 @@ Per-run metrics (one row per run, NaN where a file is missing): the clean accura
 losses, gaps, first-layer norms, input-gradient norms, the profile decay D, ``q.A`` and
 ``q_relative.A`` per mask distribution A, and ``final_test_acc`` from metrics.csv.
 
-Robustness rows: one per (run, attack, norm, ε). When a run lists an attack at one ε
-several times, the row on the most examples is kept, and among those the lowest robust
+Robustness rows: one per (run, attack, norm, ε), with ``conditional`` = robust / clean
+accuracy on the same examples: the share of the correctly classified examples that the
+attack leaves standing (1 − the attack's success rate). When a run lists an attack at one
+ε several times, the row on the most examples is kept, and among those the lowest robust
 accuracy (the strongest setting).
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from evaluations import convergence
 from evaluations.runinfo import GENERALIZATION, ROBUSTNESS, RunInfo
 from robustmix import runs
 
@@ -57,9 +60,14 @@ def read_robustness(path: Path) -> pd.DataFrame | None:
     return frame
 
 
-def run_metrics(record: RunRecord) -> dict[str, float]:
-    """The per-run numbers the report compares (NaN when not measured)."""
-    values: dict[str, float] = {"final_test_acc": _final_test_acc(record.info.path)}
+def run_metrics(record: RunRecord) -> dict[str, Any]:
+    """The per-run numbers the report compares (NaN when not measured), with whether the
+    run converged (:mod:`evaluations.convergence`) and why not."""
+    curve = _test_curve(record.info.path)
+    state = convergence.check(curve, int(record.info.train.get("epochs", len(curve))))
+    values: dict[str, Any] = {"final_test_acc": curve[-1] if curve else math.nan,
+                              "converged": state.converged, "convergence": state.reason,
+                              "acc_band": state.band}
     g = record.generalization
     if not g:
         return values
@@ -85,19 +93,20 @@ def robustness_rows(record: RunRecord) -> pd.DataFrame | None:
     frame = record.robustness
     if frame is None or frame.empty:
         return None
-    frame = frame.assign(run=record.name, eps_key=frame["eps_value"].round(9))
+    frame = frame.assign(run=record.name, eps_key=frame["eps_value"].round(9),
+                         conditional=frame["robust_acc"] / frame["clean_acc"].where(
+                             frame["clean_acc"] > 0))
     frame = frame.sort_values(["n_examples", "robust_acc"], ascending=[False, True],
                               kind="stable")
     return frame.groupby(["attack", "norm", "eps_key"], as_index=False, sort=True).first()
 
 
-def _final_test_acc(run_dir: Path) -> float:
-    """The last epoch's test accuracy from metrics.csv (checked); NaN when there is none."""
+def _test_curve(run_dir: Path) -> list[float]:
+    """The test accuracy of every epoch from metrics.csv (checked); [] when there is none."""
     path = run_dir / runs.METRICS
     if not path.is_file():
-        return math.nan
-    rows = runs.read_metrics(path)
-    return float(rows[-1]["test_acc"]) if rows else math.nan
+        return []
+    return [float(row["test_acc"]) for row in runs.read_metrics(path)]
 
 
 def _getter(tree: dict[str, Any]):

@@ -6,8 +6,7 @@ rather than what it learned. When several groups share a method, each name adds 
 settings in which they differ, e.g. ``cutmix (arch=wrn28-2)``.
 
 Summaries over a group's seeds: mean, sample std (ddof 1; undefined for one seed) and n.
-A comparison between two groups uses the pooled seed std s of that metric over every
-group with ≥ 2 seeds: s² = Σ (n_g − 1) s_g² / Σ (n_g − 1).
+Comparisons between groups are judged in :mod:`evaluations.statistics`.
 """
 
 from __future__ import annotations
@@ -94,14 +93,3 @@ def summarize(values: Iterable[float]) -> tuple[float, float, int]:
     mean = sum(finite) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else math.nan
     return mean, std, n
-
-
-def pooled_std(samples: Iterable[Sequence[float]]) -> float | None:
-    """Pooled within-group std over groups with ≥ 2 values; None when no group has two."""
-    num = dof = 0.0
-    for values in samples:
-        mean, std, n = summarize(values)
-        if n > 1:
-            num += (n - 1) * std ** 2
-            dof += n - 1
-    return math.sqrt(num / dof) if dof else None

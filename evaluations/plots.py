@@ -64,12 +64,18 @@ def attack_order(attacks: Sequence[str]) -> list[str]:
     return known + sorted(a for a in attacks if a not in ATTACK_ORDER)
 
 
-def robustness_figure(path: Path, summary, groups: list[Group], norm: str) -> None:
+def robustness_figure(path: Path, summary, groups: list[Group], norm: str,
+                      value: str = "robust") -> None:
     """Robust accuracy (%) against ε, one panel per attack; error bars: std over seeds.
 
-    ``summary`` rows: group, attack, norm, eps_key, mean, std, n.
+    ``summary`` rows: group, attack, norm, eps_key, mean, std, n (and conditional_mean,
+    conditional_std: robust / clean, plotted with ``value="conditional"``). Where a group
+    was attacked on several subsets at one ε, the largest is drawn.
     """
-    rows = summary[summary["norm"] == norm]
+    rows = summary[summary["norm"] == norm].sort_values("n_examples", ascending=False)
+    rows = rows.drop_duplicates(["group", "attack", "eps_key"])
+    mean, std, what = ("mean", "std", "robust accuracy (%)") if value == "robust" else \
+        ("conditional_mean", "conditional_std", "robust / clean accuracy (%)")
     attacks = attack_order(rows["attack"].unique().tolist())
     fig, axes = _figure(len(attacks))
     scale, unit = (255.0, "ε (×1/255, L∞)") if norm == "linf" else (1.0, "ε (L2, [0,1] pixels)")
@@ -79,15 +85,16 @@ def robustness_figure(path: Path, summary, groups: list[Group], norm: str) -> No
             if part.empty:
                 continue
             part = part.sort_values("eps_key")
-            ax.errorbar(part["eps_key"] * scale, part["mean"] * 100,
-                        yerr=np.nan_to_num(part["std"].to_numpy() * 100), label=group.name,
+            ax.errorbar(part["eps_key"] * scale, part[mean] * 100,
+                        yerr=np.nan_to_num(part[std].to_numpy() * 100), label=group.name,
                         capsize=3, markersize=4, **style(group))
         ax.set_title(f"{attack} ({norm})")
         ax.set_xlabel(unit)
-        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylabel(what)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Robust accuracy against ε ({norm}); error bars: std over seeds")
+    fig.suptitle(f"{what.split(' (')[0].capitalize()} against ε ({norm}); error bars: std "
+                 "over seeds")
     _legend(fig, axes)
     save(fig, path)
 

@@ -1,17 +1,20 @@
 """The paper's predictions, checked on the measured runs.
 
-Each row compares two groups of the same family (runs equal but for their MSDA) on one
-per-run statistic. The verdict uses the pooled seed std s of that statistic
-(:func:`evaluations.grouping.pooled_std`) and the group sizes n_a, n_b:
+Each comparison sets one group (runs equal but for their seed) against another of the
+same family (runs equal but for their MSDA) on one per-run statistic, and is judged by
+:mod:`evaluations.statistics`: Welch's t-test on the two groups' own values, the effect
+with its 95% confidence interval, and Benjamini–Hochberg over every tested comparison of
+the report. A comparison is not tested, and says why, when a side has no value ("not
+measured"), one seed ("inconclusive (one seed)"), a run that did not converge
+(:mod:`evaluations.convergence`) or, for (a), a reference that does not overfit.
 
-- |mean_a − mean_b| ≤ 2·s·√(1/n_a + 1/n_b): "inconclusive (within spread)";
-- otherwise "holds" or "does not hold" by the sign of the difference;
-- s unknown (no group has two seeds): by the sign alone, and the spread column says so;
-- a statistic missing on either side: "not measured".
-
-(a) gap: the clean train−test accuracy gap of an MSDA is below vanilla's.
-(b) robustness: FGSM / PGD robust accuracy of an MSDA is above vanilla's at the smallest
-    ε > 0 both were attacked at (L∞ when measured, else L2).
+(a) gap: the train−test gap of an MSDA (accuracy, and loss) is below vanilla's; testable
+    only where vanilla overfits (its gap is above zero, one-sided t-test at 5%).
+(b) robustness: among the examples a model classifies correctly, the share that an attack
+    leaves standing (robust / clean accuracy on the same examples) is higher for an MSDA
+    than for vanilla; at every ε of the grid common to both, and as one ε-free summary,
+    the area under that curve over [0, ε_max] (with 1 at ε = 0) divided by ε_max. For
+    FGSM, PGD and the per-example worst case over every attack run (AutoAttack included).
 (c) profile: the decay statistic D (:mod:`evaluations.profiles`) of CutMix is above that
     of Mixup and of vanilla: CutMix suppresses near pairs more, so its normalized profile
     falls less with distance, while Mixup's uniform c(p) leaves the shape as vanilla's.
@@ -23,216 +26,284 @@ per-run statistic. The verdict uses the pooled seed std s of that statistic
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Iterator
 
+import numpy as np
 import pandas as pd
 
-from evaluations.grouping import Group, pooled_std, summarize
+from evaluations import statistics as st
+from evaluations.grouping import Group, summarize
 
-HOLDS = "holds"
-FAILS = "does not hold"
-WITHIN = "inconclusive (within spread)"
-NOT_MEASURED = "not measured"
-COLUMNS = ["prediction", "comparison", "statistic", "measured", "verdict", "spread"]
+COLUMNS = ["prediction", "comparison", "statistic", "eps", "measured", "effect", "ci_low",
+           "ci_high", "p_value", "p_adjusted", "verdict", "note"]
 CLAIMS = {
     "a": "(a) MSDA shrinks the train-test gap relative to vanilla",
-    "b": "(b) MSDA adds FGSM/PGD robustness at small eps relative to vanilla",
+    "b": "(b) MSDA keeps more correctly classified examples standing under attack than vanilla",
     "c": "(c) CutMix suppresses near gradient products more than Mixup (flatter profile)",
     "d": "(d) each model has the smallest Q on its own mask distribution, relative to vanilla",
     "e": "(e) the first-layer regularizer shrinks: Q_A(model A) < Q_A(vanilla)",
 }
+ROBUST_ATTACKS = ("fgsm", "pgd", "worst-case")
+AUC = "AUC"
 
 
-def judge(a: Sequence[float], b: Sequence[float], spread: float | None,
-          claim: str, scale: float = 1.0) -> tuple[str, str]:
-    """Verdict on ``mean(a) < mean(b)`` (claim "lower") or ``>`` ("higher"), and the spread
-    text (its numbers multiplied by ``scale``, e.g. 100 for percentage points)."""
-    mean_a, _, n_a = summarize(a)
-    mean_b, _, n_b = summarize(b)
-    if n_a == 0 or n_b == 0:
-        return NOT_MEASURED, ""
-    diff = mean_a - mean_b
-    wanted = diff < 0 if claim == "lower" else diff > 0
-    if spread is None:
-        return (HOLDS if wanted else FAILS), "unknown (one seed per method): sign only"
-    threshold = 2 * spread * math.sqrt(1 / n_a + 1 / n_b)
-    text = (f"2s*sqrt(1/{n_a}+1/{n_b}) = {threshold * scale:.3g} "
-            f"(pooled seed std s = {spread * scale:.3g})")
-    if abs(diff) <= threshold:
-        return WITHIN, text
-    return (HOLDS if wanted else FAILS), text
+@dataclass
+class Comparison:
+    key: str
+    comparison: str
+    statistic: str
+    a: list[float]
+    b: list[float]
+    claim: str                        # "lower" or "higher": the sign of mean(a) − mean(b)
+    measured: str = ""
+    eps: str = ""
+    scale: float = 1.0                # 100 for values printed in percent
+    premise: tuple[str, str] | None = None   # (verdict, note) of a comparison not tested
 
 
-class Predictions:
-    """Builds the predictions table from per-run metrics and robustness rows."""
+class Runs:
+    """The per-run values the predictions read, by group."""
 
     def __init__(self, groups: list[Group], per_run: pd.DataFrame, robust: pd.DataFrame | None):
-        self.groups = groups
-        self.per_run = per_run          # index: run name; columns: group + metrics
-        self.robust = robust            # columns: run, group, attack, norm, eps_key, robust_acc
-        self.rows: list[dict[str, str]] = []
+        self.groups, self.per_run, self.robust = groups, per_run, robust
 
     def values(self, group: Group, metric: str) -> list[float]:
         if metric not in self.per_run.columns:
             return []
-        return self.per_run.loc[self.per_run["group"] == group.name, metric].tolist()
-
-    def spread(self, metric: str, family: str) -> float | None:
-        return pooled_std(self.values(g, metric) for g in self.groups if g.family == family)
+        return [float(v) for v in
+                self.per_run.loc[self.per_run["group"] == group.name, metric].tolist()]
 
     def vanilla_of(self, group: Group) -> Group | None:
         same = [g for g in self.groups if g.family == group.family and g.method == "vanilla"]
         return same[0] if len(same) == 1 else None
 
-    def add(self, key: str, comparison: str, statistic: str, measured: str,
-            verdict: tuple[str, str]) -> None:
-        self.rows.append({"prediction": CLAIMS[key], "comparison": comparison,
-                          "statistic": statistic, "measured": measured,
-                          "verdict": verdict[0], "spread": verdict[1]})
+    def unconverged(self, *groups: Group) -> list[str]:
+        if "converged" not in self.per_run.columns:
+            return []
+        rows = self.per_run[self.per_run["group"].isin([g.name for g in groups])]
+        return [f"{r.run} ({r.convergence})" for r in rows.itertuples() if not r.converged]
 
-    def not_measured(self, key: str, comparison: str, why: str) -> None:
-        self.add(key, comparison, "", why, (NOT_MEASURED, ""))
 
-    def table(self) -> list[dict[str, str]]:
-        msda = [g for g in self.groups if g.method != "vanilla"]
-        for group in msda:
-            self.gap(group)
-        for group in msda:
-            for attack in ("fgsm", "pgd"):
-                self.robustness(group, attack)
-        self.profile()
-        for group in msda:
-            self.own_mask(group)
-        for group in msda:
-            self.regularizer(group)
-        if not self.rows:
-            for key in CLAIMS:
-                self.not_measured(key, "", "no MSDA run: every prediction compares an MSDA "
-                                            "with vanilla")
-        return self.rows
+def prediction_table(groups: list[Group], per_run: pd.DataFrame,
+                     robust: pd.DataFrame | None) -> list[dict[str, str]]:
+    """Rows (``COLUMNS``) of the predictions table, every comparison judged."""
+    data = Runs(groups, per_run, robust)
+    comparisons = [*gap(data), *robustness(data), *profile(data), *own_mask(data),
+                   *regularizer(data)]
+    if not comparisons:
+        comparisons = [Comparison(k, "", "", [], [], "lower", premise=(
+            st.NOT_MEASURED, "no MSDA run: every prediction compares an MSDA with vanilla"))
+            for k in CLAIMS]
+    return judge(comparisons)
 
-    # (a)
-    def gap(self, group: Group) -> None:
-        base = self.vanilla_of(group)
-        comparison = f"{group.name} vs vanilla"
+
+def judge(comparisons: list[Comparison]) -> list[dict[str, str]]:
+    """Test every comparison whose premise holds, correct over them all, and decide."""
+    tests: dict[int, st.Welch] = {}
+    for index, c in enumerate(comparisons):
+        if c.premise is None:
+            if not summarize(c.a)[2] or not summarize(c.b)[2]:
+                c.premise = (st.NOT_MEASURED, c.measured or "no value on one side")
+            elif min(summarize(c.a)[2], summarize(c.b)[2]) < 2:
+                c.premise = (st.ONE_SEED, "no spread: a group has one run")
+            else:
+                tests[index] = st.welch(c.a, c.b)
+    adjusted = dict(zip(tests, st.adjust([t.p_value for t in tests.values()])))
+    return [_row(c, tests.get(i), adjusted.get(i)) for i, c in enumerate(comparisons)]
+
+
+def _row(c: Comparison, test: st.Welch | None, p_adjusted: float | None) -> dict[str, str]:
+    row = {"prediction": CLAIMS[c.key], "comparison": c.comparison, "statistic": c.statistic,
+           "eps": c.eps, "measured": c.measured, "effect": "", "ci_low": "", "ci_high": "",
+           "p_value": "", "p_adjusted": "", "verdict": "", "note": ""}
+    if test is None:
+        row["verdict"], row["note"] = c.premise or (st.NOT_MEASURED, "")
+        return row
+    row.update(effect=_g(test.effect * c.scale), ci_low=_g(test.ci_low * c.scale),
+               ci_high=_g(test.ci_high * c.scale), p_value=_g(test.p_value),
+               p_adjusted=_g(p_adjusted), verdict=st.decide(test.effect, p_adjusted, c.claim))
+    row["note"] = f"Welch df = {test.df:.3g}"
+    return row
+
+
+def _compare(data: Runs, key: str, ga: Group, gb: Group, statistic: str, a: list[float],
+             b: list[float], claim: str, scale: float = 1.0, eps: str = "",
+             comparison: str | None = None) -> Comparison:
+    """A comparison of ``ga`` (values ``a``) with ``gb`` (``b``), unconverged runs flagged."""
+    c = Comparison(key, comparison or f"{ga.name} vs {gb.name}", statistic, a, b, claim,
+                   measured=_pair(ga, a, gb, b, scale), eps=eps, scale=scale)
+    late = data.unconverged(ga, gb)
+    if late:
+        c.premise = (st.UNCONVERGED, "unconverged: " + ", ".join(late))
+    return c
+
+
+def _missing(key: str, comparison: str, why: str) -> Comparison:
+    return Comparison(key, comparison, "", [], [], "lower", premise=(st.NOT_MEASURED, why))
+
+
+def _msda(data: Runs) -> Iterator[tuple[Group, Group | None]]:
+    for group in data.groups:
+        if group.method != "vanilla":
+            yield group, data.vanilla_of(group)
+
+
+NO_VANILLA = "no vanilla run with the same settings"
+GAPS = (("gap_acc", "clean accuracy gap train - test (pp)", 100.0),
+        ("gap_loss", "clean loss gap test - train (nats)", 1.0))
+
+
+# (a)
+def gap(data: Runs) -> Iterator[Comparison]:
+    for group, base in _msda(data):
         if base is None:
-            return self.not_measured("a", comparison, "no vanilla run with the same settings")
-        a, b = self.values(group, "gap_acc"), self.values(base, "gap_acc")
-        verdict = judge(a, b, self.spread("gap_acc", group.family), "lower", 100)
-        measured = _pair(group, a, base, b, percent=True) if verdict[0] != NOT_MEASURED \
-            else "no generalization.json (run robustmix evaluate)"
-        self.add("a", comparison, "clean accuracy gap train - test (pp)", measured, verdict)
+            yield _missing("a", f"{group.name} vs vanilla", NO_VANILLA)
+            continue
+        for metric, statistic, scale in GAPS:
+            a, b = data.values(group, metric), data.values(base, metric)
+            c = _compare(data, "a", group, base, statistic, a, b, "lower", scale)
+            overfits, p = st.exceeds_zero(b)
+            if c.premise is None and summarize(b)[2] >= 2 and not overfits:
+                c.premise = (st.NOT_TESTABLE, f"vanilla does not overfit: its gap "
+                             f"{_fmt(b, scale)} is not above zero (one-sided t-test, "
+                             f"p = {p:.3g} > {st.LEVEL:g})")
+            yield c
 
-    # (b)
-    def robustness(self, group: Group, attack: str) -> None:
-        base = self.vanilla_of(group)
-        comparison = f"{group.name} vs vanilla, {attack}"
-        if base is None:
-            return self.not_measured("b", comparison, "no vanilla run with the same settings")
-        found = self.smallest_common_eps(group, base, attack)
-        if found is None:
-            return self.not_measured("b", comparison, f"no {attack} result at a common eps "
-                                                      "(run robustmix attack)")
-        norm, eps_key, label = found
-        a, b = (self.robust_values(g, attack, norm, eps_key) for g in (group, base))
-        verdict = judge(a, b, self.robust_spread(attack, norm, eps_key, group.family),
-                        "higher", 100)
-        self.add("b", comparison, f"{attack} robust accuracy at {norm} eps = {label} (%)",
-                 _pair(group, a, base, b, percent=True), verdict)
 
-    def smallest_common_eps(self, group: Group, base: Group, attack: str):
-        if self.robust is None:
-            return None
-        rows = self.robust[(self.robust["attack"] == attack) & (self.robust["eps_key"] > 0)]
-        for norm in ("linf", "l2"):
-            sets = [set(rows.loc[(rows["group"] == g.name) & (rows["norm"] == norm), "eps_key"])
-                    for g in (group, base)]
-            common = sorted(sets[0] & sets[1])
-            if common:
-                label = rows.loc[(rows["norm"] == norm) & (rows["eps_key"] == common[0]),
-                                 "eps"].iloc[0]
-                return norm, common[0], label
-        return None
+# (b)
+def robustness(data: Runs) -> Iterator[Comparison]:
+    if data.robust is None:
+        return
+    norm = "linf" if (data.robust["norm"] == "linf").any() else "l2"
+    rows = data.robust[(data.robust["norm"] == norm) & (data.robust["eps_key"] > 0)]
+    for group, base in _msda(data):
+        for attack in (a for a in ROBUST_ATTACKS if a in set(rows["attack"])):
+            yield from _robust_attack(data, rows[rows["attack"] == attack], group, base,
+                                      attack, norm)
 
-    def robust_values(self, group: Group, attack: str, norm: str, eps_key: float) -> list[float]:
-        r = self.robust
-        return r.loc[(r["group"] == group.name) & (r["attack"] == attack) & (r["norm"] == norm)
-                     & (r["eps_key"] == eps_key), "robust_acc"].tolist()
 
-    def robust_spread(self, attack, norm, eps_key, family) -> float | None:
-        return pooled_std(self.robust_values(g, attack, norm, eps_key)
-                          for g in self.groups if g.family == family)
+def _robust_attack(data: Runs, rows: pd.DataFrame, group: Group, base: Group | None,
+                   attack: str, norm: str) -> Iterator[Comparison]:
+    comparison = f"{group.name} vs vanilla, {attack}"
+    if base is None:
+        yield _missing("b", comparison, NO_VANILLA)
+        return
+    mine, theirs = (rows[rows["group"] == g.name] for g in (group, base))
+    grid = sorted(set(mine["eps_key"]) & set(theirs["eps_key"]))
+    if not grid:
+        yield _missing("b", comparison, f"no {attack} result at a common eps "
+                                        "(run robustmix attack)")
+        return
+    label = dict(zip(rows["eps_key"], rows["eps"]))
+    both = pd.concat([mine, theirs])
+    for eps_key in grid:
+        c = _compare(data, "b", group, base, f"{attack}: robust / clean accuracy, {norm} (%)",
+                     _at(mine, eps_key), _at(theirs, eps_key), "higher", 100,
+                     label[eps_key], comparison)
+        yield _same_examples(c, both[both["eps_key"] == eps_key])
+    c = _compare(data, "b", group, base, f"{attack}: area under robust / clean over eps in "
+                 f"[0, {label[grid[-1]]}], / eps_max (%)", _areas(mine, grid),
+                 _areas(theirs, grid), "higher", 100, AUC, comparison)
+    yield _same_examples(c, both)
 
-    # (c)
-    def profile(self) -> None:
-        for cutmix in (g for g in self.groups if g.method == "cutmix"):
-            others = [g for g in self.groups if g.family == cutmix.family
-                      and g.method in ("mixup", "vanilla")]
-            if not others:
-                self.not_measured("c", f"{cutmix.name} vs mixup / vanilla",
-                                  "no mixup or vanilla run with the same settings")
-            for other in others:
-                a, b = self.values(cutmix, "profile_decay"), self.values(other, "profile_decay")
-                verdict = judge(a, b, self.spread("profile_decay", cutmix.family), "higher")
-                measured = _pair(cutmix, a, other, b) if verdict[0] != NOT_MEASURED \
-                    else "no generalization.json (run robustmix evaluate)"
-                self.add("c", f"{cutmix.name} vs {other.name}", "profile decay D (higher: "
-                         "flatter)", measured, verdict)
 
-    # (d)
-    def own_mask(self, group: Group) -> None:
-        base = self.vanilla_of(group)
+def _same_examples(c: Comparison, rows: pd.DataFrame) -> Comparison:
+    """Not measured where the runs compared were attacked on different example subsets."""
+    subsets = sorted(set(rows["n_examples"]))
+    if len(subsets) > 1 and c.premise is None:
+        c.premise = (st.NOT_MEASURED, f"attacked on different example subsets "
+                                      f"(n = {', '.join(map(str, subsets))}): not like with like")
+    return c
+
+
+def _at(rows: pd.DataFrame, eps_key: float) -> list[float]:
+    return rows.loc[rows["eps_key"] == eps_key].sort_values("run")["conditional"].tolist()
+
+
+def _areas(rows: pd.DataFrame, grid: list[float]) -> list[float]:
+    """Per run: the area under robust/clean over [0, ε_max] (1 at ε = 0), / ε_max."""
+    areas = []
+    for _, run in rows.groupby("run", sort=True):
+        curve = dict(zip(run["eps_key"], run["conditional"]))
+        if not all(e in curve for e in grid):
+            continue
+        x, y = np.array([0.0, *grid]), np.array([1.0, *(curve[e] for e in grid)])
+        areas.append(float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / grid[-1]))
+    return areas
+
+
+# (c)
+def profile(data: Runs) -> Iterator[Comparison]:
+    for cutmix in (g for g in data.groups if g.method == "cutmix"):
+        others = [g for g in data.groups if g.family == cutmix.family
+                  and g.method in ("mixup", "vanilla")]
+        if not others:
+            yield _missing("c", f"{cutmix.name} vs mixup / vanilla",
+                           "no mixup or vanilla run with the same settings")
+        for other in others:
+            yield _compare(data, "c", cutmix, other, "profile decay D (higher: flatter)",
+                           data.values(cutmix, "profile_decay"),
+                           data.values(other, "profile_decay"), "higher")
+
+
+# (d)
+def own_mask(data: Runs) -> Iterator[Comparison]:
+    for group, base in _msda(data):
         comparison = f"{group.name} model on the {group.method} mask"
         metric = f"q.{group.method}"
         if base is None:
-            return self.not_measured("d", comparison, "no vanilla run with the same settings")
-        reference, _, n = summarize(self.values(base, metric))
+            yield _missing("d", comparison, NO_VANILLA)
+            continue
+        reference, _, n = summarize(data.values(base, metric))
         if n == 0 or not reference > 0:
-            return self.not_measured("d", comparison, f"no Q_{group.method} (run robustmix "
-                                                      "evaluate)")
-        family = [g for g in self.groups if g.family == group.family]
-        ratios = {g.name: [v / reference for v in self.values(g, metric)] for g in family}
-        means = {name: summarize(v)[0] for name, v in ratios.items() if summarize(v)[2]}
+            yield _missing("d", comparison, f"no Q_{group.method} (run robustmix evaluate)")
+            continue
+        family = [g for g in data.groups if g.family == group.family]
+        ratios = {g.name: [v / reference for v in data.values(g, metric)] for g in family}
+        means = {k: summarize(v)[0] for k, v in ratios.items() if summarize(v)[2]}
         rivals = {k: v for k, v in means.items() if k != group.name}
         if group.name not in means or not rivals:
-            return self.not_measured("d", comparison, f"no Q_{group.method} of this model")
-        rival = min(rivals, key=rivals.get)
-        verdict = judge(ratios[group.name], ratios[rival],
-                        pooled_std(ratios.values()), "lower")
-        listing = ", ".join(f"{k} {v:.3g}" for k, v in sorted(means.items(), key=lambda kv: kv[1]))
-        self.add("d", comparison, f"rho = Q_{group.method}(model) / Q_{group.method}(vanilla); "
-                 f"runner-up {rival}", listing, verdict)
+            yield _missing("d", comparison, f"no Q_{group.method} of this model")
+            continue
+        rival = next(g for g in family if g.name == min(rivals, key=rivals.get))
+        c = _compare(data, "d", group, rival, f"rho = Q_{group.method}(model) / "
+                     f"Q_{group.method}(vanilla); runner-up {rival.name}",
+                     ratios[group.name], ratios[rival.name], "lower", comparison=comparison)
+        c.measured = ", ".join(f"{k} {v:.3g}" for k, v in sorted(means.items(),
+                                                                  key=lambda kv: kv[1]))
+        yield c
 
-    # (e)
-    def regularizer(self, group: Group) -> None:
-        base = self.vanilla_of(group)
+
+# (e)
+def regularizer(data: Runs) -> Iterator[Comparison]:
+    for group, base in _msda(data):
         comparison = f"{group.name} vs vanilla on the {group.method} mask"
         if base is None:
-            return self.not_measured("e", comparison, "no vanilla run with the same settings")
+            yield _missing("e", comparison, NO_VANILLA)
+            continue
         metric = f"q.{group.method}"
-        a, b = self.values(group, metric), self.values(base, metric)
-        verdict = judge(a, b, self.spread(metric, group.family), "lower")
-        measured = _pair(group, a, base, b) if verdict[0] != NOT_MEASURED \
-            else f"no Q_{group.method} (run robustmix evaluate)"
-        if verdict[0] != NOT_MEASURED and summarize(b)[0] > 0:
-            measured += f" (ratio {summarize(a)[0] / summarize(b)[0]:.3g})"
-        self.add("e", comparison, f"Q_{group.method}(W)", measured, verdict)
+        a, b = data.values(group, metric), data.values(base, metric)
+        c = _compare(data, "e", group, base, f"Q_{group.method}(W)", a, b, "lower",
+                     comparison=comparison)
+        if summarize(a)[2] and summarize(b)[0] > 0:
+            c.measured += f" (ratio {summarize(a)[0] / summarize(b)[0]:.3g})"
+        yield c
 
 
-def _pair(ga: Group, a: list[float], gb: Group, b: list[float], percent: bool = False) -> str:
-    return f"{ga.name} {_fmt(a, percent)} vs {gb.name} {_fmt(b, percent)}"
+def _pair(ga: Group, a: list[float], gb: Group, b: list[float], scale: float) -> str:
+    if not summarize(a)[2] or not summarize(b)[2]:
+        return "no generalization.json or robustness.csv (run robustmix evaluate / attack)"
+    return f"{ga.name} {_fmt(a, scale)} vs {gb.name} {_fmt(b, scale)}"
 
 
-def _fmt(values: list[float], percent: bool) -> str:
+def _fmt(values: list[float], scale: float) -> str:
     mean, std, n = summarize(values)
-    scale = 100 if percent else 1
     text = f"{mean * scale:.3g}"
     if n > 1:
         text += f" ± {std * scale:.2g}"
     return f"{text} (n={n})"
 
 
-def prediction_table(groups: list[Group], per_run: pd.DataFrame,
-                     robust: pd.DataFrame | None) -> list[dict[str, str]]:
-    """Rows (``COLUMNS``) of the predictions table."""
-    return Predictions(groups, per_run, robust).table()
+def _g(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.4g}"

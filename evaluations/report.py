@@ -18,10 +18,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from evaluations import plots
+from evaluations import plots, statistics
 from evaluations.collect import (RunRecord, load_record, robustness_rows, run_metrics,
                                  unique_names)
 from evaluations.grouping import Group, group_runs, method_rank, summarize
+from evaluations.convergence import CRITERION as CONVERGENCE
+from evaluations.predictions import CLAIMS as PREDICTION_CLAIMS
 from evaluations.predictions import COLUMNS as PREDICTION_COLUMNS
 from evaluations.predictions import prediction_table
 from evaluations.profiles import DECAY, NORMALIZATION
@@ -34,7 +36,8 @@ REPORT = "report.md"
 KERNEL_DRAWS = 2048
 GALLERY_MAX_SIZE = 128
 OUTPUTS = ("runs.csv", "generalization_by_method.csv", "robustness_by_method.csv",
-           "robust_accuracy_linf.png", "robust_accuracy_l2.png", "generalization.png",
+           "robust_accuracy_linf.png", "robust_accuracy_l2.png",
+           "robust_given_clean_linf.png", "robust_given_clean_l2.png", "generalization.png",
            "gradient_profiles.csv", "mask_kernels.csv", "gradient_profile.png",
            "q_matrix.csv", "q_matrix.png", "mask_gallery.png", "predictions.csv", REPORT)
 GENERALIZATION_METRICS = (  # column, header, percent
@@ -137,16 +140,19 @@ class _Report:
         return report
 
     def runs_section(self) -> None:
-        frame = self.per_run[["run", "group", "method", "seed", "final_test_acc"]].copy()
+        frame = self.per_run[["run", "group", "method", "seed", "final_test_acc", "converged",
+                              "convergence"]].copy()
         frame["path"] = [str(r.info.path) for r in self.records]
         frame["generalization"] = [r.generalization is not None for r in self.records]
         frame["robustness"] = [r.robustness is not None for r in self.records]
         self.csv("runs.csv", frame)
-        self.section("Runs")
+        self.section("Runs", f"Converged: a run {CONVERGENCE}. A comparison that involves an "
+                             "unconverged run is not judged.")
         rows = [[r["run"], r["group"], r["seed"], _pct(r["final_test_acc"]),
+                 _yes(r["converged"]) + (f" ({r['convergence']})" if r["convergence"] else ""),
                  _yes(r["generalization"]), _yes(r["robustness"])] for _, r in frame.iterrows()]
         self.lines += _md(["run", "group", "seed", "final test acc (%, metrics.csv)",
-                           "generalization.json", "robustness.csv"], rows)
+                           "converged", "generalization.json", "robustness.csv"], rows)
         missing_g = [r for r in self.records if r.generalization is None]
         missing_r = [r for r in self.records if r.robustness is None]
         if missing_g:
@@ -162,56 +168,94 @@ class _Report:
     def predictions_section(self) -> None:
         rows = prediction_table(self.groups, self.per_run, self.robust)
         self.csv("predictions.csv", pd.DataFrame(rows, columns=PREDICTION_COLUMNS))
+        counts = pd.Series([r["verdict"] for r in rows]).value_counts()
         self.section(
             "The paper's predictions on these runs",
-            "Verdicts: a difference within 2·s·√(1/n_a + 1/n_b), s the pooled std over seeds "
-            "of that statistic, is \"inconclusive (within spread)\"; beyond it the sign decides "
-            "\"holds\" or \"does not hold\"; with one seed per method there is no spread and "
-            "the sign alone decides (the spread column says so). \"Does not hold\" is a "
-            "result, reported as measured.")
-        self.lines += _md(PREDICTION_COLUMNS, [[r[c] for c in PREDICTION_COLUMNS] for r in rows])
-        self.link("predictions.csv", "the same rows")
+            f"Each comparison: {statistics.TEST} on the per-run values of the two groups "
+            "(one value per seed, every run measured on the same examples); effect = "
+            "difference of the means with its 95% confidence interval; multiple comparisons: "
+            f"{statistics.CORRECTION}. Adjusted p ≤ {statistics.LEVEL:g}: \"holds\" or "
+            "\"does not hold\" by the sign of the effect; otherwise \"inconclusive\". Not "
+            "tested, with the reason in the note: one seed, an unconverged run, or (a) where "
+            "vanilla does not overfit. \"Does not hold\" is a result, reported as measured.",
+            "Verdicts: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
+        shown = ["comparison", "statistic", "eps", "measured", "effect", "ci_low", "ci_high",
+                 "p_adjusted", "verdict", "note"]
+        for key, claim in PREDICTION_CLAIMS.items():
+            mine = [r for r in rows if r["prediction"] == claim]
+            if not mine:
+                continue
+            self.lines += [f"**{claim}**", ""]
+            if key == "b":
+                self.lines += _robustness_verdicts(mine)
+                continue
+            self.lines += _md(shown, [[r[c] for c in shown] for r in mine])
+        self.link("predictions.csv", "every comparison with its effect, 95% CI, p and "
+                                     "adjusted p")
 
     def robustness_section(self) -> None:
         self.section("Clean and robust accuracy")
         if self.robust is None:
             self.lines += ["Skipped: no run has robustness.csv (run `robustmix attack`).", ""]
             return
-        r = self.robust
-        summary = (r.groupby(["group", "attack", "norm", "eps_key"], sort=False)
-                   .agg(eps=("eps", "first"), mean=("robust_acc", "mean"),
-                        std=("robust_acc", "std"), n=("robust_acc", "count"),
-                        clean_acc=("clean_acc", "mean"), n_examples=("n_examples", "min"))
-                   .reset_index())
+        summary = self._robust_summary()
         self.csv("robustness_by_method.csv", summary.rename(columns={
             "eps_key": "eps_value", "mean": "robust_acc_mean", "std": "robust_acc_std",
             "n": "n_runs", "clean_acc": "clean_acc_mean"}))
-        self.lines += ["Accuracy (%) on each run's attacked test subset, mean ± std over seeds "
-                       "(n runs). clean: the same subset unattacked. worst-case: per example, "
-                       "the worst over the attacks run at that ε. Where a run lists one attack "
-                       "at one ε several times, the row on the most examples is used, then the "
-                       "strongest setting (lowest accuracy).", ""]
+        self.lines += [
+            "Accuracy (%) on each run's attacked test subset (examples: its size; a subset "
+            "of a given size is the same examples for every run), mean ± std over seeds "
+            "(n runs), as robust accuracy / robust ÷ clean accuracy: the second number is the "
+            "share of the correctly classified examples that the attack leaves standing, "
+            "which prediction (b) compares. clean: the same subset unattacked. worst-case: "
+            "per example, the worst over every attack run at that ε on those examples, "
+            "whichever command ran it; which attacks that covers is listed below. Where a run "
+            "lists one attack at one ε several times, the row on the most examples is used, "
+            "then the strongest setting (lowest accuracy).", ""]
         for norm in ("linf", "l2"):
-            part = r[r["norm"] == norm]
-            if part.empty:
-                continue
-            attacks = plots.attack_order(part["attack"].unique().tolist())
-            rows = []
-            for eps_key in sorted(part["eps_key"].unique()):
-                at = part[part["eps_key"] == eps_key]
-                for group in self.groups:
-                    mine = at[at["group"] == group.name]
-                    if mine.empty:
-                        continue
-                    clean = mine.groupby("run")["clean_acc"].first().tolist()
-                    rows.append([at["eps"].iloc[0], group.name, _cell(clean, True)]
-                                + [_cell(mine.loc[mine["attack"] == a, "robust_acc"].tolist(), True)
-                                   for a in attacks])
-            self.lines += [f"**{norm}**", ""]
-            self.lines += _md(["ε", "method", "clean"] + attacks, rows)
-            self.png(f"robust_accuracy_{norm}.png", plots.robustness_figure, summary,
-                     self.groups, norm)
-        self.link("robustness_by_method.csv", "per method, attack, norm and ε")
+            if (self.robust["norm"] == norm).any():
+                self._robust_table(norm)
+                self.png(f"robust_accuracy_{norm}.png", plots.robustness_figure, summary,
+                         self.groups, norm)
+                self.png(f"robust_given_clean_{norm}.png", plots.robustness_figure, summary,
+                         self.groups, norm, "conditional")
+        self.link("robustness_by_method.csv", "per method, attack, norm, ε and subset")
+        self._worst_case_note()
+        self._flagged_checks()
+
+    def _robust_summary(self) -> pd.DataFrame:
+        return (self.robust.groupby(["group", "attack", "norm", "eps_key", "n_examples"],
+                                    sort=False)
+                .agg(eps=("eps", "first"), mean=("robust_acc", "mean"),
+                     std=("robust_acc", "std"), n=("robust_acc", "count"),
+                     clean_acc=("clean_acc", "mean"), conditional_mean=("conditional", "mean"),
+                     conditional_std=("conditional", "std"))
+                .reset_index())
+
+    def _robust_table(self, norm: str) -> None:
+        part = self.robust[self.robust["norm"] == norm]
+        attacks = plots.attack_order(part["attack"].unique().tolist())
+        rows = []
+        for (eps_key, n), at in part.groupby(["eps_key", "n_examples"], sort=True):
+            for group in self.groups:
+                mine = at[at["group"] == group.name]
+                if mine.empty:
+                    continue
+                clean = mine.groupby("run")["clean_acc"].first().tolist()
+                rows.append([at["eps"].iloc[0], int(n), group.name, _cell(clean, True)]
+                            + [_robust_cell(mine[mine["attack"] == a]) for a in attacks])
+        self.lines += [f"**{norm}**", ""]
+        self.lines += _md(["ε", "examples", "method", "clean"] + attacks, rows)
+
+    def _worst_case_note(self) -> None:
+        worst = self.robust[self.robust["attack"] == "worst-case"]
+        covers = worst.groupby("settings")["eps"].agg(lambda e: ", ".join(dict.fromkeys(e)))
+        if not covers.empty:
+            self.lines += ["Worst-case rows: " + "; ".join(
+                f"{settings} at ε = {eps}" for settings, eps in covers.items()) + ".", ""]
+
+    def _flagged_checks(self) -> None:
+        r = self.robust
         flagged = r[r["checks"].astype(str).str.strip() != ""]
         if not flagged.empty:
             self.lines += ["Attack checks raised (read before trusting these numbers):", ""]
@@ -424,6 +468,18 @@ def _cell(values: list[float], percent: bool) -> str:
     return f"{text} ({n})"
 
 
+def _robust_cell(rows: pd.DataFrame) -> str:
+    """Robust accuracy and robust / clean, mean ± std over runs (%), and the run count."""
+    if rows.empty:
+        return "–"
+    robust, _, n = summarize(rows["robust_acc"].tolist())
+    conditional = rows["conditional"].tolist()
+    text = f"{robust * 100:.1f} / {summarize(conditional)[0] * 100:.1f}"
+    if n > 1:
+        text += f" ± {summarize(conditional)[1] * 100:.1f}"
+    return f"{text} ({n})"
+
+
 def _pct(value: float) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value * 100:.1f}"
 
@@ -434,3 +490,40 @@ def _num(value: float) -> str:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+VERDICT_MARKS = {statistics.HOLDS: "holds", statistics.FAILS: "does not hold"}
+
+
+def _robustness_verdicts(rows: list[dict[str, str]]) -> list[str]:
+    """Prediction (b) as one line per comparison and one column per ε: the effect in
+    percentage points of robust / clean accuracy, and the verdict where one was reached."""
+    columns = list(dict.fromkeys(r["eps"] for r in rows if r["eps"]))
+    columns = sorted((c for c in columns if c != "AUC"), key=_eps_order) + \
+        (["AUC"] if "AUC" in columns else [])
+    by = {(r["comparison"], r["eps"]): r for r in rows}
+    lines = []
+    for comparison in dict.fromkeys(r["comparison"] for r in rows):
+        cells = [comparison]
+        for eps in columns:
+            r = by.get((comparison, eps))
+            if r is None:
+                cells.append("–")
+            elif r["effect"]:
+                mark = VERDICT_MARKS.get(r["verdict"], "")
+                cells.append(f"{float(r['effect']):+.1f}" + (f" **{mark}**" if mark else ""))
+            else:
+                cells.append(r["verdict"])
+        lines.append(cells)
+    text = ["Effect: MSDA − vanilla in percentage points of robust / clean accuracy (the share "
+            "of correctly classified examples left standing), per ε and as the area under "
+            "that curve (AUC); **holds** / **does not hold** where the adjusted p ≤ "
+            f"{statistics.LEVEL:g}, else inconclusive. Measured values, CIs and p-values: "
+            "predictions.csv.", ""]
+    return text + _md(["comparison"] + columns, lines)
+
+
+def _eps_order(text: str) -> float:
+    from attacks.eps import parse_eps
+
+    return parse_eps(text)[0].value
