@@ -2,41 +2,51 @@
 
     python docs/readme_table.py study        # after `robustmix study`; prints Markdown
 
-Columns: clean test accuracy and the train−test gap (mean ± std over seeds, from
-generalization_by_method.csv), FGSM and PGD at 8/255, PGD at 16/255, and standard
-AutoAttack at 16/255 (robustness_by_method.csv), all in percent.
+Columns: clean test accuracy (mean ± std over seeds, generalization_by_method.csv), the
+runs that converged (runs.csv), then robust accuracy / robust ÷ clean accuracy (mean over
+seeds, %) for the attacks and ε of ``CELLS`` (robustness_by_method.csv), and the verdict
+counts of predictions.csv.
 """
 
 from __future__ import annotations
 
 import csv
 import sys
+from collections import Counter
 from pathlib import Path
+
+CELLS = (("fgsm", "16/255"), ("pgd", "16/255"), ("pgd", "24/255"), ("worst-case", "32/255"))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _pm(mean: str, std: str) -> str:
-    mean_pct = 100 * float(mean)
-    return f"{mean_pct:.1f} ± {100 * float(std):.1f}" if std else f"{mean_pct:.1f}"
+    return f"{100 * float(mean):.1f} ± {100 * float(std):.1f}" if std else \
+        f"{100 * float(mean):.1f}"
 
 
 def table(study: Path) -> str:
-    general = {r["method"]: r for r in csv.DictReader(open(study / "generalization_by_method.csv"))}
+    general = {r["method"]: r for r in _rows(study / "generalization_by_method.csv")}
     robust = {(r["group"], r["attack"], r["eps"]): r
-              for r in csv.DictReader(open(study / "robustness_by_method.csv"))}
-    auto = [r for r in robust.values() if r["attack"] == "autoattack"]
-    auto_label = (f"AutoAttack {auto[0]['eps']} (seed 0, {auto[0]['n_examples']} images)"
-                  if auto else "AutoAttack")
-    lines = [f"| method | test acc | train−test gap (pp) | FGSM 8/255 | PGD 8/255 | PGD 16/255 "
-             f"| {auto_label} |", "|---|---|---|---|---|---|---|"]
+              for r in _rows(study / "robustness_by_method.csv")}
+    converged = Counter(r["group"] for r in _rows(study / "runs.csv") if r["converged"] == "True")
+    runs = Counter(r["group"] for r in _rows(study / "runs.csv"))
+    header = ["method", "test acc", "converged"] + [f"{a} {e}" for a, e in CELLS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in general.items():
         cells = [_pm(row["test_acc_mean"], row["test_acc_std"]),
-                 _pm(row["gap_acc_mean"], row["gap_acc_std"])]
-        for attack, eps in (("fgsm", "8/255"), ("pgd", "8/255"), ("pgd", "16/255")):
+                 f"{converged[method]} of {runs[method]}"]
+        for attack, eps in CELLS:
             found = robust.get((method, attack, eps))
-            cells.append(_pm(found["robust_acc_mean"], found["robust_acc_std"]) if found else "-")
-        found = robust.get((method, "autoattack", auto[0]["eps"])) if auto else None
-        cells.append(f"{100 * float(found['robust_acc_mean']):.1f}" if found else "-")
+            cells.append(f"{100 * float(found['robust_acc_mean']):.1f} / "
+                         f"{100 * float(found['conditional_mean']):.1f}" if found else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    verdicts = Counter(r["verdict"] for r in _rows(study / "predictions.csv"))
+    lines += ["", f"Verdicts ({sum(verdicts.values())} comparisons): "
+              + ", ".join(f"{k} {v}" for k, v in verdicts.most_common()) + "."]
     return "\n".join(lines)
 
 
