@@ -55,6 +55,8 @@ def test_load_model_gives_the_trained_model_in_eval_mode(cutmix_run):
         model = robustmix.load_model(path)
         assert not model.training
         data = load_dataset("digits")
+        # batches of 2 x 64, as training evaluated, in the same process with the same
+        # threads: the same computations, so the same accuracy by construction
         accuracy, _ = evaluate(model, data.eval_batches("test", 128, "cpu"))
         assert accuracy == pytest.approx(result.test_acc)
 
