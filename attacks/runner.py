@@ -169,8 +169,10 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
 
     ``indices`` identify the examples (their positions in the full test set; default
     0..N−1); PGD's random starts are drawn from them and the seed, so no result depends on
-    the batch size, the order, or which other examples are attacked. x and y may live on
-    the CPU; batches move to ``device``.
+    the batch size, the order, or which other examples are attacked, up to float rounding
+    (CPU and GPU kernels sum in an order that depends on the batch shape, which can flip an
+    example whose margin is within rounding of zero). x and y may live on the CPU; batches
+    move to ``device``.
     """
     from tqdm.auto import tqdm
 

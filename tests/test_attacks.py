@@ -22,6 +22,20 @@ def tiny_cnn(seed=0, classes=10):
                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, classes)).eval()
 
 
+class OneAtATime(nn.Module):
+    """Runs each example through ``model`` alone, so an example's logits and gradients are
+    the same arithmetic whatever batch it arrives in: tests that compare per-example
+    verdicts across batch sizes, orders and subsets are then exact by construction (CPU
+    kernels otherwise vectorize and split sums by batch shape)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.cat([self.model(x[i:i + 1]) for i in range(x.shape[0])])
+
+
 def tiny_data(n=64, seed=1, classes=10):
     """Inputs and the labels a model predicts on them, so every example starts correct."""
     g = torch.Generator().manual_seed(seed)
@@ -128,7 +142,7 @@ def test_pgd_finds_at_least_what_torchattacks_finds():
 
 @pytest.fixture(scope="module")
 def sweep():
-    model = tiny_cnn()
+    model = OneAtATime(tiny_cnn())
     x, _ = tiny_data(96)
     y = correct_labels(model, x)
     y[:10] = (y[:10] + 1) % 10  # ten examples misclassified from the start
