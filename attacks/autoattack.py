@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from robustmix import runs
-from robustmix.errors import UsageError
+from robustmix.core import runs
+from robustmix.core.errors import UsageError
 
 COMPONENTS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
               "fast": ("apgd-ce", "apgd-t")}
@@ -58,6 +58,7 @@ def captured_checks() -> Iterator[list[str]]:
 
 
 def _build(model: nn.Module, eps: float, norm: str, seed: int, device, n_classes: int):
+    # here: pyautoattack takes about 2 s to import and only AutoAttack runs need it
     from pyautoattack import AutoAttack
 
     adversary = AutoAttack(model, norm="Linf" if norm == "linf" else "L2", eps=eps,
@@ -92,7 +93,7 @@ def _perturb(adversary, component: str, x: Tensor, y: Tensor) -> Tensor:
 
 def _run_checks(model: nn.Module, x: Tensor, y: Tensor, components) -> None:
     """AutoAttack's checks on the first batch, as ``run_standard_evaluation`` runs them."""
-    from pyautoattack import checks
+    from pyautoattack import checks  # about 2 s to import; only AutoAttack runs need it
 
     logger = logging.getLogger("auto-attack")
     checks.check_randomized(model, x, y, bs=x.shape[0], logger=logger)
@@ -154,7 +155,7 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, *,
     whole evaluation, an interrupted process's included and the checks counted once,
     so a resumed evaluation reports what an uninterrupted one would (else None).
     """
-    from pyautoattack import checks
+    from pyautoattack import checks  # about 2 s to import; only AutoAttack runs need it
 
     components = COMPONENTS[version]
     adversary = _build(model, eps, norm, seed, x.device, n_classes)

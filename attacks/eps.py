@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from robustmix.errors import UsageError
+from robustmix.core.errors import UsageError
 
 NORMS = ("linf", "l2")
 

@@ -162,7 +162,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, indices: Tensor, eps: float, nor
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str) -> Tensor:
     """FGSM through torchattacks (L∞ only): x + ε·sign(∇x CE), clipped to [0, 1]."""
-    import torchattacks
+    import torchattacks  # about 2 s to import (it pulls in requests); only FGSM uses it
 
     if norm != "linf":
         raise ValueError("FGSM is an L∞ attack; use pgd for --norm l2")

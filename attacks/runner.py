@@ -27,13 +27,17 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from attacks import worst_case
 from attacks.autoattack import COMPONENTS, autoattack
 from attacks.eps import NORMS, Eps, check_norm, parse_eps
 from attacks.gradient import PassCounter, PGDSettings, fgsm, pgd
-from robustmix import runs
-from robustmix.errors import UsageError
+from robustmix.core import distributed, runs
+from robustmix.core.config import TrainConfig
+from robustmix.core.errors import UsageError
+from robustmix.data import load_dataset
+from robustmix.models.weights import load_model
 
 ATTACKS = ("fgsm", "pgd", "autoattack", "autoattack-fast")
 CSV_FIELDS = ["run", "attack", "settings", "norm", "eps", "eps_value", "n_examples",
@@ -174,8 +178,6 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
     example whose margin is within rounding of zero). x and y may live on the CPU; batches
     move to ``device``.
     """
-    from tqdm.auto import tqdm
-
     config.validate()
     if indices is None:
         indices = torch.arange(x.shape[0])
@@ -367,15 +369,11 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     replaced; the others are kept. An existing robustness.csv is checked before any
     attack runs, so a damaged one costs no time.
     """
-    from robustmix import distributed
-    from robustmix.data import load_dataset
-    from robustmix.train import TrainConfig
-
     place = distributed.current()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"--run {run_dir}: no such run directory")
-    model = runs.load_model(run_dir).to(device)
+    model = load_model(run_dir).to(device)
     train_config = TrainConfig.from_dict(runs.read_config(run_dir)["train"],
                                          source=str(run_dir / runs.CONFIG))
     if (run_dir / ROBUSTNESS).exists():

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from attacks.eps import NORMS, Eps
-from robustmix import runs
+from robustmix.core import runs
 
 EXAMPLES = "robustness_examples.csv"
 WORST = "worst-case"
@@ -53,7 +53,7 @@ def decode(text: str) -> Tensor:
 
 
 def read(path: Path) -> list[dict[str, str]]:
-    """The per-example file, checked (:func:`robustmix.runs.read_table`); [] when absent."""
+    """The per-example file, checked (:func:`robustmix.core.runs.read_table`); [] when absent."""
     return runs.read_table(path, COLUMNS, row_check=_check) if path.exists() else []
 
 

@@ -10,7 +10,7 @@ the runner's throughput (passes per second) is within 10% of the model's raw
 forward+backward throughput."
 
 - Model: smallcnn trained on the embedded digits for ``--epochs`` (2) epochs with
-  :func:`robustmix.train.train` into a temporary folder (≈80% clean accuracy, most
+  :func:`robustmix.training.trainer.train` into a temporary folder (≈80% clean accuracy, most
   examples broken by 8/255), or the finished run given by ``--run``; evaluated on its test
   split (397 images for digits, or ``--n-examples``).
 - Sweep: :func:`attacks.runner.robustness` with FGSM and PGD (``--pgd-steps``, step ε/4,
@@ -57,9 +57,10 @@ DEFAULT_EPS = "1/255,2/255,4/255,8/255,16/255,32/255,64/255,128/255"
 def trained_model(run: str | None, epochs: int, seed: int):
     """(model in eval mode on the CPU, run directory, dataset name)."""
     import robustmix
-    from robustmix import runs
+    from robustmix.core import runs
     from robustmix.mixing import MixConfig
-    from robustmix.train import TrainConfig, train
+    from robustmix.core.config import TrainConfig
+    from robustmix.training.trainer import train
 
     if run is None:
         out = Path(tempfile.mkdtemp(prefix="bench-attack-")) / "run"

@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 from benchmarks.common import (format_machine, machine_info, resolve_device, set_threads,
                                summarize_us, time_interleaved)
 from robustmix.mixing import DATA_FREE_MIX_NAMES, LAM_PER, MixConfig, Mixer
-from robustmix.train import soft_labels
+from robustmix.training.trainer import soft_labels
 
 NUM_CLASSES = 10
 

@@ -28,8 +28,9 @@ from benchmarks.common import format_machine, machine_info, resolve_device, set_
 from robustmix.data import load_dataset
 from robustmix.mixing import MixConfig, Mixer
 from robustmix.models import build_model
-from robustmix.puzzlemix import PuzzleMix, input_saliency, saliency_of
-from robustmix.train import TrainConfig, train_step
+from robustmix.mixing.puzzlemix import PuzzleMix, input_saliency, saliency_of
+from robustmix.core.config import TrainConfig
+from robustmix.training.trainer import train_step
 
 BATCH = 64
 
@@ -58,7 +59,7 @@ def setup(name: str, device: torch.device):
 
 
 def time_steps(model, batches, steps: int, device) -> dict[str, list[float]]:
-    """Seconds per training step (:func:`robustmix.train.train_step`) for CutMix and
+    """Seconds per training step (:func:`robustmix.training.trainer.train_step`) for CutMix and
     PuzzleMix, one entry per step.
 
     The two methods train their own copy of the model and take turns step by step (after

@@ -10,7 +10,7 @@ Both pipelines run in one process on the same device, data shape and MSDA (``--m
     (:class:`robustmix.data.TensorSource`; real CIFAR-10 through ``load_dataset`` when
     ``--data-dir`` holds it), batches gathered, cropped (pad 4) and flipped there by
     ``TensorSource.train_batches``, mixed there by :class:`robustmix.mixing.Mixer`; on CUDA
-    bf16 autocast and channels_last. Each step is :func:`robustmix.train.train_step`, the
+    bf16 autocast and channels_last. Each step is :func:`robustmix.training.trainer.train_step`, the
     function the training loop calls, with the loop's learning rate, on-device loss and
     accuracy sums and one ``.item()`` per ``log_interval``; left out are the progress bar
     and the tracking of the first non-finite loss (two ``torch.where`` per step).
@@ -49,7 +49,8 @@ from benchmarks.common import (Stopwatch, format_machine, machine_info, resolve_
 from robustmix.data import Augment, TensorSource, load_dataset
 from robustmix.mixing import DATA_FREE_MIX_NAMES, MixConfig, Mixer
 from robustmix.models import build_model
-from robustmix.train import (TrainConfig, learning_rate, soft_cross_entropy, soft_labels,
+from robustmix.core.config import TrainConfig
+from robustmix.training.trainer import (learning_rate, soft_cross_entropy, soft_labels,
                              train_step)
 
 NUM_CLASSES = 10
@@ -189,7 +190,7 @@ def robustmix_steps(data: TensorSource, model, mix: str, *, batch_size: int, ste
         correct += (logits.argmax(1) == target.argmax(1)).sum()
         in_epoch = step % steps_per_epoch
         if (in_epoch + 1) % config.log_interval == 0 or in_epoch + 1 == steps_per_epoch:
-            loss_sum.item()  # train.py's one host synchronization per interval
+            loss_sum.item()  # the trainer's one host synchronization per interval
     return watch.stop()
 
 

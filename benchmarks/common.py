@@ -15,12 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torchvision
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when present; the same rule as ``robustmix train --device``."""
-    from robustmix.train import resolve_device as train_device
-
-    return train_device(name)
+from robustmix.core.devices import resolve_device  # noqa: F401 - the rule of ``--device``
 
 
 def cpu_model() -> str:
@@ -43,8 +40,6 @@ def load_average() -> tuple[float, float, float] | None:
 
 def machine_info(device: torch.device | str) -> dict[str, Any]:
     """The machine a number was taken on: CPU, cores, threads, versions, GPU, load, date."""
-    import torchvision
-
     device = torch.device(device)
     try:
         usable = len(os.sched_getaffinity(0))

@@ -21,9 +21,10 @@ from typing import Any
 
 import pandas as pd
 
+from attacks.runner import CSV_FIELDS, read_rows
 from evaluations import convergence
 from evaluations.runinfo import GENERALIZATION, ROBUSTNESS, RunInfo
-from robustmix import runs
+from robustmix.core import runs
 
 
 @dataclass
@@ -50,8 +51,6 @@ def load_record(info: RunInfo, name: str) -> RunRecord:
 def read_robustness(path: Path) -> pd.DataFrame | None:
     """A run's robustness.csv as a frame, checked first (:func:`attacks.runner.read_rows`):
     a file edited by hand into something robustmix attack never writes is a UsageError."""
-    from attacks.runner import CSV_FIELDS, read_rows
-
     if not path.is_file():
         return None
     frame = pd.DataFrame(read_rows(path), columns=CSV_FIELDS)

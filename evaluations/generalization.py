@@ -5,7 +5,7 @@ Writes ``RUN_DIR/generalization.json``, ``gradient_profile.csv`` and ``regulariz
 ``seed`` (the training seed), ``dataset``, ``device``, ``batch_size``, ``seconds``, and
 
 - ``train`` / ``test``: accuracy and mean cross-entropy on the clean (unmixed,
-  unaugmented) splits, through :func:`robustmix.train.evaluate` (the path training uses);
+  unaugmented) splits, through :func:`robustmix.models.accuracy.evaluate` (the path training uses);
   ``gap``: accuracy train − test, loss test − train;
 - ``first_layer``: the norms of :mod:`evaluations.first_layer`;
 - ``input_gradient``: mean over the gradient subset of ‖∇ℓ_k‖₂ and ‖∇f_k‖₂
@@ -33,8 +33,15 @@ from evaluations.profiles import (COLUMNS, DEFINITION, NORMALIZATION, OffsetTabl
                                   decay_statistic, profile_rows)
 from evaluations.regularizer import regularizer_table
 from evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV, open_run
-from robustmix import runs
-from robustmix.errors import UsageError
+from robustmix.core import runs
+from robustmix.core.config import TrainConfig
+from robustmix.core.devices import resolve_device
+from robustmix.core.errors import UsageError
+from robustmix.data import load_dataset
+from robustmix.mixing import is_data_dependent, make_sampler
+from robustmix.mixing.puzzlemix import kernel_on_batches
+from robustmix.models.accuracy import evaluate
+from robustmix.models.weights import load_model
 
 DEFAULT_Q_DRAWS = 512
 KERNEL_DRAWS = 1024          # masks for c(p) of a data-dependent MSDA (PuzzleMix), on real batches
@@ -45,15 +52,12 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
                  n_examples: int | None = None, q_draws: int = DEFAULT_Q_DRAWS,
                  seed: int = 0) -> dict[str, Any]:
     """Measure one run (see the module docstring); returns what it writes to generalization.json."""
-    from robustmix.data import load_dataset
-    from robustmix.train import TrainConfig, evaluate
-
     for flag, value in (("--batch-size", batch_size), ("--q-draws", q_draws)):
         _check_positive(flag, value)
     if n_examples is not None:
         _check_positive("--n-examples", n_examples)
     run = open_run(run_dir)
-    model = runs.load_model(run.path)
+    model = load_model(run.path)
     config = TrainConfig.from_dict(run.train, source=str(run.path / runs.CONFIG))
     device = _device(device)
     data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
@@ -101,13 +105,9 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
 def _data_kernel(config, model, images, labels, seed: int, device) -> dict | None:
     """c(p) of the run's own MSDA when its masks depend on the data (PuzzleMix): estimated
     on batches of the training images with the trained model's saliency; None otherwise."""
-    from robustmix.mixing import is_data_dependent, make_sampler
-
     sampler = make_sampler(config.mix.mix, **config.mix.sampler_settings())
     if not is_data_dependent(sampler) or labels is None:
         return None
-    from robustmix.puzzlemix import kernel_on_batches
-
     c = kernel_on_batches(sampler, model, images, labels, alpha=config.mix.alpha,
                           draws=KERNEL_DRAWS, batch_size=config.batch_size, seed=seed,
                           device=device)
@@ -118,8 +118,6 @@ def _data_kernel(config, model, images, labels, seed: int, device) -> dict | Non
 
 
 def _device(name: str) -> torch.device:
-    from robustmix.train import resolve_device
-
     try:
         return resolve_device(name)
     except (RuntimeError, ValueError):

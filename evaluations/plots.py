@@ -1,6 +1,9 @@
 """The report's figures, drawn with matplotlib's object API on the Agg canvas (no pyplot,
 no global backend switch) and written atomically as PNG.
 
+The mask gallery (:func:`draw_gallery`) is the paper's figure of what each MSDA does; the
+report and ``robustmix masks --out`` share it.
+
 One colour per method in every figure (``METHOD_COLOURS``); groups that share a method
 differ by line style and marker. Legends sit outside the axes so they hide no data.
 """
@@ -13,9 +16,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from evaluations.grouping import Group
-from robustmix import runs
+from robustmix.core import runs
+from robustmix.core.config import DATA_FREE_MIX_NAMES
+from robustmix.data import load_dataset
+from robustmix.mixing import make_sampler
 
 METHOD_COLOURS = {
     "vanilla": "#404040", "mixup": "#1f77b4", "cutmix": "#d62728", "stochastic": "#9467bd",
@@ -34,17 +41,22 @@ def style(group: Group) -> dict:
             "marker": MARKERS[group.style % len(MARKERS)]}
 
 
-def _figure(ncols: int, width: float = 4.2, height: float = 3.6):
+def _new_figure(**kwargs):
+    # matplotlib (about 0.3 s) loads with the first figure, not with the evaluations package
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * ncols + 2.2, height), layout="constrained")
+    return Figure(**kwargs)
+
+
+def _figure(ncols: int, width: float = 4.2, height: float = 3.6):
+    fig = _new_figure(figsize=(width * ncols + 2.2, height), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, axes
 
 
-def save(fig, path: Path) -> None:
+def save(fig, path: Path, dpi: int = 100) -> None:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=dpi)
     runs.atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -158,9 +170,7 @@ def profile_figure(path: Path, measured: dict[str, dict[str, np.ndarray]],
 def heatmap_figure(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str],
                    title: str, colour_label: str) -> None:
     """A models × mask-distributions heatmap, each cell annotated with its value."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(1.3 * len(cols) + 3.5, 0.6 * len(rows) + 2.2), layout="constrained")
+    fig = _new_figure(figsize=(1.3 * len(cols) + 3.5, 0.6 * len(rows) + 2.2), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols)
@@ -178,3 +188,44 @@ def heatmap_figure(path: Path, matrix: np.ndarray, rows: list[str], cols: list[s
     fig.colorbar(image, ax=ax, label=colour_label)
     ax.set_title(title, fontsize=10)
     save(fig, path)
+
+
+def gallery_masks(size: int, lam: float, *, hmix_r: float = 0.5,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """One (1, 1, size, size) mask per MSDA at a fixed λ, drawn from the training samplers."""
+    masks = {}
+    for mix in DATA_FREE_MIX_NAMES:
+        rng = np.random.default_rng(seed)
+        sampler = make_sampler(mix, hmix_r=hmix_r)
+        masks[mix] = sampler(torch.tensor([lam]), size, size, rng, "cpu")
+    return masks
+
+
+def draw_gallery(path: str | Path, size: int, *, lam: float = 0.65, hmix_r: float = 0.5,
+                 seed: int = 0) -> None:
+    """The paper's figure: two digits, then for each MSDA the mixed image above its mask."""
+    images, labels = load_dataset("digits", image_size=size).tensors("test")
+    first = int((labels == 0).nonzero()[0])
+    second = int((labels == 8).nonzero()[0])
+    x_i, x_j = images[first].float() / 255, images[second].float() / 255
+    masks = gallery_masks(size, lam, hmix_r=hmix_r, seed=seed)
+    fig = _new_figure(figsize=(1.7 * (len(masks) + 2), 3.8))
+    axes = fig.subplots(2, len(masks) + 2)
+    for ax, image, title in ((axes[0, 0], x_i, "x_i"), (axes[0, 1], x_j, "x_j")):
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title)
+    for col, (mix, mask) in enumerate(masks.items(), start=2):
+        mixed = mask[0] * x_i + (1 - mask[0]) * x_j
+        axes[0, col].imshow(mixed[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[0, col].set_title(f"{mix}\nmean M = {mask.mean():.2f}", fontsize=9)
+        axes[1, col].imshow(mask[0, 0].numpy(), cmap="viridis", vmin=0, vmax=1)
+    axes[1, 0].text(0.0, 0.5, f"masks M\n(λ = {lam},\nr = {hmix_r})", fontsize=9,
+                    va="center")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[1, :2]:
+        ax.axis("off")
+    fig.suptitle("Each MSDA is a mask: x̃ = M ⊙ x_i + (1 − M) ⊙ x_j (yellow: M = 1, from x_i)")
+    fig.tight_layout()
+    save(fig, Path(path), dpi=110)

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robustmix.errors import UsageError
-from robustmix.mixing import (DATA_FREE_MIX_NAMES, MIX_NAMES, is_data_dependent, make_sampler,
-                              sample_lam)
+from robustmix.core.errors import UsageError
+from robustmix.core.config import DATA_FREE_MIX_NAMES, MIX_NAMES
+from robustmix.mixing import is_data_dependent, make_sampler, sample_lam
+from robustmix.mixing.puzzlemix import pair_deltas
 
 CHUNK = 256   # pairs per batched conv; fixed so the masks drawn do not depend on --batch-size
 DEFINITION = ("Q_A(W) = E_{lam, M ~ A} E_{i != j} || W * ((1 - M) . (x_j - x_i) / std) ||^2, "
@@ -87,8 +88,6 @@ def pair_energies(layer: nn.Conv2d, std: Tensor, images: Tensor, pairs: tuple[np
         if sampler is not None:
             lam = torch.from_numpy(sample_lam(rng, alpha, len(index_i))).float().to(device)
             if is_data_dependent(sampler):
-                from robustmix.puzzlemix import pair_deltas
-
                 y_i = labels[index_i.to(labels.device)].to(device)
                 y_j = labels[index_j.to(labels.device)].to(device)
                 delta = pair_deltas(sampler, model, x_i, y_i, x_j, y_j, lam, rng)

@@ -29,8 +29,11 @@ from evaluations.predictions import prediction_table
 from evaluations.profiles import DECAY, NORMALIZATION
 from evaluations.regularizer import DEFINITION as Q_DEFINITION
 from evaluations.runinfo import RunInfo, open_run
-from robustmix import runs
-from robustmix.errors import UsageError
+from attacks.eps import parse_eps
+from robustmix.core import runs
+from robustmix.core.config import DATA_FREE_MIX_NAMES
+from robustmix.core.errors import UsageError
+from robustmix.mixing import make_sampler, mask_kernel
 
 REPORT = "report.md"
 KERNEL_DRAWS = 2048
@@ -338,8 +341,6 @@ class _Report:
         self.link("mask_kernels.csv", "c(p) and c(p)/c(0) per method")
 
     def _kernels(self):
-        from robustmix.mixing import DATA_FREE_MIX_NAMES, make_sampler, mask_kernel
-
         size = (int(self.dataset["height"]), int(self.dataset["width"]))
         kernels, rows, cache = {}, [], {}
         for group in self.groups:
@@ -429,13 +430,11 @@ class _Report:
                 f"({parts}); Q_A values are comparable only within equal settings.", ""]
 
     def gallery_section(self) -> None:
-        from robustmix.masks import draw_gallery
-
         size = max(8, min(int(self.dataset["height"]), int(self.dataset["width"]),
                           GALLERY_MAX_SIZE))
         self.section("Mask gallery", f"Each MSDA's mask at λ = 0.65 on {size}×{size} digits "
                                      "(the training samplers).")
-        self.png("mask_gallery.png", draw_gallery, size)
+        self.png("mask_gallery.png", plots.draw_gallery, size)
 
     # ------------------------------------------------------------------ data access
 
@@ -524,6 +523,4 @@ def _robustness_verdicts(rows: list[dict[str, str]]) -> list[str]:
 
 
 def _eps_order(text: str) -> float:
-    from attacks.eps import parse_eps
-
     return parse_eps(text)[0].value

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robustmix import runs
-from robustmix.errors import UsageError
+from robustmix.core import runs
+from robustmix.core.errors import UsageError
 
 GENERALIZATION = "generalization.json"
 PROFILE_CSV = "gradient_profile.csv"

@@ -8,7 +8,9 @@ __all__ = ["load_model", "__version__"]
 
 
 def load_model(path):
-    """Load a trained model from a run directory or weights file (see :func:`robustmix.runs.load_model`)."""
-    from robustmix.runs import load_model as _load_model
+    """Load a trained model from a run directory or weights file (see
+    :func:`robustmix.models.weights.load_model`)."""
+    # on first use: importing the package (as the CLI does) must not load torch
+    from robustmix.models.weights import load_model as _load_model
 
     return _load_model(path)

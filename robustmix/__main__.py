@@ -1,5 +1,5 @@
 import sys
 
-from robustmix.cli import main
+from robustmix.app.cli import main
 
 sys.exit(main())

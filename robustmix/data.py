@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustmix.errors import UsageError
+from robustmix.core.errors import UsageError
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashionmnist")
 """Names accepted by :func:`load_dataset`, besides ``imagefolder:PATH``."""
@@ -373,6 +373,7 @@ def _folder_classes(directory: Path) -> list[str]:
 
 def _folder_samples(root: Path, classes: list[str], *, allow_empty: bool) -> list[tuple[str, int]]:
     """(path, class index) of every image under ``root/<class>/``, with the given class list."""
+    # torchvision (about 1 s to import) loads only for the data sets that need it
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     index = {name: i for i, name in enumerate(classes)}
@@ -389,6 +390,7 @@ class _FolderImages(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        # torchvision (about 1 s to import) loads only for the data sets that need it
         from torchvision.datasets.folder import pil_loader
 
         path, target = self.samples[index]
@@ -410,6 +412,7 @@ class _FolderTrainEpoch(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        # torchvision (about 1 s to import) loads only for the data sets that need it
         import torchvision.transforms.functional as TF
         from torchvision.datasets.folder import pil_loader
 
@@ -494,6 +497,7 @@ class FolderSource(DataSource):
         return _moved(loader, device)
 
     def _eval_dataset(self, split: str) -> _FolderImages:
+        # torchvision (about 1 s to import) loads only for the data sets that need it
         import torchvision.transforms as T
 
         self._check_split(split)
@@ -552,6 +556,7 @@ def _resize_uint8(x: Tensor, size: int) -> Tensor:
 
 
 def _load_digits(image_size: int | None, device: Any) -> TensorSource:
+    # scikit-learn (about 0.5 s to import) loads only for the digits
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -594,6 +599,7 @@ _TORCHVISION = {
 
 def _read_torchvision(name: str, root: str, download: bool) -> tuple[Tensor, ...]:
     """(x_train, y_train, x_test, y_test) through torchvision, its checksum checks kept."""
+    # torchvision (about 1 s to import) loads only for the data sets that need it
     import torchvision.datasets as tvd
 
     class_name, _, _, folder, files, described = _TORCHVISION[name]

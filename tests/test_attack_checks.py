@@ -15,8 +15,8 @@ from attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustnes
 from attacks import autoattack as autoattack_module
 from attacks import runner
 from attacks.gradient import PassCounter
-from robustmix import runs
-from robustmix.errors import UsageError
+from robustmix.core import runs
+from robustmix.core.errors import UsageError
 
 EPS = tuple(parse_eps("0.05,0.2"))
 CONFIG = AttackConfig(attacks=("fgsm", "pgd"), eps=EPS, batch_size=16,

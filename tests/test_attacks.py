@@ -13,7 +13,7 @@ from attacks import runner as runner_module
 from attacks.eps import Eps
 from attacks.gradient import pgd
 from attacks.runner import check_adversarial
-from robustmix.errors import UsageError
+from robustmix.core.errors import UsageError
 
 
 def tiny_cnn(seed=0, classes=10):
@@ -339,7 +339,7 @@ def test_bad_attack_settings_are_refused():
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from robustmix.cli import main
+    from robustmix.app.cli import main
 
     out = tmp_path_factory.mktemp("attack") / "run"
     assert main(["train", "--quiet", "--epochs", "1", "--mix", "mixup", "--out", str(out)]) == 0
@@ -350,7 +350,7 @@ def test_attack_command_writes_the_csv_and_merges_reruns(trained_run, capsys):
     import csv
 
     from attacks.runner import CSV_FIELDS
-    from robustmix.cli import main
+    from robustmix.app.cli import main
 
     argv = ["attack", "--quiet", "--run", str(trained_run), "--eps", "2/255,16/255",
             "--attacks", "fgsm,pgd", "--pgd-steps", "5", "--n-examples", "60"]
@@ -376,7 +376,7 @@ def test_worst_case_covers_attacks_run_in_separate_commands(trained_run, tmp_pat
 
     from attacks import worst_case
     from attacks.runner import read_rows
-    from robustmix.cli import main
+    from robustmix.app.cli import main
 
     apart, together = tmp_path / "apart", tmp_path / "together"
     for run in (apart, together):
@@ -414,7 +414,7 @@ def test_worst_case_covers_attacks_run_in_separate_commands(trained_run, tmp_pat
     (["--norm", "l2", "--attacks", "fgsm"], "fgsm is an L∞ attack"),
 ])
 def test_bad_attack_input_is_one_line_and_exit_2(trained_run, capsys, argv, fragment):
-    from robustmix.cli import main
+    from robustmix.app.cli import main
 
     before = sorted(p.name for p in trained_run.iterdir())
     try:
@@ -429,8 +429,8 @@ def test_bad_attack_input_is_one_line_and_exit_2(trained_run, capsys, argv, frag
 def test_unfinished_missing_or_code_carrying_runs_are_refused(trained_run, tmp_path, capsys):
     import shutil
 
-    from robustmix import runs
-    from robustmix.cli import main
+    from robustmix.core import runs
+    from robustmix.app.cli import main
 
     def attack(run):
         code = main(["attack", "--quiet", "--run", str(run), "--attacks", "fgsm"])

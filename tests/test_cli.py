@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from robustmix import runs
-from robustmix.cli import main
+from robustmix.core import runs
+from robustmix.app.cli import main
 
 
 def run_cli(capsys, *argv):

@@ -27,7 +27,7 @@ from robustmix.data import (
     draw_resized_crop_boxes,
     load_dataset,
 )
-from robustmix.errors import UsageError
+from robustmix.core.errors import UsageError
 
 
 # --------------------------------------------------------------------------- helpers

@@ -23,11 +23,12 @@ import torch
 import robustmix
 from attacks import AttackConfig, PGDSettings, parse_eps
 from attacks.runner import ROBUSTNESS, merge_results, read_rows, robustness
-from robustmix import distributed, runs
-from robustmix.cli import main
+from robustmix.core import distributed, runs
+from robustmix.app.cli import main
 from robustmix.data import Augment, load_dataset
-from robustmix.errors import UsageError
-from robustmix.train import evaluate
+from robustmix.core.errors import UsageError
+from robustmix.models.accuracy import evaluate
+from robustmix.models.weights import load_model
 
 TRAIN = ["train", "--quiet", "--image-size", "8", "--batch-size", "64", "--mix", "cutmix",
          "--log-interval", "5"]
@@ -124,7 +125,7 @@ class OneAtATime(torch.nn.Module):
 
 
 def test_results_from_strided_shards_merge_to_the_one_process_result(trained_run):
-    model = OneAtATime(runs.load_model(trained_run))
+    model = OneAtATime(load_model(trained_run))
     data = load_dataset("digits", image_size=8)
     x_all, y_all = data.tensors("test")
     chosen = torch.arange(0, 397, 5)
@@ -232,7 +233,7 @@ def test_compile_trains_the_same_model(tmp_path, monkeypatch):
     every compiled training step gives the eager step's numbers, to float32 rounding."""
     import copy
 
-    from robustmix import train as train_module
+    from robustmix.training import trainer as train_module
 
     real_step = train_module.train_step
     checked = []

@@ -13,9 +13,11 @@ from evaluations import evaluate_run
 from evaluations.generalization import gradient_measures, subset_indices
 from evaluations.profiles import COLUMNS
 from evaluations.regularizer import first_layer_energy, regularizer_table
-from robustmix import runs
-from robustmix.errors import UsageError
-from robustmix.train import TrainConfig, train
+from robustmix.core import runs
+from robustmix.core.errors import UsageError
+from robustmix.core.config import TrainConfig
+from robustmix.models.weights import load_model
+from robustmix.training.trainer import train
 
 
 class LinearClassifier(nn.Module):
@@ -198,7 +200,7 @@ def test_clean_accuracy_and_gap_agree_with_training(evaluated):
 
 def test_first_layer_norms_are_those_of_the_loaded_weight(evaluated):
     run, result = evaluated
-    weight = runs.load_model(run).first_layer.weight.detach()
+    weight = load_model(run).first_layer.weight.detach()
     norms = result["first_layer"]
     assert norms["frobenius"] == pytest.approx(float(torch.linalg.norm(weight)), rel=1e-6)
     assert norms["shape"] == list(weight.shape)

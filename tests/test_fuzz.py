@@ -1,7 +1,7 @@
 """The command-line parsers under hypothesis: every input either parses to a valid value or
 gets the one-line error with exit code 2, never a traceback.
 
-Each value goes through the real command (``robustmix.cli.main``) with ``--out``/``--run``
+Each value goes through the real command (``robustmix.app.cli.main``) with ``--out``/``--run``
 pointing where no work can start, so a value that passes every check ends at that refusal
 instead of training or attacking; the test then checks that what passed is valid.
 """
@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from robustmix.cli import main
+from robustmix.app.cli import main
 
 FUZZ = settings(max_examples=120, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -66,7 +66,7 @@ def train_line(capsys, not_a_directory, *argv) -> tuple[str, bool]:
 @given(text=st.one_of(anything, st.lists(fraction, min_size=1, max_size=3).map(", ".join)))
 def test_eps_parses_to_sorted_positive_budgets_or_one_line(capsys, text):
     from attacks.eps import parse_eps
-    from robustmix.errors import UsageError
+    from robustmix.core.errors import UsageError
 
     missing = "/nonexistent/run"
     code, err = run(capsys, ["attack", "--run", missing, f"--eps={text}", "--attacks", "fgsm"])

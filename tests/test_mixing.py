@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from robustmix import cli
-from robustmix.errors import UsageError
+from robustmix.app import cli
+from robustmix.core.errors import UsageError
 from robustmix.mixing import (DATA_FREE_MIX_NAMES, MIX_NAMES, MixConfig, Mixer, cutmix_mask, gmix_mask, hmix_mask,
                               make_sampler, mask_kernel, mix, mixup_mask)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustmix.errors import UsageError
+from robustmix.core.errors import UsageError
 from robustmix.models import ARCH_NAMES, Classifier, build_model, check_arch
 
 MEAN3, STD3 = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)

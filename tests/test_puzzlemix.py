@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from robustmix import puzzlemix as pm
-from robustmix import runs
-from robustmix.errors import UsageError
+from robustmix.mixing import puzzlemix as pm
+from robustmix.core import runs
+from robustmix.core.errors import UsageError
 from robustmix.mixing import (DATA_FREE_MIX_NAMES, MIX_NAMES, MaskDraw, MixConfig, Mixer,
                               cutmix_mask, make_sampler, mask_kernel, mix)
 
@@ -394,7 +394,8 @@ def test_pair_deltas_without_transport_are_the_papers_perturbation():
 
 @pytest.fixture(scope="module")
 def puzzlemix_run(tmp_path_factory):
-    from robustmix.train import TrainConfig, train
+    from robustmix.core.config import TrainConfig
+    from robustmix.training.trainer import train
 
     config = TrainConfig(epochs=2, batch_size=64, seed=0, log_interval=5,
                          mix=MixConfig(mix="puzzlemix"))
@@ -413,7 +414,8 @@ def test_a_killed_puzzlemix_run_resumes_to_the_same_weights(puzzlemix_run, tmp_p
     from safetensors.torch import load_file
 
     from robustmix import data as data_module
-    from robustmix.train import train
+    from robustmix.training import trainer as train_module
+    from robustmix.training.trainer import train
 
     config, reference, _ = puzzlemix_run
     real_load = data_module.load_dataset
@@ -433,7 +435,7 @@ def test_a_killed_puzzlemix_run_resumes_to_the_same_weights(puzzlemix_run, tmp_p
         return source
 
     killed = tmp_path / "killed"
-    monkeypatch.setattr(data_module, "load_dataset", load_then_break)
+    monkeypatch.setattr(train_module, "load_dataset", load_then_break)  # as the loop looks it up
     with pytest.raises(KeyboardInterrupt):
         train(config, killed, progress=False)
     monkeypatch.undo()
@@ -443,7 +445,8 @@ def test_a_killed_puzzlemix_run_resumes_to_the_same_weights(puzzlemix_run, tmp_p
 
 
 def test_an_image_size_without_whole_blocks_is_refused_before_anything_is_written(tmp_path):
-    from robustmix.train import TrainConfig, train
+    from robustmix.core.config import TrainConfig
+    from robustmix.training.trainer import train
 
     config = TrainConfig(epochs=1, image_size=9, mix=MixConfig(mix="puzzlemix"))
     with pytest.raises(UsageError, match="no such n divides 9x9"):

@@ -4,7 +4,7 @@ code-carrying files, and bit-identical results from a fixed seed.
 
 The killed commands run in processes forked from a server that imported torch once (the
 standard library's forkserver), so a kill and its rerun cost the command's own work, not
-interpreter start-up. Each such process runs ``robustmix.cli.main(argv)`` with one intra-op
+interpreter start-up. Each such process runs ``robustmix.app.cli.main(argv)`` with one intra-op
 thread: bit-identity on the CPU holds for a fixed thread count. One test kills the real
 ``python -m robustmix train`` as well.
 
@@ -35,9 +35,9 @@ import torch
 import robustmix
 from attacks.runner import ROBUSTNESS, STATE_DIR, read_rows
 from evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV
-from robustmix import runs
-from robustmix.cli import main
-from robustmix.errors import UsageError
+from robustmix.core import runs
+from robustmix.app.cli import main
+from robustmix.core.errors import UsageError
 
 TRAIN = ["train", "--quiet", "--epochs", "2", "--image-size", "8", "--batch-size", "128",
          "--mix", "cutmix", "--log-interval", "3"]
@@ -81,7 +81,7 @@ PATHS = {"run", "path"}
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 TEMPORARY = re.compile(r"\..+\.\d+@[0-9a-f]{8}\.[^./]+\.tmp")
 PRELOAD = ["torch", "torch._dynamo", "numpy", "sklearn.datasets", "sklearn.model_selection",
-           "tqdm.auto", "safetensors.torch", "robustmix.cli", "robustmix.train",
+           "tqdm.auto", "safetensors.torch", "robustmix.app.cli", "robustmix.training.trainer",
            "robustmix.data", "robustmix.models", "robustmix.mixing", "attacks.runner",
            "torchattacks", "pyautoattack"]
 
@@ -133,7 +133,7 @@ def fdopen(fd, *args, **kwargs):
 
 
 os.fdopen = fdopen
-from robustmix.cli import main
+from robustmix.app.cli import main
 try:
     code = main(__ARGV__)
 except SystemExit as exit_:
@@ -271,7 +271,7 @@ def check_files(run_dir: Path) -> list[Path]:
 
     Returns the temporary files that a killed writer left (they are not run files).
     """
-    from robustmix.train import TrainConfig
+    from robustmix.core.config import TrainConfig
 
     temporaries = []
     for path in sorted(run_dir.rglob("*")):
@@ -570,7 +570,7 @@ def test_a_full_disk_during_an_attack_keeps_the_earlier_results(attack_base, tmp
 
 def nan_loss_at(step, monkeypatch, value=float("nan")):
     """The training loss becomes ``value`` at global step ``step`` (1-based)."""
-    from robustmix import train as train_module
+    from robustmix.training import trainer as train_module
 
     real = train_module.soft_cross_entropy
     calls = {"n": 0}
@@ -609,7 +609,7 @@ def test_divergence_in_the_first_epoch_says_that_no_checkpoint_exists(tmp_path, 
 
 def test_weights_or_test_loss_that_turn_non_finite_at_an_epoch_end_stop_the_run(
         tmp_path, capsys, monkeypatch):
-    from robustmix import train as train_module
+    from robustmix.training import trainer as train_module
 
     real = train_module.evaluate
     calls = {"n": 0}

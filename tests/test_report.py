@@ -10,10 +10,11 @@ import pytest
 from evaluations import evaluate_run, write_report
 from evaluations import statistics as st
 from evaluations.grouping import group_runs
-from robustmix import runs
-from robustmix.errors import UsageError
+from robustmix.core import runs
+from robustmix.core.errors import UsageError
 from robustmix.mixing import MixConfig
-from robustmix.train import TrainConfig, train
+from robustmix.core.config import TrainConfig
+from robustmix.training.trainer import train
 
 RUNS = {"vanilla-s0": ("vanilla", 0), "vanilla-s1": ("vanilla", 1),
         "cutmix-s0": ("cutmix", 0), "mixup-s0": ("mixup", 0)}

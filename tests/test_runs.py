@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import robustmix
-from robustmix import runs
-from robustmix.errors import UsageError
+from robustmix.core import runs
+from robustmix.core.errors import UsageError
 from robustmix.mixing import MixConfig
 
 
@@ -87,7 +87,7 @@ def test_written_files_get_the_ordinary_file_mode(tmp_path):
 
 
 def write_config(run_dir, **changes):
-    from robustmix.train import TrainConfig
+    from robustmix.core.config import TrainConfig
 
     config = {"train": TrainConfig(epochs=2).to_dict(), "model": {"arch": "smallcnn"},
               "dataset": {"name": "digits"}, "augment": {}, "versions": {"torch": "2"},
@@ -139,7 +139,7 @@ def test_read_config_names_the_file_and_the_problem(tmp_path, content, fragment)
     ("bogus", 1, "unknown training settings bogus"),
 ])
 def test_settings_of_the_wrong_type_or_unknown_are_refused_by_name(key, value, fragment):
-    from robustmix.train import TrainConfig
+    from robustmix.core.config import TrainConfig
 
     values = {**TrainConfig().to_dict(), key: value}
     with pytest.raises(UsageError) as caught:
@@ -150,7 +150,7 @@ def test_settings_of_the_wrong_type_or_unknown_are_refused_by_name(key, value, f
 
 
 def test_settings_that_train_writes_pass_the_type_check():
-    from robustmix.train import TrainConfig
+    from robustmix.core.config import TrainConfig
 
     config = TrainConfig(crop_scale=(0.35, 1.0), milestones=(5, 8), image_size=8, epochs=10,
                          mix=MixConfig(mix="hmix", alpha=0.5), schedule="multistep")
@@ -321,7 +321,7 @@ def test_checkpoints_hold_tensors_and_plain_data_only(tmp_path):
 
 def test_dataclass_type_check_covers_every_training_setting():
     """Every field of TrainConfig and MixConfig has a type the checker understands."""
-    from robustmix.train import TrainConfig
+    from robustmix.core.config import TrainConfig
 
     for cls in (TrainConfig, MixConfig):
         hints = typing.get_type_hints(cls)

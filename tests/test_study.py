@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from robustmix import runs, study
-from robustmix.cli import main
+from robustmix.app import study
+from robustmix.core import runs
+from robustmix.app.cli import main
 
 MINI = """
 preset = "digits"

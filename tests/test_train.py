@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import robustmix
-from robustmix import runs, train as train_module
-from robustmix.errors import UsageError
+from robustmix.core import runs
+from robustmix.training import trainer as train_module
+from robustmix.core.errors import UsageError
 from robustmix.mixing import MixConfig
-from robustmix.train import TrainConfig, learning_rate, soft_cross_entropy, soft_labels, train
+from robustmix.core.config import TrainConfig
+from robustmix.training.trainer import learning_rate, soft_cross_entropy, soft_labels, train
 
 FAST = TrainConfig(epochs=3, batch_size=64, seed=0, log_interval=5)
 
@@ -49,7 +51,7 @@ def test_short_digits_training_beats_chance_by_a_wide_margin(cutmix_run):
 def test_load_model_gives_the_trained_model_in_eval_mode(cutmix_run):
     _, out, result = cutmix_run
     from robustmix.data import load_dataset
-    from robustmix.train import evaluate
+    from robustmix.models.accuracy import evaluate
 
     for path in (out, out / runs.WEIGHTS):
         model = robustmix.load_model(path)
@@ -91,7 +93,7 @@ def test_same_seed_gives_the_same_weights_and_resume_equals_uninterrupted(
         source.train_batches = batches
         return source
 
-    monkeypatch.setattr(data_module, "load_dataset", load_then_break)
+    monkeypatch.setattr(train_module, "load_dataset", load_then_break)  # as the loop looks it up
     with pytest.raises(KeyboardInterrupt):
         train(config, killed, progress=False)
     monkeypatch.undo()

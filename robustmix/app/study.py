@@ -22,8 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from robustmix import runs
-from robustmix.errors import UsageError
+from attacks import ATTACKS, AttackConfig, PGDSettings, parse_eps
+from attacks.runner import ROBUSTNESS, attack_run, read_rows
+from evaluations import evaluate_run, write_report
+from robustmix.core import runs
+from robustmix.core.config import MIX_NAMES, TrainConfig
+from robustmix.core.devices import resolve_device
+from robustmix.core.errors import UsageError
+from robustmix.training.trainer import train
 
 STUDY_METHODS = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix", "puzzlemix")
 MIX_KEYS = ("alpha", "lam_per", "pairing", "mix_prob", "switch_prob", "hmix_r", "puzzle_beta",
@@ -124,7 +130,7 @@ EVALUATE_KEYS = set(_DIGITS["evaluate"])
 def load_config(preset: str | None, config_path: str | None) -> dict[str, Any]:
     """A preset by name, or a TOML file (keys as in the presets; missing keys from digits)."""
     if config_path is not None:
-        import tomllib
+        import tomllib  # standard library from Python 3.11; on 3.10 only --config needs it
 
         try:
             with open(config_path, "rb") as handle:
@@ -154,9 +160,6 @@ def _merge(base: dict, override: dict) -> dict:
 
 def check_config(config: dict[str, Any], source: str) -> dict[str, Any]:
     """Refuse unknown keys and wrong types with one line naming the key."""
-    from attacks import ATTACKS, parse_eps
-    from robustmix.mixing import MIX_NAMES
-
     unknown = sorted(set(config) - TOP_KEYS)
     if unknown:
         raise UsageError(f"{source}: unknown keys {', '.join(unknown)}; valid: "
@@ -219,8 +222,6 @@ def _variants(config: dict[str, Any]) -> list[str]:
 def train_config(config: dict[str, Any], variant: str, method: str, seed: int,
                  source: str = "study"):
     """The TrainConfig of one run of the study."""
-    from robustmix.train import TrainConfig
-
     values = dict(config["train"])
     if variant:
         overrides = config["variants"][variant]
@@ -277,8 +278,6 @@ def _run_name(variant: str, method: str, seed: int) -> str:
 
 def plan(config: dict[str, Any], *, progress: bool = True) -> list[Step]:
     """Every step of the study, in order, with its 'done' test and its action."""
-    from attacks import AttackConfig, PGDSettings, parse_eps
-
     out = Path(config["out"])
     attack = config["attack"]
     evaluate = config["evaluate"]
@@ -320,8 +319,6 @@ def plan(config: dict[str, Any], *, progress: bool = True) -> list[Step]:
 
 def _trained(run_dir: Path, config) -> bool:
     """Whether the run is complete; a run directory with other settings is refused."""
-    from robustmix.train import TrainConfig
-
     config_path = run_dir / runs.CONFIG
     if config_path.exists():
         saved = TrainConfig.from_dict(runs.read_config(run_dir)["train"],
@@ -333,8 +330,6 @@ def _trained(run_dir: Path, config) -> bool:
 
 
 def _train(run_dir: Path, config, progress: bool) -> str:
-    from robustmix.train import train
-
     _trained(run_dir, config)
     result = train(config, run_dir, resume=(run_dir / runs.CONFIG).exists(), progress=progress)
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
@@ -355,8 +350,6 @@ def _attack_key(config) -> set[tuple]:
 
 def _attacked(run_dir: Path, config, n_examples: int) -> bool:
     """Whether robustness.csv holds every row of this attack configuration."""
-    from attacks.runner import ROBUSTNESS, read_rows
-
     path = run_dir / ROBUSTNESS
     if not path.exists():
         return False
@@ -377,9 +370,6 @@ def _n_examples(run_dir: Path, n_examples: int) -> int:
 
 
 def _attack(run_dir: Path, config, device: str, n_examples: int, progress: bool) -> str:
-    from attacks.runner import attack_run
-    from robustmix.train import resolve_device
-
     rows = attack_run(run_dir, config, device=resolve_device(device),
                       n_examples=n_examples or None, progress=progress)
     worst = [r for r in rows if r.attack != "worst-case"]
@@ -398,8 +388,6 @@ def _evaluated(run_dir: Path, settings: dict) -> bool:
 
 
 def _evaluate(run_dir: Path, settings: dict, device: str) -> str:
-    from evaluations import evaluate_run
-
     result = evaluate_run(run_dir, device=device, n_examples=settings["n_examples"] or None,
                           q_draws=settings["q_draws"], seed=settings["seed"])
     result["study_settings"] = settings
@@ -408,8 +396,6 @@ def _evaluate(run_dir: Path, settings: dict, device: str) -> str:
 
 
 def _report(run_dirs: list[Path], out: Path, config: dict) -> str:
-    from evaluations import write_report
-
     path = write_report(run_dirs, out)
     if config.get("paper") in PAPER:
         _append_paper_table(path, run_dirs, config)

@@ -25,7 +25,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from robustmix.errors import UsageError
+from robustmix.core.errors import UsageError
 
 T = TypeVar("T")
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")

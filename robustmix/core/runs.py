@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
+from safetensors.torch import save
 
-from robustmix.errors import UsageError
+from robustmix.core.errors import UsageError
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -433,8 +434,6 @@ def holds_run(run_dir: str | os.PathLike) -> bool:
 
 def save_weights(path: str | os.PathLike, model: torch.nn.Module, spec: Mapping[str, Any]) -> None:
     """Save a model's state dict as safetensors, with the spec to rebuild it in the header."""
-    from safetensors.torch import save
-
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, save(state, metadata={"robustmix_model": json.dumps(dict(spec))}))
 
@@ -455,49 +454,3 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:  # a pickle that asks for code, or a truncated file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"{path} is not a readable robustmix checkpoint ({first})") from None
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except FileNotFoundError:
-        raise UsageError(f"{path} not found") from None
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UsageError(f"{path} is not a readable safetensors weights file ({err})") from None
-    return tensors, metadata
-
-
-def load_model(path: str | os.PathLike) -> torch.nn.Module:
-    """Load a trained model from a run directory or a ``.safetensors`` weights file.
-
-    Returns the model in eval mode on the CPU (the caller moves it), taking inputs in
-    [0, 1]. Only safetensors is read, so loading never executes code from the file.
-    """
-    from robustmix.models import build_model
-
-    path = Path(path)
-    if path.is_dir():
-        if not is_complete(path):
-            raise UsageError(f"{path} holds no finished run: {WEIGHTS} is missing "
-                             f"(resume it with: robustmix train --resume {path})")
-        path = path / WEIGHTS
-    elif not path.exists():
-        raise UsageError(f"{path} not found: give a run directory or a {WEIGHTS} file")
-    tensors, metadata = _read_safetensors(path)
-    if "robustmix_model" not in metadata:
-        raise UsageError(f"{path} has no robustmix model spec in its header; "
-                         "it was not written by robustmix")
-    try:
-        spec = json.loads(metadata["robustmix_model"])
-        model = build_model(spec["arch"], num_classes=int(spec["num_classes"]),
-                            in_channels=int(spec["in_channels"]),
-                            mean=spec["mean"], std=spec["std"])
-        model.load_state_dict(tensors, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"{path}: weights do not match their model spec ({first})") from None
-    return model.eval()

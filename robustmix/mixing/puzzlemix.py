@@ -72,8 +72,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustmix.errors import UsageError
-from robustmix.mixing import DataDependentSampler, MaskDraw, kernel_sums, mix, sample_lam
+from robustmix.core.errors import UsageError
+from robustmix.mixing.samplers import DataDependentSampler, MaskDraw, kernel_sums, mix, sample_lam
 
 BLOCK_COUNTS = (2, 4, 8, 16)   # n × n blocks, n drawn per batch (official: 2 ** randint(1, 5))
 PRIOR_EPS = 1e-8               # inside the prior's log, as the official code
@@ -169,6 +169,7 @@ def graph_cuts(cost_own: np.ndarray, cost_partner: np.ndarray, edge_v: np.ndarra
     swap move factors over them) without a Python-level loop.
     """
     try:
+        # only PuzzleMix needs it, and it may be missing: the error below says what to install
         import gco  # gco-wrapper; note: importing it sets numpy.int/float/bool if absent
     except ImportError:
         raise UsageError("puzzlemix needs the graph-cut package gco-wrapper: "
@@ -295,7 +296,7 @@ class PuzzleMix:
             raise UsageError("puzzlemix masks depend on the images and their saliency, so it "
                              "cannot be called as (lam, H, W, rng, device): mix through "
                              "Mixer(...)(x, y, rng, saliency_fn=...), estimate c(p) with "
-                             "robustmix.puzzlemix.kernel_on_batches")
+                             "robustmix.mixing.puzzlemix.kernel_on_batches")
         if partner_x is None or rng is None or saliency is None or partner_saliency is None:
             raise UsageError("puzzlemix needs the partner images, the generator and the "
                              "saliency of both images")

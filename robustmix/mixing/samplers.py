@@ -1,5 +1,8 @@
 """Mixed-sample data augmentation as mask samplers, and the one function that mixes.
 
+The bottom of the mixing package: PuzzleMix (:mod:`robustmix.mixing.puzzlemix`) builds on
+these, and :mod:`robustmix.mixing.mixer` (the registry and the Mixer) on both.
+
 Every MSDA of the paper (Park, Yun, Chun, NeurIPS 2022) is a way to draw a mask:
 
     x̃ = M ⊙ x_i + (1 − M) ⊙ x_j,        ỹ = m̄ · y_i + (1 − m̄) · y_j,   m̄ = mean(M)
@@ -14,31 +17,26 @@ no Python loop over samples. The same seed therefore gives the same masks on any
 PuzzleMix's masks depend on the images: it is a :class:`DataDependentSampler`, called as
 ``(lam, x, partner_x, rng, saliency=, partner_saliency=)`` and returning a
 :class:`MaskDraw` — the mask and the two images to combine, which its transport step may
-have rearranged (:mod:`robustmix.puzzlemix`). :data:`DATA_FREE_MIX_NAMES` are the MSDAs
-whose samplers need nothing but λ.
+have rearranged (:mod:`robustmix.mixing.puzzlemix`). ``DATA_FREE_MIX_NAMES``
+(:mod:`robustmix.core.config`) are the MSDAs whose samplers need nothing but λ.
 
-:func:`mix` is the single place where x̃ and ỹ are formed; :class:`Mixer` draws
+:func:`mix` is the single place where x̃ and ỹ are formed; the ``Mixer`` draws
 (λ, mask, partner) once per batch and then applies them, so images and labels never
 disagree. The evaluations compute the kernel c(p) from these same samplers
-(:func:`mask_kernel`; :func:`robustmix.puzzlemix.kernel_on_batches` for PuzzleMix).
+(:func:`mask_kernel`; :func:`robustmix.mixing.puzzlemix.kernel_on_batches` for PuzzleMix).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, ClassVar, NamedTuple, Protocol
+from typing import ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from robustmix.errors import UsageError
+from robustmix.core.errors import UsageError
 
-DATA_FREE_MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix")
-MIX_NAMES = DATA_FREE_MIX_NAMES + ("puzzlemix",)   # appended: indices of the others stay
-LAM_PER = ("batch", "sample")
-PAIRINGS = ("flip", "shuffle")
 
 
 class MaskSampler(Protocol):
@@ -205,34 +203,6 @@ def stochastic_mask(switch_prob: float) -> MaskSampler:
     return sample
 
 
-def _puzzlemix(**settings):
-    from robustmix.puzzlemix import PuzzleMix
-
-    return PuzzleMix(**settings)
-
-
-def make_sampler(mix: str, *, hmix_r: float = 0.5, switch_prob: float = 0.5,
-                 puzzle_beta: float = 1.2, puzzle_gamma: float = 0.5, puzzle_eta: float = 0.2,
-                 puzzle_transport: bool = True) -> MaskSampler | DataDependentSampler:
-    """The mask sampler of an MSDA by name (one of :data:`MIX_NAMES`).
-
-    ``puzzlemix`` gives a :class:`DataDependentSampler`; every other name a :class:`MaskSampler`.
-    """
-    samplers: dict[str, Callable[[], MaskSampler | DataDependentSampler]] = {
-        "vanilla": lambda: vanilla_mask,
-        "mixup": lambda: mixup_mask,
-        "cutmix": lambda: cutmix_mask,
-        "stochastic": lambda: stochastic_mask(switch_prob),
-        "hmix": lambda: hmix_mask(hmix_r),
-        "gmix": lambda: gmix_mask,
-        "puzzlemix": lambda: _puzzlemix(beta=puzzle_beta, gamma=puzzle_gamma, eta=puzzle_eta,
-                                        transport=puzzle_transport),
-    }
-    if mix not in samplers:
-        raise UsageError(f"unknown mix '{mix}'; valid: {', '.join(MIX_NAMES)}")
-    return samplers[mix]()
-
-
 def sample_lam(rng: np.random.Generator, alpha: float, size: int) -> np.ndarray:
     """λ ~ Beta(α, α), drawn on the host."""
     if not alpha > 0:
@@ -264,152 +234,6 @@ def mix(x: Tensor, y: Tensor, mask: Tensor, partner: Tensor,
     return x_mixed, y_mixed
 
 
-@dataclass(frozen=True)
-class MixConfig:
-    """How a training run mixes its batches (the flags of ``robustmix train``)."""
-
-    mix: str = "vanilla"
-    alpha: float = 1.0
-    lam_per: str = "batch"       # one λ and mask per batch (the paper's code) or per sample
-    pairing: str = "flip"        # partner of sample k: B−1−k (the paper's code) or a permutation
-    mix_prob: float = 1.0        # probability that a batch (or sample) is mixed at all
-    switch_prob: float = 0.5     # stochastic: probability of CutMix
-    hmix_r: float = 0.5
-    puzzle_beta: float = 1.2     # puzzlemix: label smoothness (official defaults)
-    puzzle_gamma: float = 0.5    # puzzlemix: data smoothness
-    puzzle_eta: float = 0.2      # puzzlemix: weight of the label prior
-    puzzle_transport: bool = True  # puzzlemix: move salient blocks out from under the partner
-
-    def validate(self) -> None:
-        if self.mix not in MIX_NAMES:
-            raise UsageError(f"unknown mix '{self.mix}'; valid: {', '.join(MIX_NAMES)}")
-        if not 0 < self.alpha < math.inf:
-            raise UsageError(f"--alpha must be > 0 and finite (λ ~ Beta(α, α)), "
-                             f"got {self.alpha}")
-        if self.lam_per not in LAM_PER:
-            raise UsageError(f"--lam-per must be one of {', '.join(LAM_PER)}, got '{self.lam_per}'")
-        if self.pairing not in PAIRINGS:
-            raise UsageError(f"--pairing must be one of {', '.join(PAIRINGS)}, got '{self.pairing}'")
-        for name in ("mix_prob", "switch_prob", "hmix_r"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
-        for name in ("puzzle_beta", "puzzle_gamma", "puzzle_eta"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
-                                 f"got {value}")
-        if not isinstance(self.puzzle_transport, bool):
-            raise UsageError(f"puzzle_transport must be true or false, got {self.puzzle_transport!r}")
-
-    def sampler_settings(self) -> dict:
-        """The keyword arguments of :func:`make_sampler` that this configuration sets."""
-        return {"hmix_r": self.hmix_r, "switch_prob": self.switch_prob,
-                "puzzle_beta": self.puzzle_beta, "puzzle_gamma": self.puzzle_gamma,
-                "puzzle_eta": self.puzzle_eta, "puzzle_transport": self.puzzle_transport}
-
-
-SaliencyFn = Callable[[Tensor, Tensor], Tensor]   # (x (B, C, H, W), y (B, K)) -> (B, H, W)
-
-
-class Mixer:
-    """Draws (λ, mask, partner) for a batch from a host RNG, then mixes with :func:`mix`.
-
-    For a data-dependent sampler (PuzzleMix) the draw needs the batch and, when the sampler
-    asks for it, ``saliency_fn(x, y)``: the Mixer calls it once per mixed batch on the clean
-    batch (the training loop passes one that does the extra forward and backward pass).
-    """
-
-    def __init__(self, config: MixConfig):
-        config.validate()
-        self.config = config
-        self.sampler = make_sampler(config.mix, **config.sampler_settings())
-
-    @property
-    def active(self) -> bool:
-        return self.config.mix != "vanilla" and self.config.mix_prob > 0
-
-    @property
-    def needs_data(self) -> bool:
-        return is_data_dependent(self.sampler)
-
-    @property
-    def needs_saliency(self) -> bool:
-        return self.active and self.needs_data and bool(self.sampler.needs_saliency)
-
-    def check_image_size(self, height: int, width: int) -> None:
-        """Refuse, before any work, an image size the sampler cannot handle (PuzzleMix's
-        blocks must tile the image)."""
-        check = getattr(self.sampler, "check_image_size", None)
-        if self.active and check is not None:
-            check(height, width)
-
-    def _lam_and_applied(self, batch: int, rng: np.random.Generator):
-        count = batch if self.config.lam_per == "sample" else 1
-        lam = sample_lam(rng, self.config.alpha, count)
-        return lam, rng.random(count) < self.config.mix_prob
-
-    def _partner(self, batch: int, rng: np.random.Generator, device) -> Tensor:
-        if self.config.pairing == "flip":
-            return torch.arange(batch - 1, -1, -1, device=device)
-        return _as_device_tensor(rng.permutation(batch), device, torch.long)
-
-    def draw(self, batch: int, height: int, width: int, rng: np.random.Generator,
-             device) -> tuple[Tensor, Tensor]:
-        """The mask (B or 1, 1, H, W) and partner indices (B,) for one batch."""
-        if self.needs_data:
-            raise UsageError(f"{self.config.mix} draws its masks from the images: call the "
-                             "Mixer with the batch, Mixer(config)(x, y, rng, saliency_fn=...)")
-        lam, applied = self._lam_and_applied(batch, rng)
-        mask = self.sampler(_as_device_tensor(lam, device), height, width, rng, device)
-        if not applied.all():
-            keep = _as_device_tensor(applied, device, torch.bool).view(-1, 1, 1, 1)
-            mask = torch.where(keep, mask, torch.ones_like(mask))
-        return mask, self._partner(batch, rng, device)
-
-    def __call__(self, x: Tensor, y: Tensor, rng: np.random.Generator,
-                 saliency_fn: SaliencyFn | None = None) -> tuple[Tensor, Tensor]:
-        """Mix a batch ``x`` (B, C, H, W) with soft labels ``y`` (B, K).
-
-        ``saliency_fn`` is needed (and called) only by samplers with ``needs_saliency``.
-        """
-        if not self.active:
-            return x, y
-        if x.shape[0] < 2:
-            raise UsageError(f"mixing needs a batch of at least 2 images, got {x.shape[0]}")
-        if self.needs_data:
-            return self._mix_with_data(x, y, rng, saliency_fn)
-        mask, partner = self.draw(x.shape[0], x.shape[2], x.shape[3], rng, x.device)
-        return mix(x, y, mask, partner)
-
-    def _mix_with_data(self, x: Tensor, y: Tensor, rng: np.random.Generator,
-                       saliency_fn: SaliencyFn | None) -> tuple[Tensor, Tensor]:
-        """Draw order: λ, which masks apply, partners, then the sampler's own draws."""
-        batch = x.shape[0]
-        lam, applied = self._lam_and_applied(batch, rng)
-        partner = self._partner(batch, rng, x.device)
-        if not applied.any():
-            return x, y   # no extra pass for a batch that is not mixed
-        saliency = partner_saliency = None
-        if self.sampler.needs_saliency:
-            if saliency_fn is None:
-                raise UsageError(f"{self.config.mix} needs saliency maps: pass "
-                                 "saliency_fn(x, y) -> (B, H, W) to the Mixer")
-            saliency = saliency_fn(x, y).detach()
-            if saliency.shape != (batch, x.shape[2], x.shape[3]):
-                raise ValueError(f"saliency_fn should return ({batch}, {x.shape[2]}, "
-                                 f"{x.shape[3]}), got {tuple(saliency.shape)}")
-            partner_saliency = saliency[partner]
-        draw = self.sampler(_as_device_tensor(lam, x.device), x, x[partner], rng,
-                            saliency=saliency, partner_saliency=partner_saliency)
-        mask, own, partner_x = draw
-        if not applied.all():
-            keep = _as_device_tensor(applied, x.device, torch.bool).view(-1, 1, 1, 1)
-            mask = torch.where(keep, mask, torch.ones_like(mask))
-            own = torch.where(keep, own, x)
-        return mix(own, y, mask, partner, partner_x=partner_x)
-
-
 def mask_kernel(sampler: MaskSampler, size: int | tuple[int, int], *, alpha: float = 1.0,
                 draws: int = 4096, seed: int = 0, chunk: int = 512,
                 device="cpu") -> np.ndarray:
@@ -421,7 +245,7 @@ def mask_kernel(sampler: MaskSampler, size: int | tuple[int, int], *, alpha: flo
     """
     if is_data_dependent(sampler):
         raise UsageError("this sampler's masks depend on the images: estimate its kernel on "
-                         "real batches with robustmix.puzzlemix.kernel_on_batches")
+                         "real batches with robustmix.mixing.puzzlemix.kernel_on_batches")
     height, width = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
     total = torch.zeros(width, dtype=torch.float64)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from robustmix.errors import UsageError
+from robustmix.core.errors import UsageError
 from robustmix.models.preactresnet import preactresnet
 from robustmix.models.resnet_cifar import ResNetCifar
 from robustmix.models.smallcnn import SmallCNN
@@ -136,7 +136,7 @@ class Classifier(nn.Module):
 
 def _resnet50(*, num_classes: int, in_channels: int) -> nn.Module:
     """torchvision's ResNet-50 (random init); its 7x7 stem conv is replaced for C != 3."""
-    import torchvision
+    import torchvision  # about 1 s to import; only resnet50 needs it
 
     net = torchvision.models.resnet50(weights=None, num_classes=num_classes)
     if in_channels != 3:

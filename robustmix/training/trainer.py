@@ -11,12 +11,12 @@ A loss that turns NaN or infinite stops the run with the epoch and step where it
 did; weights or a test loss that are not finite at the end of an epoch stop it too, so no
 checkpoint or weights file ever holds non-finite numbers.
 
-Under torchrun (:mod:`robustmix.distributed`) every rank draws the same epoch from that
+Under torchrun (:mod:`robustmix.core.distributed`) every rank draws the same epoch from that
 generator and trains on its slice of each global batch in DistributedDataParallel; each
 rank mixes its slice with a generator seeded by (seed, epoch, rank). Rank 0 alone writes.
 
 PuzzleMix needs the saliency of the clean batch: one extra forward and backward pass per
-mixed batch (:func:`robustmix.puzzlemix.input_saliency`, model in eval mode as the
+mixed batch (:func:`robustmix.mixing.puzzlemix.input_saliency`, model in eval mode as the
 official code, gradient for the input only), which the Mixer asks for through
 ``saliency_fn``. It draws no random numbers and leaves the parameters' gradients alone.
 """
@@ -24,133 +24,35 @@ official code, gradient for the input only), which the Mixer asks for through
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata as md
 import json
 import math
 import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from robustmix import distributed, runs
-from robustmix.errors import UsageError
-from robustmix.mixing import MixConfig, Mixer
+from robustmix.core import distributed, runs
+from robustmix.core.config import TrainConfig
+from robustmix.core.devices import autocast, resolve_device
+from robustmix.core.errors import UsageError
+from robustmix.data import Augment, load_dataset
+from robustmix.mixing.mixer import Mixer
+from robustmix.models import build_model, check_arch
+from robustmix.mixing.puzzlemix import saliency_of
+from robustmix.models.accuracy import evaluate
 
-SCHEDULES = ("cosine", "multistep")
 METRIC_FIELDS = runs.METRIC_FIELDS
-MAX_IMAGE_SIZE = 1024  # larger --image-size values would resize whole data sets into RAM
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a training run; saved as ``config.json["train"]``."""
-
-    dataset: str = "digits"
-    data_dir: str = "data"
-    image_size: int | None = None          # None: the data set's own size (digits: 16)
-    download: bool = False
-    crop_scale: tuple[float, float] | None = None
-    pad: int | None = None                 # None: the data set's default crop padding
-    flip: bool | None = None               # None: the data set's default (off for digits)
-    arch: str = "smallcnn"
-    mix: MixConfig = field(default_factory=MixConfig)
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    milestones: tuple[int, ...] = ()
-    lr_gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True                       # bf16 autocast on CUDA
-    channels_last: bool = True             # on CUDA
-    compile: bool = False                  # torch.compile the training forward and backward
-    sync_bn: bool = False                  # under torchrun: batch norm over the global batch
-    log_interval: int = 20                 # steps between host synchronizations
-
-    def validate(self) -> None:
-        self.mix.validate()
-        if self.epochs < 1:
-            raise UsageError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1 or (self.batch_size < 2 and self.mix.mix != "vanilla"):
-            raise UsageError(f"--batch-size must be >= 2 when mixing (>= 1 without), "
-                             f"got {self.batch_size}")
-        if not 0 < self.lr < math.inf:
-            raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
-        if not 0 <= self.weight_decay < math.inf:
-            raise UsageError(f"--weight-decay must be a finite number >= 0, "
-                             f"got {self.weight_decay}")
-        if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise UsageError(f"--image-size must lie in [8, {MAX_IMAGE_SIZE}], "
-                             f"got {self.image_size}")
-        if not 0 <= self.momentum < 1:
-            raise UsageError(f"--momentum must lie in [0, 1), got {self.momentum}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
-                             f"got '{self.schedule}'")
-        if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise UsageError(f"--warmup-epochs must lie in [0, epochs), got {self.warmup_epochs}")
-        if list(self.milestones) != sorted(set(self.milestones)) or any(
-                not 0 < m < self.epochs for m in self.milestones):
-            raise UsageError(f"--milestones must be increasing epochs between 1 and "
-                             f"{self.epochs - 1}, got {','.join(map(str, self.milestones))}")
-        if not 0 < self.lr_gamma <= 1:
-            raise UsageError(f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
-        if self.log_interval < 1:
-            raise UsageError(f"--log-interval must be >= 1, got {self.log_interval}")
-        if self.pad is not None and self.pad < 0:
-            raise UsageError(f"--pad must be >= 0, got {self.pad}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-        """Rebuild from ``to_dict`` output; unknown keys or wrong types are refused."""
-        runs.check_fields(values, cls, source, what="training settings")
-        values = dict(values)
-        try:
-            mix_values = values.pop("mix", {})
-            for key in ("crop_scale", "milestones"):
-                if values.get(key) is not None:
-                    values[key] = tuple(values[key])
-            config = cls(mix=MixConfig(**mix_values), **values)
-            config.validate()
-        except TypeError as err:
-            raise UsageError(f"{source}: malformed training settings ({err})") from None
-        return config
-
-    def default_out(self) -> str:
-        name = self.dataset
-        if name.startswith("imagefolder:"):
-            name = "imagefolder-" + Path(name.split(":", 1)[1]).name
-        return f"runs/{name}-{self.arch}-{self.mix.mix}-s{self.seed}"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked for, but no CUDA device is available; "
-                         "use --device cpu or auto")
-    return device
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -176,42 +78,7 @@ def soft_labels(y: Tensor, num_classes: int, smoothing: float) -> Tensor:
         1, y.unsqueeze(1), 1.0 - smoothing + off)
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Iterator[tuple[Tensor, Tensor]],
-             amp: bool = False) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of a model over (x, y) batches, in eval mode.
-
-    Under torchrun the batches are this rank's share (``eval_batches(..., shard=...)``)
-    and the sums are added over the ranks, so every rank returns the whole split's numbers.
-    """
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    count = 0
-    for x, y in batches:
-        with _autocast(x.device, amp):
-            logits = model(x).float()
-        correct = correct + (logits.argmax(1) == y).sum().cpu()
-        loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum").double().cpu()
-        count += y.shape[0]
-    model.train(was_training)
-    if distributed.current().active:  # on the CPU: the same backend on every rank
-        totals = torch.stack([correct.double(), loss_sum, torch.tensor(count).double()])
-        correct, loss_sum, count = distributed.all_sum(totals).tolist()
-    else:
-        correct, loss_sum = correct.item(), loss_sum.item()
-    return correct / max(count, 1), loss_sum / max(count, 1)
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=enabled and device.type == "cuda")
-
-
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     versions = {"python": platform.python_version()}
     for package in ("robustmix", "torch", "torchvision", "numpy", "scikit-learn",
                     "torchattacks", "pyautoattack"):
@@ -305,11 +172,6 @@ def _kept(out: Path, epoch: int) -> str:
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
           progress: bool = True) -> TrainResult:
     """Train one model into ``out``; with ``resume`` continue from its checkpoint."""
-    from tqdm.auto import tqdm
-
-    from robustmix.data import Augment, load_dataset
-    from robustmix.models import build_model, check_arch
-
     config.validate()
     if check_arch(config.arch) != config.arch:
         config = dataclasses.replace(config, arch=check_arch(config.arch))
@@ -357,8 +219,6 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     mixer.check_image_size(data.height, data.width)
     saliency_fn = None
     if mixer.needs_saliency:
-        from robustmix.puzzlemix import saliency_of
-
         saliency_fn = saliency_of(model, amp=config.amp)
     rng = np.random.default_rng(config.seed)
     metrics: list[dict[str, Any]] = []
@@ -489,7 +349,7 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, mixer: Mi
     x, target = mixer(x, target, rng, saliency_fn=saliency_fn)
     if memory_format is torch.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with _autocast(x.device, config.amp):
+    with autocast(x.device, config.amp):
         logits = net(x)
     loss = soft_cross_entropy(logits, target)
     optimizer.zero_grad(set_to_none=True)
@@ -504,8 +364,6 @@ def _training_module(model: torch.nn.Module, config: TrainConfig, device: torch.
     (which starts every rank from rank 0's weights), compiled with ``--compile``."""
     net = model
     if place.active:
-        from torch.nn.parallel import DistributedDataParallel
-
         net = DistributedDataParallel(model, device_ids=[device.index]
                                       if device.type == "cuda" else None)
     if config.compile:

@@ -1,0 +1,228 @@
+"""What each `robustmix` command does, once :mod:`robustmix.app.cli` has parsed it.
+
+The top of the layers: with the study, the only code that sees the training loop, the
+attacks and the evaluations together. The evaluations are imported by the commands that
+use them, so that ``robustmix train`` does not wait for pandas and scipy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+from attacks import AttackConfig, PGDSettings, parse_eps
+from attacks.runner import attack_run, format_table
+from robustmix.app.masks import write_kernel
+from robustmix.core import distributed, runs
+from robustmix.core.config import MixConfig, TrainConfig
+from robustmix.core.devices import resolve_device
+from robustmix.core.errors import UsageError
+from robustmix.models import check_arch
+from robustmix.training.trainer import prepare_run_dir, train
+
+
+def _distributed(run):
+    """Run a command handler inside torchrun's process group when torchrun started us."""
+    def handler(args: argparse.Namespace) -> int:
+        if not distributed.launched():
+            return run(args)
+        distributed.start()
+        code = run(args)
+        distributed.stop()
+        return code
+    return handler
+
+
+def _one_process(run):
+    """A command that runs in one process: refused under torchrun."""
+    def handler(args: argparse.Namespace) -> int:
+        if distributed.launched():
+            raise UsageError(f"robustmix {args.command} runs in one process; under torchrun "
+                             "run train or attack")
+        return run(args)
+    return handler
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only (every process prints alone)."""
+    if distributed.current().is_main:
+        print(text)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        given = _explicit_options(args, ignore={"resume", "quiet"})
+        if given:
+            raise UsageError(f"--resume takes every setting from {args.resume}/config.json; "
+                             f"drop {', '.join(given)}")
+        run_dir = Path(args.resume)
+
+        def read_run():
+            if not (run_dir / runs.CONFIG).is_file():
+                raise UsageError(f"{run_dir} holds no run to resume ({runs.CONFIG} is missing)")
+            return (TrainConfig.from_dict(runs.read_config(run_dir)["train"],
+                                          source=str(run_dir / runs.CONFIG)),
+                    runs.is_complete(run_dir))
+
+        config, complete = distributed.on_main(read_run)
+        if complete:
+            _say(f"robustmix train: {run_dir} is already complete; nothing to do")
+            return 0
+        result = train(config, run_dir, resume=True, progress=not args.quiet)
+    else:
+        mix = MixConfig(mix=args.mix, alpha=args.alpha, lam_per=args.lam_per,
+                        pairing=args.pairing, mix_prob=args.mix_prob,
+                        switch_prob=args.switch_prob, hmix_r=args.hmix_r,
+                        puzzle_beta=args.puzzle_beta, puzzle_gamma=args.puzzle_gamma,
+                        puzzle_eta=args.puzzle_eta, puzzle_transport=args.puzzle_transport)
+        config = TrainConfig(
+            dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+            download=args.download, crop_scale=args.crop_scale, pad=args.pad, flip=args.flip,
+            arch=args.arch, mix=mix, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+            weight_decay=args.weight_decay, schedule=args.schedule,
+            milestones=args.milestones, lr_gamma=args.lr_gamma,
+            warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+            seed=args.seed, device=args.device, amp=args.amp,
+            channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
+            log_interval=args.log_interval)
+        config = dataclasses.replace(config, arch=check_arch(config.arch))
+        config.validate()
+        out = Path(args.out or config.default_out())
+        resume, complete = distributed.on_main(lambda: (
+            (found := prepare_run_dir(out, overwrite=args.overwrite, config=config)),
+            found and runs.is_complete(out)))
+        if complete:
+            _say(f"robustmix train: {out} already holds this run, complete; nothing to do")
+            return 0
+        if resume:
+            _say(f"robustmix train: {out} holds this run, unfinished; continuing it")
+        result = train(config, out, resume=resume, progress=not args.quiet)
+    resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
+    _say(f"robustmix train: {result.run_dir} done: test accuracy {result.test_acc:.2%}, "
+          f"train accuracy (mixed batches) {result.train_acc:.2%}, {result.epochs} epochs in "
+          f"{result.seconds:.1f} s{resumed}")
+    return 0
+
+
+def _explicit_options(args: argparse.Namespace, ignore: set[str]) -> list[str]:
+    """Options whose value differs from the parser default (i.e. given on the command line)."""
+    parser = args.parser
+    given = []
+    for action in parser._actions:
+        dest = action.dest
+        if dest in ignore or dest in ("help", "handler", "parser") or not action.option_strings:
+            continue
+        if getattr(args, dest, None) != action.default:
+            given.append(action.option_strings[0])
+    return given
+
+
+def _run_masks(args: argparse.Namespace) -> int:
+    if args.kernel is None and args.out is None:
+        raise UsageError("nothing to do: give --kernel FILE.csv and/or --out FILE.png")
+    MixConfig(mix=args.mix, alpha=args.alpha, hmix_r=args.hmix_r,
+              switch_prob=args.switch_prob).validate()
+    if not 0 <= args.lam <= 1:
+        raise UsageError(f"--lam must lie in [0, 1], got {args.lam}")
+    if args.size < 2:
+        raise UsageError(f"--size must be >= 2, got {args.size}")
+    if args.kernel is not None:
+        write_kernel(args.kernel, args.mix, args.size, draws=args.draws, alpha=args.alpha,
+                     hmix_r=args.hmix_r, switch_prob=args.switch_prob, seed=args.seed)
+        print(f"robustmix masks: wrote c(p) of {args.mix} for offsets 0..{args.size - 1} "
+              f"({args.draws} masks) to {args.kernel}")
+    if args.out is not None:
+        # here: the evaluations package loads pandas and scipy (about 1.5 s) on import
+        from evaluations.plots import draw_gallery
+
+        draw_gallery(args.out, args.size, lam=args.lam, hmix_r=args.hmix_r, seed=args.seed)
+        print(f"robustmix masks: wrote the gallery (λ = {args.lam}) to {args.out}")
+    return 0
+
+
+def _run_attack(args: argparse.Namespace) -> int:
+    config = AttackConfig(
+        attacks=tuple(a.strip() for a in args.attacks.split(",")), eps=tuple(parse_eps(args.eps)),
+        norm=args.norm, batch_size=args.batch_size, seed=args.seed,
+        pgd=PGDSettings(steps=args.pgd_steps, step_size=args.pgd_step, restarts=args.restarts))
+    config.validate()
+    device = distributed.device_for(resolve_device(args.device), distributed.current())
+    _check_run_dirs(args.run)
+    for run in args.run:
+        rows = attack_run(run, config, device=device, n_examples=args.n_examples,
+                          data_dir=args.data_dir, progress=not args.quiet)
+        _say(format_table(run, rows))
+        _say(f"robustmix attack: wrote {run}/robustness.csv")
+    return 0
+
+
+def _check_run_dirs(paths: Sequence[str]) -> None:
+    """Refuse a missing directory or an unfinished run before any work starts."""
+    for path in paths:
+        if not Path(path).is_dir():
+            raise UsageError(f"{path}: no such run directory")
+        if not runs.is_complete(path):
+            raise UsageError(f"{path} holds no finished run ({runs.WEIGHTS} is missing); "
+                             f"finish it with: robustmix train --resume {path}")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    # here: pandas and scipy (about 1.5 s) load only for the commands that need them
+    from evaluations import evaluate_run
+
+    _check_run_dirs(args.run)
+    for run in args.run:
+        result = evaluate_run(run, device=args.device, batch_size=args.batch_size,
+                              n_examples=args.n_examples, q_draws=args.q_draws, seed=args.seed)
+        print(f"robustmix evaluate: {run}: train accuracy {result['train']['accuracy']:.2%}, "
+              f"test {result['test']['accuracy']:.2%}, gap {result['gap']['accuracy']:+.2%}; "
+              f"wrote {run}/generalization.json")
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    # here: pandas and scipy (about 1.5 s) load only for the commands that need them
+    from evaluations import write_report
+
+    if not args.runs:
+        raise UsageError("no run directories given (did a glob match nothing?); "
+                         "usage: robustmix report RUN_DIR... --out DIR")
+    path = write_report(args.runs, args.out)
+    print(f"robustmix report: wrote {path}")
+    return 0
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    # here: the study imports the evaluations (pandas, scipy: about 1.5 s)
+    from robustmix.app import study
+
+    if args.preset is not None and args.config is not None:
+        raise UsageError("give --preset or --config, not both (a TOML config may set "
+                         "preset = NAME to start from one)")
+    config = study.load_config(args.preset, args.config)
+    if args.methods is not None:
+        config["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.seeds is not None:
+        config["seeds"] = list(args.seeds)
+    for key in ("out", "device"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    config = study.check_config(config, source="command line")
+    if args.print_config:
+        study.print_config(config)
+        return 0
+    study.run_study(config, dry_run=args.dry_run, progress=not args.quiet)
+    return 0
+
+
+HANDLERS = {
+    "train": _distributed(_run_train),
+    "attack": _distributed(_run_attack),
+    "evaluate": _one_process(_run_evaluate),
+    "report": _one_process(_run_report),
+    "study": _one_process(_run_study),
+    "masks": _one_process(_run_masks),
+}

@@ -1,0 +1,165 @@
+"""The configuration of a run as one typed tree, and the names it may hold.
+
+:class:`TrainConfig` is saved as ``config.json["train"]`` (its ``mix`` key holds the
+:class:`MixConfig`); its keys are the file format of a run directory, so they do not change.
+The MSDA names live here, below the samplers, so that configuration, command line and
+study agree on them without importing the mixing code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustmix.core import runs
+from robustmix.core.errors import UsageError
+
+DATA_FREE_MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix")
+MIX_NAMES = DATA_FREE_MIX_NAMES + ("puzzlemix",)   # appended: indices of the others stay
+LAM_PER = ("batch", "sample")
+PAIRINGS = ("flip", "shuffle")
+SCHEDULES = ("cosine", "multistep")
+MAX_IMAGE_SIZE = 1024  # larger --image-size values would resize whole data sets into RAM
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """How a training run mixes its batches (the flags of ``robustmix train``)."""
+
+    mix: str = "vanilla"
+    alpha: float = 1.0
+    lam_per: str = "batch"       # one λ and mask per batch (the paper's code) or per sample
+    pairing: str = "flip"        # partner of sample k: B−1−k (the paper's code) or a permutation
+    mix_prob: float = 1.0        # probability that a batch (or sample) is mixed at all
+    switch_prob: float = 0.5     # stochastic: probability of CutMix
+    hmix_r: float = 0.5
+    puzzle_beta: float = 1.2     # puzzlemix: label smoothness (official defaults)
+    puzzle_gamma: float = 0.5    # puzzlemix: data smoothness
+    puzzle_eta: float = 0.2      # puzzlemix: weight of the label prior
+    puzzle_transport: bool = True  # puzzlemix: move salient blocks out from under the partner
+
+    def validate(self) -> None:
+        if self.mix not in MIX_NAMES:
+            raise UsageError(f"unknown mix '{self.mix}'; valid: {', '.join(MIX_NAMES)}")
+        if not 0 < self.alpha < math.inf:
+            raise UsageError(f"--alpha must be > 0 and finite (λ ~ Beta(α, α)), "
+                             f"got {self.alpha}")
+        if self.lam_per not in LAM_PER:
+            raise UsageError(f"--lam-per must be one of {', '.join(LAM_PER)}, got '{self.lam_per}'")
+        if self.pairing not in PAIRINGS:
+            raise UsageError(f"--pairing must be one of {', '.join(PAIRINGS)}, got '{self.pairing}'")
+        for name in ("mix_prob", "switch_prob", "hmix_r"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+        for name in ("puzzle_beta", "puzzle_gamma", "puzzle_eta"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
+                                 f"got {value}")
+        if not isinstance(self.puzzle_transport, bool):
+            raise UsageError(f"puzzle_transport must be true or false, got {self.puzzle_transport!r}")
+
+    def sampler_settings(self) -> dict:
+        """The keyword arguments of :func:`make_sampler` that this configuration sets."""
+        return {"hmix_r": self.hmix_r, "switch_prob": self.switch_prob,
+                "puzzle_beta": self.puzzle_beta, "puzzle_gamma": self.puzzle_gamma,
+                "puzzle_eta": self.puzzle_eta, "puzzle_transport": self.puzzle_transport}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run; saved as ``config.json["train"]``."""
+
+    dataset: str = "digits"
+    data_dir: str = "data"
+    image_size: int | None = None          # None: the data set's own size (digits: 16)
+    download: bool = False
+    crop_scale: tuple[float, float] | None = None
+    pad: int | None = None                 # None: the data set's default crop padding
+    flip: bool | None = None               # None: the data set's default (off for digits)
+    arch: str = "smallcnn"
+    mix: MixConfig = field(default_factory=MixConfig)
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                       # bf16 autocast on CUDA
+    channels_last: bool = True             # on CUDA
+    compile: bool = False                  # torch.compile the training forward and backward
+    sync_bn: bool = False                  # under torchrun: batch norm over the global batch
+    log_interval: int = 20                 # steps between host synchronizations
+
+    def validate(self) -> None:
+        self.mix.validate()
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or (self.batch_size < 2 and self.mix.mix != "vanilla"):
+            raise UsageError(f"--batch-size must be >= 2 when mixing (>= 1 without), "
+                             f"got {self.batch_size}")
+        if not 0 < self.lr < math.inf:
+            raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise UsageError(f"--weight-decay must be a finite number >= 0, "
+                             f"got {self.weight_decay}")
+        if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise UsageError(f"--image-size must lie in [8, {MAX_IMAGE_SIZE}], "
+                             f"got {self.image_size}")
+        if not 0 <= self.momentum < 1:
+            raise UsageError(f"--momentum must lie in [0, 1), got {self.momentum}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
+                             f"got '{self.schedule}'")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise UsageError(f"--warmup-epochs must lie in [0, epochs), got {self.warmup_epochs}")
+        if list(self.milestones) != sorted(set(self.milestones)) or any(
+                not 0 < m < self.epochs for m in self.milestones):
+            raise UsageError(f"--milestones must be increasing epochs between 1 and "
+                             f"{self.epochs - 1}, got {','.join(map(str, self.milestones))}")
+        if not 0 < self.lr_gamma <= 1:
+            raise UsageError(f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+        if self.log_interval < 1:
+            raise UsageError(f"--log-interval must be >= 1, got {self.log_interval}")
+        if self.pad is not None and self.pad < 0:
+            raise UsageError(f"--pad must be >= 0, got {self.pad}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """Rebuild from ``to_dict`` output; unknown keys or wrong types are refused."""
+        runs.check_fields(values, cls, source, what="training settings")
+        values = dict(values)
+        try:
+            mix_values = values.pop("mix", {})
+            for key in ("crop_scale", "milestones"):
+                if values.get(key) is not None:
+                    values[key] = tuple(values[key])
+            config = cls(mix=MixConfig(**mix_values), **values)
+            config.validate()
+        except TypeError as err:
+            raise UsageError(f"{source}: malformed training settings ({err})") from None
+        return config
+
+    def default_out(self) -> str:
+        name = self.dataset
+        if name.startswith("imagefolder:"):
+            name = "imagefolder-" + Path(name.split(":", 1)[1]).name
+        return f"runs/{name}-{self.arch}-{self.mix.mix}-s{self.seed}"
