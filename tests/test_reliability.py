@@ -33,6 +33,7 @@ import pytest
 import torch
 
 import robustmix
+from attacks import worst_case
 from attacks.runner import ROBUSTNESS, STATE_DIR, read_rows
 from evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV
 from robustmix.core import runs
@@ -290,6 +291,8 @@ def check_files(run_dir: Path) -> list[Path]:
             robustmix.load_model(path)
         elif path.name == ROBUSTNESS:
             read_rows(path)
+        elif path.name == worst_case.EXAMPLES:
+            worst_case.read(path)
         elif path.parent.name == STATE_DIR and path.suffix == ".json":
             assert isinstance(runs.read_json(path), dict)
         elif path.name == GENERALIZATION:
