@@ -137,6 +137,77 @@ def _read_state(path: Path, expected: str, n: int, components) -> dict[str, Any]
     return state if ok else None
 
 
+class _State:
+    """An evaluation's resumable state: the standing set, where the loop stands (the
+    components done, the current one's order of points and next batch), the accuracy
+    after each component and the passes spent. With a ``path`` it is restored from the
+    file when that belongs to this evaluation, and saved there after every batch."""
+
+    def __init__(self, path: Path | None, n: int, device,
+                 passes: Callable[[], tuple[int, int]] | None):
+        self.path, self.passes, self.key, self.resumed = path, passes, None, False
+        self.standing = torch.ones(n, dtype=torch.bool, device=device)
+        self.fields: dict[str, Any] = {"done": [], "component": None, "order": [],
+                                       "next_batch": 0, "accuracy": {"clean": 1.0},
+                                       "passes": [0, 0]}
+        self.start = self.earlier = (0, 0)
+
+    def restore(self, key: str, components) -> None:
+        """Continue from the saved state if it is this evaluation's (``key``) and well formed."""
+        self.key = key
+        saved = _read_state(self.path, key, self.standing.numel(), components) \
+            if self.path.exists() else None
+        if saved is not None:
+            self.fields, self.resumed = saved, True
+            self.standing = torch.tensor(saved.pop("standing"), dtype=torch.bool,
+                                         device=self.standing.device)
+
+    def start_counting(self) -> None:
+        """Passes from now on count, on top of those the saved state had spent."""
+        self.earlier = tuple(self.fields["passes"])
+        self.start = self._now()
+
+    def _now(self) -> tuple[int, int]:
+        return self.passes() if self.passes is not None else (0, 0)
+
+    def spent(self) -> tuple[int, int]:
+        now = self._now()
+        return (self.earlier[0] + now[0] - self.start[0],
+                self.earlier[1] + now[1] - self.start[1])
+
+    def batches(self, component: str, batch_size: int) -> tuple[tuple[Tensor, ...], int]:
+        """The batches of points ``component`` attacks (those standing when it began) and
+        the number of them already done."""
+        if self.fields["component"] != component:
+            self.fields.update(component=component, next_batch=0,
+                               order=self.standing.nonzero().squeeze(1).tolist())
+        order = torch.tensor(self.fields["order"], dtype=torch.long,
+                             device=self.standing.device)
+        return order.split(batch_size), self.fields["next_batch"]
+
+    def batch_done(self, number: int) -> None:
+        self.fields["next_batch"] = number + 1
+        self.save()
+
+    def component_done(self, component: str) -> None:
+        self.fields["done"].append(component)
+        self.fields["accuracy"][component] = self.standing.float().mean().item()
+        self.save()
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.fields["passes"] = list(self.spent())
+            runs.write_json(self.path, {**self.fields, "fingerprint": self.key,
+                                        "standing": self.standing.tolist()})
+
+    def finish(self) -> tuple[int, int]:
+        """The passes spent by the whole evaluation; the state file is removed."""
+        total = self.spent()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+        return total
+
+
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, *,
                version: str = "standard", seed: int = 0, batch_size: int = 250,
                n_classes: int, state_path: Path | None = None,
@@ -159,63 +230,51 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str, *,
 
     components = COMPONENTS[version]
     adversary = _build(model, eps, norm, seed, x.device, n_classes)
-    standing = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    state = _State(state_path, x.shape[0], x.device, passes)
     x_adv = x.clone()
-    key, resumed = None, False
-    state = {"done": [], "component": None, "order": [], "next_batch": 0,
-             "accuracy": {"clean": 1.0}, "passes": [0, 0]}
     if state_path is not None:
-        key = fingerprint(model, x, y, eps=float(eps), norm=norm, seed=seed, version=version,
-                          batch_size=batch_size, n_classes=n_classes)
-        saved = _read_state(state_path, key, x.shape[0], components) \
-            if state_path.exists() else None
-        if saved is not None:
-            state, resumed = saved, True
-            standing = torch.tensor(state.pop("standing"), dtype=torch.bool, device=x.device)
-    start = passes() if passes is not None else (0, 0)
-    earlier = tuple(state["passes"])
-
-    def spent() -> tuple[int, int]:
-        now = passes() if passes is not None else (0, 0)
-        return (earlier[0] + now[0] - start[0], earlier[1] + now[1] - start[1])
-
-    def save() -> None:
-        if state_path is not None:
-            state["passes"] = list(spent())
-            runs.write_json(state_path, {**state, "fingerprint": key,
-                                         "standing": standing.tolist()})
-
+        state.restore(fingerprint(model, x, y, eps=float(eps), norm=norm, seed=seed,
+                                  version=version, batch_size=batch_size,
+                                  n_classes=n_classes), components)
+    state.start_counting()
+    advance = on_batch if on_batch is not None else (lambda k: None)
     with captured_checks() as messages:
         _run_checks(model, x[:batch_size], y[:batch_size], components)
-        if resumed:  # the interrupted process counted the checks' passes already
-            start = passes() if passes is not None else (0, 0)
-        advance = on_batch if on_batch is not None else (lambda k: None)
+        if state.resumed:  # the interrupted process counted the checks' passes already
+            state.start_counting()
         for component in components:
-            if component in state["done"]:
+            if component in state.fields["done"]:
                 advance(x.shape[0])
                 continue
-            if state["component"] != component:
-                state.update(component=component, next_batch=0,
-                             order=standing.nonzero().squeeze(1).tolist())
-            order = torch.tensor(state["order"], dtype=torch.long, device=x.device)
-            batches = order.split(batch_size)
-            advance(x.shape[0] - order.numel()  # broken before this component: skipped
-                    + sum(batch.numel() for batch in batches[:state["next_batch"]]))
-            for number in range(state["next_batch"], len(batches)):
-                batch = batches[number]
-                adv = _perturb(adversary, component, x[batch], y[batch])
-                with torch.no_grad():
-                    hit = model(adv).argmax(1) != y[batch]
-                x_adv[batch[hit]] = adv[hit].detach()
-                standing[batch[hit]] = False
-                state["next_batch"] = number + 1
-                save()
-                advance(batch.numel())
-            state["done"].append(component)
-            state["accuracy"][component] = standing.float().mean().item()
-            save()
-        checks.check_square_sr(state["accuracy"], logger=logging.getLogger("auto-attack"))
-    total = spent()
-    if state_path is not None:
-        state_path.unlink(missing_ok=True)
-    return x_adv, ~standing, list(messages), total if passes is not None else None
+            _run_component(adversary, model, component, x, y, x_adv, state, batch_size,
+                           advance)
+        checks.check_square_sr(state.fields["accuracy"], logger=logging.getLogger("auto-attack"))
+    total = state.finish()
+    return x_adv, ~state.standing, list(messages), total if passes is not None else None
+
+
+def _run_component(adversary, model: nn.Module, component: str, x: Tensor, y: Tensor,
+                   x_adv: Tensor, state: _State, batch_size: int,
+                   advance: Callable[[int], None]) -> None:
+    """One component over the batches of points standing when it began, from the batch
+    the state has reached; the state is saved and progress reported after each batch."""
+    batches, first = state.batches(component, batch_size)
+    # the points broken before this component (skipped) and the batches done count as done
+    advance(x.shape[0] - sum(batch.numel() for batch in batches[first:]))
+    for number in range(first, len(batches)):
+        batch = batches[number]
+        _attack_batch(adversary, model, component, x, y, batch, x_adv, state.standing)
+        state.batch_done(number)
+        advance(batch.numel())
+    state.component_done(component)
+
+
+def _attack_batch(adversary, model: nn.Module, component: str, x: Tensor, y: Tensor,
+                  batch: Tensor, x_adv: Tensor, standing: Tensor) -> None:
+    """Attack the points ``batch`` indexes; those it breaks get their adversarial example
+    in ``x_adv`` and stop standing."""
+    adv = _perturb(adversary, component, x[batch], y[batch])
+    with torch.no_grad():
+        hit = model(adv).argmax(1) != y[batch]
+    x_adv[batch[hit]] = adv[hit].detach()
+    standing[batch[hit]] = False

@@ -57,8 +57,17 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
     """Write ``OUT/report.md`` with its CSV tables and PNG plots; returns its path."""
     records = _load(list(run_dirs))
     groups = group_runs([(r.name, r.info.train) for r in records])
-    report = _Report(records, groups, Path(out_dir))
-    return report.write()
+    ctx = ReportContext(records, groups, Path(out_dir))
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    title_section(ctx)
+    runs_section(ctx)
+    predictions_section(ctx)
+    robustness_section(ctx)
+    generalization_section(ctx)
+    profile_section(ctx)
+    q_section(ctx)
+    gallery_section(ctx)
+    return _finish(ctx)
 
 
 def _load(run_dirs: list) -> list[RunRecord]:
@@ -83,24 +92,32 @@ def _load(run_dirs: list) -> list[RunRecord]:
     return [load_record(info, name) for info, name in zip(infos, names)]
 
 
-class _Report:
+def _finish(ctx: ReportContext) -> Path:
+    """Write report.md, then remove the files of an earlier report that this one lacks."""
+    report = ctx.out / REPORT
+    runs.atomic_write_text(report, "\n".join(ctx.lines).rstrip() + "\n")
+    ctx.written.append(REPORT)
+    for stale in set(OUTPUTS) - set(ctx.written):
+        (ctx.out / stale).unlink(missing_ok=True)
+    return report
+
+
+# ---------------------------------------------------------------------- what sections share
+
+
+class ReportContext:
+    """What every section reads (the runs, their groups, the per-run and robustness
+    tables, the output folder) and what it adds to: the report's Markdown lines and the
+    list of files written."""
+
     def __init__(self, records: list[RunRecord], groups: list[Group], out: Path):
         self.records, self.groups, self.out = records, groups, out
         self.group_of = {m: g for g in groups for m in g.members}
-        rows = []
-        for r in records:
-            g = self.group_of[r.name]
-            rows.append({"run": r.name, "group": g.name, "method": g.method, "seed": r.info.seed,
-                         **run_metrics(r)})
-        self.per_run = pd.DataFrame(rows).set_index("run", drop=False)
-        frames = [f.assign(group=self.group_of[r.name].name) for r in records
-                  if (f := robustness_rows(r)) is not None]
-        self.robust = pd.concat(frames, ignore_index=True) if frames else None
+        self.per_run = _per_run_frame(records, self.group_of)
+        self.robust = _robustness_frame(records, self.group_of)
         self.dataset = records[0].info.dataset
         self.written: list[str] = []
         self.lines: list[str] = []
-
-    # ------------------------------------------------------------------ output helpers
 
     def csv(self, name: str, frame: pd.DataFrame) -> None:
         runs.atomic_write_text(self.out / name, frame.to_csv(index=False, float_format="%.8g"))
@@ -117,334 +134,408 @@ class _Report:
     def section(self, title: str, *text: str) -> None:
         self.lines += [f"## {title}", "", *text, ""] if text else [f"## {title}", ""]
 
-    # ------------------------------------------------------------------ the report
+    def paragraph(self, text: str) -> None:
+        self.lines += [text, ""]
 
-    def write(self) -> Path:
-        self.out.mkdir(parents=True, exist_ok=True)
-        d = self.dataset
-        self.lines += [
-            "# robustmix report", "",
-            f"{len(self.records)} runs in {len(self.groups)} groups on {d.get('name')} "
-            f"({d.get('channels')}×{d.get('height')}×{d.get('width')}, {d.get('n_train')} train / "
-            f"{d.get('n_test')} test images). Runs that differ only in seed form a group, "
-            "shown as mean ± std over seeds (n runs); std needs two seeds.", ""]
-        self.runs_section()
-        self.predictions_section()
-        self.robustness_section()
-        self.generalization_section()
-        self.profile_section()
-        self.q_section()
-        self.gallery_section()
-        report = self.out / REPORT
-        runs.atomic_write_text(report, "\n".join(self.lines).rstrip() + "\n")
-        self.written.append(REPORT)
-        for stale in set(OUTPUTS) - set(self.written):
-            (self.out / stale).unlink(missing_ok=True)
-        return report
-
-    def runs_section(self) -> None:
-        frame = self.per_run[["run", "group", "method", "seed", "final_test_acc", "converged",
-                              "convergence"]].copy()
-        frame["path"] = [str(r.info.path) for r in self.records]
-        frame["generalization"] = [r.generalization is not None for r in self.records]
-        frame["robustness"] = [r.robustness is not None for r in self.records]
-        self.csv("runs.csv", frame)
-        self.section("Runs", f"Converged: a run {CONVERGENCE}. A comparison that involves an "
-                             "unconverged run is not judged.")
-        rows = [[r["run"], r["group"], r["seed"], _pct(r["final_test_acc"]),
-                 _yes(r["converged"]) + (f" ({r['convergence']})" if r["convergence"] else ""),
-                 _yes(r["generalization"]), _yes(r["robustness"])] for _, r in frame.iterrows()]
-        self.lines += _md(["run", "group", "seed", "final test acc (%, metrics.csv)",
-                           "converged", "generalization.json", "robustness.csv"], rows)
-        missing_g = [r for r in self.records if r.generalization is None]
-        missing_r = [r for r in self.records if r.robustness is None]
-        if missing_g:
-            self.lines += [f"Without generalization.json: {', '.join(r.name for r in missing_g)}; "
-                           "measure them with `robustmix evaluate --run "
-                           f"{' '.join(str(r.info.path) for r in missing_g)}`.", ""]
-        if missing_r:
-            self.lines += [f"Without robustness.csv: {', '.join(r.name for r in missing_r)}; "
-                           "attack them with `robustmix attack --run "
-                           f"{' '.join(str(r.info.path) for r in missing_r)}`.", ""]
-        self.link("runs.csv", "one row per run")
-
-    def predictions_section(self) -> None:
-        rows = prediction_table(self.groups, self.per_run, self.robust)
-        self.csv("predictions.csv", pd.DataFrame(rows, columns=PREDICTION_COLUMNS))
-        counts = pd.Series([r["verdict"] for r in rows]).value_counts()
-        self.section(
-            "The paper's predictions on these runs",
-            f"Each comparison: {statistics.TEST} on the per-run values of the two groups "
-            "(one value per seed, every run measured on the same examples); effect = "
-            "difference of the means with its 95% confidence interval; multiple comparisons: "
-            f"{statistics.CORRECTION}. Adjusted p ≤ {statistics.LEVEL:g}: \"holds\" or "
-            "\"does not hold\" by the sign of the effect; otherwise \"inconclusive\". Not "
-            "tested, with the reason in the note: one seed, an unconverged run, or (a) where "
-            "vanilla does not overfit. \"Does not hold\" is a result, reported as measured.",
-            "Verdicts: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
-        shown = ["comparison", "statistic", "eps", "measured", "effect", "ci_low", "ci_high",
-                 "p_adjusted", "verdict", "note"]
-        for key, claim in PREDICTION_CLAIMS.items():
-            mine = [r for r in rows if r["prediction"] == claim]
-            if not mine:
-                continue
-            self.lines += [f"**{claim}**", ""]
-            if key == "b":
-                self.lines += _robustness_verdicts(mine)
-                continue
-            self.lines += _md(shown, [[r[c] for c in shown] for r in mine])
-        self.link("predictions.csv", "every comparison with its effect, 95% CI, p and "
-                                     "adjusted p")
-
-    def robustness_section(self) -> None:
-        self.section("Clean and robust accuracy")
-        if self.robust is None:
-            self.lines += ["Skipped: no run has robustness.csv (run `robustmix attack`).", ""]
-            return
-        summary = self._robust_summary()
-        self.csv("robustness_by_method.csv", summary.rename(columns={
-            "eps_key": "eps_value", "mean": "robust_acc_mean", "std": "robust_acc_std",
-            "n": "n_runs", "clean_acc": "clean_acc_mean"}))
-        self.lines += [
-            "Accuracy (%) on each run's attacked test subset (examples: its size; a subset "
-            "of a given size is the same examples for every run), mean ± std over seeds "
-            "(n runs), as robust accuracy / robust ÷ clean accuracy: the second number is the "
-            "share of the correctly classified examples that the attack leaves standing, "
-            "which prediction (b) compares. clean: the same subset unattacked. worst-case: "
-            "per example, the worst over every attack run at that ε on those examples, "
-            "whichever command ran it; which attacks that covers is listed below. Where a run "
-            "lists one attack at one ε several times, the row on the most examples is used, "
-            "then the strongest setting (lowest accuracy).", ""]
-        for norm in ("linf", "l2"):
-            if (self.robust["norm"] == norm).any():
-                self._robust_table(norm)
-                self.png(f"robust_accuracy_{norm}.png", plots.robustness_figure, summary,
-                         self.groups, norm)
-                self.png(f"robust_given_clean_{norm}.png", plots.robustness_figure, summary,
-                         self.groups, norm, "conditional")
-        self.link("robustness_by_method.csv", "per method, attack, norm, ε and subset")
-        self._worst_case_note()
-        self._flagged_checks()
-
-    def _robust_summary(self) -> pd.DataFrame:
-        return (self.robust.groupby(["group", "attack", "norm", "eps_key", "n_examples"],
-                                    sort=False)
-                .agg(eps=("eps", "first"), mean=("robust_acc", "mean"),
-                     std=("robust_acc", "std"), n=("robust_acc", "count"),
-                     clean_acc=("clean_acc", "mean"), conditional_mean=("conditional", "mean"),
-                     conditional_std=("conditional", "std"))
-                .reset_index())
-
-    def _robust_table(self, norm: str) -> None:
-        part = self.robust[self.robust["norm"] == norm]
-        attacks = plots.attack_order(part["attack"].unique().tolist())
-        rows = []
-        for (eps_key, n), at in part.groupby(["eps_key", "n_examples"], sort=True):
-            for group in self.groups:
-                mine = at[at["group"] == group.name]
-                if mine.empty:
-                    continue
-                clean = mine.groupby("run")["clean_acc"].first().tolist()
-                rows.append([at["eps"].iloc[0], int(n), group.name, _cell(clean, True)]
-                            + [_robust_cell(mine[mine["attack"] == a]) for a in attacks])
-        self.lines += [f"**{norm}**", ""]
-        self.lines += _md(["ε", "examples", "method", "clean"] + attacks, rows)
-
-    def _worst_case_note(self) -> None:
-        worst = self.robust[self.robust["attack"] == "worst-case"]
-        covers = worst.groupby("settings")["eps"].agg(lambda e: ", ".join(dict.fromkeys(e)))
-        if not covers.empty:
-            self.lines += ["Worst-case rows: " + "; ".join(
-                f"{settings} at ε = {eps}" for settings, eps in covers.items()) + ".", ""]
-
-    def _flagged_checks(self) -> None:
-        r = self.robust
-        flagged = r[r["checks"].astype(str).str.strip() != ""]
-        if not flagged.empty:
-            self.lines += ["Attack checks raised (read before trusting these numbers):", ""]
-            self.lines += [f"- {x.run}, {x.attack} {x.norm} ε = {x.eps}: {x.checks}"
-                           for x in flagged.itertuples()]
-            self.lines.append("")
-
-    def generalization_section(self) -> None:
-        self.section("Generalization and the first layer")
-        if self.per_run.get("test_acc") is None or self.per_run["test_acc"].isna().all():
-            self.lines += ["Skipped: no run has generalization.json (run `robustmix evaluate`).",
-                           ""]
-            return
-        table, rows = [], []
-        for group in self.groups:
-            row = {"group": group.name, "method": group.method}
-            cells = [group.name]
-            for column, _, percent in GENERALIZATION_METRICS:
-                values = self._values(group, column)
-                mean, std, n = summarize(values)
-                row.update({f"{column}_mean": mean, f"{column}_std": std, f"{column}_n": n})
-                cells.append(_cell(values, percent))
-            table.append(row)
-            rows.append(cells)
-        self.csv("generalization_by_method.csv", pd.DataFrame(table))
-        self.lines += ["Clean (unmixed, unaugmented) splits. Gaps: accuracy train − test, loss "
-                       "test − train. ‖W/std‖_F: the first layer as the [0, 1] input meets it. "
-                       "Input-gradient norms: L2 per test example, then the mean.", ""]
-        self.lines += _md(["method"] + [h for _, h, _ in GENERALIZATION_METRICS], rows)
-        panels = [("train − test accuracy gap", "gap (percentage points)",
-                   {g.name: [v * 100 for v in self._values(g, "gap_acc")] for g in self.groups}),
-                  ("test − train loss gap", "gap (cross-entropy, nats)",
-                   {g.name: self._values(g, "gap_loss") for g in self.groups}),
-                  ("first-layer weight norm", "‖W‖_F",
-                   {g.name: self._values(g, "first_layer_frobenius") for g in self.groups})]
-        self.png("generalization.png", plots.bars_figure, panels, self.groups,
-                 "Generalization gap and first-layer norm per method (bars: mean, dots: runs)")
-        self.link("generalization_by_method.csv", "mean, std and n per metric and method")
-
-    def profile_section(self) -> None:
-        self.section("Gradient-distance profile (Figure 4) and the mask kernel c(p)")
-        measured, rows = {}, []
-        for group in self.groups:
-            curves = [r.generalization["gradient_profile"] for r in self._records(group)
-                      if r.generalization and "gradient_profile" in r.generalization]
-            if not curves:
-                continue
-            measured[group.name] = {}
-            for direction in ("horizontal", "vertical", "radial"):
-                for column in ("max_abs_over_p0", "mean_abs_over_p0"):
-                    stack = np.array([[np.nan if v is None else v for v in c[direction][column]]
-                                      for c in curves], dtype=float)
-                    with warnings.catch_warnings():  # an offset with no value in any run
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        mean = np.nanmean(stack, axis=0)
-                    if direction == "horizontal":
-                        measured[group.name][column] = mean
-                    for offset, value in enumerate(mean):
-                        rows.append({"group": group.name, "direction": direction,
-                                     "offset": offset, "column": column, "mean_over_runs": value,
-                                     "n_runs": len(curves)})
-        if not measured:
-            self.lines += ["Skipped: no run has generalization.json (run `robustmix evaluate`).",
-                           ""]
-            return
-        frame = pd.DataFrame(rows).pivot_table(index=["group", "direction", "offset", "n_runs"],
-                                               columns="column", values="mean_over_runs",
-                                               sort=False).reset_index()
-        self.csv("gradient_profiles.csv", frame)
-        kernels, kernel_rows = self._kernels()
-        self.csv("mask_kernels.csv", pd.DataFrame(kernel_rows))
-        self.lines += [
-            "g = the input gradient of the true-class logit, channels summed. Normalization "
-            f"(the paper's is not published): {NORMALIZATION}. Curves are the mean over a "
-            "group's runs. Predicted: c(p) = E[(1 − M_u)(1 − M_u+p)] of the run's own mask "
-            f"sampler and α ({KERNEL_DRAWS} masks), divided by c(0) to compare shapes. "
-            f"Statistic of prediction (c): {DECAY} (in the generalization table).", ""]
-        self.png("gradient_profile.png", plots.profile_figure, measured, kernels, self.groups)
-        self.link("gradient_profiles.csv", "horizontal, vertical and radial profiles per method")
-        self.link("mask_kernels.csv", "c(p) and c(p)/c(0) per method")
-
-    def _kernels(self):
-        size = (int(self.dataset["height"]), int(self.dataset["width"]))
-        kernels, rows, cache = {}, [], {}
-        for group in self.groups:
-            s = group.settings
-            if group.method == "vanilla":
-                continue
-            if group.method not in DATA_FREE_MIX_NAMES:
-                # PuzzleMix's masks depend on the data: c(p) measured by `robustmix evaluate`
-                stored = [np.asarray(r.generalization["mask_kernel"]["c"], dtype=float)
-                          for r in self._records(group)
-                          if r.generalization and "mask_kernel" in r.generalization]
-                if not stored:
-                    continue
-                kernel = np.mean(stored, axis=0)
-            else:
-                key = (group.method, s.get("mix.alpha", 1.0), s.get("mix.hmix_r", 0.5),
-                       s.get("mix.switch_prob", 0.5))
-                if key not in cache:
-                    sampler = make_sampler(group.method, hmix_r=key[2], switch_prob=key[3])
-                    cache[key] = mask_kernel(sampler, size, alpha=key[1], draws=KERNEL_DRAWS)
-                kernel = cache[key]
-            kernels[group.name] = kernel / kernel[0] if kernel[0] > 0 else kernel
-            rows += [{"group": group.name, "method": group.method, "offset": p, "c": c,
-                      "c_over_c0": kernels[group.name][p]} for p, c in enumerate(kernel)]
-        return kernels, rows
-
-    def q_section(self) -> None:
-        self.section("First-layer regularizer Q (models × mask distributions)")
-        present = {c.split(".", 1)[1] for c in self.per_run.columns if c.startswith("q.")}
-        masks = sorted(present, key=lambda m: (method_rank(m), m))
-        if not masks:
-            self.lines += ["Skipped: no run has generalization.json (run `robustmix evaluate`).",
-                           ""]
-            return
-        vanilla = {g.family: g for g in self.groups if g.method == "vanilla"}
-        use_rho = all(g.family in vanilla for g in self.groups)
-        rows, matrix = [], np.full((len(self.groups), len(masks)), np.nan)
-        for i, group in enumerate(self.groups):
-            for j, mask in enumerate(masks):
-                q = self._values(group, f"q.{mask}")
-                mean, std, n = summarize(q)
-                rel = summarize(self._values(group, f"q_relative.{mask}"))[0]
-                base = summarize(self._values(vanilla[group.family], f"q.{mask}"))[0] \
-                    if group.family in vanilla else math.nan
-                rho = mean / base if base > 0 else math.nan
-                rows.append({"group": group.name, "mask": mask, "q_mean": mean, "q_std": std,
-                             "n": n, "q_relative_mean": rel, "rho_vs_vanilla": rho})
-                matrix[i, j] = rho if use_rho else rel
-        self.csv("q_matrix.csv", pd.DataFrame(rows))
-        shown = [j for j, m in enumerate(masks) if m != "vanilla"]
-        if not shown:
-            self.lines += ["Skipped: Q was measured on no mask distribution but vanilla's.", ""]
-            return
-        what = ("ρ = Q_A(model) / Q_A(vanilla model)" if use_rho
-                else "Q_A / Q_ref (no vanilla run to divide by)")
-        self.lines += [f"{Q_DEFINITION}. Vanilla's mask (M = 1) "
-                       "gives Q = 0 and is left out of the heatmap. The heatmap shows "
-                       f"{what}, mean over seeds; prediction (d): the smallest value in each "
-                       "column sits on the model trained with that mask. ρ carries both the "
-                       "mask-specific effect and the overall scale of each model's first layer; "
-                       "Q_A / Q_ref (q_relative_mean in q_matrix.csv) divides the scale out.",
-                       ""]
-        self.lines += self._q_settings_note()
-        self.png("q_matrix.png", plots.heatmap_figure, matrix[:, shown],
-                 [g.name for g in self.groups], [masks[j] for j in shown],
-                 f"First-layer regularizer: {what}", what.split(" (")[0])
-        header = ["model"] + [masks[j] for j in shown]
-        cells = [[g.name] + [_num(matrix[i, j]) for j in shown] for i, g in enumerate(self.groups)]
-        self.lines += _md(header, cells)
-        self.link("q_matrix.csv", "Q mean, std, n, Q/Q_ref and ρ per model and mask")
-
-    def _q_settings_note(self) -> list[str]:
-        settings = {}
-        for r in self.records:
-            q = (r.generalization or {}).get("regularizer")
-            if q:
-                key = tuple((k, q.get(k)) for k in ("alpha", "hmix_r", "switch_prob", "draws",
-                                                     "seed"))
-                settings.setdefault(key, []).append(r.name)
-        if len(settings) <= 1:
-            text = ", ".join(f"{k} = {v}" for k, v in next(iter(settings))) if settings else ""
-            return [f"All runs share the mask settings and draws ({text}): every model met the "
-                    "same pairs and masks.", ""]
-        parts = "; ".join(f"{', '.join(f'{k}={v}' for k, v in key)}: {', '.join(names)}"
-                          for key, names in settings.items())
-        return [f"Warning: Q was computed with different mask settings or draws across runs "
-                f"({parts}); Q_A values are comparable only within equal settings.", ""]
-
-    def gallery_section(self) -> None:
-        size = max(8, min(int(self.dataset["height"]), int(self.dataset["width"]),
-                          GALLERY_MAX_SIZE))
-        self.section("Mask gallery", f"Each MSDA's mask at λ = 0.65 on {size}×{size} digits "
-                                     "(the training samplers).")
-        self.png("mask_gallery.png", plots.draw_gallery, size)
-
-    # ------------------------------------------------------------------ data access
-
-    def _records(self, group: Group) -> list[RunRecord]:
+    def records_of(self, group: Group) -> list[RunRecord]:
         return [r for r in self.records if r.name in group.members]
 
-    def _values(self, group: Group, column: str) -> list[float]:
+    def values(self, group: Group, column: str) -> list[float]:
         if column not in self.per_run.columns:
             return []
         return self.per_run.loc[self.per_run["group"] == group.name, column].tolist()
+
+
+def _per_run_frame(records: list[RunRecord], group_of: dict[str, Group]) -> pd.DataFrame:
+    """One row per run, indexed by run: group, method, seed and :func:`run_metrics`."""
+    rows = [{"run": r.name, "group": group_of[r.name].name, "method": group_of[r.name].method,
+             "seed": r.info.seed, **run_metrics(r)} for r in records]
+    return pd.DataFrame(rows).set_index("run", drop=False)
+
+
+def _robustness_frame(records: list[RunRecord], group_of: dict[str, Group]
+                      ) -> pd.DataFrame | None:
+    """Every run's robustness rows with its group; None where no run has robustness.csv."""
+    frames = [f.assign(group=group_of[r.name].name) for r in records
+              if (f := robustness_rows(r)) is not None]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+# ---------------------------------------------------------------------- the sections, in order
+
+
+NO_GENERALIZATION = "Skipped: no run has generalization.json (run `robustmix evaluate`)."
+
+
+def title_section(ctx: ReportContext) -> None:
+    d = ctx.dataset
+    ctx.lines += [
+        "# robustmix report", "",
+        f"{len(ctx.records)} runs in {len(ctx.groups)} groups on {d.get('name')} "
+        f"({d.get('channels')}×{d.get('height')}×{d.get('width')}, {d.get('n_train')} train / "
+        f"{d.get('n_test')} test images). Runs that differ only in seed form a group, "
+        "shown as mean ± std over seeds (n runs); std needs two seeds.", ""]
+
+
+def runs_section(ctx: ReportContext) -> None:
+    """Every run: its group, seed, accuracy, convergence and which measurements it has."""
+    frame = _runs_frame(ctx)
+    ctx.csv("runs.csv", frame)
+    ctx.section("Runs", f"Converged: a run {CONVERGENCE}. A comparison that involves an "
+                        "unconverged run is not judged.")
+    rows = [[r["run"], r["group"], r["seed"], _pct(r["final_test_acc"]),
+             _yes(r["converged"]) + (f" ({r['convergence']})" if r["convergence"] else ""),
+             _yes(r["generalization"]), _yes(r["robustness"])] for _, r in frame.iterrows()]
+    ctx.lines += _md(["run", "group", "seed", "final test acc (%, metrics.csv)",
+                      "converged", "generalization.json", "robustness.csv"], rows)
+    for line in _missing_measurements(ctx.records):
+        ctx.paragraph(line)
+    ctx.link("runs.csv", "one row per run")
+
+
+def _runs_frame(ctx: ReportContext) -> pd.DataFrame:
+    frame = ctx.per_run[["run", "group", "method", "seed", "final_test_acc", "converged",
+                         "convergence"]].copy()
+    frame["path"] = [str(r.info.path) for r in ctx.records]
+    frame["generalization"] = [r.generalization is not None for r in ctx.records]
+    frame["robustness"] = [r.robustness is not None for r in ctx.records]
+    return frame
+
+
+def _missing_measurements(records: list[RunRecord]) -> list[str]:
+    """For each measurement that some runs lack: which runs, and the command that makes it."""
+    lines = []
+    for attribute, file, verb, command in (
+            ("generalization", "generalization.json", "measure", "evaluate"),
+            ("robustness", "robustness.csv", "attack", "attack")):
+        missing = [r for r in records if getattr(r, attribute) is None]
+        if missing:
+            lines.append(f"Without {file}: {', '.join(r.name for r in missing)}; {verb} them "
+                         f"with `robustmix {command} --run "
+                         f"{' '.join(str(r.info.path) for r in missing)}`.")
+    return lines
+
+
+PREDICTION_SHOWN = ["comparison", "statistic", "eps", "measured", "effect", "ci_low", "ci_high",
+                    "p_adjusted", "verdict", "note"]
+
+
+def predictions_section(ctx: ReportContext) -> None:
+    """The paper's predictions: how they are tested, the verdict counts, a table per claim."""
+    rows = prediction_table(ctx.groups, ctx.per_run, ctx.robust)
+    ctx.csv("predictions.csv", pd.DataFrame(rows, columns=PREDICTION_COLUMNS))
+    counts = pd.Series([r["verdict"] for r in rows]).value_counts()
+    ctx.section(
+        "The paper's predictions on these runs",
+        f"Each comparison: {statistics.TEST} on the per-run values of the two groups "
+        "(one value per seed, every run measured on the same examples); effect = "
+        "difference of the means with its 95% confidence interval; multiple comparisons: "
+        f"{statistics.CORRECTION}. Adjusted p ≤ {statistics.LEVEL:g}: \"holds\" or "
+        "\"does not hold\" by the sign of the effect; otherwise \"inconclusive\". Not "
+        "tested, with the reason in the note: one seed, an unconverged run, or (a) where "
+        "vanilla does not overfit. \"Does not hold\" is a result, reported as measured.",
+        "Verdicts: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
+    for key, claim in PREDICTION_CLAIMS.items():
+        mine = [r for r in rows if r["prediction"] == claim]
+        if mine:
+            ctx.lines += [f"**{claim}**", ""]
+            ctx.lines += _robustness_verdicts(mine) if key == "b" else \
+                _md(PREDICTION_SHOWN, [[r[c] for c in PREDICTION_SHOWN] for r in mine])
+    ctx.link("predictions.csv", "every comparison with its effect, 95% CI, p and "
+                                "adjusted p")
+
+
+ROBUSTNESS_TEXT = (
+    "Accuracy (%) on each run's attacked test subset (examples: its size; a subset "
+    "of a given size is the same examples for every run), mean ± std over seeds "
+    "(n runs), as robust accuracy / robust ÷ clean accuracy: the second number is the "
+    "share of the correctly classified examples that the attack leaves standing, "
+    "which prediction (b) compares. clean: the same subset unattacked. worst-case: "
+    "per example, the worst over every attack run at that ε on those examples, "
+    "whichever command ran it; which attacks that covers is listed below. Where a run "
+    "lists one attack at one ε several times, the row on the most examples is used, "
+    "then the strongest setting (lowest accuracy).")
+
+
+def robustness_section(ctx: ReportContext) -> None:
+    """Clean and robust accuracy: a table and two plots per norm, then the attack notes."""
+    ctx.section("Clean and robust accuracy")
+    if ctx.robust is None:
+        ctx.paragraph("Skipped: no run has robustness.csv (run `robustmix attack`).")
+        return
+    summary = _robust_summary(ctx.robust)
+    ctx.csv("robustness_by_method.csv", summary.rename(columns={
+        "eps_key": "eps_value", "mean": "robust_acc_mean", "std": "robust_acc_std",
+        "n": "n_runs", "clean_acc": "clean_acc_mean"}))
+    ctx.paragraph(ROBUSTNESS_TEXT)
+    for norm in ("linf", "l2"):
+        if (ctx.robust["norm"] == norm).any():
+            ctx.lines += _robust_table(ctx.robust, ctx.groups, norm)
+            ctx.png(f"robust_accuracy_{norm}.png", plots.robustness_figure, summary,
+                    ctx.groups, norm)
+            ctx.png(f"robust_given_clean_{norm}.png", plots.robustness_figure, summary,
+                    ctx.groups, norm, "conditional")
+    ctx.link("robustness_by_method.csv", "per method, attack, norm, ε and subset")
+    ctx.lines += _worst_case_note(ctx.robust)
+    ctx.lines += _flagged_checks(ctx.robust)
+
+
+def _robust_summary(robust: pd.DataFrame) -> pd.DataFrame:
+    return (robust.groupby(["group", "attack", "norm", "eps_key", "n_examples"], sort=False)
+            .agg(eps=("eps", "first"), mean=("robust_acc", "mean"),
+                 std=("robust_acc", "std"), n=("robust_acc", "count"),
+                 clean_acc=("clean_acc", "mean"), conditional_mean=("conditional", "mean"),
+                 conditional_std=("conditional", "std"))
+            .reset_index())
+
+
+def _robust_table(robust: pd.DataFrame, groups: list[Group], norm: str) -> list[str]:
+    """One row per ε, subset size and group; one column per attack."""
+    part = robust[robust["norm"] == norm]
+    attacks = plots.attack_order(part["attack"].unique().tolist())
+    rows = []
+    for (eps_key, n), at in part.groupby(["eps_key", "n_examples"], sort=True):
+        for group in groups:
+            mine = at[at["group"] == group.name]
+            if mine.empty:
+                continue
+            clean = mine.groupby("run")["clean_acc"].first().tolist()
+            rows.append([at["eps"].iloc[0], int(n), group.name, _cell(clean, True)]
+                        + [_robust_cell(mine[mine["attack"] == a]) for a in attacks])
+    return [f"**{norm}**", ""] + _md(["ε", "examples", "method", "clean"] + attacks, rows)
+
+
+def _worst_case_note(robust: pd.DataFrame) -> list[str]:
+    worst = robust[robust["attack"] == "worst-case"]
+    covers = worst.groupby("settings")["eps"].agg(lambda e: ", ".join(dict.fromkeys(e)))
+    if covers.empty:
+        return []
+    return ["Worst-case rows: " + "; ".join(
+        f"{settings} at ε = {eps}" for settings, eps in covers.items()) + ".", ""]
+
+
+def _flagged_checks(robust: pd.DataFrame) -> list[str]:
+    flagged = robust[robust["checks"].astype(str).str.strip() != ""]
+    if flagged.empty:
+        return []
+    return (["Attack checks raised (read before trusting these numbers):", ""]
+            + [f"- {x.run}, {x.attack} {x.norm} ε = {x.eps}: {x.checks}"
+               for x in flagged.itertuples()]
+            + [""])
+
+
+def generalization_section(ctx: ReportContext) -> None:
+    """Generalization gaps, first-layer norms and input-gradient norms per group."""
+    ctx.section("Generalization and the first layer")
+    if ctx.per_run.get("test_acc") is None or ctx.per_run["test_acc"].isna().all():
+        ctx.paragraph(NO_GENERALIZATION)
+        return
+    table, rows = _generalization_table(ctx)
+    ctx.csv("generalization_by_method.csv", pd.DataFrame(table))
+    ctx.paragraph("Clean (unmixed, unaugmented) splits. Gaps: accuracy train − test, loss "
+                  "test − train. ‖W/std‖_F: the first layer as the [0, 1] input meets it. "
+                  "Input-gradient norms: L2 per test example, then the mean.")
+    ctx.lines += _md(["method"] + [h for _, h, _ in GENERALIZATION_METRICS], rows)
+    ctx.png("generalization.png", plots.bars_figure, _generalization_panels(ctx), ctx.groups,
+            "Generalization gap and first-layer norm per method (bars: mean, dots: runs)")
+    ctx.link("generalization_by_method.csv", "mean, std and n per metric and method")
+
+
+def _generalization_table(ctx: ReportContext) -> tuple[list[dict], list[list[str]]]:
+    """Per group: the CSV row (mean, std, n per metric) and the Markdown cells."""
+    table, rows = [], []
+    for group in ctx.groups:
+        row = {"group": group.name, "method": group.method}
+        cells = [group.name]
+        for column, _, percent in GENERALIZATION_METRICS:
+            values = ctx.values(group, column)
+            mean, std, n = summarize(values)
+            row.update({f"{column}_mean": mean, f"{column}_std": std, f"{column}_n": n})
+            cells.append(_cell(values, percent))
+        table.append(row)
+        rows.append(cells)
+    return table, rows
+
+
+def _generalization_panels(ctx: ReportContext) -> list[tuple[str, str, dict]]:
+    groups = ctx.groups
+    return [("train − test accuracy gap", "gap (percentage points)",
+             {g.name: [v * 100 for v in ctx.values(g, "gap_acc")] for g in groups}),
+            ("test − train loss gap", "gap (cross-entropy, nats)",
+             {g.name: ctx.values(g, "gap_loss") for g in groups}),
+            ("first-layer weight norm", "‖W‖_F",
+             {g.name: ctx.values(g, "first_layer_frobenius") for g in groups})]
+
+
+def profile_section(ctx: ReportContext) -> None:
+    """Figure 4: the measured gradient-distance profiles against the mask kernels c(p)."""
+    ctx.section("Gradient-distance profile (Figure 4) and the mask kernel c(p)")
+    measured, rows = _measured_profiles(ctx)
+    if not measured:
+        ctx.paragraph(NO_GENERALIZATION)
+        return
+    frame = pd.DataFrame(rows).pivot_table(index=["group", "direction", "offset", "n_runs"],
+                                           columns="column", values="mean_over_runs",
+                                           sort=False).reset_index()
+    ctx.csv("gradient_profiles.csv", frame)
+    kernels, kernel_rows = _kernels(ctx)
+    ctx.csv("mask_kernels.csv", pd.DataFrame(kernel_rows))
+    ctx.paragraph(
+        "g = the input gradient of the true-class logit, channels summed. Normalization "
+        f"(the paper's is not published): {NORMALIZATION}. Curves are the mean over a "
+        "group's runs. Predicted: c(p) = E[(1 − M_u)(1 − M_u+p)] of the run's own mask "
+        f"sampler and α ({KERNEL_DRAWS} masks), divided by c(0) to compare shapes. "
+        f"Statistic of prediction (c): {DECAY} (in the generalization table).")
+    ctx.png("gradient_profile.png", plots.profile_figure, measured, kernels, ctx.groups)
+    ctx.link("gradient_profiles.csv", "horizontal, vertical and radial profiles per method")
+    ctx.link("mask_kernels.csv", "c(p) and c(p)/c(0) per method")
+
+
+def _measured_profiles(ctx: ReportContext) -> tuple[dict[str, dict], list[dict]]:
+    """Per group with a measured profile: its horizontal mean curves (plotted), and every
+    direction's mean curves as rows (offset, column, mean over runs)."""
+    measured, rows = {}, []
+    for group in ctx.groups:
+        curves = [r.generalization["gradient_profile"] for r in ctx.records_of(group)
+                  if r.generalization and "gradient_profile" in r.generalization]
+        if not curves:
+            continue
+        measured[group.name] = {}
+        for direction in ("horizontal", "vertical", "radial"):
+            for column in ("max_abs_over_p0", "mean_abs_over_p0"):
+                mean = _mean_curve(curves, direction, column)
+                if direction == "horizontal":
+                    measured[group.name][column] = mean
+                rows += [{"group": group.name, "direction": direction, "offset": offset,
+                          "column": column, "mean_over_runs": value, "n_runs": len(curves)}
+                         for offset, value in enumerate(mean)]
+    return measured, rows
+
+
+def _mean_curve(curves: list[dict], direction: str, column: str) -> np.ndarray:
+    """The mean over runs of one profile curve, per offset (missing values skipped)."""
+    stack = np.array([[np.nan if v is None else v for v in c[direction][column]]
+                      for c in curves], dtype=float)
+    with warnings.catch_warnings():  # an offset with no value in any run
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(stack, axis=0)
+
+
+def _kernels(ctx: ReportContext) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """c(p)/c(0) per MSDA group (for the plot), and c(p) with c(p)/c(0) as rows."""
+    size = (int(ctx.dataset["height"]), int(ctx.dataset["width"]))
+    kernels, rows, cache = {}, [], {}
+    for group in ctx.groups:
+        kernel = _group_kernel(ctx, group, size, cache)
+        if kernel is None:
+            continue
+        kernels[group.name] = kernel / kernel[0] if kernel[0] > 0 else kernel
+        rows += [{"group": group.name, "method": group.method, "offset": p, "c": c,
+                  "c_over_c0": kernels[group.name][p]} for p, c in enumerate(kernel)]
+    return kernels, rows
+
+
+def _group_kernel(ctx: ReportContext, group: Group, size: tuple[int, int],
+                  cache: dict) -> np.ndarray | None:
+    """A group's c(p): drawn from its sampler, or for a data-dependent MSDA the mean of
+    its runs' measured kernels; None for vanilla or where none was measured."""
+    if group.method == "vanilla":
+        return None
+    if group.method not in DATA_FREE_MIX_NAMES:
+        # PuzzleMix's masks depend on the data: c(p) measured by `robustmix evaluate`
+        stored = [np.asarray(r.generalization["mask_kernel"]["c"], dtype=float)
+                  for r in ctx.records_of(group)
+                  if r.generalization and "mask_kernel" in r.generalization]
+        return np.mean(stored, axis=0) if stored else None
+    s = group.settings
+    key = (group.method, s.get("mix.alpha", 1.0), s.get("mix.hmix_r", 0.5),
+           s.get("mix.switch_prob", 0.5))
+    if key not in cache:
+        sampler = make_sampler(group.method, hmix_r=key[2], switch_prob=key[3])
+        cache[key] = mask_kernel(sampler, size, alpha=key[1], draws=KERNEL_DRAWS)
+    return cache[key]
+
+
+def q_section(ctx: ReportContext) -> None:
+    """The first-layer regularizer Q per model and mask distribution, as a heatmap."""
+    ctx.section("First-layer regularizer Q (models × mask distributions)")
+    present = {c.split(".", 1)[1] for c in ctx.per_run.columns if c.startswith("q.")}
+    masks = sorted(present, key=lambda m: (method_rank(m), m))
+    if not masks:
+        ctx.paragraph(NO_GENERALIZATION)
+        return
+    vanilla = {g.family: g for g in ctx.groups if g.method == "vanilla"}
+    use_rho = all(g.family in vanilla for g in ctx.groups)
+    rows, matrix = _q_matrix(ctx, masks, vanilla, use_rho)
+    ctx.csv("q_matrix.csv", pd.DataFrame(rows))
+    shown = [j for j, m in enumerate(masks) if m != "vanilla"]
+    if not shown:
+        ctx.paragraph("Skipped: Q was measured on no mask distribution but vanilla's.")
+        return
+    what = ("ρ = Q_A(model) / Q_A(vanilla model)" if use_rho
+            else "Q_A / Q_ref (no vanilla run to divide by)")
+    ctx.paragraph(f"{Q_DEFINITION}. Vanilla's mask (M = 1) "
+                  "gives Q = 0 and is left out of the heatmap. The heatmap shows "
+                  f"{what}, mean over seeds; prediction (d): the smallest value in each "
+                  "column sits on the model trained with that mask. ρ carries both the "
+                  "mask-specific effect and the overall scale of each model's first layer; "
+                  "Q_A / Q_ref (q_relative_mean in q_matrix.csv) divides the scale out.")
+    ctx.lines += _q_settings_note(ctx.records)
+    ctx.png("q_matrix.png", plots.heatmap_figure, matrix[:, shown],
+            [g.name for g in ctx.groups], [masks[j] for j in shown],
+            f"First-layer regularizer: {what}", what.split(" (")[0])
+    header = ["model"] + [masks[j] for j in shown]
+    cells = [[g.name] + [_num(matrix[i, j]) for j in shown] for i, g in enumerate(ctx.groups)]
+    ctx.lines += _md(header, cells)
+    ctx.link("q_matrix.csv", "Q mean, std, n, Q/Q_ref and ρ per model and mask")
+
+
+def _q_matrix(ctx: ReportContext, masks: list[str], vanilla: dict[str, Group],
+              use_rho: bool) -> tuple[list[dict], np.ndarray]:
+    """A row per group and mask; the matrix holds ρ (or Q/Q_ref where not use_rho)."""
+    rows, matrix = [], np.full((len(ctx.groups), len(masks)), np.nan)
+    for i, group in enumerate(ctx.groups):
+        for j, mask in enumerate(masks):
+            row = _q_row(ctx, group, mask, vanilla.get(group.family))
+            rows.append(row)
+            matrix[i, j] = row["rho_vs_vanilla"] if use_rho else row["q_relative_mean"]
+    return rows, matrix
+
+
+def _q_row(ctx: ReportContext, group: Group, mask: str, vanilla: Group | None) -> dict:
+    """Q of a group's models on one mask: mean, std, n, Q/Q_ref, and ρ against vanilla."""
+    mean, std, n = summarize(ctx.values(group, f"q.{mask}"))
+    rel = summarize(ctx.values(group, f"q_relative.{mask}"))[0]
+    base = summarize(ctx.values(vanilla, f"q.{mask}"))[0] if vanilla is not None else math.nan
+    rho = mean / base if base > 0 else math.nan
+    return {"group": group.name, "mask": mask, "q_mean": mean, "q_std": std,
+            "n": n, "q_relative_mean": rel, "rho_vs_vanilla": rho}
+
+
+def _q_settings_note(records: list[RunRecord]) -> list[str]:
+    settings = {}
+    for r in records:
+        q = (r.generalization or {}).get("regularizer")
+        if q:
+            key = tuple((k, q.get(k)) for k in ("alpha", "hmix_r", "switch_prob", "draws",
+                                                 "seed"))
+            settings.setdefault(key, []).append(r.name)
+    if len(settings) <= 1:
+        text = ", ".join(f"{k} = {v}" for k, v in next(iter(settings))) if settings else ""
+        return [f"All runs share the mask settings and draws ({text}): every model met the "
+                "same pairs and masks.", ""]
+    parts = "; ".join(f"{', '.join(f'{k}={v}' for k, v in key)}: {', '.join(names)}"
+                      for key, names in settings.items())
+    return [f"Warning: Q was computed with different mask settings or draws across runs "
+            f"({parts}); Q_A values are comparable only within equal settings.", ""]
+
+
+def gallery_section(ctx: ReportContext) -> None:
+    size = max(8, min(int(ctx.dataset["height"]), int(ctx.dataset["width"]),
+                      GALLERY_MAX_SIZE))
+    ctx.section("Mask gallery", f"Each MSDA's mask at λ = 0.65 on {size}×{size} digits "
+                                "(the training samplers).")
+    ctx.png("mask_gallery.png", plots.draw_gallery, size)
 
 
 def _md(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
