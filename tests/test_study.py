@@ -146,6 +146,14 @@ def test_presets_print_as_toml_that_loads_back(capsys, tmp_path):
         assert study.load_config(None, str(path)) == study.load_config(name, None)
 
 
+def test_a_config_on_other_data_does_not_inherit_the_digits_image_size(tmp_path):
+    path = tmp_path / "cifar.toml"
+    path.write_text('[train]\ndataset = "cifar10"\n')
+    assert "image_size" not in study.load_config(None, str(path))["train"]
+    path.write_text('[train]\nepochs = 3\n')                  # digits: keeps its 8×8
+    assert study.load_config(None, str(path))["train"]["image_size"] == 8
+
+
 @pytest.mark.parametrize("text, fragment", [
     ('bogus = 1', "unknown keys bogus"),
     ('methods = ["mixup", "blend"]', "methods must be a non-empty list"),

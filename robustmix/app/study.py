@@ -128,7 +128,9 @@ EVALUATE_KEYS = set(_DIGITS["evaluate"])
 
 
 def load_config(preset: str | None, config_path: str | None) -> dict[str, Any]:
-    """A preset by name, or a TOML file (keys as in the presets; missing keys from digits)."""
+    """A preset by name, or a TOML file (keys as in the presets; missing keys from the preset
+    it names as ``preset = "NAME"``, else from digits). A TOML whose [train] names another
+    data set than that preset's does not inherit the preset's image size (digits' 8×8)."""
     if config_path is not None:
         import tomllib  # standard library from Python 3.11; on 3.10 only --config needs it
 
@@ -142,6 +144,10 @@ def load_config(preset: str | None, config_path: str | None) -> dict[str, Any]:
         base = copy.deepcopy(PRESETS[values.get("preset", "digits")]
                              if values.get("preset", "digits") in PRESETS else _DIGITS)
         values.pop("preset", None)
+        train = values.get("train")
+        if isinstance(train, dict) and train.get("dataset", base["train"]["dataset"]) != \
+                base["train"]["dataset"] and "image_size" not in train:
+            base["train"].pop("image_size", None)
         return check_config(_merge(base, values), source=config_path)
     name = preset or "digits"
     if name not in PRESETS:
