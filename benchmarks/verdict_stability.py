@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from robustmix import runs
+from robustmix.core import runs
 
 KEY = ("prediction", "comparison", "statistic", "eps")
 
