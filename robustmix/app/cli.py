@@ -53,6 +53,15 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one model under one MSDA into a run directory",
                        description="Train one image classifier under one mixed-sample data "
                                    "augmentation; writes a resumable run directory.")
+    _add_train_augmentation(p)
+    _add_train_data(p)
+    _add_train_recipe(p)
+    _add_train_device_and_output(p)
+    p.set_defaults(handler=_command("train"), parser=p)
+
+
+def _add_train_augmentation(p: argparse.ArgumentParser) -> None:
+    """train's MSDA options: the mix, λ's law and pairing, each method's knobs."""
     g = p.add_argument_group("augmentation")
     g.add_argument("--mix", default="vanilla", choices=MIX_NAMES, metavar="NAME",
                    help=f"the MSDA: {', '.join(MIX_NAMES)} (default: vanilla)")
@@ -78,6 +87,10 @@ def _add_train(sub) -> None:
     g.add_argument("--puzzle-transport", action=argparse.BooleanOptionalAction, default=True,
                    help="puzzlemix: move salient blocks out from under the partner "
                         "(default: on)")
+
+
+def _add_train_data(p: argparse.ArgumentParser) -> None:
+    """train's data set and its (unmixed) augmentation."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
                    help="digits (embedded, default), cifar10, cifar100, svhn, mnist, "
@@ -92,6 +105,10 @@ def _add_train(sub) -> None:
                    help="random-crop padding in pixels (default: image side / 8)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips (default: on for CIFAR and image folders)")
+
+
+def _add_train_recipe(p: argparse.ArgumentParser) -> None:
+    """train's architecture, optimizer, schedule and seed."""
     g = p.add_argument_group("model and recipe")
     g.add_argument("--arch", default="smallcnn",
                    help="smallcnn (default), preactresnet18/34/50, wrnDEPTH-WIDTH (e.g. "
@@ -109,6 +126,10 @@ def _add_train(sub) -> None:
     g.add_argument("--warmup-epochs", type=float, default=0.0)
     g.add_argument("--label-smoothing", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)
+
+
+def _add_train_device_and_output(p: argparse.ArgumentParser) -> None:
+    """train's device, speed options and run directory."""
     g = p.add_argument_group("device and output")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
@@ -127,7 +148,8 @@ def _add_train(sub) -> None:
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a killed run from its last checkpoint, with its own settings")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_command("train"), parser=p)
+
+
 
 
 def _add_masks(sub) -> None:

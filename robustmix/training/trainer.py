@@ -172,167 +172,275 @@ def _kept(out: Path, epoch: int) -> str:
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
           progress: bool = True) -> TrainResult:
     """Train one model into ``out``; with ``resume`` continue from its checkpoint."""
-    config.validate()
-    if check_arch(config.arch) != config.arch:
-        config = dataclasses.replace(config, arch=check_arch(config.arch))
-    out = Path(out)
-    place = distributed.current()
-    progress = progress and place.is_main
-    device = distributed.device_for(resolve_device(config.device), place)
-    if config.sync_bn and place.active and device.type != "cuda":
-        raise distributed.shared_error("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs "
-                                       "on GPUs only; drop it to train on the CPU")
-    local_batch = config.batch_size // place.world
-    if config.batch_size % place.world or (local_batch < 2 and config.mix.mix != "vanilla"):
-        raise distributed.shared_error(
-            f"--batch-size {config.batch_size} is the global batch; under torchrun it must be "
-            f"a multiple of the {place.world} processes, with at least 2 examples each when "
-            "mixing")
-    download = config.download
-    if download and place.active:  # once, on rank 0; torchvision does not write atomically
-        distributed.on_main(lambda: load_dataset(config.dataset, data_dir=config.data_dir,
-                                                 download=True) and None)
-        download = False
-    data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                        download=download, device=device)
-    augment = Augment(
-        pad=data.default_augment.pad if config.pad is None else config.pad,
-        flip=data.default_augment.flip if config.flip is None else config.flip,
-        crop_scale=config.crop_scale or data.default_augment.crop_scale)
-    steps_per_epoch = data.n_train // config.batch_size
-    if steps_per_epoch < 1:
-        raise UsageError(f"--batch-size {config.batch_size} is larger than the training set "
-                         f"({data.n_train} images)")
+    trainer = Trainer(config, out, resume=resume, progress=progress)
+    trainer.setup()
+    trainer.restore()
+    trainer.prepare_step()
+    started = time.perf_counter()
+    for epoch in range(trainer.start_epoch, trainer.config.epochs):
+        trainer.train_epoch(epoch)
+        trainer.evaluate_epoch(epoch)
+        trainer.save_epoch(epoch)
+    return trainer.finish(started)
 
-    torch.manual_seed(config.seed)
-    model = build_model(config.arch, num_classes=data.num_classes, in_channels=data.channels,
-                        mean=data.mean, std=data.std)
-    spec = model.config
-    memory_format = (torch.channels_last if config.channels_last and device.type == "cuda"
-                     else torch.preserve_format)
-    model = model.to(device=device, memory_format=memory_format)
-    if config.sync_bn and place.active:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.weight_decay)
-    mixer = Mixer(config.mix)
-    mixer.check_image_size(data.height, data.width)
-    saliency_fn = None
-    if mixer.needs_saliency:
-        saliency_fn = saliency_of(model, amp=config.amp)
-    rng = np.random.default_rng(config.seed)
-    metrics: list[dict[str, Any]] = []
-    start_epoch = 0
 
-    checkpoint_path = out / runs.CHECKPOINT
+@dataclass
+class _Epoch:
+    """One epoch's running sums; they stay on the device until a log interval ends."""
+    index: int
+    started: float
+    bar: Any
+    loss_sum: Tensor
+    correct: Tensor
+    first_bad: Tensor  # the 1-based step whose loss first was not finite; 0: none yet
+    bad_loss: Tensor
+    seen: int = 0
+    lr: float = 0.0
+    train_seconds: float = 0.0
 
-    def read_checkpoint():  # on rank 0; its state goes to every rank
-        if not (resume and checkpoint_path.exists()):
+    def add(self, step: int, loss: Tensor, logits: Tensor, target: Tensor, y: Tensor) -> None:
+        """Count one step's loss and hits without waiting for the device."""
+        self.loss_sum += loss * y.shape[0]
+        newly_bad = (self.first_bad == 0) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(newly_bad, step + 1, self.first_bad)
+        self.bad_loss = torch.where(newly_bad, loss.float(), self.bad_loss)
+        self.correct += (logits.argmax(1) == target.argmax(1)).sum()
+        self.seen += y.shape[0]
+
+
+class Trainer:
+    """One training run with a visible lifecycle: :meth:`setup` (data, model, optimizer,
+    mixer), :meth:`restore` (or a fresh config.json), :meth:`prepare_step`, then per epoch
+    :meth:`train_epoch`, :meth:`evaluate_epoch` and :meth:`save_epoch`, and :meth:`finish`.
+    The calls must come in this order: the random draws follow it."""
+
+    def __init__(self, config: TrainConfig, out: str | Path, *, resume: bool = False,
+                 progress: bool = True):
+        config.validate()
+        if check_arch(config.arch) != config.arch:
+            config = dataclasses.replace(config, arch=check_arch(config.arch))
+        self.config = config
+        self.out = Path(out)
+        self.resume = resume
+        self.place = distributed.current()
+        self.progress = progress and self.place.is_main
+        self.checkpoint_path = self.out / runs.CHECKPOINT
+        self.metrics: list[dict[str, Any]] = []
+        self.start_epoch = 0
+
+    # ------------------------------------------------------------------------ set-up
+
+    def setup(self) -> None:
+        """Check the settings against the processes, then load data, model and optimizer."""
+        config, place = self.config, self.place
+        self.device = distributed.device_for(resolve_device(config.device), place)
+        if config.sync_bn and place.active and self.device.type != "cuda":
+            raise distributed.shared_error("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs "
+                                           "on GPUs only; drop it to train on the CPU")
+        local_batch = config.batch_size // place.world
+        if config.batch_size % place.world or (local_batch < 2 and config.mix.mix != "vanilla"):
+            raise distributed.shared_error(
+                f"--batch-size {config.batch_size} is the global batch; under torchrun it must "
+                f"be a multiple of the {place.world} processes, with at least 2 examples each "
+                "when mixing")
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimizer()
+        self.rng = np.random.default_rng(config.seed)
+
+    def _setup_data(self) -> None:
+        config = self.config
+        download = config.download
+        if download and self.place.active:  # once, on rank 0; torchvision does not write atomically
+            distributed.on_main(lambda: load_dataset(config.dataset, data_dir=config.data_dir,
+                                                     download=True) and None)
+            download = False
+        data = load_dataset(config.dataset, data_dir=config.data_dir,
+                            image_size=config.image_size, download=download, device=self.device)
+        self.augment = Augment(
+            pad=data.default_augment.pad if config.pad is None else config.pad,
+            flip=data.default_augment.flip if config.flip is None else config.flip,
+            crop_scale=config.crop_scale or data.default_augment.crop_scale)
+        self.steps_per_epoch = data.n_train // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise UsageError(f"--batch-size {config.batch_size} is larger than the training "
+                             f"set ({data.n_train} images)")
+        self.data = data
+
+    def _setup_model(self) -> None:
+        config, data = self.config, self.data
+        torch.manual_seed(config.seed)
+        model = build_model(config.arch, num_classes=data.num_classes, in_channels=data.channels,
+                            mean=data.mean, std=data.std)
+        self.spec = model.config
+        self.memory_format = (torch.channels_last
+                              if config.channels_last and self.device.type == "cuda"
+                              else torch.preserve_format)
+        model = model.to(device=self.device, memory_format=self.memory_format)
+        if config.sync_bn and self.place.active:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+
+    def _setup_optimizer(self) -> None:
+        """SGD, and the Mixer with the saliency pass that PuzzleMix asks for."""
+        config = self.config
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=config.momentum,
+            nesterov=config.nesterov, weight_decay=config.weight_decay)
+        self.mixer = Mixer(config.mix)
+        self.mixer.check_image_size(self.data.height, self.data.width)
+        self.saliency_fn = None
+        if self.mixer.needs_saliency:
+            self.saliency_fn = saliency_of(self.model, amp=config.amp)
+
+    # ------------------------------------------------------------------------ restore
+
+    def restore(self) -> None:
+        """With ``resume``, continue from the checkpoint (read on rank 0, sent to every rank);
+        otherwise write the run's config.json."""
+        restored = distributed.on_main(self._read_checkpoint)
+        if restored is None:
+            distributed.on_main(self._write_config)
+            return
+        state, self.metrics, started_with = restored
+        self.start_epoch = state["epoch"]
+        if not self.place.is_main:
+            _restore(state, self.checkpoint_path, self.config, self.model, self.optimizer,
+                     self.rng)
+        if started_with != self.place.world and self.progress:
+            print(f"robustmix train: note: {self.out} was started with {started_with} "
+                  f"processes and resumes with {self.place.world}; it continues, but each "
+                  "rank's mixing draws and batch-norm slices differ from an uninterrupted "
+                  "run's")
+
+    def _read_checkpoint(self):
+        """On rank 0: the checkpoint's state, earlier metrics and world size, or None."""
+        if not (self.resume and self.checkpoint_path.exists()):
             return None
-        state = runs.load_checkpoint(checkpoint_path)
-        epoch = _restore(state, checkpoint_path, config, model, optimizer, rng)
-        return (state, runs.read_metrics(out / runs.METRICS, epochs=epoch),
-                runs.read_config(out).get("world_size", 1))
+        state = runs.load_checkpoint(self.checkpoint_path)
+        epoch = _restore(state, self.checkpoint_path, self.config, self.model, self.optimizer,
+                         self.rng)
+        return (state, runs.read_metrics(self.out / runs.METRICS, epochs=epoch),
+                runs.read_config(self.out).get("world_size", 1))
 
-    restored = distributed.on_main(read_checkpoint)
-    if restored is not None:
-        state, metrics, started_with = restored
-        start_epoch = state["epoch"]
-        if not place.is_main:
-            _restore(state, checkpoint_path, config, model, optimizer, rng)
-        if started_with != place.world and progress:
-            print(f"robustmix train: note: {out} was started with {started_with} processes "
-                  f"and resumes with {place.world}; it continues, but each rank's mixing "
-                  "draws and batch-norm slices differ from an uninterrupted run's")
-    else:
-        distributed.on_main(lambda: runs.write_json(out / runs.CONFIG, {
-            "train": config.to_dict(), "model": spec, "versions": _versions(),
-            "git_commit": _git_commit(), "device": str(device), "world_size": place.world,
+    def _write_config(self) -> None:
+        data = self.data
+        runs.write_json(self.out / runs.CONFIG, {
+            "train": self.config.to_dict(), "model": self.spec, "versions": _versions(),
+            "git_commit": _git_commit(), "device": str(self.device),
+            "world_size": self.place.world,
             "dataset": {"name": data.name, "n_train": data.n_train, "n_test": data.n_test,
                         "num_classes": data.num_classes, "channels": data.channels,
                         "height": data.height, "width": data.width},
-            "augment": dataclasses.asdict(augment)}))
-    net = _training_module(model, config, device, place)
-    step_fn = _compile_errors_as_usage(train_step) if config.compile else train_step
+            "augment": dataclasses.asdict(self.augment)})
 
-    started = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
+    def prepare_step(self) -> None:
+        """What each step calls; after :meth:`restore`, since DistributedDataParallel starts
+        every rank from rank 0's weights."""
+        self.net = _training_module(self.model, self.config, self.device, self.place)
+        self.step_fn = (_compile_errors_as_usage(train_step) if self.config.compile
+                        else train_step)
+
+    # ------------------------------------------------------------------------ epochs
+
+    def train_epoch(self, epoch: int) -> None:
+        """One pass over the training set, one host synchronization per log interval."""
+        config, place, device = self.config, self.place, self.device
+        self.model.train()
         # Alone, one generator drives everything. Under torchrun every rank draws the same
         # epoch (order, crops, flips) from it and takes its slice of each global batch, and
         # mixes its slice with draws of its own, reseeded per epoch so that resume is exact.
-        mix_rng = rng if place.world == 1 else np.random.default_rng(
+        mix_rng = self.rng if place.world == 1 else np.random.default_rng(
             [config.seed, epoch, place.rank])
-        epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        first_bad = torch.zeros((), device=device, dtype=torch.long)  # 1-based step, 0: none
-        bad_loss = torch.zeros((), device=device)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=True, dynamic_ncols=True)
-        batches = data.train_batches(rng, config.batch_size, device, augment,
-                                     shard=(place.rank, place.world))
+        self.epoch_state = state = self._start_epoch(epoch)
+        batches = self.data.train_batches(self.rng, config.batch_size, device, self.augment,
+                                          shard=(place.rank, place.world))
         for step, (x, y) in enumerate(batches):
-            lr = learning_rate(config, epoch * steps_per_epoch + step, steps_per_epoch)
-            loss, logits, target = step_fn(net, optimizer, mixer, x, y, mix_rng, lr=lr,
-                                           config=config, num_classes=data.num_classes,
-                                           memory_format=memory_format,
-                                           saliency_fn=saliency_fn)
-            loss_sum += loss * y.shape[0]
-            newly_bad = (first_bad == 0) & ~torch.isfinite(loss)  # stays on device
-            first_bad = torch.where(newly_bad, step + 1, first_bad)
-            bad_loss = torch.where(newly_bad, loss.float(), bad_loss)
-            correct += (logits.argmax(1) == target.argmax(1)).sum()
-            seen += y.shape[0]
-            if (step + 1) % config.log_interval == 0 or step + 1 == steps_per_epoch:
-                # the one host synchronization per interval (with the ranks' sums)
-                loss_total, correct_total, seen_total = _totals(loss_sum, correct, seen)
-                mean_loss = loss_total / seen_total
-                if not math.isfinite(mean_loss):
-                    _diverged(first_bad, bad_loss, step, mean_loss, epoch, out)
-                elapsed = time.perf_counter() - epoch_start
-                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct_total / seen_total:.1%}",
-                                img_s=f"{seen_total / elapsed:.0f}", refresh=False)
-                bar.update(step + 1 - bar.n)
-        train_seconds = time.perf_counter() - epoch_start
-        loss_total, correct_total, seen_total = _totals(loss_sum, correct, seen)
-        distributed.broadcast_buffers(model)  # every rank evaluates and saves rank 0's model
+            state.lr = learning_rate(config, epoch * self.steps_per_epoch + step,
+                                     self.steps_per_epoch)
+            loss, logits, target = self.step_fn(
+                self.net, self.optimizer, self.mixer, x, y, mix_rng, lr=state.lr,
+                config=config, num_classes=self.data.num_classes,
+                memory_format=self.memory_format, saliency_fn=self.saliency_fn)
+            state.add(step, loss, logits, target, y)
+            if (step + 1) % config.log_interval == 0 or step + 1 == self.steps_per_epoch:
+                self._log_interval(state, step)
+        state.train_seconds = time.perf_counter() - state.started
+
+    def _start_epoch(self, epoch: int) -> _Epoch:
+        device = self.device
+        started = time.perf_counter()
+        return _Epoch(
+            index=epoch, started=started,
+            loss_sum=torch.zeros((), device=device),
+            correct=torch.zeros((), device=device, dtype=torch.long),
+            first_bad=torch.zeros((), device=device, dtype=torch.long),
+            bad_loss=torch.zeros((), device=device),
+            bar=tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                     disable=not self.progress, leave=True, dynamic_ncols=True))
+
+    def _log_interval(self, state: _Epoch, step: int) -> None:
+        """The one host synchronization per interval (with the ranks' sums): stop on a loss
+        that is not finite, else update the progress bar."""
+        loss_total, correct_total, seen_total = _totals(state.loss_sum, state.correct,
+                                                        state.seen)
+        mean_loss = loss_total / seen_total
+        if not math.isfinite(mean_loss):
+            _diverged(state.first_bad, state.bad_loss, step, mean_loss, state.index, self.out)
+        elapsed = time.perf_counter() - state.started
+        state.bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct_total / seen_total:.1%}",
+                              img_s=f"{seen_total / elapsed:.0f}", refresh=False)
+        state.bar.update(step + 1 - state.bar.n)
+
+    def evaluate_epoch(self, epoch: int) -> None:
+        """Test rank 0's model, stop if it or its test loss is not finite, add the metrics."""
+        state, config, place = self.epoch_state, self.config, self.place
+        loss_total, correct_total, seen_total = _totals(state.loss_sum, state.correct,
+                                                        state.seen)
+        distributed.broadcast_buffers(self.model)  # every rank evaluates and saves rank 0's
         test_acc, test_loss = evaluate(
-            model, data.eval_batches("test", 2 * config.batch_size, device,
-                                     shard=(place.rank, place.world)), config.amp)
-        finite_weights = _finite(model)
+            self.model, self.data.eval_batches("test", 2 * config.batch_size, self.device,
+                                               shard=(place.rank, place.world)), config.amp)
+        finite_weights = _finite(self.model)
         if not (finite_weights and math.isfinite(test_loss)):
             what = "the test loss is" if finite_weights else "the weights are"
             raise distributed.shared_error(
                 f"training diverged: {what} not finite at the end of epoch {epoch + 1}; "
-                f"{_kept(out, epoch)}; lower --lr")
-        bar.set_postfix(loss=f"{loss_total / seen_total:.3f}",
-                        acc=f"{correct_total / seen_total:.1%}", test=f"{test_acc:.1%}",
-                        img_s=f"{seen_total / train_seconds:.0f}")
-        bar.close()
-        metrics.append({
+                f"{_kept(self.out, epoch)}; lower --lr")
+        state.bar.set_postfix(loss=f"{loss_total / seen_total:.3f}",
+                              acc=f"{correct_total / seen_total:.1%}", test=f"{test_acc:.1%}",
+                              img_s=f"{seen_total / state.train_seconds:.0f}")
+        state.bar.close()
+        self.metrics.append({
             "epoch": epoch + 1, "train_loss": f"{loss_total / seen_total:.6f}",
             "train_acc": f"{correct_total / seen_total:.6f}", "test_loss": f"{test_loss:.6f}",
-            "test_acc": f"{test_acc:.6f}", "lr": f"{lr:.6g}",
-            "seconds": f"{time.perf_counter() - epoch_start:.3f}",
-            "images_per_s": f"{seen_total / train_seconds:.1f}"})
-        checkpoint = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1, "rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state()}
+            "test_acc": f"{test_acc:.6f}", "lr": f"{state.lr:.6g}",
+            "seconds": f"{time.perf_counter() - state.started:.3f}",
+            "images_per_s": f"{seen_total / state.train_seconds:.1f}"})
 
-        def write_epoch(rows=list(metrics), checkpoint=checkpoint):
-            runs.write_csv(out / runs.METRICS, rows, METRIC_FIELDS)
-            runs.save_checkpoint(checkpoint_path, checkpoint)
+    def save_epoch(self, epoch: int) -> None:
+        """On rank 0: the metrics so far and a checkpoint to resume from after ``epoch``."""
+        checkpoint = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch + 1, "rng": json.dumps(self.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state()}
+        rows = list(self.metrics)
+
+        def write_epoch():
+            runs.write_csv(self.out / runs.METRICS, rows, METRIC_FIELDS)
+            runs.save_checkpoint(self.checkpoint_path, checkpoint)
 
         distributed.on_main(write_epoch)
 
-    distributed.on_main(lambda: runs.save_weights(out / runs.WEIGHTS, model, spec))
-    last = metrics[-1]
-    return TrainResult(run_dir=out, epochs=config.epochs, train_acc=float(last["train_acc"]),
-                       test_acc=float(last["test_acc"]),
-                       seconds=time.perf_counter() - started, resumed_from=start_epoch)
+    def finish(self, started: float) -> TrainResult:
+        """On rank 0: the final weights; the result from the last epoch's metrics."""
+        distributed.on_main(lambda: runs.save_weights(self.out / runs.WEIGHTS, self.model,
+                                                      self.spec))
+        last = self.metrics[-1]
+        return TrainResult(run_dir=self.out, epochs=self.config.epochs,
+                           train_acc=float(last["train_acc"]), test_acc=float(last["test_acc"]),
+                           seconds=time.perf_counter() - started,
+                           resumed_from=self.start_epoch)
 
 
 def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, mixer: Mixer, x: Tensor,
