@@ -18,15 +18,11 @@ from attacks.gradient import PassCounter
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 
+from helpers import one_conv_cnn
+
 EPS = tuple(parse_eps("0.05,0.2"))
 CONFIG = AttackConfig(attacks=("fgsm", "pgd"), eps=EPS, batch_size=16,
                       pgd=PGDSettings(steps=3))
-
-
-def tiny_cnn(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(8 * 8 * 8, 10)).eval()
 
 
 def data_for(model, n=32, seed=1):
@@ -44,7 +40,7 @@ class AlwaysDropout(nn.Module):
 
 
 def test_a_model_that_outputs_logits_raises_no_model_check():
-    model = tiny_cnn()
+    model = one_conv_cnn()
     x, y = data_for(model)
     result = robustness(model, x, y, CONFIG)
     assert all(row.checks == [] for row in result.rows)
@@ -58,7 +54,7 @@ def test_a_model_that_outputs_logits_raises_no_model_check():
     (lambda m: nn.Sequential(m, nn.Softmax(dim=1), AlwaysDropout()), "different outputs"),
 ])
 def test_a_randomized_or_probability_model_is_flagged_in_every_row(wrap, fragment):
-    plain = tiny_cnn()
+    plain = one_conv_cnn()
     x, y = data_for(plain)
     model = wrap(plain).eval()
     result = robustness(model, x, y, CONFIG)
@@ -71,7 +67,7 @@ def test_a_randomized_or_probability_model_is_flagged_in_every_row(wrap, fragmen
 def test_non_finite_outputs_are_flagged():
     class NaNAfter(nn.Module):
         def forward(self, x):
-            out = tiny_cnn()(x)
+            out = one_conv_cnn()(x)
             return out.masked_fill(torch.arange(10) == 3, float("nan"))
 
     x = torch.rand(4, 1, 8, 8)
@@ -91,7 +87,7 @@ def inflate(monkeypatch, change):
 
 
 def test_robust_accuracy_above_clean_stops_the_run(monkeypatch):
-    model = tiny_cnn()
+    model = one_conv_cnn()
     x, y = data_for(model)
     y[:4] = (y[:4] + 1) % 10  # clean accuracy 28/32
 
@@ -106,7 +102,7 @@ def test_robust_accuracy_above_clean_stops_the_run(monkeypatch):
 
 
 def test_robust_accuracy_that_rises_with_eps_stops_the_run(monkeypatch):
-    model = tiny_cnn()
+    model = one_conv_cnn()
     x, y = data_for(model)
     honest = robustness(model, x, y, CONFIG)
     first = {r.attack: r.robust_acc for r in honest.rows if r.eps == EPS[0]}
@@ -126,7 +122,7 @@ def test_robust_accuracy_that_rises_with_eps_stops_the_run(monkeypatch):
 
 @pytest.fixture(scope="module")
 def csv_rows():
-    model = tiny_cnn()
+    model = one_conv_cnn()
     x, y = data_for(model)
     y[:4] = (y[:4] + 1) % 10  # clean accuracy 0.875
     return [row.as_csv("runs/x", "linf") for row in robustness(model, x, y, CONFIG).rows]
@@ -200,7 +196,7 @@ def run_autoattack(model, x, y, state_path, batch_size=4):
 
 def test_a_resumed_autoattack_reports_the_passes_of_an_uninterrupted_one(fake_components,
                                                                          tmp_path):
-    model = tiny_cnn()
+    model = one_conv_cnn()
     x, y = data_for(model, n=12)
     *_, uninterrupted = run_autoattack(model, x, y, None)
     assert fake_components == ["apgd-ce"] * 3 + ["apgd-t"] * 3
@@ -222,7 +218,7 @@ def test_a_resumed_autoattack_reports_the_passes_of_an_uninterrupted_one(fake_co
 def test_a_state_of_another_evaluation_is_ignored(fake_components, tmp_path, change):
     """A state left by an interrupted evaluation of other weights, other examples or other
     batches must not be resumed: its batch numbers and standing set mean something else."""
-    model = tiny_cnn()
+    model = one_conv_cnn()
     x, y = data_for(model, n=12)
     state = tmp_path / "state.json"
     fake_components.die_at = 5
@@ -234,7 +230,7 @@ def test_a_state_of_another_evaluation_is_ignored(fake_components, tmp_path, cha
     if change == "batch size":
         batch_size = 6
     elif change == "model":
-        model = tiny_cnn(seed=1)
+        model = one_conv_cnn(seed=1)
         y = data_for(model, n=12)[1]
     elif change == "examples":
         x = x.flip(0).contiguous()

@@ -15,25 +15,7 @@ from attacks.gradient import pgd
 from attacks.runner import check_adversarial
 from robustmix.core.errors import UsageError
 
-
-def tiny_cnn(seed=0, classes=10):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, classes)).eval()
-
-
-class OneAtATime(nn.Module):
-    """Runs each example through ``model`` alone, so an example's logits and gradients are
-    the same arithmetic whatever batch it arrives in: tests that compare per-example
-    verdicts across batch sizes, orders and subsets are then exact by construction (CPU
-    kernels otherwise vectorize and split sums by batch shape)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return torch.cat([self.model(x[i:i + 1]) for i in range(x.shape[0])])
+from helpers import OneAtATime, two_conv_cnn
 
 
 def tiny_data(n=64, seed=1, classes=10):
@@ -110,7 +92,7 @@ def test_fgsm_and_pgd_on_a_linear_model_match_the_closed_form():
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_pgd_step_equals_torchattacks_without_random_start(norm):
-    model = tiny_cnn()
+    model = two_conv_cnn()
     x, _ = tiny_data(32)
     y = correct_labels(model, x)
     eps, step, steps = (0.05, 0.01, 7) if norm == "linf" else (0.5, 0.1, 7)
@@ -125,7 +107,7 @@ def test_pgd_step_equals_torchattacks_without_random_start(norm):
 
 
 def test_pgd_finds_at_least_what_torchattacks_finds():
-    model = tiny_cnn()
+    model = two_conv_cnn()
     x, _ = tiny_data(64)
     y = correct_labels(model, x)
     settings = PGDSettings(steps=10, step_size=0.01, random_start=False)
@@ -142,7 +124,7 @@ def test_pgd_finds_at_least_what_torchattacks_finds():
 
 @pytest.fixture(scope="module")
 def sweep():
-    model = OneAtATime(tiny_cnn())
+    model = OneAtATime(two_conv_cnn())
     x, _ = tiny_data(96)
     y = correct_labels(model, x)
     y[:10] = (y[:10] + 1) % 10  # ten examples misclassified from the start
@@ -216,7 +198,7 @@ def test_worst_case_is_the_per_example_and_over_attacks(sweep):
 
 
 def test_eval_mode_during_the_attack_and_former_mode_and_rng_after():
-    model = tiny_cnn()
+    model = two_conv_cnn()
     modes = []
     model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
     model.train()
@@ -248,7 +230,7 @@ def test_an_example_outside_the_ball_or_the_range_stops_the_run(monkeypatch):
     import attacks.runner
 
     monkeypatch.setattr(attacks.runner, "fgsm", lambda model, x, y, eps, norm: (x + 2 * eps))
-    model = tiny_cnn()
+    model = two_conv_cnn()
     xs, _ = tiny_data(8)
     with pytest.raises(AttackError, match="fgsm left the linf ball"):
         robustness(model, xs, correct_labels(model, xs),
@@ -258,8 +240,9 @@ def test_an_example_outside_the_ball_or_the_range_stops_the_run(monkeypatch):
 # ---------------------------------------------------------------------------- AutoAttack
 
 
+@pytest.mark.slow
 def test_autoattack_fast_runs_and_reports_its_checks():
-    model = tiny_cnn()
+    model = two_conv_cnn()
     x, _ = tiny_data(12)
     y = correct_labels(model, x)
     config = AttackConfig(attacks=("pgd", "autoattack-fast"), eps=tuple(parse_eps("0.02,0.1")),
@@ -278,8 +261,9 @@ def test_autoattack_fast_runs_and_reports_its_checks():
     assert checks[0] in result.rows[-1].checks  # and the worst-case row carries it too
 
 
+@pytest.mark.slow
 def test_autoattack_resumes_where_it_stopped(tmp_path, monkeypatch):
-    model = tiny_cnn()
+    model = two_conv_cnn()
     x, _ = tiny_data(12)
     y = correct_labels(model, x)
     config = AttackConfig(attacks=("autoattack-fast",), eps=(Eps(0.01, "0.01"),), batch_size=4)
@@ -338,7 +322,7 @@ def test_bad_attack_settings_are_refused():
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def mixup_run(tmp_path_factory):
     from robustmix.app.cli import main
 
     out = tmp_path_factory.mktemp("attack") / "run"
@@ -346,18 +330,18 @@ def trained_run(tmp_path_factory):
     return out
 
 
-def test_attack_command_writes_the_csv_and_merges_reruns(trained_run, capsys):
+def test_attack_command_writes_the_csv_and_merges_reruns(mixup_run, capsys):
     import csv
 
     from attacks.runner import CSV_FIELDS
     from robustmix.app.cli import main
 
-    argv = ["attack", "--quiet", "--run", str(trained_run), "--eps", "2/255,16/255",
+    argv = ["attack", "--quiet", "--run", str(mixup_run), "--eps", "2/255,16/255",
             "--attacks", "fgsm,pgd", "--pgd-steps", "5", "--n-examples", "60"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "worst-case" in printed and "16/255" in printed
-    rows = list(csv.DictReader((trained_run / "robustness.csv").open()))
+    rows = list(csv.DictReader((mixup_run / "robustness.csv").open()))
     assert list(rows[0]) == CSV_FIELDS
     assert {(r["attack"], r["eps"]) for r in rows} == {
         (a, e) for a in ("fgsm", "pgd", "worst-case") for e in ("2/255", "16/255")}
@@ -366,10 +350,10 @@ def test_attack_command_writes_the_csv_and_merges_reruns(trained_run, capsys):
         assert float(row["robust_acc"]) <= float(row["clean_acc"])
         assert float(row["eps_value"]) == pytest.approx(eval(row["eps"]))
     assert main(argv) == 0  # the same evaluation again replaces its rows
-    assert len(list(csv.DictReader((trained_run / "robustness.csv").open()))) == len(rows)
+    assert len(list(csv.DictReader((mixup_run / "robustness.csv").open()))) == len(rows)
 
 
-def test_worst_case_covers_attacks_run_in_separate_commands(trained_run, tmp_path, capsys):
+def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path, capsys):
     """FGSM in one command, PGD in another: the worst-case row is the per-example minimum
     over both, equal to the worst case of one command that runs both."""
     import shutil
@@ -380,7 +364,7 @@ def test_worst_case_covers_attacks_run_in_separate_commands(trained_run, tmp_pat
 
     apart, together = tmp_path / "apart", tmp_path / "together"
     for run in (apart, together):
-        shutil.copytree(trained_run, run)
+        shutil.copytree(mixup_run, run)
         for name in ("robustness.csv", worst_case.EXAMPLES):
             (run / name).unlink(missing_ok=True)
     common = ["--quiet", "--eps", "4/255,16/255", "--pgd-steps", "5", "--n-examples", "60"]
@@ -413,20 +397,20 @@ def test_worst_case_covers_attacks_run_in_separate_commands(trained_run, tmp_pat
     (["--attacks", "fgsm,cw"], "unknown attack 'cw'"),
     (["--norm", "l2", "--attacks", "fgsm"], "fgsm is an L∞ attack"),
 ])
-def test_bad_attack_input_is_one_line_and_exit_2(trained_run, capsys, argv, fragment):
+def test_bad_attack_input_is_one_line_and_exit_2(mixup_run, capsys, argv, fragment):
     from robustmix.app.cli import main
 
-    before = sorted(p.name for p in trained_run.iterdir())
+    before = sorted(p.name for p in mixup_run.iterdir())
     try:
-        code = main(["attack", "--run", str(trained_run), *argv])
+        code = main(["attack", "--run", str(mixup_run), *argv])
     except SystemExit as exit_:
         code = exit_.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and fragment in err, err
-    assert sorted(p.name for p in trained_run.iterdir()) == before
+    assert sorted(p.name for p in mixup_run.iterdir()) == before
 
 
-def test_unfinished_missing_or_code_carrying_runs_are_refused(trained_run, tmp_path, capsys):
+def test_unfinished_missing_or_code_carrying_runs_are_refused(mixup_run, tmp_path, capsys):
     import shutil
 
     from robustmix.core import runs
@@ -439,7 +423,7 @@ def test_unfinished_missing_or_code_carrying_runs_are_refused(trained_run, tmp_p
     code, err = attack(tmp_path / "nope")
     assert code == 2 and "no such run directory" in err
     unfinished = tmp_path / "unfinished"
-    shutil.copytree(trained_run, unfinished)
+    shutil.copytree(mixup_run, unfinished)
     (unfinished / runs.WEIGHTS).unlink()
     code, err = attack(unfinished)
     assert code == 2 and "no finished run" in err and "--resume" in err
@@ -451,7 +435,7 @@ def test_unfinished_missing_or_code_carrying_runs_are_refused(trained_run, tmp_p
             return (open, (str(marker), "w"))
 
     evil = tmp_path / "evil"
-    shutil.copytree(trained_run, evil)
+    shutil.copytree(mixup_run, evil)
     torch.save({"weights": Evil()}, evil / runs.WEIGHTS)  # a pickle under the weights' name
     code, err = attack(evil)
     assert code == 2 and "not a readable safetensors" in err and len(err.splitlines()) == 1

@@ -21,14 +21,9 @@ from benchmarks.common import format_machine, summarize_us  # noqa: E402
 from robustmix.mixing import DATA_FREE_MIX_NAMES  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these check that the code runs, and on a loaded shared host two
-    threads waiting on each other make the tiny settings ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread: these check that the code runs, and on a loaded shared host two threads
+# waiting on each other make the tiny settings ten times slower.
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def positive(value) -> bool:
@@ -149,6 +144,7 @@ q_draws = 4
 """
 
 
+@pytest.mark.slow
 def test_bench_study_reads_the_time_of_every_kind_of_step(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_STUDY)

@@ -8,7 +8,6 @@ one process. The commands themselves run under the real torchrun with 2 processe
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -30,6 +29,8 @@ from robustmix.core.errors import UsageError
 from robustmix.models.accuracy import evaluate
 from robustmix.models.weights import load_model
 
+from helpers import OneAtATime, one_thread
+
 TRAIN = ["train", "--quiet", "--image-size", "8", "--batch-size", "64", "--mix", "cutmix",
          "--log-interval", "5"]
 # Batches of one: each example is attacked alone, with the same shapes and kernels in one
@@ -42,18 +43,6 @@ ACCURACY_COLUMNS = ("attack", "settings", "norm", "eps", "n_examples", "n_attack
                     "clean_acc", "robust_acc", "checks")
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                      "OPENBLAS_NUM_THREADS")}
-
-
-@contextlib.contextmanager
-def one_thread():
-    """One intra-op thread in this process, as the torchrun processes use: with another
-    count, kernels may split their sums differently and results differ in the last bits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def torchrun(nproc: int, *argv, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
@@ -109,23 +98,8 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused():
         data.train_batches(np.random.default_rng(0), 64, "cpu", Augment(), shard=(0, 3))
 
 
-class OneAtATime(torch.nn.Module):
-    """A model applied to each example of a batch alone. The shards' batches hold other
-    examples, in other numbers, than the whole run's; a network run on the whole batch may
-    then sum an example's products in another order (kernels block by batch size) and move
-    a borderline verdict. Alone, an example is the same computation in any batch (same
-    process, shapes and threads), so the verdicts are equal by construction."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return torch.cat([self.model(example.unsqueeze(0)) for example in x])
-
-
-def test_results_from_strided_shards_merge_to_the_one_process_result(trained_run):
-    model = OneAtATime(load_model(trained_run))
+def test_results_from_strided_shards_merge_to_the_one_process_result(one_thread_cutmix_run):
+    model = OneAtATime(load_model(one_thread_cutmix_run))
     data = load_dataset("digits", image_size=8)
     x_all, y_all = data.tensors("test")
     chosen = torch.arange(0, 397, 5)
@@ -148,7 +122,7 @@ def test_results_from_strided_shards_merge_to_the_one_process_result(trained_run
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def one_thread_cutmix_run(tmp_path_factory):
     """A single-process run with one thread, as the torchrun processes use."""
     out = tmp_path_factory.mktemp("single") / "run"
     with one_thread():
@@ -228,6 +202,7 @@ RHO = 1e-4
 F32_EPS = torch.finfo(torch.float32).eps
 
 
+@pytest.mark.slow
 def test_compile_trains_the_same_model(tmp_path, monkeypatch):
     """--compile through dynamo and AOT autograd (the eager backend: no C compiler needed):
     every compiled training step gives the eager step's numbers, to float32 rounding."""
@@ -293,11 +268,11 @@ def test_a_compiler_that_fails_is_one_line_and_exit_2(tmp_path, monkeypatch, cap
 
 
 @pytest.mark.slow
-def test_torchrun_with_one_process_gives_the_single_process_bits(trained_run, tmp_path):
+def test_torchrun_with_one_process_gives_the_single_process_bits(one_thread_cutmix_run, tmp_path):
     out = tmp_path / "run"
     done = torchrun(1, *TRAIN, "--epochs", "1", "--out", out)
     assert done.returncode == 0, done.stderr
-    assert (out / runs.WEIGHTS).read_bytes() == (trained_run / runs.WEIGHTS).read_bytes()
+    assert (out / runs.WEIGHTS).read_bytes() == (one_thread_cutmix_run / runs.WEIGHTS).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -360,13 +335,13 @@ def test_a_killed_two_process_run_resumes_to_the_same_bits(two_process_run, tmp_
 
 
 @pytest.mark.slow
-def test_a_two_process_attack_gives_the_single_process_accuracies(trained_run, tmp_path,
+def test_a_two_process_attack_gives_the_single_process_accuracies(one_thread_cutmix_run, tmp_path,
                                                                   capsys):
     import shutil
 
     single, sharded = tmp_path / "single", tmp_path / "sharded"
-    shutil.copytree(trained_run, single)
-    shutil.copytree(trained_run, sharded)
+    shutil.copytree(one_thread_cutmix_run, single)
+    shutil.copytree(one_thread_cutmix_run, sharded)
     with one_thread():  # as each rank
         assert main(ATTACK + ["--run", str(single)]) == 0
     done = torchrun(2, *ATTACK, "--runs", sharded)

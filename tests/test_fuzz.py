@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from robustmix.app.cli import main
+from helpers import run_cli
 
 FUZZ = settings(max_examples=120, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -30,12 +30,8 @@ anything = st.one_of(st.text(max_size=20), listish, item)
 
 
 def run(capsys, argv):
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.err
+    code, _, err = run_cli(capsys, *argv)
+    return code, err
 
 
 def error_line(code, err) -> str:

@@ -167,7 +167,8 @@ def test_stochastic_is_mixup_or_cutmix_per_mask():
     assert ((all_cut == 0) | (all_cut == 1)).all()
 
 
-@pytest.mark.parametrize("name", ["mixup", "cutmix", "hmix", "gmix", "stochastic"])
+@pytest.mark.parametrize("name", ["mixup", "cutmix", "hmix", pytest.param("gmix", marks=pytest.mark.slow),
+                                  "stochastic"])
 def test_per_sample_and_per_batch_agree_in_distribution(name):
     batch, draws = 8, 3000
     per_batch = Mixer(MixConfig(mix=name, lam_per="batch"))

@@ -403,6 +403,7 @@ def puzzlemix_run(tmp_path_factory):
     return config, out, train(config, out, progress=False)
 
 
+@pytest.mark.slow
 def test_short_digits_training_with_puzzlemix_beats_chance_by_a_wide_margin(puzzlemix_run):
     config, out, result = puzzlemix_run
     assert result.test_acc > 0.6  # chance is 0.1
@@ -410,6 +411,7 @@ def test_short_digits_training_with_puzzlemix_beats_chance_by_a_wide_margin(puzz
     assert saved["mix"] == "puzzlemix" and saved["puzzle_beta"] == 1.2
 
 
+@pytest.mark.slow
 def test_a_killed_puzzlemix_run_resumes_to_the_same_weights(puzzlemix_run, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 

@@ -17,6 +17,8 @@ from robustmix.core import runs
 from robustmix.core.errors import UsageError
 from robustmix.mixing import MixConfig
 
+from helpers import RunsCode
+
 
 # ---------------------------------------------------------------------------- writes
 
@@ -52,7 +54,7 @@ def test_a_full_disk_keeps_the_old_file_and_says_which_file_in_one_line(tmp_path
 
 
 def test_temporary_files_of_dead_writers_are_removed_by_the_next_write(tmp_path):
-    """(tests/test_reliability.py kills real writers; here the names are made by hand.)"""
+    """(tests/test_kill_resume.py kills real writers; here the names are made by hand.)"""
     path = tmp_path / "checkpoint.pt"
     runs.atomic_write_bytes(path, b"epoch 1")
     dead = _dead_pid()
@@ -256,16 +258,6 @@ def test_weights_for_another_model_are_refused(weights_file, tmp_path):
     save_file(tensors, str(path), metadata=metadata)
     with pytest.raises(UsageError, match="weights do not match their model spec"):
         robustmix.load_model(path)
-
-
-class RunsCode:
-    """A pickle payload that, if unpickled, creates ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').close()",))
 
 
 def evil_files(tmp_path, marker):

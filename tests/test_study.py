@@ -10,6 +10,8 @@ from robustmix.app import study
 from robustmix.core import runs
 from robustmix.app.cli import main
 
+from helpers import run_cli
+
 MINI = """
 preset = "digits"
 out = "{out}"
@@ -42,15 +44,6 @@ def write_config(tmp_path, out):
     path = tmp_path / f"{Path(out).name}.toml"
     path.write_text(MINI.format(out=out))
     return path
-
-
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def stamps(out: Path) -> dict[str, int]:
@@ -102,12 +95,12 @@ def test_a_miniature_study_produces_every_report_file(finished):
 def test_rerunning_does_no_training_attacking_or_evaluating_again(finished, capsys):
     base, out = finished
     before = stamps(out)
-    code, printed, _ = run(capsys, "study", "--quiet", "--config", str(write_config(base, out)))
+    code, printed, _ = run_cli(capsys, "study", "--quiet", "--config", str(write_config(base, out)))
     assert code == 0
     assert stamps(out) == before, "no run file may be rewritten"
     assert "[1/1] report" in printed
-    code, printed, _ = run(capsys, "study", "--dry-run", "--config",
-                           str(write_config(base, out)))
+    code, printed, _ = run_cli(capsys, "study", "--dry-run", "--config",
+                               str(write_config(base, out)))
     assert "1 of 9 steps to do" in printed and printed.count(" done ") == 8
 
 
@@ -139,7 +132,7 @@ def test_an_interrupted_study_resumes_to_the_same_report(finished, monkeypatch):
 
 def test_presets_print_as_toml_that_loads_back(capsys, tmp_path):
     for name in study.PRESETS:
-        code, printed, err = run(capsys, "study", "--preset", name, "--print-config")
+        code, printed, err = run_cli(capsys, "study", "--preset", name, "--print-config")
         assert code == 0, err
         path = tmp_path / f"{name}.toml"
         path.write_text(printed)
@@ -171,7 +164,7 @@ def test_a_config_on_other_data_does_not_inherit_the_digits_image_size(tmp_path)
 def test_bad_study_configs_are_one_line_and_exit_2(capsys, tmp_path, text, fragment):
     path = tmp_path / "bad.toml"
     path.write_text(text + "\n")
-    code, _, err = run(capsys, "study", "--config", str(path), "--out", str(tmp_path / "s"))
+    code, _, err = run_cli(capsys, "study", "--config", str(path), "--out", str(tmp_path / "s"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
     assert not (tmp_path / "s").exists()
 
@@ -185,15 +178,15 @@ def test_bad_study_configs_are_one_line_and_exit_2(capsys, tmp_path, text, fragm
 ])
 def test_bad_study_flags_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, fragment):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, "study", "--dry-run", *argv)
+    code, _, err = run_cli(capsys, "study", "--dry-run", *argv)
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
 def test_a_run_trained_with_other_settings_is_not_silently_reused(capsys, tmp_path):
     out = tmp_path / "s"
     config = write_config(tmp_path, out)
-    code, _, _ = run(capsys, "train", "--quiet", "--epochs", "1", "--image-size", "12",
-                     "--out", str(out / "runs" / "vanilla-s0"))
+    code, _, _ = run_cli(capsys, "train", "--quiet", "--epochs", "1", "--image-size", "12",
+                         "--out", str(out / "runs" / "vanilla-s0"))
     assert code == 0
-    code, _, err = run(capsys, "study", "--quiet", "--config", str(config))
+    code, _, err = run_cli(capsys, "study", "--quiet", "--config", str(config))
     assert code == 2 and "trained with other settings" in err

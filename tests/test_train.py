@@ -63,6 +63,7 @@ def test_load_model_gives_the_trained_model_in_eval_mode(cutmix_run):
         assert accuracy == pytest.approx(result.test_acc)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_weights_and_resume_equals_uninterrupted(
         cutmix_run, tmp_path, monkeypatch):
     config, reference, _ = cutmix_run

@@ -1,0 +1,100 @@
+"""Fixtures shared by the test modules. Plain helpers are in helpers.py; the kill harness
+(robustmix commands in forked processes) in kill_harness.py.
+
+The run fixtures are session-scoped: one forkserver and one reference training run serve
+the kill tests (test_kill_resume.py) and the in-process reliability tests
+(test_failed_writes.py, test_damaged_files.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from attacks.runner import ROBUSTNESS
+from helpers import one_thread
+from kill_harness import (ATTACK, FIRST_ATTACK, THREAD_VARIABLES, TRAIN, TRAIN_WRITES,
+                          Commands, rows_without_wall_clock)
+from robustmix.core import runs
+
+
+@pytest.fixture
+def torch_one_thread():
+    """One intra-op torch thread for the test (modules use it with
+    ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``)."""
+    with one_thread():
+        yield
+
+
+# ---------------------------------------------------------------------------- runs made by
+# forked commands (tests/kill_harness.py)
+
+
+@pytest.fixture(scope="session")
+def commands(tmp_path_factory):
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: "1" for name in THREAD_VARIABLES})
+    try:
+        commands = Commands(tmp_path_factory.mktemp("logs"))
+        assert commands.run(["masks", "--help"]).exitcode == 0  # starts the server
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    yield commands
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)
+    if stop is not None:
+        stop()
+
+
+@pytest.fixture(scope="session")
+def reference(commands, tmp_path_factory):
+    """An uninterrupted training run and its number of writes and seconds."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    outcome = commands.run(TRAIN + ["--out", out])
+    assert outcome.exitcode == 0, outcome.log
+    assert outcome.writes == TRAIN_WRITES
+    return out, outcome
+
+
+@pytest.fixture(scope="session")
+def attack_base(commands, reference, tmp_path_factory):
+    """A finished run that an earlier, different attack has already written results to."""
+    base = tmp_path_factory.mktemp("attack-base") / "run"
+    shutil.copytree(reference[0], base)
+    outcome = commands.run(FIRST_ATTACK + ["--run", base])
+    assert outcome.exitcode == 0, outcome.log
+    return base
+
+
+@pytest.fixture(scope="session")
+def attack_reference(commands, attack_base, tmp_path_factory):
+    """The attack run uninterrupted, in the directory the kill tests use."""
+    run = tmp_path_factory.mktemp("attacked") / "run"
+    shutil.copytree(attack_base, run)
+    outcome = commands.run(ATTACK + ["--run", run])
+    assert outcome.exitcode == 0, outcome.log
+    assert outcome.writes >= 5, "AutoAttack saves its state after every batch"
+    return run, rows_without_wall_clock(run / ROBUSTNESS), outcome
+
+
+@pytest.fixture
+def unfinished(reference, tmp_path):
+    """The reference run before its weights were written (checkpoint at the last epoch)."""
+    out = tmp_path / "unfinished"
+    shutil.copytree(reference[0], out)
+    (out / runs.WEIGHTS).unlink()
+    return out
+
+
+@pytest.fixture
+def finished(attack_base, tmp_path):
+    out = tmp_path / "finished"
+    shutil.copytree(attack_base, out)
+    return out

@@ -1,0 +1,87 @@
+"""Helpers shared by the test modules (plain functions and classes; the fixtures are in
+conftest.py, the forked-command kill harness in kill_harness.py)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from robustmix.app.cli import main
+
+
+def run_cli(capsys, *argv):
+    """Run ``robustmix ARGV`` in this process; returns the exit code, stdout and stderr."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse exits by itself
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *fragments):
+    """A refusal: exit code 2 and one line holding every fragment, no traceback. Returns
+    the line."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op torch thread in this process (as the forked and torchrun commands use:
+    with another count, kernels may split their sums differently and results differ in
+    the last bits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------- small models
+
+
+def two_conv_cnn(seed=0, classes=10):
+    """Two 3x3 convolutions and a linear layer on 1x8x8 inputs, in eval mode."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, classes)).eval()
+
+
+def one_conv_cnn(seed=0):
+    """One 3x3 convolution and a linear layer on 1x8x8 inputs, 10 classes, in eval mode."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 8 * 8, 10)).eval()
+
+
+class OneAtATime(nn.Module):
+    """Runs each example through ``model`` alone, so an example's logits and gradients are
+    the same arithmetic whatever batch it arrives in: tests that compare per-example
+    verdicts across batch sizes, orders, subsets or ranks' shards are then exact by
+    construction (CPU kernels otherwise vectorize and split sums by batch shape)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.cat([self.model(x[i:i + 1]) for i in range(x.shape[0])])
+
+
+class RunsCode:
+    """A pickle payload that, if unpickled, creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
