@@ -20,7 +20,7 @@ from robustmix.core.config import MixConfig, TrainConfig
 from robustmix.core.devices import resolve_device
 from robustmix.core.errors import UsageError
 from robustmix.models import check_arch
-from robustmix.training.trainer import prepare_run_dir, train
+from robustmix.training.trainer import TrainResult, prepare_run_dir, train
 
 
 def _distributed(run):
@@ -52,59 +52,74 @@ def _say(text: str) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    if args.resume is not None:
-        given = _explicit_options(args, ignore={"resume", "quiet"})
-        if given:
-            raise UsageError(f"--resume takes every setting from {args.resume}/config.json; "
-                             f"drop {', '.join(given)}")
-        run_dir = Path(args.resume)
-
-        def read_run():
-            if not (run_dir / runs.CONFIG).is_file():
-                raise UsageError(f"{run_dir} holds no run to resume ({runs.CONFIG} is missing)")
-            return (TrainConfig.from_dict(runs.read_config(run_dir)["train"],
-                                          source=str(run_dir / runs.CONFIG)),
-                    runs.is_complete(run_dir))
-
-        config, complete = distributed.on_main(read_run)
-        if complete:
-            _say(f"robustmix train: {run_dir} is already complete; nothing to do")
-            return 0
-        result = train(config, run_dir, resume=True, progress=not args.quiet)
-    else:
-        mix = MixConfig(mix=args.mix, alpha=args.alpha, lam_per=args.lam_per,
-                        pairing=args.pairing, mix_prob=args.mix_prob,
-                        switch_prob=args.switch_prob, hmix_r=args.hmix_r,
-                        puzzle_beta=args.puzzle_beta, puzzle_gamma=args.puzzle_gamma,
-                        puzzle_eta=args.puzzle_eta, puzzle_transport=args.puzzle_transport)
-        config = TrainConfig(
-            dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
-            download=args.download, crop_scale=args.crop_scale, pad=args.pad, flip=args.flip,
-            arch=args.arch, mix=mix, epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-            weight_decay=args.weight_decay, schedule=args.schedule,
-            milestones=args.milestones, lr_gamma=args.lr_gamma,
-            warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-            seed=args.seed, device=args.device, amp=args.amp,
-            channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
-            log_interval=args.log_interval)
-        config = dataclasses.replace(config, arch=check_arch(config.arch))
-        config.validate()
-        out = Path(args.out or config.default_out())
-        resume, complete = distributed.on_main(lambda: (
-            (found := prepare_run_dir(out, overwrite=args.overwrite, config=config)),
-            found and runs.is_complete(out)))
-        if complete:
-            _say(f"robustmix train: {out} already holds this run, complete; nothing to do")
-            return 0
-        if resume:
-            _say(f"robustmix train: {out} holds this run, unfinished; continuing it")
-        result = train(config, out, resume=resume, progress=not args.quiet)
+    result = _resume_train(args) if args.resume is not None else _start_train(args)
+    if result is None:  # the run was already complete
+        return 0
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
     _say(f"robustmix train: {result.run_dir} done: test accuracy {result.test_acc:.2%}, "
           f"train accuracy (mixed batches) {result.train_acc:.2%}, {result.epochs} epochs in "
           f"{result.seconds:.1f} s{resumed}")
     return 0
+
+
+def _resume_train(args: argparse.Namespace) -> TrainResult | None:
+    """``train --resume RUN_DIR``: the run's own settings; None when it is complete."""
+    given = _explicit_options(args, ignore={"resume", "quiet"})
+    if given:
+        raise UsageError(f"--resume takes every setting from {args.resume}/config.json; "
+                         f"drop {', '.join(given)}")
+    run_dir = Path(args.resume)
+
+    def read_run():
+        if not (run_dir / runs.CONFIG).is_file():
+            raise UsageError(f"{run_dir} holds no run to resume ({runs.CONFIG} is missing)")
+        return (TrainConfig.from_dict(runs.read_config(run_dir)["train"],
+                                      source=str(run_dir / runs.CONFIG)),
+                runs.is_complete(run_dir))
+
+    config, complete = distributed.on_main(read_run)
+    if complete:
+        _say(f"robustmix train: {run_dir} is already complete; nothing to do")
+        return None
+    return train(config, run_dir, resume=True, progress=not args.quiet)
+
+
+def _start_train(args: argparse.Namespace) -> TrainResult | None:
+    """``train`` with flags: a new run, or the same one continued; None when it is complete."""
+    config = _train_config(args)
+    out = Path(args.out or config.default_out())
+    resume, complete = distributed.on_main(lambda: (
+        (found := prepare_run_dir(out, overwrite=args.overwrite, config=config)),
+        found and runs.is_complete(out)))
+    if complete:
+        _say(f"robustmix train: {out} already holds this run, complete; nothing to do")
+        return None
+    if resume:
+        _say(f"robustmix train: {out} holds this run, unfinished; continuing it")
+    return train(config, out, resume=resume, progress=not args.quiet)
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig that train's flags spell, validated, with the canonical arch name."""
+    mix = MixConfig(mix=args.mix, alpha=args.alpha, lam_per=args.lam_per,
+                    pairing=args.pairing, mix_prob=args.mix_prob,
+                    switch_prob=args.switch_prob, hmix_r=args.hmix_r,
+                    puzzle_beta=args.puzzle_beta, puzzle_gamma=args.puzzle_gamma,
+                    puzzle_eta=args.puzzle_eta, puzzle_transport=args.puzzle_transport)
+    config = TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+        download=args.download, crop_scale=args.crop_scale, pad=args.pad, flip=args.flip,
+        arch=args.arch, mix=mix, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+        weight_decay=args.weight_decay, schedule=args.schedule,
+        milestones=args.milestones, lr_gamma=args.lr_gamma,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        seed=args.seed, device=args.device, amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
+        log_interval=args.log_interval)
+    config = dataclasses.replace(config, arch=check_arch(config.arch))
+    config.validate()
+    return config
 
 
 def _explicit_options(args: argparse.Namespace, ignore: set[str]) -> list[str]:
