@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError
 
 NORMS = ("linf", "l2")
 
@@ -25,8 +25,8 @@ def parse_eps(text: str) -> list[Eps]:
     """
     items = [item.strip() for item in str(text).split(",")]
     if not items or any(not item for item in items):
-        raise UsageError(f"--eps: expected a budget like 8/255 or 0.031, or a comma list of "
-                         f"them, got {text!r}")
+        raise ConfigError("eps", f"expects a budget like 8/255 or 0.031, or a comma list of "
+                          f"them, got {text!r}")
     parsed = {}
     for item in items:
         value = _parse_one(item)
@@ -37,23 +37,21 @@ def parse_eps(text: str) -> list[Eps]:
 def _parse_one(item: str) -> float:
     accepted = "a positive number like 0.031 or a fraction like 8/255"
     try:
-        if "/" in item:
-            numerator, denominator = item.split("/")
-            num, den = float(numerator), float(denominator)
-            if den == 0:
-                raise UsageError(f"--eps: {item!r} has a zero denominator; expected {accepted}")
-            value = num / den
-        else:
-            value = float(item)
+        parts = [float(part) for part in item.split("/")] if "/" in item else [float(item)]
     except ValueError:
-        raise UsageError(f"--eps: {item!r} is not a number; expected {accepted}") from None
+        raise ConfigError("eps", f"{item!r} is not a number; expected {accepted}") from None
+    if len(parts) > 2:
+        raise ConfigError("eps", f"{item!r} is not a number; expected {accepted}")
+    if len(parts) == 2 and parts[1] == 0:
+        raise ConfigError("eps", f"{item!r} has a zero denominator; expected {accepted}")
+    value = parts[0] / parts[1] if len(parts) == 2 else parts[0]
     if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"--eps: {item!r} must be positive and finite; expected {accepted}")
+        raise ConfigError("eps", f"{item!r} must be positive and finite; expected {accepted}")
     return value
 
 
 def check_norm(norm: str) -> str:
     norm = norm.lower()
     if norm not in NORMS:
-        raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        raise ConfigError("norm", f"must be one of {', '.join(NORMS)}, got {norm!r}")
     return norm

@@ -35,7 +35,7 @@ from attacks.eps import NORMS, Eps, check_norm, parse_eps
 from attacks.gradient import PassCounter, PGDSettings, fgsm, pgd
 from robustmix.core import distributed, runs
 from robustmix.core.config import TrainConfig
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 from robustmix.data import load_dataset
 from robustmix.models.weights import load_model
 
@@ -64,15 +64,16 @@ class AttackConfig:
         check_norm(self.norm)
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown or not self.attacks:
-            raise UsageError(f"unknown attack '{','.join(unknown)}'; valid: {', '.join(ATTACKS)}")
+            raise ConfigError("attacks", f"has unknown attack '{','.join(unknown)}'; valid: "
+                              f"{', '.join(ATTACKS)}")
         if self.norm == "l2" and "fgsm" in self.attacks:
-            raise UsageError("fgsm is an L∞ attack; with --norm l2 use pgd or autoattack")
+            raise ConfigError("attacks", "fgsm is an L∞ attack; with norm l2 use pgd or autoattack")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.pgd.steps < 1 or self.pgd.restarts < 1:
-            raise UsageError("--pgd-steps and --restarts must be >= 1")
+            raise ConfigError("pgd.steps" if self.pgd.steps < 1 else "pgd.restarts", "must be >= 1")
         if self.pgd.step_size is not None and not self.pgd.step_size > 0:
-            raise UsageError(f"--pgd-step must be > 0, got {self.pgd.step_size}")
+            raise ConfigError("pgd.step_size", f"must be > 0, got {self.pgd.step_size}")
         if list(self.eps) != sorted(self.eps):
             raise ValueError("eps must be sorted ascending")
 
@@ -155,7 +156,7 @@ def select_examples(n_total: int, n_examples: int | None) -> np.ndarray:
     if n_examples is None or n_examples >= n_total:
         return np.arange(n_total)
     if n_examples < 1:
-        raise UsageError(f"--n-examples must be >= 1, got {n_examples}")
+        raise ConfigError("n_examples", f"must be >= 1, got {n_examples}")
     return np.sort(np.random.default_rng(0).permutation(n_total)[:n_examples])
 
 
@@ -372,7 +373,7 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     place = distributed.current()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UsageError(f"--run {run_dir}: no such run directory")
+        raise UsageError(f"{run_dir}: no such run directory")
     model = load_model(run_dir).to(device)
     train_config = TrainConfig.from_dict(runs.read_config(run_dir)["train"],
                                          source=str(run_dir / runs.CONFIG))

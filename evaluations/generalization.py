@@ -36,7 +36,7 @@ from evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV, op
 from robustmix.core import runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.devices import resolve_device
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 from robustmix.data import load_dataset
 from robustmix.mixing import is_data_dependent, make_sampler
 from robustmix.mixing.puzzlemix import kernel_on_batches
@@ -55,7 +55,7 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
     for flag, value in (("--batch-size", batch_size), ("--q-draws", q_draws)):
         _check_positive(flag, value)
     if n_examples is not None:
-        _check_positive("--n-examples", n_examples)
+        _check_positive("n_examples", n_examples)
     run = open_run(run_dir)
     model = load_model(run.path)
     config = TrainConfig.from_dict(run.train, source=str(run.path / runs.CONFIG))
@@ -121,12 +121,12 @@ def _device(name: str) -> torch.device:
     try:
         return resolve_device(name)
     except (RuntimeError, ValueError):
-        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+        raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {name!r}") from None
 
 
 def _check_positive(flag: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UsageError(f"{flag} must be a positive integer, got {value!r}")
+        raise ConfigError(flag, f"must be a positive integer, got {value!r}")
 
 
 def _check_same_data(run, data) -> None:

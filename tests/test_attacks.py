@@ -13,7 +13,7 @@ from attacks import runner as runner_module
 from attacks.eps import Eps
 from attacks.gradient import pgd
 from attacks.runner import check_adversarial
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 
 from helpers import OneAtATime, two_conv_cnn
 
@@ -57,8 +57,9 @@ def test_eps_parsing_accepts_fractions_decimals_and_lists():
 @pytest.mark.parametrize("text", ["-1/255", "0", "1/0", "nan", "inf", "abc", "1/2/3", "",
                                   "1/255,,2/255", "0/0", "8/-255"])
 def test_eps_parsing_refuses_bad_budgets(text):
-    with pytest.raises(UsageError, match="--eps"):
+    with pytest.raises(ConfigError, match="^eps ") as caught:
         parse_eps(text)
+    assert caught.value.field == "eps" and isinstance(caught.value, ValueError)
 
 
 # ---------------------------------------------------------------------------- closed forms
@@ -309,11 +310,11 @@ def test_autoattack_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 
 def test_bad_attack_settings_are_refused():
-    with pytest.raises(UsageError, match="unknown attack 'cw'"):
+    with pytest.raises(ConfigError, match="^attacks has unknown attack 'cw'"):
         AttackConfig(attacks=("cw",)).validate()
     with pytest.raises(UsageError, match="fgsm is an L∞ attack"):
         AttackConfig(attacks=("fgsm",), norm="l2").validate()
-    with pytest.raises(UsageError, match="--norm"):
+    with pytest.raises(ConfigError, match="^norm must be one of"):
         AttackConfig(norm="l1").validate()
     assert math.isclose(PGDSettings().step_for(0.08), 0.02)
 

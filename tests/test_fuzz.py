@@ -70,7 +70,7 @@ def test_eps_parses_to_sorted_positive_budgets_or_one_line(capsys, text):
     try:
         budgets = parse_eps(text)
     except UsageError:
-        assert line.startswith("robustmix attack: error: --eps: "), line
+        assert line.startswith("robustmix attack: error: --eps "), line
         return
     assert line == f"robustmix attack: error: {missing}: no such run directory"
     values = [b.value for b in budgets]

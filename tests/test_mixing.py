@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robustmix.app import cli
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 from robustmix.mixing import (DATA_FREE_MIX_NAMES, MIX_NAMES, MixConfig, Mixer, cutmix_mask, gmix_mask, hmix_mask,
                               make_sampler, mask_kernel, mix, mixup_mask)
 
@@ -233,13 +233,13 @@ def test_kernel_of_cutmix_falls_from_its_hole_fraction_to_zero():
 
 
 def test_invalid_settings_are_refused():
-    with pytest.raises(UsageError, match="unknown mix 'foo'; valid: vanilla"):
+    with pytest.raises(ConfigError, match="^mix must be one of vanilla, .*, got 'foo'"):
         make_sampler("foo")
-    with pytest.raises(UsageError, match="alpha"):
+    with pytest.raises(ConfigError, match="^alpha must be > 0"):
         MixConfig(mix="mixup", alpha=0).validate()
-    with pytest.raises(UsageError, match="hmix-r"):
+    with pytest.raises(ConfigError, match=r"^hmix_r must lie in \[0, 1\]"):
         MixConfig(mix="hmix", hmix_r=1.5).validate()
-    with pytest.raises(UsageError, match="at least 2"):
+    with pytest.raises(ValueError, match="at least 2"):
         Mixer(MixConfig(mix="mixup"))(torch.rand(1, 1, 4, 4), torch.eye(2)[:1],
                                       np.random.default_rng(0))
     with pytest.raises(ValueError, match="batch_size, classes"):

@@ -9,7 +9,7 @@ import torch
 
 from robustmix.mixing import puzzlemix as pm
 from robustmix.core import runs
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 from robustmix.mixing import (DATA_FREE_MIX_NAMES, MIX_NAMES, MaskDraw, MixConfig, Mixer,
                               cutmix_mask, make_sampler, mask_kernel, mix)
 
@@ -295,24 +295,24 @@ def test_unmixed_samples_stay_untouched_and_unmixed_batches_cost_no_saliency_pas
     never = Mixer(MixConfig(mix="puzzlemix", mix_prob=0.0))
     assert never(x, y, np.random.default_rng(1), saliency_fn=saliency_fn)[0] is x
     assert len(calls) == 1
-    with pytest.raises(UsageError, match="saliency"):
+    with pytest.raises(TypeError, match="saliency"):
         Mixer(MixConfig(mix="puzzlemix"))(x, y, np.random.default_rng(1))
 
 
 def test_the_plain_sampler_contract_refuses_puzzlemix_with_a_pointer():
     sampler = make_sampler("puzzlemix")
-    with pytest.raises(UsageError, match="kernel_on_batches"):
+    with pytest.raises(TypeError, match="kernel_on_batches"):
         sampler(torch.tensor([0.5]), 8, 8, np.random.default_rng(0), "cpu")
-    with pytest.raises(UsageError, match="kernel_on_batches"):
+    with pytest.raises(TypeError, match="kernel_on_batches"):
         mask_kernel(sampler, 8)
-    with pytest.raises(UsageError, match="Mixer"):
+    with pytest.raises(TypeError, match="Mixer"):
         Mixer(MixConfig(mix="puzzlemix")).draw(4, 8, 8, np.random.default_rng(0), "cpu")
     with pytest.raises(UsageError, match="no such n divides"):
         sampler(torch.tensor([0.5]), torch.rand(2, 1, 9, 9), torch.rand(2, 1, 9, 9),
                 np.random.default_rng(0), saliency=torch.rand(2, 9, 9),
                 partner_saliency=torch.rand(2, 9, 9))
     for bad in (dict(puzzle_beta=-1.0), dict(puzzle_eta=math.nan), dict(puzzle_gamma=-0.1)):
-        with pytest.raises(UsageError, match="--puzzle-"):
+        with pytest.raises(ConfigError, match="^puzzle_(beta|eta|gamma) must be"):
             MixConfig(mix="puzzlemix", **bad).validate()
 
 

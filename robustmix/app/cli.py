@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 
 MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix", "puzzlemix")
 
@@ -271,6 +271,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# fields whose flag is not the field's name with dashes
+_FLAGS = {"pgd.steps": "--pgd-steps", "pgd.step_size": "--pgd-step",
+          "pgd.restarts": "--restarts"}
+
+
+def _in_flags(err: UsageError, parser: argparse.ArgumentParser) -> str:
+    """The error's message, a setting's field named as the flag this command's user typed.
+
+    Only an error about a setting given on the command line is translated: one read from
+    a file (a study's TOML, a run's config.json) names the file and keeps the field name.
+    """
+    if not isinstance(err, ConfigError) or err.source is not None:
+        return str(err)
+    flag = _FLAGS.get(err.field, "--" + err.field.replace("_", "-"))
+    flags = {option for action in parser._actions for option in action.option_strings}
+    return f"{flag} {err.problem}" if flag in flags else str(err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -280,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed = sys.modules.get("robustmix.core.distributed")  # loaded by a command only
         is_main = distributed is None or distributed.current().is_main
         if is_main or not getattr(err, "shared", False):
-            print(f"robustmix {args.command}: error: {err}", file=sys.stderr)
+            print(f"robustmix {args.command}: error: {_in_flags(err, args.parser)}",
+                  file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"robustmix {args.command}: interrupted; finished work is kept "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from robustmix.core import runs
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 
 DATA_FREE_MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix")
 MIX_NAMES = DATA_FREE_MIX_NAMES + ("puzzlemix",)   # appended: indices of the others stay
@@ -43,25 +43,25 @@ class MixConfig:
 
     def validate(self) -> None:
         if self.mix not in MIX_NAMES:
-            raise UsageError(f"unknown mix '{self.mix}'; valid: {', '.join(MIX_NAMES)}")
+            raise ConfigError("mix", f"must be one of {', '.join(MIX_NAMES)}, got '{self.mix}'")
         if not 0 < self.alpha < math.inf:
-            raise UsageError(f"--alpha must be > 0 and finite (λ ~ Beta(α, α)), "
-                             f"got {self.alpha}")
+            raise ConfigError("alpha", f"must be > 0 and finite (λ ~ Beta(α, α)), "
+                              f"got {self.alpha}")
         if self.lam_per not in LAM_PER:
-            raise UsageError(f"--lam-per must be one of {', '.join(LAM_PER)}, got '{self.lam_per}'")
+            raise ConfigError("lam_per", f"must be one of {', '.join(LAM_PER)}, got '{self.lam_per}'")
         if self.pairing not in PAIRINGS:
-            raise UsageError(f"--pairing must be one of {', '.join(PAIRINGS)}, got '{self.pairing}'")
+            raise ConfigError("pairing", f"must be one of {', '.join(PAIRINGS)}, got '{self.pairing}'")
         for name in ("mix_prob", "switch_prob", "hmix_r"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+                raise ConfigError(name, f"must lie in [0, 1], got {value}")
         for name in ("puzzle_beta", "puzzle_gamma", "puzzle_eta"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
-                                 f"got {value}")
+                raise ConfigError(name, f"must be a finite number >= 0, "
+                                  f"got {value}")
         if not isinstance(self.puzzle_transport, bool):
-            raise UsageError(f"puzzle_transport must be true or false, got {self.puzzle_transport!r}")
+            raise ConfigError("puzzle_transport", f"must be true or false, got {self.puzzle_transport!r}")
 
     def sampler_settings(self) -> dict:
         """The keyword arguments of :func:`make_sampler` that this configuration sets."""
@@ -105,39 +105,39 @@ class TrainConfig:
     def validate(self) -> None:
         self.mix.validate()
         if self.epochs < 1:
-            raise UsageError(f"--epochs must be >= 1, got {self.epochs}")
+            raise ConfigError("epochs", f"must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or (self.batch_size < 2 and self.mix.mix != "vanilla"):
-            raise UsageError(f"--batch-size must be >= 2 when mixing (>= 1 without), "
-                             f"got {self.batch_size}")
+            raise ConfigError("batch_size", f"must be >= 2 when mixing (>= 1 without), "
+                              f"got {self.batch_size}")
         if not 0 < self.lr < math.inf:
-            raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
+            raise ConfigError("lr", f"must be a finite number > 0, got {self.lr}")
         if not 0 <= self.weight_decay < math.inf:
-            raise UsageError(f"--weight-decay must be a finite number >= 0, "
-                             f"got {self.weight_decay}")
+            raise ConfigError("weight_decay", f"must be a finite number >= 0, "
+                              f"got {self.weight_decay}")
         if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise UsageError(f"--image-size must lie in [8, {MAX_IMAGE_SIZE}], "
-                             f"got {self.image_size}")
+            raise ConfigError("image_size", f"must lie in [8, {MAX_IMAGE_SIZE}], "
+                              f"got {self.image_size}")
         if not 0 <= self.momentum < 1:
-            raise UsageError(f"--momentum must lie in [0, 1), got {self.momentum}")
+            raise ConfigError("momentum", f"must lie in [0, 1), got {self.momentum}")
         if self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
-                             f"got '{self.schedule}'")
+            raise ConfigError("schedule", f"must be one of {', '.join(SCHEDULES)}, "
+                              f"got '{self.schedule}'")
         if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+            raise ConfigError("label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.warmup_epochs < self.epochs:
-            raise UsageError(f"--warmup-epochs must lie in [0, epochs), got {self.warmup_epochs}")
+            raise ConfigError("warmup_epochs", f"must lie in [0, epochs), got {self.warmup_epochs}")
         if list(self.milestones) != sorted(set(self.milestones)) or any(
                 not 0 < m < self.epochs for m in self.milestones):
-            raise UsageError(f"--milestones must be increasing epochs between 1 and "
-                             f"{self.epochs - 1}, got {','.join(map(str, self.milestones))}")
+            raise ConfigError("milestones", f"must be increasing epochs between 1 and "
+                              f"{self.epochs - 1}, got {','.join(map(str, self.milestones))}")
         if not 0 < self.lr_gamma <= 1:
-            raise UsageError(f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}")
+            raise ConfigError("lr_gamma", f"must lie in (0, 1], got {self.lr_gamma}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got '{self.device}'")
         if self.log_interval < 1:
-            raise UsageError(f"--log-interval must be >= 1, got {self.log_interval}")
+            raise ConfigError("log_interval", f"must be >= 1, got {self.log_interval}")
         if self.pad is not None and self.pad < 0:
-            raise UsageError(f"--pad must be >= 0, got {self.pad}")
+            raise ConfigError("pad", f"must be >= 0, got {self.pad}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,6 +154,8 @@ class TrainConfig:
                     values[key] = tuple(values[key])
             config = cls(mix=MixConfig(**mix_values), **values)
             config.validate()
+        except ConfigError as err:
+            raise ConfigError(err.field, err.problem, source=source) from None
         except TypeError as err:
             raise UsageError(f"{source}: malformed training settings ({err})") from None
         return config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -13,8 +13,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked for, but no CUDA device is available; "
-                         "use --device cpu or auto")
+        raise ConfigError("device", f"{name} asked for, but no CUDA device is available; "
+                          "use cpu or auto")
     return device
 
 

@@ -162,9 +162,9 @@ def all_gather(value: T) -> list[T]:
     return values
 
 
-def shared_error(message: str) -> UsageError:
+def shared_error(error: str | UsageError) -> UsageError:
     """A UsageError that every rank raises together; only rank 0 prints it."""
-    error = UsageError(message)
+    error = UsageError(error) if isinstance(error, str) else error
     error.shared = True  # type: ignore[attr-defined]
     return error
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from robustmix.core.config import MIX_NAMES, MixConfig
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError
 from robustmix.mixing.puzzlemix import PuzzleMix
 from robustmix.mixing.samplers import (DataDependentSampler, MaskSampler, _as_device_tensor,
                                        cutmix_mask, gmix_mask, hmix_mask, is_data_dependent,
@@ -40,7 +40,7 @@ def make_sampler(mix: str, *, hmix_r: float = 0.5, switch_prob: float = 0.5,
                                        transport=puzzle_transport),
     }
     if mix not in samplers:
-        raise UsageError(f"unknown mix '{mix}'; valid: {', '.join(MIX_NAMES)}")
+        raise ConfigError("mix", f"must be one of {', '.join(MIX_NAMES)}, got '{mix}'")
     return samplers[mix]()
 
 
@@ -93,8 +93,8 @@ class Mixer:
              device) -> tuple[Tensor, Tensor]:
         """The mask (B or 1, 1, H, W) and partner indices (B,) for one batch."""
         if self.needs_data:
-            raise UsageError(f"{self.config.mix} draws its masks from the images: call the "
-                             "Mixer with the batch, Mixer(config)(x, y, rng, saliency_fn=...)")
+            raise TypeError(f"{self.config.mix} draws its masks from the images: call the "
+                            "Mixer with the batch, Mixer(config)(x, y, rng, saliency_fn=...)")
         lam, applied = self._lam_and_applied(batch, rng)
         mask = self.sampler(_as_device_tensor(lam, device), height, width, rng, device)
         if not applied.all():
@@ -111,7 +111,7 @@ class Mixer:
         if not self.active:
             return x, y
         if x.shape[0] < 2:
-            raise UsageError(f"mixing needs a batch of at least 2 images, got {x.shape[0]}")
+            raise ValueError(f"x: mixing needs a batch of at least 2 images, got {x.shape[0]}")
         if self.needs_data:
             return self._mix_with_data(x, y, rng, saliency_fn)
         mask, partner = self.draw(x.shape[0], x.shape[2], x.shape[3], rng, x.device)
@@ -128,8 +128,8 @@ class Mixer:
         saliency = partner_saliency = None
         if self.sampler.needs_saliency:
             if saliency_fn is None:
-                raise UsageError(f"{self.config.mix} needs saliency maps: pass "
-                                 "saliency_fn(x, y) -> (B, H, W) to the Mixer")
+                raise TypeError(f"{self.config.mix} needs saliency maps: pass "
+                                "saliency_fn(x, y) -> (B, H, W) to the Mixer")
             saliency = saliency_fn(x, y).detach()
             if saliency.shape != (batch, x.shape[2], x.shape[3]):
                 raise ValueError(f"saliency_fn should return ({batch}, {x.shape[2]}, "

@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 from robustmix.mixing.samplers import DataDependentSampler, MaskDraw, kernel_sums, mix, sample_lam
 
 BLOCK_COUNTS = (2, 4, 8, 16)   # n × n blocks, n drawn per batch (official: 2 ** randint(1, 5))
@@ -278,28 +278,28 @@ class PuzzleMix:
         for name in ("beta", "gamma", "eta"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise UsageError(f"--puzzle-{name} must be a finite number >= 0, got {value}")
+                raise ConfigError(f"puzzle_{name}", f"must be a finite number >= 0, got {value}")
         if not (math.isfinite(self.t_eps) and self.t_eps > 0):
-            raise UsageError(f"PuzzleMix t_eps must be > 0, got {self.t_eps}")
+            raise ConfigError("t_eps", f"must be > 0, got {self.t_eps}")
         if self.n_labels < 2:
-            raise UsageError(f"PuzzleMix n_labels must be >= 2, got {self.n_labels}")
+            raise ConfigError("n_labels", f"must be >= 2, got {self.n_labels}")
         if self.neigh_size < 1:
-            raise UsageError(f"PuzzleMix neigh_size must be >= 1, got {self.neigh_size}")
+            raise ConfigError("neigh_size", f"must be >= 1, got {self.neigh_size}")
         if self.t_size == 0 or self.t_size < -1:
-            raise UsageError(f"PuzzleMix t_size must be -1 or a block side >= 1, got {self.t_size}")
+            raise ConfigError("t_size", f"must be -1 or a block side >= 1, got {self.t_size}")
 
     def __call__(self, lam: Tensor, x: Tensor, partner_x: Tensor | None = None,
                  rng: np.random.Generator | None = None, *plain_args,
                  saliency: Tensor | None = None,
                  partner_saliency: Tensor | None = None) -> MaskDraw:
         if plain_args or not isinstance(x, Tensor) or x.dim() != 4:
-            raise UsageError("puzzlemix masks depend on the images and their saliency, so it "
-                             "cannot be called as (lam, H, W, rng, device): mix through "
-                             "Mixer(...)(x, y, rng, saliency_fn=...), estimate c(p) with "
-                             "robustmix.mixing.puzzlemix.kernel_on_batches")
+            raise TypeError("puzzlemix masks depend on the images and their saliency, so it "
+                            "cannot be called as (lam, H, W, rng, device): mix through "
+                            "Mixer(...)(x, y, rng, saliency_fn=...), estimate c(p) with "
+                            "robustmix.mixing.puzzlemix.kernel_on_batches")
         if partner_x is None or rng is None or saliency is None or partner_saliency is None:
-            raise UsageError("puzzlemix needs the partner images, the generator and the "
-                             "saliency of both images")
+            raise TypeError("puzzlemix needs the partner images, the generator and the "
+                            "saliency of both images")
         counts = self.check_image_size(*x.shape[-2:])
         blocks = int(counts[rng.integers(len(counts))])
         return self.cut(lam, x, partner_x, saliency, partner_saliency, blocks)

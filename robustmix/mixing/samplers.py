@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError
 
 
 
@@ -142,7 +142,7 @@ def hmix_mask(r: float) -> MaskSampler:
     ⌊H√(r(1−λ))⌋ × ⌊W√(r(1−λ))⌋ at a uniform centre, clipped.
     """
     if not 0.0 <= r <= 1.0:
-        raise UsageError(f"--hmix-r must lie in [0, 1], got {r}")
+        raise ConfigError("hmix_r", f"must lie in [0, 1], got {r}")
 
     def sample(lam: Tensor, height: int, width: int, rng: np.random.Generator,
                device) -> Tensor:
@@ -189,7 +189,7 @@ def stochastic_mask(switch_prob: float) -> MaskSampler:
     one mask per sample.
     """
     if not 0.0 <= switch_prob <= 1.0:
-        raise UsageError(f"--switch-prob must lie in [0, 1], got {switch_prob}")
+        raise ConfigError("switch_prob", f"must lie in [0, 1], got {switch_prob}")
 
     def sample(lam: Tensor, height: int, width: int, rng: np.random.Generator,
                device) -> Tensor:
@@ -206,7 +206,7 @@ def stochastic_mask(switch_prob: float) -> MaskSampler:
 def sample_lam(rng: np.random.Generator, alpha: float, size: int) -> np.ndarray:
     """λ ~ Beta(α, α), drawn on the host."""
     if not alpha > 0:
-        raise UsageError(f"--alpha must be > 0 (λ ~ Beta(α, α)), got {alpha}")
+        raise ConfigError("alpha", f"must be > 0 (λ ~ Beta(α, α)), got {alpha}")
     return rng.beta(alpha, alpha, size=size)
 
 
@@ -244,8 +244,8 @@ def mask_kernel(sampler: MaskSampler, size: int | tuple[int, int], *, alpha: flo
     E[(1−λ)²] at every p (1/3 for α = 1); CutMix falls from E[1 − mean M] at p = 0 to 0.
     """
     if is_data_dependent(sampler):
-        raise UsageError("this sampler's masks depend on the images: estimate its kernel on "
-                         "real batches with robustmix.mixing.puzzlemix.kernel_on_batches")
+        raise TypeError("this sampler's masks depend on the images: estimate its kernel on "
+                        "real batches with robustmix.mixing.puzzlemix.kernel_on_batches")
     height, width = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
     total = torch.zeros(width, dtype=torch.float64)

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from robustmix.core import distributed, runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.devices import autocast, resolve_device
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 from robustmix.data import Augment, load_dataset
 from robustmix.mixing.mixer import Mixer
 from robustmix.models import build_model, check_arch
@@ -115,7 +115,7 @@ def prepare_run_dir(out: Path, *, overwrite: bool, config: TrainConfig | None = 
     that the same command, rerun after a crash, continues it (or finds it complete).
     """
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a directory")
+        raise ConfigError("out", f"{out} is a file, not a directory")
     if not runs.holds_run(out):
         return False
     if overwrite:
@@ -235,14 +235,15 @@ class Trainer:
         config, place = self.config, self.place
         self.device = distributed.device_for(resolve_device(config.device), place)
         if config.sync_bn and place.active and self.device.type != "cuda":
-            raise distributed.shared_error("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs "
-                                           "on GPUs only; drop it to train on the CPU")
+            raise distributed.shared_error(ConfigError(
+                "sync_bn", "needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only; drop it to "
+                "train on the CPU"))
         local_batch = config.batch_size // place.world
         if config.batch_size % place.world or (local_batch < 2 and config.mix.mix != "vanilla"):
-            raise distributed.shared_error(
-                f"--batch-size {config.batch_size} is the global batch; under torchrun it must "
-                f"be a multiple of the {place.world} processes, with at least 2 examples each "
-                "when mixing")
+            raise distributed.shared_error(ConfigError(
+                "batch_size", f"{config.batch_size} is the global batch; under torchrun it "
+                f"must be a multiple of the {place.world} processes, with at least 2 examples "
+                "each when mixing"))
         self._setup_data()
         self._setup_model()
         self._setup_optimizer()
@@ -263,8 +264,8 @@ class Trainer:
             crop_scale=config.crop_scale or data.default_augment.crop_scale)
         self.steps_per_epoch = data.n_train // config.batch_size
         if self.steps_per_epoch < 1:
-            raise UsageError(f"--batch-size {config.batch_size} is larger than the training "
-                             f"set ({data.n_train} images)")
+            raise ConfigError("batch_size", f"{config.batch_size} is larger than the training "
+                              f"set ({data.n_train} images)")
         self.data = data
 
     def _setup_model(self) -> None:
@@ -406,7 +407,7 @@ class Trainer:
             what = "the test loss is" if finite_weights else "the weights are"
             raise distributed.shared_error(
                 f"training diverged: {what} not finite at the end of epoch {epoch + 1}; "
-                f"{_kept(self.out, epoch)}; lower --lr")
+                f"{_kept(self.out, epoch)}; lower the learning rate (lr)")
         state.bar.set_postfix(loss=f"{loss_total / seen_total:.3f}",
                               acc=f"{correct_total / seen_total:.1%}", test=f"{test_acc:.1%}",
                               img_s=f"{seen_total / state.train_seconds:.0f}")
@@ -479,8 +480,8 @@ def _training_module(model: torch.nn.Module, config: TrainConfig, device: torch.
         try:
             net = torch.compile(net, backend=backend)
         except Exception as err:  # an unknown backend name
-            raise UsageError(f"--compile: torch.compile(backend={backend!r}) failed: "
-                             f"{_first_line(err)}") from None
+            raise ConfigError("compile", f"torch.compile(backend={backend!r}) failed: "
+                              f"{_first_line(err)}") from None
     return net
 
 
@@ -499,10 +500,10 @@ def _compile_errors_as_usage(step):
             if not type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 raise
             cause = getattr(err, "inner_exception", None) or err.__cause__ or err
-            raise UsageError(f"--compile failed ({type(cause).__name__}: {_first_line(cause)}); "
-                             "train without --compile "
-                             "(compilation needs a working C++ compiler on the CPU, Triton on "
-                             "a GPU)") from None
+            raise ConfigError("compile", f"failed ({type(cause).__name__}: "
+                              f"{_first_line(cause)}); train without it "
+                              "(compilation needs a working C++ compiler on the CPU, Triton on "
+                              "a GPU)") from None
     return guarded
 
 
@@ -522,4 +523,4 @@ def _diverged(first_bad: Tensor, bad_loss: Tensor, step: int, mean_loss: float, 
     bad_step, value = min(reports) if reports else (step + 1, mean_loss)  # else: sum overflowed
     raise distributed.shared_error(
         f"training diverged: the loss is {value} at epoch {epoch + 1}, step {bad_step}; "
-        f"{_kept(out, epoch)}; lower --lr")
+        f"{_kept(out, epoch)}; lower the learning rate (lr)")
