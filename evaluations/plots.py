@@ -4,7 +4,7 @@ no global backend switch) and written atomically as PNG.
 The mask gallery (:func:`draw_gallery`) is the paper's figure of what each MSDA does; the
 report and ``robustmix masks --out`` share it.
 
-One colour per method in every figure (``METHOD_COLOURS``); groups that share a method
+One colour per method in every figure (the registry's, :mod:`robustmix.core.methods`); groups that share a method
 differ by line style and marker. Legends sit outside the axes so they hide no data.
 """
 
@@ -20,15 +20,11 @@ import torch
 
 from evaluations.grouping import Group
 from robustmix.core import runs
-from robustmix.core.config import DATA_FREE_MIX_NAMES
+from robustmix.core.config import MixConfig
+from robustmix.core.methods import DATA_FREE_MIX_NAMES, colour
 from robustmix.data import load_dataset
 from robustmix.mixing import make_sampler
 
-METHOD_COLOURS = {
-    "vanilla": "#404040", "mixup": "#1f77b4", "cutmix": "#d62728", "stochastic": "#9467bd",
-    "hmix": "#2ca02c", "gmix": "#ff7f0e", "puzzlemix": "#8c564b",
-}
-OTHER_COLOUR = "#17becf"
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
 ATTACK_ORDER = ("fgsm", "pgd", "autoattack", "autoattack-fast", "worst-case")
@@ -36,7 +32,7 @@ ATTACK_ORDER = ("fgsm", "pgd", "autoattack", "autoattack-fast", "worst-case")
 
 def style(group: Group) -> dict:
     """Colour by method, line style and marker by the group's index within its method."""
-    return {"color": METHOD_COLOURS.get(group.method, OTHER_COLOUR),
+    return {"color": colour(group.method),
             "linestyle": LINESTYLES[group.style % len(LINESTYLES)],
             "marker": MARKERS[group.style % len(MARKERS)]}
 
@@ -190,7 +186,7 @@ def heatmap_figure(path: Path, matrix: np.ndarray, rows: list[str], cols: list[s
     save(fig, path)
 
 
-def gallery_masks(size: int, lam: float, *, hmix_r: float = 0.5,
+def gallery_masks(size: int, lam: float, *, hmix_r: float = MixConfig.hmix_r,
                   seed: int = 0) -> dict[str, torch.Tensor]:
     """One (1, 1, size, size) mask per MSDA at a fixed λ, drawn from the training samplers."""
     masks = {}
@@ -201,8 +197,8 @@ def gallery_masks(size: int, lam: float, *, hmix_r: float = 0.5,
     return masks
 
 
-def draw_gallery(path: str | Path, size: int, *, lam: float = 0.65, hmix_r: float = 0.5,
-                 seed: int = 0) -> None:
+def draw_gallery(path: str | Path, size: int, *, lam: float = 0.65,
+                 hmix_r: float = MixConfig.hmix_r, seed: int = 0) -> None:
     """The paper's figure: two digits, then for each MSDA the mixed image above its mask."""
     images, labels = load_dataset("digits", image_size=size).tensors("test")
     first = int((labels == 0).nonzero()[0])

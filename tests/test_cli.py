@@ -1,6 +1,8 @@
 """The command line: every bad input is one line and exit code 2, and nothing is half-written."""
 
+import argparse
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,7 +10,10 @@ import sys
 import numpy as np
 import pytest
 
+from attacks import AttackConfig, PGDSettings
+from robustmix.app.cli import build_parser
 from robustmix.core import runs
+from robustmix.core.config import MixConfig, TrainConfig
 
 from helpers import assert_one_line_error, run_cli
 
@@ -127,3 +132,32 @@ def test_the_installed_command_runs_as_a_module(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "robustmix", "train", "--mix", "nope"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def _options(command: str) -> dict:
+    """dest -> default of every option of ``robustmix COMMAND``."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a.default for a in sub.choices[command]._actions if a.option_strings}
+
+
+def test_train_flags_are_the_config_fields_with_the_config_defaults():
+    options = _options("train")
+    fields = [(TrainConfig(), f) for f in dataclasses.fields(TrainConfig) if f.name != "mix"]
+    fields += [(MixConfig(), f) for f in dataclasses.fields(MixConfig)]
+    for config, field in fields:
+        assert field.name in options, f"no flag for {type(config).__name__}.{field.name}"
+        assert options[field.name] == getattr(config, field.name), field.name
+
+
+def test_attack_and_masks_flags_default_to_the_configs():
+    attack, pgd, masks = _options("attack"), PGDSettings(), _options("masks")
+    config = AttackConfig()
+    assert attack["attacks"] == ",".join(config.attacks)
+    assert attack["eps"] == ",".join(e.text for e in config.eps)
+    assert (attack["norm"], attack["batch_size"], attack["seed"]) == \
+        (config.norm, config.batch_size, config.seed)
+    assert (attack["pgd_steps"], attack["pgd_step"], attack["restarts"]) == \
+        (pgd.steps, pgd.step_size, pgd.restarts)
+    for name in ("alpha", "hmix_r", "switch_prob"):
+        assert masks[name] == getattr(MixConfig(), name), name

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from robustmix.app import cli
+from robustmix.core.methods import METHODS, OTHER_COLOUR
 from robustmix.core.errors import ConfigError, UsageError
-from robustmix.mixing import (DATA_FREE_MIX_NAMES, MIX_NAMES, MixConfig, Mixer, cutmix_mask, gmix_mask, hmix_mask,
+from robustmix.mixing import (DATA_FREE_MIX_NAMES, MIX_NAMES, is_data_dependent, MixConfig, Mixer, cutmix_mask, gmix_mask, hmix_mask,
                               make_sampler, mask_kernel, mix, mixup_mask)
 
 H, W = 12, 20  # non-square on purpose
@@ -38,8 +39,11 @@ def cutmix_expected_mean(height, width, grid=20000):
     return 1 - np.mean(mean_extent(height) * mean_extent(width)) / (height * width)
 
 
-def test_cli_knows_the_same_mix_names():
-    assert cli.MIX_NAMES == MIX_NAMES
+def test_every_registered_method_has_a_sampler_of_its_kind():
+    assert cli.MIX_NAMES == MIX_NAMES == tuple(METHODS)
+    for name, method in METHODS.items():
+        assert is_data_dependent(make_sampler(name)) == method.data_dependent, name
+    assert len({m.colour for m in METHODS.values()} | {OTHER_COLOUR}) == len(METHODS) + 1
 
 
 @pytest.mark.parametrize("name", DATA_FREE_MIX_NAMES)  # puzzlemix: tests/test_puzzlemix.py

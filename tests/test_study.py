@@ -142,9 +142,9 @@ def test_presets_print_as_toml_that_loads_back(capsys, tmp_path):
 def test_a_config_on_other_data_does_not_inherit_the_digits_image_size(tmp_path):
     path = tmp_path / "cifar.toml"
     path.write_text('[train]\ndataset = "cifar10"\n')
-    assert "image_size" not in study.load_config(None, str(path))["train"]
+    assert study.load_config(None, str(path)).train.image_size is None
     path.write_text('[train]\nepochs = 3\n')                  # digits: keeps its 8×8
-    assert study.load_config(None, str(path))["train"]["image_size"] == 8
+    assert study.load_config(None, str(path)).train.image_size == 8
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -157,8 +157,10 @@ def test_a_config_on_other_data_does_not_inherit_the_digits_image_size(tmp_path)
     ('[attack]\neps = "8/0"', "zero denominator"),
     ('[attack]\nattacks = ["cw"]', "attack.attacks must be a list of fgsm, pgd"),
     ('[attack]\nn_examples = -5', "attack.n_examples must be a non-negative integer"),
-    ('[evaluate]\nq_draws = 1.5', "evaluate.q_draws must be a non-negative integer"),
-    ('[evaluate]\nsteps = 3', "unknown [evaluate] keys steps"),
+    ('[evaluate]\nq_draws = 1.5', "q_draws must be an integer, got 1.5"),
+    ('[evaluate]\nq_draws = -1', "evaluate.q_draws must be a non-negative integer"),
+    ('[evaluate]\nsteps = 3', "unknown [evaluate] settings steps"),
+    ('[train]\nseed = 3', "[train] cannot set seed"),
     ('methods = [', "not valid TOML"),
 ])
 def test_bad_study_configs_are_one_line_and_exit_2(capsys, tmp_path, text, fragment):

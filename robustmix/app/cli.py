@@ -10,8 +10,8 @@ import sys
 from typing import Sequence
 
 from robustmix.core.errors import ConfigError, UsageError
+from robustmix.core.methods import MIX_NAMES
 
-MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix", "puzzlemix")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,7 +65,8 @@ def _add_train_augmentation(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("augmentation")
     g.add_argument("--mix", default="vanilla", choices=MIX_NAMES, metavar="NAME",
                    help=f"the MSDA: {', '.join(MIX_NAMES)} (default: vanilla)")
-    g.add_argument("--alpha", type=float, default=1.0, help="λ ~ Beta(α, α) (default: 1)")
+    g.add_argument("--alpha", type=float, default=1.0, 
+                   help="λ ~ Beta(α, α) (default: %(default)s)")
     g.add_argument("--lam-per", choices=("batch", "sample"), default="batch",
                    help="one λ and mask per batch (the paper's code) or per sample")
     g.add_argument("--pairing", choices=("flip", "shuffle"), default="flip",
@@ -73,17 +74,20 @@ def _add_train_augmentation(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mix-prob", type=float, default=1.0,
                    help="probability that a batch (sample, with --lam-per sample) is mixed")
     g.add_argument("--switch-prob", type=float, default=0.5,
-                   help="stochastic: probability of CutMix rather than Mixup (default: 0.5)")
+                   help="stochastic: probability of CutMix rather than Mixup "
+                        "(default: %(default)s)")
     g.add_argument("--hmix-r", type=float, default=0.5,
-                   help="hmix: box area fraction r of the partner's share (default: 0.5)")
+                   help="hmix: box area fraction r of the partner's share "
+                        "(default: %(default)s)")
     g.add_argument("--puzzle-beta", type=float, default=1.2,
-                   help="puzzlemix: label smoothness beta of the graph cut (default: 1.2)")
+                   help="puzzlemix: label smoothness beta of the graph cut "
+                        "(default: %(default)s)")
     g.add_argument("--puzzle-gamma", type=float, default=0.5,
                    help="puzzlemix: data smoothness gamma across block boundaries "
-                        "(default: 0.5)")
+                        "(default: %(default)s)")
     g.add_argument("--puzzle-eta", type=float, default=0.2,
                    help="puzzlemix: weight eta of the prior that keeps the mask mean near "
-                        "lambda (default: 0.2)")
+                        "lambda (default: %(default)s)")
     g.add_argument("--puzzle-transport", action=argparse.BooleanOptionalAction, default=True,
                    help="puzzlemix: move salient blocks out from under the partner "
                         "(default: on)")

@@ -101,22 +101,10 @@ def _start_train(args: argparse.Namespace) -> TrainResult | None:
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that train's flags spell, validated, with the canonical arch name."""
-    mix = MixConfig(mix=args.mix, alpha=args.alpha, lam_per=args.lam_per,
-                    pairing=args.pairing, mix_prob=args.mix_prob,
-                    switch_prob=args.switch_prob, hmix_r=args.hmix_r,
-                    puzzle_beta=args.puzzle_beta, puzzle_gamma=args.puzzle_gamma,
-                    puzzle_eta=args.puzzle_eta, puzzle_transport=args.puzzle_transport)
-    config = TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
-        download=args.download, crop_scale=args.crop_scale, pad=args.pad, flip=args.flip,
-        arch=args.arch, mix=mix, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-        weight_decay=args.weight_decay, schedule=args.schedule,
-        milestones=args.milestones, lr_gamma=args.lr_gamma,
-        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        seed=args.seed, device=args.device, amp=args.amp,
-        channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
-        log_interval=args.log_interval)
+    # one flag per field, of the same name (tests/test_cli.py holds the parser to this)
+    mix = MixConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MixConfig)})
+    config = TrainConfig(mix=mix, **{f.name: getattr(args, f.name)
+                                     for f in dataclasses.fields(TrainConfig) if f.name != "mix"})
     config = dataclasses.replace(config, arch=check_arch(config.arch))
     config.validate()
     return config
@@ -217,15 +205,10 @@ def _run_study(args: argparse.Namespace) -> int:
     if args.preset is not None and args.config is not None:
         raise UsageError("give --preset or --config, not both (a TOML config may set "
                          "preset = NAME to start from one)")
-    config = study.load_config(args.preset, args.config)
-    if args.methods is not None:
-        config["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.seeds is not None:
-        config["seeds"] = list(args.seeds)
-    for key in ("out", "device"):
-        if getattr(args, key) is not None:
-            config[key] = getattr(args, key)
-    config = study.check_config(config, source="command line")
+    methods = None if args.methods is None else \
+        tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    config = study.load_config(args.preset, args.config).with_overrides(
+        methods=methods, seeds=args.seeds, out=args.out, device=args.device)
     if args.print_config:
         study.print_config(config)
         return 0

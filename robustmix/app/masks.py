@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from robustmix.core import runs
+from robustmix.core.config import MixConfig
 from robustmix.mixing import make_sampler, mask_kernel
 
 
 def write_kernel(path: str | Path, mix: str, size: int, *, draws: int, alpha: float,
-                 hmix_r: float = 0.5, switch_prob: float = 0.5, seed: int = 0) -> np.ndarray:
+                 hmix_r: float = MixConfig.hmix_r, switch_prob: float = MixConfig.switch_prob,
+                 seed: int = 0) -> np.ndarray:
     """Write ``offset,c`` rows: c(p) for horizontal offsets p = 0..size−1."""
     sampler = make_sampler(mix, hmix_r=hmix_r, switch_prob=switch_prob)
     kernel = mask_kernel(sampler, size, alpha=alpha, draws=draws, seed=seed)

@@ -2,8 +2,10 @@
 
 :class:`TrainConfig` is saved as ``config.json["train"]`` (its ``mix`` key holds the
 :class:`MixConfig`); its keys are the file format of a run directory, so they do not change.
-The MSDA names live here, below the samplers, so that configuration, command line and
-study agree on them without importing the mixing code.
+The MSDA names come from the registry, :mod:`robustmix.core.methods`, below the samplers,
+so that configuration, command line and study agree on them without importing the mixing
+code. Every default lives here once: the flags of ``robustmix train`` are these fields with
+these defaults (a test holds the parser to them), and the samplers take theirs from here.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from typing import Any
 
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError, UsageError
+from robustmix.core.methods import DATA_FREE_MIX_NAMES, MIX_NAMES  # noqa: F401 (re-exported)
 
-DATA_FREE_MIX_NAMES = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix")
-MIX_NAMES = DATA_FREE_MIX_NAMES + ("puzzlemix",)   # appended: indices of the others stay
 LAM_PER = ("batch", "sample")
 PAIRINGS = ("flip", "shuffle")
 SCHEDULES = ("cosine", "multistep")
@@ -48,9 +49,11 @@ class MixConfig:
             raise ConfigError("alpha", f"must be > 0 and finite (λ ~ Beta(α, α)), "
                               f"got {self.alpha}")
         if self.lam_per not in LAM_PER:
-            raise ConfigError("lam_per", f"must be one of {', '.join(LAM_PER)}, got '{self.lam_per}'")
+            raise ConfigError("lam_per", f"must be one of {', '.join(LAM_PER)}, "
+                              f"got '{self.lam_per}'")
         if self.pairing not in PAIRINGS:
-            raise ConfigError("pairing", f"must be one of {', '.join(PAIRINGS)}, got '{self.pairing}'")
+            raise ConfigError("pairing", f"must be one of {', '.join(PAIRINGS)}, "
+                              f"got '{self.pairing}'")
         for name in ("mix_prob", "switch_prob", "hmix_r"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -61,7 +64,8 @@ class MixConfig:
                 raise ConfigError(name, f"must be a finite number >= 0, "
                                   f"got {value}")
         if not isinstance(self.puzzle_transport, bool):
-            raise ConfigError("puzzle_transport", f"must be true or false, got {self.puzzle_transport!r}")
+            raise ConfigError("puzzle_transport",
+                              f"must be true or false, got {self.puzzle_transport!r}")
 
     def sampler_settings(self) -> dict:
         """The keyword arguments of :func:`make_sampler` that this configuration sets."""

@@ -22,9 +22,16 @@ from robustmix.mixing.samplers import (DataDependentSampler, MaskSampler, _as_de
                                        vanilla_mask)
 
 
-def make_sampler(mix: str, *, hmix_r: float = 0.5, switch_prob: float = 0.5,
-                 puzzle_beta: float = 1.2, puzzle_gamma: float = 0.5, puzzle_eta: float = 0.2,
-                 puzzle_transport: bool = True) -> MaskSampler | DataDependentSampler:
+_DEFAULT = MixConfig()   # the defaults live once, in the configuration
+
+
+def make_sampler(mix: str, *, hmix_r: float = _DEFAULT.hmix_r,
+                 switch_prob: float = _DEFAULT.switch_prob,
+                 puzzle_beta: float = _DEFAULT.puzzle_beta,
+                 puzzle_gamma: float = _DEFAULT.puzzle_gamma,
+                 puzzle_eta: float = _DEFAULT.puzzle_eta,
+                 puzzle_transport: bool = _DEFAULT.puzzle_transport
+                 ) -> MaskSampler | DataDependentSampler:
     """The mask sampler of an MSDA by name (one of :data:`MIX_NAMES`).
 
     ``puzzlemix`` gives a :class:`DataDependentSampler`; every other name a :class:`MaskSampler`.

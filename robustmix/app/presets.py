@@ -1,0 +1,96 @@
+"""The study presets (plain tables in the TOML's shape) and the paper's numbers beside them.
+
+:class:`robustmix.app.study_config.StudyConfig` reads and checks them like any TOML file;
+``robustmix study --preset NAME --print-config`` prints one to start a custom study from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from robustmix.core.methods import MIX_NAMES
+
+STUDY_METHODS = list(MIX_NAMES)
+
+_DIGITS = {
+    "description": "every MSDA on the embedded digits (8×8), 3 seeds, trained to "
+                   "convergence; minutes on a CPU",
+    "out": "study",
+    "methods": STUDY_METHODS,
+    "seeds": [0, 1, 2],
+    "device": "auto",
+    # digits at their native 8×8: every method converges to ~99% test accuracy in 15
+    # epochs, and the study fits in 10 minutes on 2 CPU cores (benchmarks/bench_study.py)
+    "train": {"dataset": "digits", "arch": "smallcnn", "image_size": 8, "epochs": 15,
+              "batch_size": 64, "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine"},
+    # 8×8 digits are robust to the ε used on CIFAR; the grid spans where PGD starts to
+    # break examples to where it breaks most of them
+    "attack": {"eps": "8/255,16/255,24/255,32/255,48/255", "norm": "linf",
+               "attacks": ["fgsm", "pgd"], "pgd_steps": 10, "restarts": 1, "n_examples": 200,
+               # APGD-CE + APGD-T (AutoAttack's gradient attacks) on the same examples and
+               # every seed; FAB-T and Square cost ~35 s a model on 2 cores
+               "autoattack": "autoattack-fast", "autoattack_eps": "32/255",
+               "autoattack_examples": 200, "autoattack_seeds": [], "batch_size": 256,
+               "seed": 0},
+    "evaluate": {"n_examples": 200, "q_draws": 256, "seed": 0},
+}
+
+_CIFAR_RECIPE = {"arch": "preactresnet18", "epochs": 200, "batch_size": 128, "lr": 0.1,
+                 "weight_decay": 5e-4, "schedule": "cosine", "data_dir": "data"}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits": _DIGITS,
+    "cifar10-robustness": {
+        "description": "PreActResNet-18 on CIFAR-10, every MSDA: robustness from 1/255 to "
+                       "8/255, AutoAttack on 1,000 test images (a GPU job)",
+        "out": "study-cifar10", "methods": STUDY_METHODS, "seeds": [0, 1, 2],
+        "device": "auto",
+        "train": {"dataset": "cifar10", **_CIFAR_RECIPE},
+        "attack": {"eps": "1/255,2/255,4/255,8/255", "norm": "linf", "attacks": ["fgsm", "pgd"],
+                   "pgd_steps": 20, "restarts": 1, "n_examples": 1000,
+                   "autoattack": "autoattack", "autoattack_eps": "1/255,2/255,4/255,8/255",
+                   "autoattack_examples": 1000, "autoattack_seeds": [], "batch_size": 500, "seed": 0},
+        "evaluate": {"n_examples": 1000, "q_draws": 512, "seed": 0},
+    },
+    "cifar100-table2": {
+        "description": "the paper's Table 2 setting: PreActResNet-18 on CIFAR-100, every "
+                       "MSDA, 200 epochs; accuracies beside the paper's (a GPU job)",
+        "out": "study-cifar100", "methods": STUDY_METHODS, "seeds": [0, 1, 2],
+        "device": "auto", "paper": "cifar100-preactresnet18",
+        "train": {"dataset": "cifar100", **_CIFAR_RECIPE},
+        "attack": {"eps": "1/255,2/255,4/255,8/255", "norm": "linf", "attacks": ["fgsm", "pgd"],
+                   "pgd_steps": 20, "restarts": 1, "n_examples": 1000, "autoattack": "",
+                   "autoattack_eps": "", "autoattack_examples": 0, "autoattack_seeds": [], "batch_size": 500,
+                   "seed": 0},
+        "evaluate": {"n_examples": 1000, "q_draws": 512, "seed": 0},
+    },
+    "imagenet100-scenarios": {
+        "description": "the paper's scenario table: Mixup and CutMix on an ImageNet-100 image "
+                       "folder with a large-crop and a small-crop scale (a multi-GPU job)",
+        "out": "study-imagenet100", "methods": ["mixup", "cutmix"], "seeds": [0],
+        "device": "auto", "paper": "imagenet100-scenarios",
+        "variants": {"large-crop": {"crop_scale": [0.5, 1.0]},
+                     "small-crop": {"crop_scale": [0.08, 0.3]}},
+        "train": {"dataset": "imagefolder:data/imagenet100", "arch": "resnet50",
+                  "image_size": 224, "epochs": 100, "batch_size": 256, "lr": 0.1,
+                  "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 5},
+        "attack": {"eps": "1/255,2/255,4/255", "norm": "linf", "attacks": ["fgsm", "pgd"],
+                   "pgd_steps": 10, "restarts": 1, "n_examples": 1000, "autoattack": "",
+                   "autoattack_eps": "", "autoattack_examples": 0, "autoattack_seeds": [], "batch_size": 250,
+                   "seed": 0},
+        "evaluate": {"n_examples": 500, "q_draws": 256, "seed": 0},
+    },
+}
+
+# The paper's numbers (../shared/paper.md): Table 2, PreActResNet-18 column, and the
+# ImageNet-100 scenario table.
+PAPER = {
+    "cifar100-preactresnet18": {
+        "title": "CIFAR-100, PreActResNet-18 top-1 (%) — the paper's Table 2",
+        "rows": {"vanilla": 76.73, "mixup": 77.21, "cutmix": 78.66, "puzzlemix": 79.38,
+                 "stochastic": 79.25, "hmix": 79.25, "gmix": 79.17}},
+    "imagenet100-scenarios": {
+        "title": "ImageNet-100 validation accuracy (%) — the paper's scenario table",
+        "rows": {"large-crop/mixup": 58.3, "large-crop/cutmix": 64.4,
+                 "small-crop/mixup": 67.7, "small-crop/cutmix": 67.0}},
+}

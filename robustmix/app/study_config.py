@@ -1,0 +1,299 @@
+"""The typed description of a study, its presets, and its TOML form.
+
+A study is a :class:`StudyConfig`: which methods and seeds, a :class:`TrainConfig` template
+(each run sets its method, seed and device), an :class:`AttackPlan` and an
+:class:`EvaluatePlan`. A TOML file reads into it (:func:`load_config`, checked in one
+place: :meth:`StudyConfig.from_dict`) and it writes back out (:func:`to_toml`). In the TOML
+the ``[train]`` table holds the training settings with the mix settings flat beside them
+(``alpha``, ``hmix_r``, ...), as ``robustmix train`` spells them as flags.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from attacks import ATTACKS, AttackConfig, PGDSettings, parse_eps
+from robustmix.core import runs
+from robustmix.core.config import MixConfig, TrainConfig
+from robustmix.core.errors import ConfigError, UsageError
+from robustmix.core.methods import MIX_NAMES
+from robustmix.app.presets import PRESETS
+
+RUN_KEYS = ("mix", "seed", "device")            # set per run by the study, not in [train]
+MIX_KEYS = tuple(f.name for f in dataclasses.fields(MixConfig) if f.name != "mix")
+GRADIENT_ATTACKS = ("fgsm", "pgd")
+
+
+def _count(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """``[attack]``: the gradient attacks on every run, AutoAttack on some seeds."""
+
+    eps: str = "8/255"
+    norm: str = "linf"
+    attacks: tuple[str, ...] = GRADIENT_ATTACKS
+    pgd_steps: int = 10
+    restarts: int = 1
+    n_examples: int = 1000            # 0: the whole test set
+    autoattack: str = ""              # "", autoattack or autoattack-fast
+    autoattack_eps: str = ""
+    autoattack_examples: int = 0
+    autoattack_seeds: tuple[int, ...] = ()   # (): every seed
+    batch_size: int = 256
+    seed: int = 0
+
+    def validate(self) -> None:
+        parse_eps(self.eps)
+        if any(a not in GRADIENT_ATTACKS for a in self.attacks):
+            raise ConfigError("attacks", f"must be a list of {', '.join(GRADIENT_ATTACKS)}; "
+                              f"got {list(self.attacks)!r}")
+        if self.autoattack:
+            if self.autoattack not in ATTACKS or not self.autoattack.startswith("auto"):
+                raise ConfigError("autoattack", f"must be autoattack, autoattack-fast or empty; "
+                                  f"got {self.autoattack!r}")
+            parse_eps(self.autoattack_eps)
+        for key in ("pgd_steps", "restarts", "batch_size", "n_examples",
+                    "autoattack_examples", "seed"):
+            least = 0 if key in ("n_examples", "autoattack_examples", "seed") else 1
+            if not _count(getattr(self, key), least):
+                raise ConfigError(key, f"must be a non-negative integer{' >= 1' * least}; "
+                                  f"got {getattr(self, key)!r}")
+        self.gradient().validate()
+
+    def gradient(self) -> AttackConfig:
+        """The configuration of the gradient attacks (FGSM, PGD) of every run."""
+        return AttackConfig(attacks=self.attacks, eps=tuple(parse_eps(self.eps)),
+                            norm=self.norm, batch_size=self.batch_size, seed=self.seed,
+                            pgd=PGDSettings(steps=self.pgd_steps, restarts=self.restarts))
+
+    def auto(self) -> AttackConfig | None:
+        """AutoAttack's configuration, or None when the study runs none."""
+        if not self.autoattack:
+            return None
+        return dataclasses.replace(self.gradient(), attacks=(self.autoattack,),
+                                   eps=tuple(parse_eps(self.autoattack_eps)))
+
+    def autoattacks(self, seed: int) -> bool:
+        return self.auto() is not None and (not self.autoattack_seeds
+                                            or seed in self.autoattack_seeds)
+
+
+@dataclass(frozen=True)
+class EvaluatePlan:
+    """``[evaluate]``: the settings of :func:`evaluations.evaluate_run` for every run."""
+
+    n_examples: int = 1000     # 0: the whole test set
+    q_draws: int = 512
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("n_examples", "q_draws", "seed"):
+            if not _count(getattr(self, key), 0):
+                raise ConfigError(key, f"must be a non-negative integer; "
+                                  f"got {getattr(self, key)!r}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study; ``train`` is the template every run's TrainConfig starts from."""
+
+    out: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    train: TrainConfig
+    attack: AttackPlan = field(default_factory=AttackPlan)
+    evaluate: EvaluatePlan = field(default_factory=EvaluatePlan)
+    device: str = "auto"
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    paper: str = ""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str) -> "StudyConfig":
+        """Check a study read from TOML (or a preset) and build it; one line on error."""
+        values = dict(values)
+        top = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - top)
+        if unknown:
+            raise UsageError(f"{source}: unknown keys {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(top))}")
+        sections = {}
+        for name, plan in (("attack", AttackPlan), ("evaluate", EvaluatePlan)):
+            runs.check_fields(values.get(name, {}), plan, source, what=f"[{name}] settings")
+            section = {k: tuple(v) if isinstance(v, list) else v
+                       for k, v in values.get(name, {}).items()}
+            sections[name] = _checked(lambda: plan(**section), name, source)
+        config = cls(
+            out=values.get("out"), methods=_listed(values, "methods", source),
+            seeds=_listed(values, "seeds", source), device=values.get("device", "auto"),
+            train=_train_template(values.get("train", {}), source),
+            variants=values.get("variants", {}), description=values.get("description", ""),
+            paper=values.get("paper", ""), **sections)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str) -> None:
+        if not self.methods or any(m not in MIX_NAMES for m in self.methods):
+            raise ConfigError("methods", f"must be a non-empty list of {', '.join(MIX_NAMES)}; "
+                              f"got {list(self.methods)!r}", source=source)
+        if not self.seeds or any(not _count(s, -2**63) for s in self.seeds):
+            raise ConfigError("seeds", f"must be a non-empty list of integers; "
+                              f"got {list(self.seeds)!r}", source=source)
+        if not isinstance(self.out, str) or not self.out:
+            raise ConfigError("out", "must be a directory name", source=source)
+        if not isinstance(self.variants, dict) or any(
+                not isinstance(v, dict) for v in self.variants.values()):
+            raise ConfigError("variants", "must be a table of name = {train overrides}",
+                              source=source)
+        for variant in self.variant_names():
+            self.run_config(variant, self.methods[0], self.seeds[0], source)
+        _checked(self.attack.validate, "attack", source)
+        _checked(self.evaluate.validate, "evaluate", source)
+
+    def variant_names(self) -> list[str]:
+        return list(self.variants) or [""]
+
+    def run_config(self, variant: str, method: str, seed: int,
+                   source: str = "study") -> TrainConfig:
+        """The TrainConfig of one run of the study."""
+        values = _flat(self.train)
+        values.update(self.variants.get(variant, {}))
+        return _train_config({**values, "seed": seed, "device": self.device},
+                             method, f"{source} [train]")
+
+    def with_overrides(self, **changes: Any) -> "StudyConfig":
+        """The study with top-level settings replaced (None: keep), checked again."""
+        changed = dataclasses.replace(self, **{k: v for k, v in changes.items()
+                                               if v is not None})
+        changed.validate("command line")
+        return changed
+
+
+def _listed(values: dict[str, Any], key: str, source: str) -> tuple:
+    value = values.get(key)
+    if not isinstance(value, list):
+        kinds = ", ".join(MIX_NAMES) if key == "methods" else "integers"
+        raise ConfigError(key, f"must be a non-empty list of {kinds}; got {value!r}",
+                          source=source)
+    return tuple(value)
+
+
+def _checked(build, section: str, source: str):
+    """``build()``, a ConfigError's field named inside ``section`` and the source."""
+    try:
+        return build()
+    except ConfigError as err:
+        raise err.within(section, source) from None
+
+
+def _flat(train: TrainConfig) -> dict[str, Any]:
+    """A TrainConfig as [train] spells it: mix settings flat, no per-run keys."""
+    values = train.to_dict()
+    mix = values.pop("mix")
+    mix.pop("mix")
+    for key in ("seed", "device"):
+        values.pop(key)
+    return {**values, **mix}
+
+
+def _train_config(values: dict[str, Any], method: str, source: str) -> TrainConfig:
+    values = dict(values)
+    mix = {key: values.pop(key) for key in MIX_KEYS if key in values}
+    values["mix"] = {"mix": method, **mix}
+    return TrainConfig.from_dict(values, source=source)
+
+
+def _train_template(values: Any, source: str) -> TrainConfig:
+    if not isinstance(values, dict):
+        raise UsageError(f"{source}: [train] must be a table of training settings")
+    extra = sorted(set(values) & set(RUN_KEYS))
+    if extra:
+        raise UsageError(f"{source}: [train] cannot set {', '.join(extra)}: the study sets "
+                         "them per run (methods, seeds and the top-level device)")
+    return _train_config(values, "vanilla", f"{source} [train]")
+
+
+def load_config(preset: str | None, config_path: str | None) -> StudyConfig:
+    """A preset by name, or a TOML file (keys as in the presets; missing keys from the preset
+    it names as ``preset = "NAME"``, else from digits). A TOML whose [train] names another
+    data set than that preset's does not inherit the preset's image size (digits' 8×8)."""
+    if config_path is None:
+        name = preset or "digits"
+        if name not in PRESETS:
+            raise UsageError(f"unknown preset '{name}'; valid: {', '.join(PRESETS)}")
+        return StudyConfig.from_dict(copy.deepcopy(PRESETS[name]), source=f"preset {name}")
+    values = _read_toml(config_path)
+    name = values.pop("preset", "digits")
+    base = copy.deepcopy(PRESETS.get(name, PRESETS["digits"]))
+    train = values.get("train")
+    if isinstance(train, dict) and train.get("dataset", base["train"]["dataset"]) != \
+            base["train"]["dataset"] and "image_size" not in train:
+        base["train"].pop("image_size", None)
+    return StudyConfig.from_dict(_merge(base, values), source=config_path)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    import tomllib  # standard library from Python 3.11; on 3.10 only --config needs it
+
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"--config {path} is not valid TOML ({err})") from None
+
+
+def _merge(base: dict, override: dict) -> dict:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "variants":
+            base[key] = _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def to_dict(config: StudyConfig) -> dict[str, Any]:
+    """The study as its TOML tables hold it (None settings left out: TOML has no null)."""
+    values = {"description": config.description, "out": config.out,
+              "methods": list(config.methods), "seeds": list(config.seeds),
+              "device": config.device}
+    if config.paper:
+        values["paper"] = config.paper
+    values["train"] = {k: v for k, v in _flat(config.train).items() if v is not None}
+    values["attack"] = dataclasses.asdict(config.attack)
+    values["evaluate"] = dataclasses.asdict(config.evaluate)
+    if config.variants:
+        values["variants"] = config.variants
+    return values
+
+
+def to_toml(config: StudyConfig) -> str:
+    """A study as TOML (scalars and lists at the top, then one table per section)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    values = to_dict(config)
+    lines = [f"{key} = {value(v)}" for key, v in values.items() if not isinstance(v, dict)]
+    for key, table in values.items():
+        if isinstance(table, dict) and key != "variants":
+            lines += ["", f"[{key}]"] + [f"{k} = {value(x)}" for k, x in table.items()]
+    for name, overrides in values.get("variants", {}).items():
+        lines += ["", f'[variants."{name}"]'] + [f"{k} = {value(x)}"
+                                                 for k, x in overrides.items()]
+    return "\n".join(lines) + "\n"
