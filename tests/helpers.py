@@ -85,3 +85,25 @@ class RunsCode:
 
     def __reduce__(self):
         return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def mini_study(out, *, methods=("vanilla", "cutmix"), train=None, attack=None,
+               evaluate=None) -> str:
+    """A miniature digits study with every kind of step, as TOML: one seed on the CPU,
+    AutoAttack-fast on a few examples. ``train``, ``attack``, ``evaluate`` override it."""
+    import dataclasses
+
+    from robustmix.app.study_config import load_config, to_toml
+
+    base = load_config("digits", None)
+    settings = {"epochs": 2, "image_size": 12, **(train or {})}
+    plan = {"eps": "8/255,32/255", "pgd_steps": 3, "n_examples": 24,
+            "autoattack": "autoattack-fast", "autoattack_eps": "32/255",
+            "autoattack_examples": 8, "autoattack_seeds": (), **(attack or {})}
+    config = dataclasses.replace(
+        base, out=str(out), methods=tuple(methods), seeds=(0,), device="cpu",
+        train=dataclasses.replace(base.train, **settings),
+        attack=dataclasses.replace(base.attack, **plan),
+        evaluate=dataclasses.replace(base.evaluate,
+                                     **{"n_examples": 16, "q_draws": 16, **(evaluate or {})}))
+    return to_toml(config)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import (bench_attack, bench_mixing, bench_puzzlemix, bench_study,  # noqa: E402
                         bench_train)
 from benchmarks.common import format_machine, summarize_us  # noqa: E402
+from helpers import mini_study  # noqa: E402
 from robustmix.mixing import DATA_FREE_MIX_NAMES  # noqa: E402
 
 
@@ -120,34 +121,16 @@ def test_bench_puzzlemix_times_both_methods_and_every_part():
     assert "puzzlemix / cutmix" in bench_puzzlemix.format_results(result)
 
 
-TINY_STUDY = """
-methods = ["vanilla"]
-seeds = [0]
-device = "cpu"
-
-[train]
-epochs = 1
-image_size = 8
-batch_size = 128
-
-[attack]
-eps = "16/255"
-pgd_steps = 1
-n_examples = 8
-autoattack = "autoattack-fast"
-autoattack_eps = "16/255"
-autoattack_examples = 4
-
-[evaluate]
-n_examples = 8
-q_draws = 4
-"""
 
 
 @pytest.mark.slow
 def test_bench_study_reads_the_time_of_every_kind_of_step(tmp_path):
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY_STUDY)
+    config.write_text(mini_study(
+        tmp_path / "study", methods=["vanilla"],
+        train={"epochs": 1, "image_size": 8, "batch_size": 128},
+        attack={"eps": "16/255", "pgd_steps": 1, "n_examples": 8, "autoattack_eps": "16/255",
+                "autoattack_examples": 4}, evaluate={"n_examples": 8, "q_draws": 4}))
     numbers = bench_study.run(tmp_path / "study", ["--config", str(config)])
     assert set(numbers["per_kind_s"]) == {"train", "attack", "autoattack", "evaluate", "report"}
     assert all(seconds >= 0 for seconds in numbers["per_kind_s"].values())

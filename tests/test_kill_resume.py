@@ -21,7 +21,7 @@ import pytest
 
 from attacks.runner import ROBUSTNESS, STATE_DIR
 from evaluations.runinfo import GENERALIZATION
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, mini_study, run_cli
 from kill_harness import (ATTACK, THREAD_VARIABLES, TRAIN, TRAIN_WRITES, WALL_CLOCK,
                           assert_same_training, check_files, continue_train, kill,
                           kill_points, metrics_without_wall_clock, rows_without_wall_clock)
@@ -32,31 +32,6 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 # A miniature study: two methods, one seed, every kind of step (train, attack, AutoAttack,
 # evaluate, report). Its paths differ between the study directories compared, so the
 # columns that hold them are left out of the comparison with the wall-clock ones.
-STUDY = """
-preset = "digits"
-out = "{out}"
-methods = ["vanilla", "cutmix"]
-seeds = [0]
-device = "cpu"
-
-[train]
-epochs = 1
-image_size = 8
-batch_size = 128
-
-[attack]
-eps = "16/255,48/255"
-pgd_steps = 2
-n_examples = 12
-autoattack = "autoattack-fast"
-autoattack_eps = "48/255"
-autoattack_examples = 4
-autoattack_seeds = []
-
-[evaluate]
-n_examples = 8
-q_draws = 8
-"""
 PATHS = {"run", "path"}
 
 
@@ -120,7 +95,11 @@ def test_attack_killed_anywhere_then_rerun_gives_the_uninterrupted_csv(
 
 def study_command(folder: Path) -> list:
     config = folder.parent / f"{folder.name}.toml"
-    config.write_text(STUDY.format(out=folder))
+    config.write_text(mini_study(
+        folder, train={"epochs": 1, "image_size": 8, "batch_size": 128},
+        attack={"eps": "16/255,48/255", "pgd_steps": 2, "n_examples": 12,
+                "autoattack_eps": "48/255", "autoattack_examples": 4},
+        evaluate={"n_examples": 8, "q_draws": 8}))
     return ["study", "--quiet", "--config", config]
 
 

@@ -10,39 +10,15 @@ from robustmix.app import study
 from robustmix.core import runs
 from robustmix.app.cli import main
 
-from helpers import run_cli
+from helpers import mini_study, run_cli
 
-MINI = """
-preset = "digits"
-out = "{out}"
-methods = ["vanilla", "cutmix"]
-seeds = [0]
-device = "cpu"
-
-[train]
-epochs = 2
-image_size = 12
-
-[attack]
-eps = "8/255,32/255"
-pgd_steps = 3
-n_examples = 24
-autoattack = "autoattack-fast"
-autoattack_eps = "32/255"
-autoattack_examples = 8
-autoattack_seeds = []
-
-[evaluate]
-n_examples = 16
-q_draws = 16
-"""
 
 TIMING_COLUMNS = {"seconds", "images_per_s", "path"}  # wall clock, and where the run lives
 
 
 def write_config(tmp_path, out):
     path = tmp_path / f"{Path(out).name}.toml"
-    path.write_text(MINI.format(out=out))
+    path.write_text(mini_study(out))
     return path
 
 
