@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -151,13 +150,9 @@ def check_adversarial(x_adv: Tensor, x: Tensor, eps: float, norm: str, attack: s
         raise AttackError(f"{attack} left the image range [0, 1]: a bug, the run stops")
 
 
-def select_examples(n_total: int, n_examples: int | None) -> np.ndarray:
-    """A fixed, seed-independent subset of the test set (sorted indices)."""
-    if n_examples is None or n_examples >= n_total:
-        return np.arange(n_total)
-    if n_examples < 1:
-        raise ConfigError("n_examples", f"must be >= 1, got {n_examples}")
-    return np.sort(np.random.default_rng(0).permutation(n_total)[:n_examples])
+# The fixed, seed-independent subset of the test set (sorted indices): the core's one rule,
+# which ``robustmix evaluate`` uses too. The name is kept for callers.
+select_examples = runs.test_subset
 
 
 def _predict(model: nn.Module, x: Tensor, batch_size: int, device) -> Tensor:
@@ -317,8 +312,9 @@ def _check_rows(rows: Sequence[Row]) -> None:
                                   f"to {larger.eps.text}: a bug")
 
 
-ROBUSTNESS = "robustness.csv"
-STATE_DIR = ".attack-state"
+# The names of the files in the run directory, from the core (aliases kept for callers).
+ROBUSTNESS = runs.ROBUSTNESS
+STATE_DIR = runs.ATTACK_STATE
 
 
 def _eps_text(text: str) -> str:
@@ -371,24 +367,24 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     attack runs, so a damaged one costs no time.
     """
     place = distributed.current()
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: no such run directory")
-    model = load_model(run_dir).to(device)
-    train_config = TrainConfig.from_dict(runs.read_config(run_dir)["train"],
-                                         source=str(run_dir / runs.CONFIG))
-    if (run_dir / ROBUSTNESS).exists():
-        read_rows(run_dir / ROBUSTNESS)
+    run = runs.RunDir(run_dir)
+    if not run.path.is_dir():
+        raise UsageError(f"{run.path}: no such run directory")
+    model = load_model(run.path).to(device)
+    train_config = TrainConfig.from_dict(run.read_config()["train"],
+                                         source=str(run.config_path))
+    if run.robustness_path.exists():
+        read_rows(run.robustness_path)
     data = load_dataset(train_config.dataset, data_dir=data_dir or train_config.data_dir,
                         image_size=train_config.image_size)
     x_all, y_all = data.tensors("test")
-    chosen = torch.from_numpy(select_examples(x_all.shape[0], n_examples))
+    chosen = torch.from_numpy(runs.test_subset(x_all.shape[0], n_examples))
     # Under torchrun, rank r attacks every world-th example from the r-th on; the results
     # are put back in order on every rank and rank 0 writes them.
     mine = slice(place.rank, None, place.world)
     x = x_all[chosen[mine]].float().div_(255)
     y = y_all[chosen[mine]]
-    state_dir = run_dir / STATE_DIR
+    state_dir = run.attack_state_dir
     runs.remove_stale_temporaries(state_dir)  # a live writer's temporaries are kept
     result = robustness(model, x, y, config, indices=chosen[mine], device=device,
                         n_classes=data.num_classes, state_dir=state_dir,
@@ -400,7 +396,7 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     final = {"rows": result.rows}
 
     def write() -> None:
-        final["rows"] = store(run_dir, config.norm, result)
+        final["rows"] = store(run.path, config.norm, result)
         runs.remove_stale_temporaries(state_dir)
         if state_dir.is_dir() and not any(state_dir.iterdir()):
             state_dir.rmdir()
@@ -416,12 +412,13 @@ def store(run_dir: Path, norm: str, result: Result) -> list[Row]:
     norm and on the same examples (:mod:`attacks.worst_case`), so AutoAttack run in a
     separate command is part of them; returns this call's rows with those worst cases.
     """
+    run = runs.RunDir(run_dir)
     n = result.clean.numel()
     attacked = [row for row in result.rows if row.attack != worst_case.WORST]
     examples = worst_case.record(
-        run_dir / worst_case.EXAMPLES, norm, result.clean,
+        run.robustness_examples_path, norm, result.clean,
         [(r.attack, r.settings, r.eps, result.robust[(r.attack, r.eps.value)]) for r in attacked])
-    old = read_rows(run_dir / ROBUSTNESS) if (run_dir / ROBUSTNESS).exists() else []
+    old = read_rows(run.robustness_path) if run.robustness_path.exists() else []
     rows = list(attacked)
     for eps, attacks, clean, standing in worst_case.worst_cases(examples, norm, n):
         checks = {c for r in old if r["norm"] == norm and r["n_examples"] == str(n)
@@ -433,7 +430,7 @@ def store(run_dir: Path, norm: str, result: Result) -> list[Row]:
                         int(clean.sum()), clean.float().mean().item() if n else 0.0,
                         standing.float().mean().item() if n else 0.0, 0.0, 0, 0,
                         sorted(checks)))
-    write_rows(run_dir / ROBUSTNESS, [row.as_csv(str(run_dir), norm) for row in rows],
+    write_rows(run.robustness_path, [row.as_csv(str(run_dir), norm) for row in rows],
                drop=lambda row: row["attack"] == worst_case.WORST and row["norm"] == norm
                and row["n_examples"] == str(n))
     return rows

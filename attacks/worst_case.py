@@ -20,7 +20,7 @@ from torch import Tensor
 from attacks.eps import NORMS, Eps
 from robustmix.core import runs
 
-EXAMPLES = "robustness_examples.csv"
+EXAMPLES = runs.ROBUSTNESS_EXAMPLES  # the file's name, kept here as an alias
 WORST = "worst-case"
 FIELDS = ["attack", "settings", "norm", "eps", "eps_value", "n_examples", "clean", "standing"]
 

@@ -23,13 +23,13 @@ import pandas as pd
 
 from attacks.runner import CSV_FIELDS, read_rows
 from evaluations import convergence
-from evaluations.runinfo import GENERALIZATION, ROBUSTNESS, RunInfo
 from robustmix.core import runs
+from robustmix.core.runs import FinishedRun
 
 
 @dataclass
 class RunRecord:
-    info: RunInfo
+    info: FinishedRun
     name: str
     generalization: dict[str, Any] | None
     robustness: pd.DataFrame | None
@@ -42,10 +42,9 @@ def unique_names(paths: list[Path]) -> list[str]:
             for p in paths]
 
 
-def load_record(info: RunInfo, name: str) -> RunRecord:
-    path = info.path / GENERALIZATION
-    generalization = runs.read_json(path) if path.is_file() else None
-    return RunRecord(info, name, generalization, read_robustness(info.path / ROBUSTNESS))
+def load_record(info: FinishedRun, name: str) -> RunRecord:
+    return RunRecord(info, name, info.read_generalization(),
+                     read_robustness(info.robustness_path))
 
 
 def read_robustness(path: Path) -> pd.DataFrame | None:
@@ -62,7 +61,7 @@ def read_robustness(path: Path) -> pd.DataFrame | None:
 def run_metrics(record: RunRecord) -> dict[str, Any]:
     """The per-run numbers the report compares (NaN when not measured), with whether the
     run converged (:mod:`evaluations.convergence`) and why not."""
-    curve = _test_curve(record.info.path)
+    curve = _test_curve(record.info)
     state = convergence.check(curve, int(record.info.train.get("epochs", len(curve))))
     values: dict[str, Any] = {"final_test_acc": curve[-1] if curve else math.nan,
                               "converged": state.converged, "convergence": state.reason,
@@ -100,12 +99,11 @@ def robustness_rows(record: RunRecord) -> pd.DataFrame | None:
     return frame.groupby(["attack", "norm", "eps_key"], as_index=False, sort=True).first()
 
 
-def _test_curve(run_dir: Path) -> list[float]:
+def _test_curve(run: runs.RunDir) -> list[float]:
     """The test accuracy of every epoch from metrics.csv (checked); [] when there is none."""
-    path = run_dir / runs.METRICS
-    if not path.is_file():
+    if not run.metrics_path.is_file():
         return []
-    return [float(row["test_acc"]) for row in runs.read_metrics(path)]
+    return [float(row["test_acc"]) for row in run.read_metrics()]
 
 
 def _getter(tree: dict[str, Any]):

@@ -14,7 +14,8 @@ Writes ``RUN_DIR/generalization.json``, ``gradient_profile.csv`` and ``regulariz
 - ``regularizer``: Q_A per mask distribution (:mod:`evaluations.regularizer`).
 
 The gradient parts use the whole test set, or with ``n_examples`` a fixed subset, the same
-for every model and seed and the same as the attack runner's (:func:`subset_indices`).
+for every model and seed and the same as the attack runner's
+(:func:`robustmix.core.runs.test_subset`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from evaluations.gradients import input_gradients, l2_per_example
 from evaluations.profiles import (COLUMNS, DEFINITION, NORMALIZATION, OffsetTable,
                                   decay_statistic, profile_rows)
 from evaluations.regularizer import regularizer_table
-from evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV, open_run
 from robustmix.core import runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.devices import resolve_device
@@ -56,9 +56,9 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
         _check_positive(flag, value)
     if n_examples is not None:
         _check_positive("n_examples", n_examples)
-    run = open_run(run_dir)
+    run = runs.RunDir(run_dir).open()
     model = load_model(run.path)
-    config = TrainConfig.from_dict(run.train, source=str(run.path / runs.CONFIG))
+    config = TrainConfig.from_dict(run.train, source=str(run.config_path))
     device = _device(device)
     data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                         device=device)
@@ -71,11 +71,11 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
         accuracy, loss = evaluate(model, data.eval_batches(split, batch_size, device))
         clean[split] = {"accuracy": accuracy, "loss": loss,
                         "n": data.n_train if split == "train" else data.n_test}
-    indices = subset_indices(data.n_test, n_examples)
-    x_test, y_test = split_images(data, "test", indices)
+    indices = runs.test_subset(data.n_test, n_examples)
+    x_test, y_test = data.eval_images("test", indices)
     gradients = gradient_measures(model, x_test, y_test, batch_size, device)
     mix = config.mix
-    train_images, train_labels = split_images(data, "train")
+    train_images, train_labels = data.eval_images("train")
     settings = mix.sampler_settings()
     q = regularizer_table(model.first_layer, model.std, train_images,
                           alpha=mix.alpha, hmix_r=mix.hmix_r, switch_prob=mix.switch_prob,
@@ -98,7 +98,7 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
         "seconds": time.perf_counter() - started,
     }
     result = _json_safe(result)
-    _write(run.path, result)
+    _write(run, result)
     return result
 
 
@@ -139,44 +139,9 @@ def _check_same_data(run, data) -> None:
                          f"trained on ({', '.join(f'{k} {expected[k]} then, {found[k]} now' for k in differ)})")
 
 
-def subset_indices(n: int, n_examples: int | None) -> np.ndarray:
-    """All of 0..n−1, or a fixed subset of ``n_examples``: the sorted first k of
-    ``default_rng(0).permutation(n)``, the rule of ``attacks.runner.select_examples``, so
-    ``evaluate`` and ``attack`` with one --n-examples look at the same test images."""
-    if n_examples is None or n_examples >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).permutation(n)[:n_examples])
-
-
-class _FolderImages:
-    """Indexable view of an image-folder split that loads only the images asked for."""
-
-    def __init__(self, data, split: str):
-        self.dataset = data._eval_dataset(split)  # the evaluation transform of robustmix.data
-        first = self.dataset[0][0]
-        self.shape = (len(self.dataset), *first.shape)
-
-    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.dataset[int(i)][0] for i in index])
-
-
-def split_images(data, split: str, indices: np.ndarray | None = None):
-    """Images (uint8, N×C×H×W) and labels of a split or of ``indices`` of it.
-
-    Tensor data sets are indexed in memory; an image folder without ``indices`` gives a
-    lazy view (its images are read when indexed) and no labels.
-    """
-    if hasattr(data, "_eval_dataset") and not hasattr(data, "_x"):
-        view = _FolderImages(data, split)
-        if indices is None:
-            return view, None
-        labels = torch.tensor([data._eval_dataset(split).samples[int(i)][1] for i in indices])
-        return view[torch.from_numpy(indices)], labels
-    images, labels = data.tensors(split)
-    if indices is None:
-        return images, labels
-    index = torch.from_numpy(indices).to(images.device)
-    return images[index], labels[index]
+# The test subset of ``n_examples``: the core's one rule, which ``robustmix attack`` uses
+# too (the name is kept for callers).
+subset_indices = runs.test_subset
 
 
 def gradient_measures(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -209,24 +174,24 @@ def gradient_measures(model: torch.nn.Module, images: torch.Tensor, labels: torc
                           "(x in [0,1]), then the mean over the examples"},
         "gradient_profile": {
             "normalization": NORMALIZATION, "definition": DEFINITION,
-            "n_examples": int(images.shape[0]), "csv": PROFILE_CSV,
+            "n_examples": int(images.shape[0]), "csv": runs.PROFILE_CSV,
             "decay": decay_statistic(profiles["radial"], height, width), **profiles},
     }
 
 
-def _write(run_dir: Path, result: dict[str, Any]) -> None:
+def _write(run: runs.RunDir, result: dict[str, Any]) -> None:
     profile = result["gradient_profile"]
-    runs.write_csv(run_dir / PROFILE_CSV,
+    runs.write_csv(run.profile_path,
                    profile_rows({k: profile[k] for k in ("horizontal", "vertical", "radial")}),
                    COLUMNS)
     q = result["regularizer"]
-    runs.write_csv(run_dir / REGULARIZER_CSV,
+    runs.write_csv(run.regularizer_path,
                    [{"mask": name, "q": f"{v['q']:.8g}", "q_se": f"{v['se']:.8g}",
                      "q_relative": _fmt(v["relative"])} for name, v in q["q"].items()]
                    + [{"mask": "reference (M = 0)", "q": f"{q['reference']['q']:.8g}",
                        "q_se": f"{q['reference']['se']:.8g}", "q_relative": "1"}],
                    ["mask", "q", "q_se", "q_relative"])
-    runs.write_json(run_dir / GENERALIZATION, _json_safe(result))
+    runs.write_json(run.generalization_path, _json_safe(result))
 
 
 def _fmt(value) -> str:

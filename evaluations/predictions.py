@@ -34,6 +34,7 @@ import pandas as pd
 
 from evaluations import statistics as st
 from evaluations.grouping import Group, summarize
+from robustmix.core import runs
 
 COLUMNS = ["prediction", "comparison", "statistic", "eps", "measured", "effect", "ci_low",
            "ci_high", "p_value", "p_adjusted", "verdict", "note"]
@@ -293,7 +294,8 @@ def regularizer(data: Runs) -> Iterator[Comparison]:
 
 def _pair(ga: Group, a: list[float], gb: Group, b: list[float], scale: float) -> str:
     if not summarize(a)[2] or not summarize(b)[2]:
-        return "no generalization.json or robustness.csv (run robustmix evaluate / attack)"
+        return (f"no {runs.GENERALIZATION} or {runs.ROBUSTNESS} (run robustmix evaluate / "
+                "attack)")
     return f"{ga.name} {_fmt(a, scale)} vs {gb.name} {_fmt(b, scale)}"
 
 

@@ -28,7 +28,6 @@ from evaluations.predictions import COLUMNS as PREDICTION_COLUMNS
 from evaluations.predictions import prediction_table
 from evaluations.profiles import DECAY, NORMALIZATION
 from evaluations.regularizer import DEFINITION as Q_DEFINITION
-from evaluations.runinfo import RunInfo, open_run
 from attacks.eps import parse_eps
 from robustmix.core import runs
 from robustmix.core.config import DATA_FREE_MIX_NAMES
@@ -73,10 +72,10 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
 def _load(run_dirs: list) -> list[RunRecord]:
     if not run_dirs:
         raise UsageError("no runs given: pass one or more run directories")
-    infos: list[RunInfo] = []
+    infos: list[runs.FinishedRun] = []
     seen = set()
     for path in run_dirs:
-        info = open_run(path)
+        info = runs.RunDir(path).open()
         if info.path.resolve() not in seen:
             seen.add(info.path.resolve())
             infos.append(info)
@@ -164,7 +163,7 @@ def _robustness_frame(records: list[RunRecord], group_of: dict[str, Group]
 # ---------------------------------------------------------------------- the sections, in order
 
 
-NO_GENERALIZATION = "Skipped: no run has generalization.json (run `robustmix evaluate`)."
+NO_GENERALIZATION = f"Skipped: no run has {runs.GENERALIZATION} (run `robustmix evaluate`)."
 
 
 def title_section(ctx: ReportContext) -> None:
@@ -186,8 +185,8 @@ def runs_section(ctx: ReportContext) -> None:
     rows = [[r["run"], r["group"], r["seed"], _pct(r["final_test_acc"]),
              _yes(r["converged"]) + (f" ({r['convergence']})" if r["convergence"] else ""),
              _yes(r["generalization"]), _yes(r["robustness"])] for _, r in frame.iterrows()]
-    ctx.lines += _md(["run", "group", "seed", "final test acc (%, metrics.csv)",
-                      "converged", "generalization.json", "robustness.csv"], rows)
+    ctx.lines += _md(["run", "group", "seed", f"final test acc (%, {runs.METRICS})",
+                      "converged", runs.GENERALIZATION, runs.ROBUSTNESS], rows)
     for line in _missing_measurements(ctx.records):
         ctx.paragraph(line)
     ctx.link("runs.csv", "one row per run")
@@ -206,8 +205,8 @@ def _missing_measurements(records: list[RunRecord]) -> list[str]:
     """For each measurement that some runs lack: which runs, and the command that makes it."""
     lines = []
     for attribute, file, verb, command in (
-            ("generalization", "generalization.json", "measure", "evaluate"),
-            ("robustness", "robustness.csv", "attack", "attack")):
+            ("generalization", runs.GENERALIZATION, "measure", "evaluate"),
+            ("robustness", runs.ROBUSTNESS, "attack", "attack")):
         missing = [r for r in records if getattr(r, attribute) is None]
         if missing:
             lines.append(f"Without {file}: {', '.join(r.name for r in missing)}; {verb} them "
@@ -261,7 +260,7 @@ def robustness_section(ctx: ReportContext) -> None:
     """Clean and robust accuracy: a table and two plots per norm, then the attack notes."""
     ctx.section("Clean and robust accuracy")
     if ctx.robust is None:
-        ctx.paragraph("Skipped: no run has robustness.csv (run `robustmix attack`).")
+        ctx.paragraph(f"Skipped: no run has {runs.ROBUSTNESS} (run `robustmix attack`).")
         return
     summary = _robust_summary(ctx.robust)
     ctx.csv("robustness_by_method.csv", summary.rename(columns={

@@ -223,6 +223,21 @@ class DataSource:
         """The whole split as uint8 (N, C, H, W) images and int64 (N,) labels."""
         raise NotImplementedError
 
+    def eval_images(self, split: str, indices: np.ndarray | None = None
+                    ) -> tuple[Tensor | LazyImages, Tensor | None]:
+        """Unaugmented uint8 (N, C, H, W) images and int64 labels of ``split``, or of the
+        examples ``indices`` of it (in that order).
+
+        A tensor source indexes its tensors where they live. An image folder reads only
+        the images asked for: with ``indices`` it loads them and their labels; without, it
+        gives a :class:`LazyImages` view (each image read when indexed) and no labels.
+        """
+        images, labels = self.tensors(split)
+        if indices is None:
+            return images, labels
+        index = torch.from_numpy(indices).to(images.device)
+        return images[index], labels[index]
+
     def batches_per_epoch(self, batch_size: int) -> int:
         """Number of batches :meth:`train_batches` yields (drop_last)."""
         return self.n_train // batch_size
@@ -397,6 +412,22 @@ class _FolderImages(torch.utils.data.Dataset):
         return self.transform(pil_loader(path)), target
 
 
+class LazyImages:
+    """An indexable view of an image-folder split that reads only the images asked for.
+
+    ``shape`` is (N, C, H, W) of the whole split; ``view[index]`` with a tensor of indices
+    gives those images as one uint8 (len(index), C, H, W) tensor, on the host.
+    """
+
+    def __init__(self, dataset: _FolderImages):
+        self.dataset = dataset
+        first = self.dataset[0][0]
+        self.shape = (len(self.dataset), *first.shape)
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        return torch.stack([self.dataset[int(i)][0] for i in index])
+
+
 class _FolderTrainEpoch(torch.utils.data.Dataset):
     """One epoch's augmented view of an image folder.
 
@@ -496,7 +527,9 @@ class FolderSource(DataSource):
                               drop_last=True, seed=seed, device=device)
         return _moved(loader, device)
 
-    def _eval_dataset(self, split: str) -> _FolderImages:
+    def eval_dataset(self, split: str) -> torch.utils.data.Dataset:
+        """The split through the evaluation transform, as a ``Dataset`` of (uint8 image,
+        label); each image is read when indexed."""
         # torchvision (about 1 s to import) loads only for the data sets that need it
         import torchvision.transforms as T
 
@@ -509,7 +542,7 @@ class FolderSource(DataSource):
                      shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
         self._check_batch_size(batch_size)
         device = torch.device(device)
-        dataset = self._eval_dataset(split)
+        dataset = self.eval_dataset(split)
         rank, world = shard
         # Only the last batch of the split can be short, so cutting this list into
         # batch_size chunks gives back exactly this rank's batches.
@@ -521,10 +554,18 @@ class FolderSource(DataSource):
 
     def tensors(self, split: str) -> tuple[Tensor, Tensor]:
         """The eval-transformed split, all in memory (mind the size for a large folder)."""
-        loader = self._loader(self._eval_dataset(split), 256, drop_last=False, seed=0,
+        loader = self._loader(self.eval_dataset(split), 256, drop_last=False, seed=0,
                               device=torch.device("cpu"))
         xs, ys = zip(*loader)
         return torch.cat(xs), torch.cat(ys).to(torch.int64)
+
+    def eval_images(self, split: str, indices: np.ndarray | None = None
+                    ) -> tuple[Tensor | LazyImages, Tensor | None]:
+        view = LazyImages(self.eval_dataset(split))
+        if indices is None:
+            return view, None
+        labels = torch.tensor([view.dataset.samples[int(i)][1] for i in indices])
+        return view[torch.from_numpy(indices)], labels
 
 
 def _moved(loader, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:

@@ -8,6 +8,19 @@ A run directory holds
     model.safetensors    final weights + the model spec in the header; its presence
                          alone marks the run complete
 
+and, once measured, what ``robustmix attack`` and ``robustmix evaluate`` add to it:
+
+    robustness.csv           one row per attack, norm, ε and example subset
+    robustness_examples.csv  per-example outcomes behind the worst-case rows
+    .attack-state/           AutoAttack's progress while it runs (removed when done)
+    generalization.json      the generalization measurements
+    gradient_profile.csv     their gradient-distance profiles
+    regularizer.csv          their Q per mask distribution
+
+Every name is one constant here, and :class:`RunDir` owns them: a path per file, the
+checked readers, and :func:`test_subset`, the one rule that picks the test examples an
+attack or evaluation with ``n_examples`` looks at.
+
 Every file is written to a temporary name in the same directory and renamed into place,
 so a crash leaves either the old file or the new one, never half of one; a write that
 fails (a full disk) leaves the old file and raises :class:`WriteError`, one line. A
@@ -37,16 +50,23 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 from safetensors.torch import save
 
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, WEIGHTS)
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, WEIGHTS)  # what training writes
+ROBUSTNESS = "robustness.csv"
+ROBUSTNESS_EXAMPLES = "robustness_examples.csv"
+ATTACK_STATE = ".attack-state"
+GENERALIZATION = "generalization.json"
+PROFILE_CSV = "gradient_profile.csv"
+REGULARIZER_CSV = "regularizer.csv"
 # The sections of config.json, as robustmix train writes them.
 CONFIG_SECTIONS = {"train": dict, "model": dict, "dataset": dict, "augment": dict,
                    "versions": dict, "git_commit": (str, type(None)), "device": str,
@@ -454,3 +474,160 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:  # a pickle that asks for code, or a truncated file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"{path} is not a readable robustmix checkpoint ({first})") from None
+
+
+# ---------------------------------------------------------------------------- the directory
+
+
+def test_subset(n_total: int, n_examples: int | None) -> np.ndarray:
+    """The test examples an attack or evaluation with ``n_examples`` looks at (sorted indices).
+
+    All of 0..n_total−1 when ``n_examples`` is None or at least ``n_total``; otherwise the
+    sorted first ``n_examples`` of ``default_rng(0).permutation(n_total)``: fixed, the same
+    for every model and seed, so ``robustmix attack`` and ``robustmix evaluate`` with one
+    --n-examples look at the same test images.
+    """
+    if n_examples is None or n_examples >= n_total:
+        return np.arange(n_total)
+    if n_examples < 1:
+        raise ConfigError("n_examples", f"must be >= 1, got {n_examples}")
+    return np.sort(np.random.default_rng(0).permutation(n_total)[:n_examples])
+
+
+test_subset.__test__ = False  # a rule, not a test: pytest must not collect it where imported
+
+
+# What identifies a data set: two runs are comparable only when all of these agree.
+DATA_KEYS = ("name", "channels", "height", "width", "n_train", "n_test", "num_classes")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """One run directory: where each of its files lies, and their checked readers.
+
+    ``RunDir(path)`` touches nothing on disk; :meth:`open` checks that it holds a finished
+    run and reads its config (a :class:`FinishedRun`).
+    """
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    # ---- the files (the module-level functions of the same names do the reading)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS
+
+    @property
+    def robustness_path(self) -> Path:
+        return self.path / ROBUSTNESS
+
+    @property
+    def robustness_examples_path(self) -> Path:
+        return self.path / ROBUSTNESS_EXAMPLES
+
+    @property
+    def attack_state_dir(self) -> Path:
+        return self.path / ATTACK_STATE
+
+    @property
+    def generalization_path(self) -> Path:
+        return self.path / GENERALIZATION
+
+    @property
+    def profile_path(self) -> Path:
+        return self.path / PROFILE_CSV
+
+    @property
+    def regularizer_path(self) -> Path:
+        return self.path / REGULARIZER_CSV
+
+    # ---- what they hold
+
+    def read_config(self) -> dict[str, Any]:
+        """``config.json``, checked (:func:`read_config`)."""
+        return read_config(self.path)
+
+    def read_metrics(self, *, epochs: int | None = None) -> list[dict[str, str]]:
+        """``metrics.csv``, checked (:func:`read_metrics`)."""
+        return read_metrics(self.metrics_path, epochs=epochs)
+
+    def is_complete(self) -> bool:
+        """Whether training finished: its weights file exists."""
+        return is_complete(self.path)
+
+    def holds_run(self) -> bool:
+        """Whether the directory holds (part of) a training run."""
+        return holds_run(self.path)
+
+    def read_generalization(self) -> Any:
+        """``generalization.json`` as written by ``robustmix evaluate``; None when absent."""
+        path = self.generalization_path
+        return read_json(path) if path.is_file() else None
+
+    def open(self) -> FinishedRun:
+        """Check that the directory holds a finished run and read its config."""
+        path = self.path
+        if not path.exists():
+            raise UsageError(f"run directory {path} not found")
+        if not path.is_dir():
+            raise UsageError(f"{path} is not a run directory (give the folder that holds "
+                             f"{CONFIG} and {WEIGHTS})")
+        if not self.is_complete():
+            raise UsageError(f"{path} holds no finished run: {WEIGHTS} is missing "
+                             f"(finish it with: robustmix train --resume {path})")
+        config = self.read_config()  # types and unknown keys checked
+        if "dataset" not in config:
+            raise UsageError(f"{self.config_path} lacks the 'dataset' section; "
+                             "it was not written by robustmix train")
+        return FinishedRun(path, config)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedRun(RunDir):
+    """A finished run directory and its ``config.json`` (from :meth:`RunDir.open`)."""
+
+    config: dict[str, Any]
+
+    @property
+    def train(self) -> dict[str, Any]:
+        return self.config["train"]
+
+    @property
+    def mix(self) -> str:
+        return str(self.train.get("mix", {}).get("mix", "vanilla"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.train.get("seed", 0))
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return self.config["dataset"]
+
+    def data_identity(self) -> tuple:
+        return tuple(self.dataset.get(key) for key in DATA_KEYS)
+
+    def data_label(self) -> str:
+        d = self.dataset
+        return (f"{d.get('name')} {d.get('channels')}x{d.get('height')}x{d.get('width')} "
+                f"({d.get('n_train')} train / {d.get('n_test')} test)")
+
+
+def open_run(path: str | os.PathLike) -> FinishedRun:
+    """Check that ``path`` holds a finished run and read its config (:meth:`RunDir.open`)."""
+    return RunDir(path).open()
