@@ -180,9 +180,9 @@ def _add_attack(sub) -> None:
     p = sub.add_parser("attack", help="FGSM / PGD / AutoAttack accuracy over an ε grid",
                        description="Measure clean and robust accuracy of trained runs on their "
                                    "test split; writes RUN_DIR/robustness.csv.")
-    p.add_argument("--run", "--runs", nargs="+", required=True, metavar="RUN_DIR", dest="run",
-                   help="one or more run directories (runs/* works); under torchrun spell it "
-                        "--runs (torchrun reads --run as its own --run-path)")
+    p.add_argument("--run", "--runs", nargs="+", default=None, metavar="RUN_DIR", dest="run",
+                   help="run directories (default: every finished run under ./runs/); under "
+                        "torchrun spell it --runs (torchrun reads --run as its --run-path)")
     p.add_argument("--eps", default="8/255",
                    help="budget(s): 8/255, 0.031, or a comma list (default: 8/255)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2"))
@@ -208,7 +208,8 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="train-test gap, first-layer norms, gradient profiles, Q",
                        description="Measure generalization and the paper's regularizers on "
                                    "trained runs; writes RUN_DIR/generalization.json and CSVs.")
-    p.add_argument("--run", nargs="+", required=True, metavar="RUN_DIR")
+    p.add_argument("--run", nargs="+", default=None, metavar="RUN_DIR",
+                   help="run directories (default: every finished run under ./runs/)")
     p.add_argument("--n-examples", type=_positive_int, default=None,
                    help="a fixed subset of the test set for the gradient parts")
     p.add_argument("--q-draws", type=_positive_int, default=512,
@@ -223,8 +224,11 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="compare runs: tables, plots, the paper's predictions",
                        description="Gather runs (seeds averaged) into OUT/report.md with CSV "
                                    "tables and PNG plots.")
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="run directories (default: every finished run under ./runs/)")
     p.add_argument("--out", default="report", help="output directory (default: report)")
+    p.add_argument("--open", action="store_true",
+                   help="open report.md in the system's viewer once written")
     p.set_defaults(handler=_command("report"), parser=p)
 
 
@@ -250,6 +254,16 @@ def _add_study(sub) -> None:
     p.set_defaults(handler=_command("study"), parser=p)
 
 
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="a table of runs: how far each got, and the next command",
+                       description="One row per run under FOLDER: method, seed, epochs done "
+                                   "of planned, test accuracy, attacked at which ε, evaluated, "
+                                   "converged; then the command that takes them further.")
+    p.add_argument("folder", nargs="?", default="runs",
+                   help="a folder of runs, or a study's folder (default: runs)")
+    p.set_defaults(handler=_command("runs"), parser=p)
+
+
 def _command(name: str):
     """The handler of command ``name``, from :mod:`robustmix.app.commands`."""
     def handler(args: argparse.Namespace) -> int:
@@ -272,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_study(sub)
     _add_masks(sub)
+    _add_runs(sub)
     return parser
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 from typing import Sequence
 
 from attacks import AttackConfig, PGDSettings, parse_eps
 from attacks.runner import attack_run, format_table
+from robustmix.app import listing
 from robustmix.app.masks import write_kernel
 from robustmix.core import distributed, runs
 from robustmix.core.config import MixConfig, TrainConfig
@@ -153,8 +155,8 @@ def _run_attack(args: argparse.Namespace) -> int:
         pgd=PGDSettings(steps=args.pgd_steps, step_size=args.pgd_step, restarts=args.restarts))
     config.validate()
     device = distributed.device_for(resolve_device(args.device), distributed.current())
-    _check_run_dirs(args.run)
-    for run in args.run:
+    run_dirs = _run_dirs(args, "attack")
+    for run in run_dirs:
         rows = attack_run(run, config, device=device, n_examples=args.n_examples,
                           data_dir=args.data_dir, progress=not args.quiet)
         _say(format_table(run, rows))
@@ -176,8 +178,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     # here: pandas and scipy (about 1.5 s) load only for the commands that need them
     from evaluations import evaluate_run
 
-    _check_run_dirs(args.run)
-    for run in args.run:
+    for run in _run_dirs(args, "evaluate"):
         result = evaluate_run(run, device=args.device, batch_size=args.batch_size,
                               n_examples=args.n_examples, q_draws=args.q_draws, seed=args.seed)
         print(f"robustmix evaluate: {run}: train accuracy {result['train']['accuracy']:.2%}, "
@@ -190,11 +191,50 @@ def _run_report(args: argparse.Namespace) -> int:
     # here: pandas and scipy (about 1.5 s) load only for the commands that need them
     from evaluations import write_report
 
-    if not args.runs:
-        raise UsageError("no run directories given (did a glob match nothing?); "
-                         "usage: robustmix report RUN_DIR... --out DIR")
-    path = write_report(args.runs, args.out)
+    path = write_report(_run_dirs(args, "report"), args.out)
     print(f"robustmix report: wrote {path}")
+    plot = next((path.parent / name for name in MAIN_PLOTS if (path.parent / name).exists()),
+                None)
+    if plot is not None:
+        print(f"robustmix report: main plot {plot}")
+    if args.open:
+        print(f"robustmix report: {_open(path)}")
+    return 0
+
+
+MAIN_PLOTS = ("robust_given_clean_linf.png", "robust_accuracy_linf.png", "generalization.png")
+
+
+def _open(path: Path) -> str:
+    """Open ``path`` in the system's viewer; say where it is when there is none."""
+    import shutil
+    import subprocess
+    import sys
+
+    opener = {"darwin": "open", "win32": "start"}.get(sys.platform, "xdg-open")
+    if sys.platform == "win32":
+        os.startfile(path)  # type: ignore[attr-defined]  # noqa: S606 - the user's viewer
+        return f"opened {path}"
+    if shutil.which(opener) is None:
+        return f"no viewer found ({opener} is not installed); open {path.resolve()} yourself"
+    subprocess.Popen([opener, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return f"opened {path} with {opener}"
+
+
+def _run_dirs(args: argparse.Namespace, command: str) -> list[str]:
+    """The run directories named, or every finished run under ./runs/ (said in one line)."""
+    named = args.runs if command == "report" else args.run
+    if named:
+        if command != "report":
+            _check_run_dirs(named)
+        return list(named)
+    found, line = listing.finished_runs(command)
+    _say(line)
+    return found
+
+
+def _run_runs(args: argparse.Namespace) -> int:
+    print(listing.table(listing.run_folder(args.folder)))
     return 0
 
 
@@ -223,4 +263,5 @@ HANDLERS = {
     "report": _one_process(_run_report),
     "study": _one_process(_run_study),
     "masks": _one_process(_run_masks),
+    "runs": _one_process(_run_runs),
 }
