@@ -183,7 +183,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                               n_examples=args.n_examples, q_draws=args.q_draws, seed=args.seed)
         print(f"robustmix evaluate: {run}: train accuracy {result['train']['accuracy']:.2%}, "
               f"test {result['test']['accuracy']:.2%}, gap {result['gap']['accuracy']:+.2%}; "
-              f"wrote {run}/generalization.json")
+              f"wrote {runs.RunDir(run).generalization_path}")
     return 0
 
 

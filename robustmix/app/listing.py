@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from attacks.runner import ROBUSTNESS, read_rows
+from attacks.runner import read_rows
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 
 DEFAULT_FOLDER = "runs"   # where `robustmix train` writes by default
-GENERALIZATION = "generalization.json"
 
 
 def run_folder(folder: str | Path) -> Path:
@@ -65,21 +64,20 @@ def status(run_dir: Path) -> Status:
     """How far one run got, read from its files (never loads the model)."""
     from evaluations.convergence import check  # here: the evaluations load pandas
 
-    config = runs.read_config(run_dir)
-    train = config.get("train", {})
+    run = runs.RunDir(run_dir)
+    train = run.read_config().get("train", {})
     planned = int(train.get("epochs", 0))
-    metrics = runs.read_metrics(run_dir / runs.METRICS) \
-        if (run_dir / runs.METRICS).exists() else []
+    metrics = run.read_metrics() if run.metrics_path.exists() else []
     accuracies = [float(row["test_acc"]) for row in metrics]
-    eps = sorted({(float(r["eps_value"]), r["eps"]) for r in read_rows(run_dir / ROBUSTNESS)}) \
-        if (run_dir / ROBUSTNESS).exists() else []
+    eps = sorted({(float(r["eps_value"]), r["eps"]) for r in read_rows(run.robustness_path)}) \
+        if run.robustness_path.exists() else []
     verdict = check(accuracies, planned)
     return Status(
         run=run_dir.name, method=str(train.get("mix", {}).get("mix", "vanilla")),
         seed=str(train.get("seed", 0)), epochs=f"{len(metrics)}/{planned}",
         test_acc=f"{accuracies[-1]:.2%}" if accuracies else "-",
         attacked=",".join(text for _, text in eps) or "no",
-        evaluated="yes" if (run_dir / GENERALIZATION).exists() else "no",
+        evaluated="yes" if run.generalization_path.exists() else "no",
         converged="yes" if verdict.converged else f"no ({verdict.reason})")
 
 

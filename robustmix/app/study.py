@@ -14,7 +14,6 @@ its presets are in :mod:`robustmix.app.presets` (``robustmix study --preset NAME
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from attacks.runner import ROBUSTNESS, attack_run, read_rows
+from attacks.runner import attack_run, read_rows
 from evaluations import evaluate_run, write_report
 from robustmix.app.presets import PAPER, PRESETS  # noqa: F401 (the study's presets)
 from robustmix.app.study_config import StudyConfig, load_config, to_toml  # noqa: F401
@@ -82,19 +81,18 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
 
 def _trained(run_dir: Path, config) -> bool:
     """Whether the run is complete; a run directory with other settings is refused."""
-    config_path = run_dir / runs.CONFIG
-    if config_path.exists():
-        saved = TrainConfig.from_dict(runs.read_config(run_dir)["train"],
-                                      source=str(config_path))
+    run = runs.RunDir(run_dir)
+    if run.config_path.exists():
+        saved = TrainConfig.from_dict(run.read_config()["train"], source=str(run.config_path))
         if saved != config:
             raise UsageError(f"{run_dir} was trained with other settings than this study's; "
                              "use another --out, or delete that run directory")
-    return runs.is_complete(run_dir)
+    return run.is_complete()
 
 
 def _train(run_dir: Path, config, progress: bool) -> str:
     _trained(run_dir, config)
-    result = train(config, run_dir, resume=(run_dir / runs.CONFIG).exists(), progress=progress)
+    result = train(config, run_dir, resume=runs.RunDir(run_dir).config_path.exists(), progress=progress)
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
     return f"test accuracy {result.test_acc:.2%}{resumed}"
 
@@ -113,7 +111,7 @@ def _attack_key(config) -> set[tuple]:
 
 def _attacked(run_dir: Path, config, n_examples: int) -> bool:
     """Whether robustness.csv holds every row of this attack configuration."""
-    path = run_dir / ROBUSTNESS
+    path = runs.RunDir(run_dir).robustness_path
     if not path.exists():
         return False
     have = set()
@@ -140,21 +138,18 @@ def _attack(run_dir: Path, config, device: str, n_examples: int, progress: bool)
 
 
 def _evaluated(run_dir: Path, settings: dict) -> bool:
-    path = run_dir / "generalization.json"
-    if not path.exists():
-        return False
     try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        saved = runs.RunDir(run_dir).read_generalization()
+    except UsageError:   # a damaged file: evaluate again, which rewrites it whole
         return False
-    return saved.get("study_settings") == settings
+    return isinstance(saved, dict) and saved.get("study_settings") == settings
 
 
 def _evaluate(run_dir: Path, settings: dict, device: str) -> str:
     result = evaluate_run(run_dir, device=device, n_examples=settings["n_examples"] or None,
                           q_draws=settings["q_draws"], seed=settings["seed"])
     result["study_settings"] = settings
-    runs.write_json(run_dir / "generalization.json", result)
+    runs.write_json(runs.RunDir(run_dir).generalization_path, result)
     return f"gap {result['gap']['accuracy']:+.2%}"
 
 
