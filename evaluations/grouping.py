@@ -16,8 +16,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from robustmix.core.methods import MIX_NAMES
+
 IGNORED_KEYS = ("seed", "device", "data_dir", "download", "log_interval", "amp", "channels_last")
-METHOD_ORDER = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix", "puzzlemix")
+METHOD_ORDER = MIX_NAMES   # the registry's order
 
 
 def flat_settings(train: dict[str, Any]) -> dict[str, Any]:

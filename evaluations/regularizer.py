@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from robustmix.core.errors import UsageError
-from robustmix.core.config import DATA_FREE_MIX_NAMES, MIX_NAMES
+from robustmix.core.config import DATA_FREE_MIX_NAMES, MIX_NAMES, MixConfig
 from robustmix.mixing import is_data_dependent, make_sampler, sample_lam
 from robustmix.mixing.puzzlemix import pair_deltas
 
@@ -98,7 +98,8 @@ def pair_energies(layer: nn.Conv2d, std: Tensor, images: Tensor, pairs: tuple[np
 
 
 def regularizer_table(layer: nn.Conv2d, std: Tensor, images: Tensor, *, alpha: float = 1.0,
-                      hmix_r: float = 0.5, switch_prob: float = 0.5, draws: int = 512,
+                      hmix_r: float = MixConfig.hmix_r,
+                      switch_prob: float = MixConfig.switch_prob, draws: int = 512,
                       seed: int = 0, masks=None, device="cpu", model: nn.Module | None = None,
                       labels: Tensor | None = None, puzzle_settings: dict | None = None) -> dict:
     """Q_A for each mask distribution A in ``masks``, with Q_ref and the settings used.
