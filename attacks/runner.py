@@ -32,6 +32,7 @@ from attacks import worst_case
 from attacks.autoattack import COMPONENTS, autoattack
 from attacks.eps import NORMS, Eps, check_norm, parse_eps
 from attacks.gradient import PassCounter, PGDSettings, fgsm, pgd
+from robustmix.core import checks as guards
 from robustmix.core import distributed, runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.errors import ConfigError, UsageError
@@ -173,8 +174,19 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
     (CPU and GPU kernels sum in an order that depends on the batch shape, which can flip an
     example whose margin is within rounding of zero). x and y may live on the CPU; batches
     move to ``device``.
+
+    ``x`` is a 4-D (N, C, H, W) tensor, N >= 1: uint8 images in 0..255 (as
+    ``load_dataset(name).tensors("test")`` gives them) are converted to float32 in [0, 1]
+    (x.float() / 255); floating images must be finite and in [0, 1] already, and are cast
+    to the dtype of the model's parameters. ``y`` is a 1-D integer tensor of N labels in
+    [0, K), K the number of the model's outputs (``n_classes`` where given). Anything else
+    raises :class:`~robustmix.core.errors.ConfigError` naming the argument (a TypeError
+    for a non-tensor).
     """
     config.validate()
+    # The input checks run once per call, not per batch: O(N) reductions over x and y
+    # (one host synchronization each), at most the cost of one forward pass over x.
+    x = _checked_images(model, x, device)
     if indices is None:
         indices = torch.arange(x.shape[0])
     n = x.shape[0]
@@ -182,11 +194,12 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
     robust: dict[tuple[str, float], Tensor] = {}
     with eval_mode_and_rng(model):
         counter = PassCounter(model)
+        if n_classes is None:
+            with torch.no_grad():  # K from one forward on the first example (eval mode)
+                n_classes = counter(x[:1].to(device)).shape[1]
+        y = guards.class_labels("y", y, n, n_classes)
         clean = _predict(counter, x, config.batch_size, device) == y.cpu()
         clean_acc = clean.float().mean().item() if n else 0.0
-        if n_classes is None:
-            with torch.no_grad():
-                n_classes = counter(x[:1].to(device)).shape[1]
         model_notes = model_checks(model, x[:config.batch_size], device)
         for attack in config.attacks:
             standing = clean.clone()
@@ -210,17 +223,38 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
                                 targets.numel(), clean_acc, standing.float().mean().item(),
                                 time.perf_counter() - start, spent[0], spent[1],
                                 model_notes + [c for c in checks if c not in model_notes]))
-        for eps in config.eps:
-            worst = clean.clone()
-            for attack in config.attacks:
-                worst &= robust[(attack, eps.value)]
-            robust[("worst-case", eps.value)] = worst
-            rows.append(Row("worst-case", eps, config.settings("worst-case", eps.value), n,
-                            int(clean.sum()), clean_acc, worst.float().mean().item(), 0.0, 0, 0,
-                            model_notes + sorted({c for r in rows if r.eps == eps
-                                                  for c in r.checks} - set(model_notes))))
+        _add_worst_case(rows, robust, clean, clean_acc, config, model_notes)
     _check_rows(rows)
     return Result(rows, clean, robust)
+
+
+def _add_worst_case(rows: list[Row], robust: dict[tuple[str, float], Tensor], clean: Tensor,
+                    clean_acc: float, config: AttackConfig, model_notes: list[str]) -> None:
+    """Per ε, the examples that stood against every attack: a row and a verdict each."""
+    for eps in config.eps:
+        worst = clean.clone()
+        for attack in config.attacks:
+            worst &= robust[(attack, eps.value)]
+        robust[("worst-case", eps.value)] = worst
+        rows.append(Row("worst-case", eps, config.settings("worst-case", eps.value),
+                        clean.numel(), int(clean.sum()), clean_acc,
+                        worst.float().mean().item(), 0.0, 0, 0,
+                        model_notes + sorted({c for r in rows if r.eps == eps
+                                              for c in r.checks} - set(model_notes))))
+
+
+def _checked_images(model: nn.Module, x, device) -> Tensor:
+    """``x`` checked (see :func:`robustness`) and as float images of the model's dtype; the
+    model must already be on ``device`` (x moves there batch by batch)."""
+    x = guards.images("x", x)
+    param = next(model.parameters(), None)
+    if param is not None:
+        if param.device.type != torch.device(device).type:
+            raise ConfigError("device", f"must be where the model is ({param.device}), "
+                                        f"got {device}: move the model with model.to(device)")
+        if param.dtype.is_floating_point and x.dtype != param.dtype:
+            x = x.to(param.dtype)
+    return x
 
 
 def _components(attack: str) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robustmix.core import checks
 from robustmix.core.errors import ConfigError
 
 
@@ -211,27 +212,76 @@ def sample_lam(rng: np.random.Generator, alpha: float, size: int) -> np.ndarray:
 
 
 def mix(x: Tensor, y: Tensor, mask: Tensor, partner: Tensor,
-        partner_x: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        partner_x: Tensor | None = None, *, check_values: bool = True) -> tuple[Tensor, Tensor]:
     """Form the mixed batch: x̃ = M ⊙ x + (1 − M) ⊙ x[partner], ỹ = m̄ y + (1 − m̄) y[partner].
 
-    ``x`` is (B, C, H, W), ``y`` soft labels (B, K), ``mask`` (B or 1, 1, H, W) and
-    ``partner`` (B,) indices into the batch. m̄ is the mean of each mask actually used.
-    ``partner_x`` replaces x[partner] when a sampler rearranged the partners' pixels
-    (PuzzleMix's transport); their labels are still y[partner].
+    ``x`` is floating (B, C, H, W), ``y`` floating soft labels (B, K), ``mask`` (B or 1, 1,
+    H, W) with values in [0, 1], and ``partner`` (B,) integer indices in [0, B), all on
+    x's device. m̄ is the mean of each mask actually used. ``partner_x`` replaces
+    x[partner] when a sampler rearranged the partners' pixels (PuzzleMix's transport);
+    their labels are still y[partner]. A wrong argument raises
+    :class:`~robustmix.core.errors.ConfigError` naming it (TypeError for a non-tensor).
+
+    The shapes, dtypes and devices are always checked: they are metadata, free, no host
+    synchronization. The values (mask finite and in [0, 1], partner indices in range) need
+    a reduction and a host synchronization, so they are checked only with
+    ``check_values=True`` (the default, for callers of this public function); the training
+    hot path (:class:`~robustmix.mixing.Mixer`, PuzzleMix), whose masks and partners come
+    from the samplers themselves, passes ``check_values=False`` and never synchronizes here.
     """
-    if y.dim() != 2 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"labels should be probabilities of shape (batch_size, classes) = "
-                         f"({x.shape[0]}, K), got {tuple(y.shape)}")
+    _check_mix_args(x, y, mask, partner)
+    if check_values:
+        _check_mix_values(mask, partner, x.shape[0])
     if partner_x is None:
         partner_x = x[partner]
-    elif partner_x.shape != x.shape:
-        raise ValueError(f"partner images should have the shape of x {tuple(x.shape)}, "
-                         f"got {tuple(partner_x.shape)}")
+    elif checks.tensor("partner_x", partner_x, "images").shape != x.shape:
+        raise ConfigError("partner_x", f"must have the shape of x {tuple(x.shape)}, "
+                                       f"got {tuple(partner_x.shape)}")
     mask = mask.to(x.dtype)
     x_mixed = torch.lerp(partner_x, x, mask)
     weight = mask.mean(dim=(1, 2, 3)).to(y.dtype).unsqueeze(1)
     y_mixed = torch.lerp(y[partner], y, weight)
     return x_mixed, y_mixed
+
+
+def _check_mix_args(x: Tensor, y: Tensor, mask: Tensor, partner: Tensor) -> None:
+    """The shapes, dtypes and devices of :func:`mix`'s arguments: metadata only, no sync."""
+    x = checks.tensor("x", x, "images (B, C, H, W)")
+    checks.ndim("x", x, 4, "(B, C, H, W)")
+    checks.dtype("x", x, "floating")
+    checks.nonempty("x", x, "image of at least one pixel")
+    batch, _, height, width = x.shape
+    y = checks.tensor("y", y, "soft labels (B, K)")
+    if y.dim() != 2 or y.shape[0] != batch or y.shape[1] == 0:
+        raise ConfigError("y", f"must be probabilities of shape (batch_size, classes) = "
+                               f"({batch}, K), got {tuple(y.shape)}")
+    checks.dtype("y", y, "floating")
+    mask = checks.tensor("mask", mask, "(B or 1, 1, H, W)")
+    if mask.dim() != 4 or mask.shape[0] not in (1, batch) or mask.shape[1] != 1 \
+            or mask.shape[2:] != x.shape[2:]:
+        raise ConfigError("mask", f"must have shape ({batch} or 1, 1, {height}, {width}) "
+                                  f"for x of shape {tuple(x.shape)}, got {tuple(mask.shape)}")
+    if not (checks.is_floating(mask) or mask.dtype == torch.bool):
+        raise ConfigError("mask", f"must have a floating or bool dtype, got {mask.dtype}")
+    partner = checks.tensor("partner", partner, "indices (B,)")
+    if partner.dim() != 1 or partner.shape[0] != batch:
+        raise ConfigError("partner", f"must be ({batch},) indices into the batch, "
+                                     f"got shape {tuple(partner.shape)}")
+    checks.dtype("partner", partner, "integer")
+    for name, t in (("y", y), ("mask", mask), ("partner", partner)):
+        checks.same_device(name, t, "x", x.device)
+
+
+def _check_mix_values(mask: Tensor, partner: Tensor, batch: int) -> None:
+    """Mask finite and in [0, 1], partners in [0, B): one host synchronization."""
+    mask_bad = ~((mask >= 0) & (mask <= 1)) if checks.is_floating(mask) else mask.new_zeros(())
+    partner_bad = (partner < 0) | (partner >= batch)
+    bad_mask, bad_partner = torch.stack([mask_bad.any(), partner_bad.any()]).tolist()
+    if bad_mask:
+        checks.in_unit_range("mask", mask, "mask values (finite)")
+    if bad_partner:
+        raise ConfigError("partner", f"must be indices in [0, {batch}), got indices from "
+                                     f"{int(partner.min())} to {int(partner.max())}")
 
 
 def mask_kernel(sampler: MaskSampler, size: int | tuple[int, int], *, alpha: float = 1.0,
@@ -246,7 +296,7 @@ def mask_kernel(sampler: MaskSampler, size: int | tuple[int, int], *, alpha: flo
     if is_data_dependent(sampler):
         raise TypeError("this sampler's masks depend on the images: estimate its kernel on "
                         "real batches with robustmix.mixing.puzzlemix.kernel_on_batches")
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = _check_kernel_args(size, alpha, draws, chunk)
     rng = np.random.default_rng(seed)
     total = torch.zeros(width, dtype=torch.float64)
     done = 0
@@ -256,6 +306,26 @@ def mask_kernel(sampler: MaskSampler, size: int | tuple[int, int], *, alpha: flo
         total += kernel_sums((1.0 - sampler(lam, height, width, rng, device)).double().squeeze(1))
         done += n
     return (total / draws).numpy()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_kernel_args(size, alpha, draws, chunk) -> tuple[int, int]:
+    """:func:`mask_kernel`'s settings checked; returns (height, width)."""
+    pair = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    if len(pair) != 2 or not all(_is_int(s) and s >= 2 for s in pair):
+        raise ConfigError("size", f"must be an int >= 2 or a pair (H, W) of ints >= 2 (the "
+                                  f"kernel needs offsets p = 0..W−1), got {size!r}")
+    if not _is_int(draws) or draws < 1:
+        raise ConfigError("draws", f"must be an int >= 1, got {draws!r}")
+    if not _is_int(chunk) or chunk < 1:
+        raise ConfigError("chunk", f"must be an int >= 1, got {chunk!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) \
+            or not alpha > 0 or not np.isfinite(alpha):
+        raise ConfigError("alpha", f"must be a finite number > 0 (λ ~ Beta(α, α)), got {alpha!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def kernel_sums(hole: Tensor) -> Tensor:
