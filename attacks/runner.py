@@ -194,10 +194,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
     robust: dict[tuple[str, float], Tensor] = {}
     with eval_mode_and_rng(model):
         counter = PassCounter(model)
-        if n_classes is None:
-            with torch.no_grad():  # K from one forward on the first example (eval mode)
-                n_classes = counter(x[:1].to(device)).shape[1]
-        y = guards.class_labels("y", y, n, n_classes)
+        y, n_classes = _checked_labels(counter, x, y, n_classes, device)
         clean = _predict(counter, x, config.batch_size, device) == y.cpu()
         clean_acc = clean.float().mean().item() if n else 0.0
         model_notes = model_checks(model, x[:config.batch_size], device)
@@ -207,10 +204,7 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
                 targets = standing.nonzero().squeeze(1)
                 start = time.perf_counter()
                 before = (counter.forwards, counter.backwards)
-                parts = _components(attack)
-                bar = tqdm(total=targets.numel() * parts, leave=False, disable=not progress,
-                           desc=f"{attack} ε={eps.text}" + (f" ({parts} attacks in turn)"
-                                                              if parts > 1 else ""), unit="ex")
+                bar = _bar(attack, eps, targets.numel(), progress)
                 broken, checks, spent = _attack(counter, attack, x, y, indices, targets, eps,
                                                 config, device, n_classes, state_dir,
                                                 state_tag, bar.update)
@@ -226,6 +220,23 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
         _add_worst_case(rows, robust, clean, clean_acc, config, model_notes)
     _check_rows(rows)
     return Result(rows, clean, robust)
+
+
+def _checked_labels(model: nn.Module, x: Tensor, y: Tensor, n_classes: int | None,
+                    device) -> tuple[Tensor, int]:
+    """``y`` checked against K classes; K from one forward on the first example if not given."""
+    if n_classes is None:
+        with torch.no_grad():  # the model is in eval mode here
+            n_classes = model(x[:1].to(device)).shape[1]
+    return guards.class_labels("y", y, x.shape[0], n_classes), n_classes
+
+
+def _bar(attack: str, eps: Eps, n_targets: int, progress: bool):
+    """The progress bar of one attack at one ε (one tick per example and component)."""
+    parts = _components(attack)
+    return tqdm(total=n_targets * parts, leave=False, disable=not progress, unit="ex",
+                desc=f"{attack} ε={eps.text}" + (f" ({parts} attacks in turn)"
+                                                   if parts > 1 else ""))
 
 
 def _add_worst_case(rows: list[Row], robust: dict[tuple[str, float], Tensor], clean: Tensor,
