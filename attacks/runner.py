@@ -424,6 +424,10 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
                         image_size=train_config.image_size)
     x_all, y_all = data.tensors("test")
     chosen = torch.from_numpy(runs.test_subset(x_all.shape[0], n_examples))
+    if chosen.numel() < place.world:  # every rank knows both numbers: they refuse together
+        raise distributed.shared_error(
+            f"{chosen.numel()} test example(s) cannot be shared among {place.world} "
+            f"processes: attack at least {place.world} examples or start fewer processes")
     # Under torchrun, rank r attacks every world-th example from the r-th on; the results
     # are put back in order on every rank and rank 0 writes them.
     mine = slice(place.rank, None, place.world)

@@ -21,6 +21,7 @@ for every model and seed and the same as the attack runner's
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -51,15 +52,19 @@ PROFILE_ELEMENTS = 1 << 22   # gradient-map pixels per pass of the offset loop (
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int = 256,
                  n_examples: int | None = None, q_draws: int = DEFAULT_Q_DRAWS,
                  seed: int = 0) -> dict[str, Any]:
-    """Measure one run (see the module docstring); returns what it writes to generalization.json."""
-    for flag, value in (("--batch-size", batch_size), ("--q-draws", q_draws)):
-        _check_positive(flag, value)
-    if n_examples is not None:
-        _check_positive("n_examples", n_examples)
+    """Measure one run (see the module docstring); returns what it writes to generalization.json.
+
+    ``run_dir`` is a finished run's directory (a str or path); ``batch_size``, ``q_draws``
+    and ``n_examples`` (None: the whole test set) are positive integers, ``seed`` an
+    integer >= 0, ``device`` "auto", "cpu", "cuda" or "cuda:N". A bad argument raises
+    :class:`~robustmix.core.errors.ConfigError` (a ValueError) or a TypeError naming it;
+    a missing, unfinished or damaged run a :class:`~robustmix.core.errors.UsageError`.
+    """
+    device = _check_arguments(run_dir, batch_size=batch_size, q_draws=q_draws,
+                              n_examples=n_examples, seed=seed, device=device)
     run = runs.RunDir(run_dir).open()
     model = load_model(run.path)
     config = TrainConfig.from_dict(run.train, source=str(run.config_path))
-    device = _device(device)
     data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                         device=device)
     _check_same_data(run, data)
@@ -117,16 +122,38 @@ def _data_kernel(config, model, images, labels, seed: int, device) -> dict | Non
                           "saliency"}
 
 
-def _device(name: str) -> torch.device:
+def _check_arguments(run_dir, *, device, seed, n_examples, **positive) -> torch.device:
+    """evaluate_run's arguments, checked before any file is read; returns the device."""
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir must be a str or os.PathLike (a run directory), "
+                        f"got {type(run_dir).__name__}")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str (auto, cpu, cuda, cuda:N), "
+                        f"got {type(device).__name__}")
+    for field, value in positive.items():
+        _check_positive(field, value)
+    if n_examples is not None:
+        _check_positive("n_examples", n_examples)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}")
+    return _device(device)
+
+
+def _device(name: str | torch.device) -> torch.device:
     try:
-        return resolve_device(name)
+        device = resolve_device(str(name))
+    except ConfigError:
+        raise
     except (RuntimeError, ValueError):
-        raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {str(name)!r}")
+    return device
 
 
-def _check_positive(flag: str, value) -> None:
+def _check_positive(field: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(flag, f"must be a positive integer, got {value!r}")
+        raise ConfigError(field, f"must be a positive integer, got {value!r}")
 
 
 def _check_same_data(run, data) -> None:

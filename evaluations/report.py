@@ -11,6 +11,7 @@ produce are removed, so report.md links exactly the files present.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -53,8 +54,15 @@ GENERALIZATION_METRICS = (  # column, header, percent
 
 
 def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
-    """Write ``OUT/report.md`` with its CSV tables and PNG plots; returns its path."""
-    records = _load(list(run_dirs))
+    """Write ``OUT/report.md`` with its CSV tables and PNG plots; returns its path.
+
+    ``run_dirs`` is an iterable (a list, a tuple, a generator) of finished run directories
+    (str or path), all trained on the same data set; ``out_dir`` a str or path, created
+    if missing. A single path where a list belongs, or another type, is a TypeError; no
+    runs, a missing or unfinished run, or runs of different data sets a
+    :class:`~robustmix.core.errors.UsageError`, raised before anything is written.
+    """
+    records = _load(_checked_paths(run_dirs, out_dir))
     groups = group_runs([(r.name, r.info.train) for r in records])
     ctx = ReportContext(records, groups, Path(out_dir))
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +75,26 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
     q_section(ctx)
     gallery_section(ctx)
     return _finish(ctx)
+
+
+def _checked_paths(run_dirs, out_dir) -> list:
+    if isinstance(run_dirs, (str, os.PathLike)):
+        raise TypeError(f"run_dirs must be a list of run directories, got one "
+                        f"{type(run_dirs).__name__}: write_report([{str(run_dirs)!r}], ...)")
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"out_dir must be a str or os.PathLike, got {type(out_dir).__name__}")
+    try:
+        paths = list(run_dirs)
+    except TypeError:
+        raise TypeError(f"run_dirs must be an iterable of run directories, "
+                        f"got {type(run_dirs).__name__}") from None
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UsageError(f"{out_dir} is a file; the report needs a directory")
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"run_dirs must hold str or os.PathLike run directories, "
+                            f"got a {type(path).__name__}")
+    return paths
 
 
 def _load(run_dirs: list) -> list[RunRecord]:

@@ -3,6 +3,9 @@
 (a ValueError) or a TypeError that names it, never an error from deep inside, a blamed
 attack, a silent NaN or a number computed from nonsense."""
 
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -256,3 +259,129 @@ def test_robustness_returns_valid_accuracies_or_refuses(args):
     for row in result.rows:
         assert 0 <= row.robust_acc <= row.clean_acc <= 1
     assert result.clean.shape == (x.shape[0],)
+
+
+# --- evaluate_run, write_report, load_model, kernel_on_batches ----------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A one-epoch run on 8x8 digits: what evaluate_run and write_report read."""
+    from robustmix.core.config import TrainConfig
+    from robustmix.training import train
+
+    run = tmp_path_factory.mktemp("api") / "vanilla"
+    train(TrainConfig(epochs=1, batch_size=128, image_size=8, seed=0), run, progress=False)
+    return run
+
+
+@pytest.mark.parametrize("field, kwargs", [
+    ("batch_size", {"batch_size": 0}), ("batch_size", {"batch_size": 2.0}),
+    ("batch_size", {"batch_size": True}), ("q_draws", {"q_draws": -1}),
+    ("n_examples", {"n_examples": 0}), ("seed", {"seed": -1}), ("seed", {"seed": 0.5}),
+    ("device", {"device": "gpu"}), ("device", {"device": "meta"}),
+])
+def test_evaluate_run_refuses_bad_arguments_before_reading_anything(tmp_path, field, kwargs):
+    from evaluations import evaluate_run
+    # a directory that is not a run: the argument is named before the run is looked at
+    refuses(ConfigError, field, lambda: evaluate_run(tmp_path, **kwargs))
+
+
+def test_evaluate_run_refuses_wrong_types(tmp_path):
+    from evaluations import evaluate_run
+    refuses(TypeError, "run_dir", lambda: evaluate_run(3))
+    refuses(TypeError, "device", lambda: evaluate_run(tmp_path, device=0))
+    with pytest.raises(UsageError, match="no finished run|not found|config.json"):
+        evaluate_run(tmp_path / "nowhere")
+
+
+def test_write_report_refuses_a_single_path_and_other_types(tiny_run, tmp_path):
+    from evaluations import write_report
+    message = refuses(TypeError, "run_dirs", lambda: write_report(str(tiny_run), tmp_path))
+    assert "write_report([" in message   # says how to call it
+    refuses(TypeError, "run_dirs", lambda: write_report(tiny_run, tmp_path))
+    refuses(TypeError, "run_dirs", lambda: write_report(5, tmp_path))
+    refuses(TypeError, "run_dirs", lambda: write_report([tiny_run, 5], tmp_path))
+    refuses(TypeError, "out_dir", lambda: write_report([tiny_run], None))
+    with pytest.raises(UsageError, match="no runs given"):
+        write_report([], tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "nothing is written before the runs are checked"
+
+
+def test_load_model_refuses_a_non_path():
+    refuses(TypeError, "path", lambda: load_model(None))
+    refuses(TypeError, "path", lambda: load_model(b"run"))
+
+
+def test_kernel_on_batches_refuses_bad_arguments(digits):
+    from robustmix.mixing import kernel_on_batches, make_sampler
+    x, y = digits
+    sampler, model = make_sampler("puzzlemix"), linear_model()
+    call = lambda **kw: kernel_on_batches(sampler, kw.pop("model", model), kw.pop("x", x),
+                                          kw.pop("y", y), draws=8, batch_size=8, **kw)
+    refuses(ConfigError, "alpha", lambda: call(alpha=0.0))
+    refuses(ConfigError, "images", lambda: call(x=x.float()))         # 0..255 as float
+    refuses(ConfigError, "images", lambda: call(x=x[:1], y=y[:1]))    # nothing to pair
+    refuses(ConfigError, "labels", lambda: call(y=y[:-1]))
+    refuses(ConfigError, "labels", lambda: call(y=y + 10))            # beyond 10 outputs
+    refuses(TypeError, "model", lambda: call(model=None))             # saliency needs one
+    kernel = call()
+    assert kernel.shape == (16,) and np.isfinite(kernel).all()
+    assert ((0 <= kernel) & (kernel <= 1)).all()
+
+
+# evaluate_run and write_report under hypothesis: arguments of every type and range, most
+# of them breaking one rule; a call that passes them does the real (small) work.
+# (valid integers are fixed small sizes: a batch of 1 is valid and only slow)
+arguments = st.one_of(st.integers(-2, 0), st.floats(allow_nan=True, allow_infinity=True),
+                      st.booleans(), st.none(), st.text(max_size=4))
+
+
+@st.composite
+def evaluate_arguments(draw):
+    return {"batch_size": maybe(draw, 128, 397, draw(arguments)),
+            "q_draws": maybe(draw, 4, draw(arguments)),
+            "n_examples": maybe(draw, 16, None, draw(arguments)),
+            "seed": maybe(draw, 0, draw(arguments)),
+            "device": maybe(draw, "cpu", "auto", draw(st.text(max_size=6)), 1)}
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=25)
+@given(kwargs=evaluate_arguments())
+def test_evaluate_run_returns_valid_measurements_or_refuses(tiny_run, kwargs):
+    from evaluations import evaluate_run
+    try:
+        result = evaluate_run(tiny_run, **kwargs)
+    except (ConfigError, TypeError):
+        return
+    assert 0 <= result["test"]["accuracy"] <= 1 and 0 <= result["train"]["accuracy"] <= 1
+    assert result["test"]["n"] == 397 and math.isfinite(result["test"]["loss"])
+    assert result["batch_size"] == kwargs["batch_size"]
+
+
+@st.composite
+def report_arguments(draw, run, tmp):
+    items = st.sampled_from([str(run), run, tmp / "missing", tmp / "file", 7, None])
+    run_dirs = maybe(draw, [run], draw(st.lists(items, max_size=3)), str(run), run, 3,
+                     (r for r in [run]))
+    out = maybe(draw, tmp / f"out{draw(st.integers(0, 2))}", tmp / "file", None, 1.5)
+    return run_dirs, out
+
+
+@pytest.mark.slow
+def test_write_report_writes_a_report_or_refuses(tiny_run, tmp_path):
+    from evaluations import write_report
+    (tmp_path / "file").write_text("not a directory")
+
+    @settings(FUZZ, max_examples=15)
+    @given(report_arguments(tiny_run, tmp_path))
+    def check(args):
+        run_dirs, out = args
+        try:
+            report = write_report(run_dirs, out)
+        except (UsageError, TypeError):
+            return
+        assert report == Path(out) / "report.md" and report.is_file()
+        assert "vanilla" in report.read_text()
+
+    check()

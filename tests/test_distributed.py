@@ -121,6 +121,19 @@ def test_results_from_strided_shards_merge_to_the_one_process_result(one_thread_
     assert 0 < whole.rows[-1].robust_acc < whole.rows[0].clean_acc, "a test that can fail"
 
 
+def test_fewer_examples_than_processes_is_refused_on_every_rank(one_thread_cutmix_run,
+                                                                monkeypatch):
+    """With 2 examples and 3 ranks one rank's share would be empty: every rank refuses
+    together (a shared error, printed once) before any attack runs."""
+    from attacks import attack_run
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Place(1, 3))
+    config = AttackConfig(attacks=("fgsm",), eps=tuple(parse_eps("8/255")))
+    with pytest.raises(UsageError, match="2 test example.* among 3 processes") as info:
+        attack_run(one_thread_cutmix_run, config, n_examples=2)
+    assert info.value.shared
+    assert not (one_thread_cutmix_run / ROBUSTNESS).exists()
+
+
 @pytest.fixture(scope="module")
 def one_thread_cutmix_run(tmp_path_factory):
     """A single-process run with one thread, as the torchrun processes use."""

@@ -236,7 +236,7 @@ def test_bad_input_is_one_line_usage_error(evaluated, tmp_path):
         shutil.copy(run / name, unfinished / name)
     with pytest.raises(UsageError, match="model.safetensors is missing") as no_weights:
         evaluate_run(unfinished)
-    with pytest.raises(UsageError, match="--q-draws"):
+    with pytest.raises(UsageError, match="^q_draws must be a positive integer"):
         evaluate_run(run, q_draws=0)
     for error in (missing, no_weights):
         assert "\n" not in str(error.value)

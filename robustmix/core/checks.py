@@ -88,15 +88,15 @@ def images(name: str, x, *, check_values: bool = True) -> Tensor:
     return x
 
 
-def class_labels(name: str, y, n: int, n_classes: int) -> Tensor:
+def class_labels(name: str, y, n: int, n_classes: int, images: str = "x") -> Tensor:
     """``y`` as integer class labels (n,) in [0, n_classes): one host synchronization."""
     y = tensor(name, y, "integer class labels (N,)")
     ndim(name, y, 1, "(N,) of class indices")
     if not is_integer(y):
         raise ConfigError(name, f"must be integer class indices, got dtype {y.dtype}")
     if y.shape[0] != n:
-        raise ConfigError(name, f"must hold one label per image: x has {n} images, "
-                                f"y has {y.shape[0]} labels")
+        raise ConfigError(name, f"must hold one label per image: {images} has {n} images, "
+                                f"{name} has {y.shape[0]} labels")
     bad = (y < 0) | (y >= n_classes)
     if bool(bad.any()):
         raise ConfigError(name, f"must be class indices in [0, {n_classes}) (the model has "

@@ -72,8 +72,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustmix.core import checks as guards
 from robustmix.core.errors import ConfigError, UsageError
-from robustmix.mixing.samplers import DataDependentSampler, MaskDraw, kernel_sums, mix, sample_lam
+from robustmix.mixing.samplers import (DataDependentSampler, MaskDraw, _check_kernel_args,
+                                       _is_int, kernel_sums, mix, sample_lam)
 
 BLOCK_COUNTS = (2, 4, 8, 16)   # n × n blocks, n drawn per batch (official: 2 ** randint(1, 5))
 PRIOR_EPS = 1e-8               # inside the prior's log, as the official code
@@ -406,6 +408,32 @@ def _unit(images: Tensor, device) -> Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
+def _check_batches_args(images, labels, *, draws, alpha, batch_size, model, needs_model,
+                        device) -> tuple[Tensor, Tensor]:
+    """:func:`kernel_on_batches`'s arguments checked (values of ``images`` once, on the
+    whole tensor, before the loop); labels against the outputs of ``model`` where it
+    gives the saliency, else only for being class indices >= 0."""
+    _check_kernel_args((2, 2), alpha, draws, 1)
+    if not _is_int(batch_size) or batch_size < 2:
+        raise ConfigError("batch_size", f"must be an int >= 2 (masks pair images within a "
+                                        f"batch), got {batch_size!r}")
+    # uint8 images stay uint8 (each batch is converted as it is drawn): only their shape
+    # needs checking, and the training set is not copied to float here
+    is_uint8 = isinstance(images, Tensor) and images.dtype == torch.uint8
+    guards.images("images", images[:1] if is_uint8 else images)
+    if images.shape[0] < 2:
+        raise ConfigError("images", f"must hold at least 2 images to pair, got {images.shape[0]}")
+    if not needs_model:
+        n_classes = torch.iinfo(torch.int64).max
+    else:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module (this sampler's masks follow its "
+                            f"saliency), got {type(model).__name__}")
+        with torch.no_grad():
+            n_classes = model.eval()(_unit(images[:1], device)).shape[1]
+    return images, guards.class_labels("labels", labels, images.shape[0], n_classes, "images")
+
+
 def pair_deltas(sampler: PuzzleMix, model: nn.Module, x_i: Tensor, y_i: Tensor, x_j: Tensor,
                 y_j: Tensor, lam: Tensor, rng: np.random.Generator) -> Tensor:
     """δ = x̃ − x_i for pairs (x_i, x_j), x̃ PuzzleMix's mix with weight λ (B,), saliency of
@@ -416,7 +444,7 @@ def pair_deltas(sampler: PuzzleMix, model: nn.Module, x_i: Tensor, y_i: Tensor, 
     draw = sampler(lam, x_i, x_j, rng, saliency=own_saliency, partner_saliency=partner_saliency)
     placeholder = torch.ones(x_i.shape[0], 1, device=x_i.device)   # δ needs no labels
     mixed, _ = mix(draw.x, placeholder, draw.mask, torch.arange(x_i.shape[0], device=x_i.device),
-                   partner_x=draw.partner_x)
+                   partner_x=draw.partner_x, check_values=False)  # the sampler's own masks
     return mixed - x_i
 
 
@@ -434,8 +462,10 @@ def kernel_on_batches(sampler: DataDependentSampler, model: nn.Module | None, im
     model is unused when the sampler needs no saliency). Transport moves pixels but not the
     mask, so it does not enter c(p).
     """
-    if batch_size < 2:
-        raise UsageError(f"kernel batches need at least 2 images, got {batch_size}")
+    images, labels = _check_batches_args(images, labels, draws=draws, alpha=alpha,
+                                         batch_size=batch_size,
+                                         model=model, needs_model=sampler.needs_saliency,
+                                         device=device)
     n_images = images.shape[0]
     batch_size = min(batch_size, n_images - n_images % 2)
     width = images.shape[3]

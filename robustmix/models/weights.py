@@ -36,6 +36,9 @@ def load_model(path: str | os.PathLike) -> torch.nn.Module:
     Returns the model in eval mode on the CPU (the caller moves it), taking inputs in
     [0, 1]. Only safetensors is read, so loading never executes code from the file.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike (a run directory or a "
+                        f"{WEIGHTS} file), got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         if not is_complete(path):
