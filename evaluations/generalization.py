@@ -34,6 +34,7 @@ from evaluations.gradients import input_gradients, l2_per_example
 from evaluations.profiles import (COLUMNS, DEFINITION, NORMALIZATION, OffsetTable,
                                   decay_statistic, profile_rows)
 from evaluations.regularizer import regularizer_table
+from robustmix.core import checks as guards
 from robustmix.core import runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.devices import resolve_device
@@ -166,6 +167,17 @@ def _check_same_data(run, data) -> None:
                          f"trained on ({', '.join(f'{k} {expected[k]} then, {found[k]} now' for k in differ)})")
 
 
+def _checked_examples(model, images, labels, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels checked as :func:`attacks.robustness` checks them (uint8 images
+    stay uint8: each batch is converted as it moves to the device)."""
+    is_uint8 = isinstance(images, torch.Tensor) and images.dtype == torch.uint8
+    first = guards.images("images", images[:1] if is_uint8 else images)
+    images = images if is_uint8 else first
+    with torch.no_grad():
+        n_classes = model(images[:1].to(device).float().div(255 if is_uint8 else 1)).shape[1]
+    return images, guards.class_labels("labels", labels, images.shape[0], n_classes, "images")
+
+
 # The test subset of ``n_examples``: the core's one rule, which ``robustmix attack`` uses
 # too (the name is kept for callers).
 subset_indices = runs.test_subset
@@ -173,7 +185,27 @@ subset_indices = runs.test_subset
 
 def gradient_measures(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       batch_size: int, device) -> dict[str, Any]:
-    """Mean input-gradient norms and the gradient-distance profile over the given examples."""
+    """Mean input-gradient norms and the gradient-distance profile over the given examples.
+
+    Works on any ``model`` taking images in [0, 1] (a robustmix model, or an outside one
+    through :func:`robustmix.wrap_model`), already on ``device``. ``images`` are (N, C, H, W)
+    uint8 in 0..255 or floating in [0, 1]; ``labels`` (N,) class indices of the model's
+    outputs; ``batch_size`` a positive integer. Returns the ``input_gradient`` and
+    ``gradient_profile`` entries of generalization.json (see the module docstring).
+    """
+    _check_positive("batch_size", batch_size)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    was_training = model.training
+    model.eval()  # examples must not interact (batch norm), see evaluations.gradients
+    try:
+        images, labels = _checked_examples(model, images, labels, device)
+        return _gradient_measures(model, images, labels, batch_size, device)
+    finally:
+        model.train(was_training)
+
+
+def _gradient_measures(model, images, labels, batch_size: int, device) -> dict[str, Any]:
     height, width = images.shape[2], images.shape[3]
     table = OffsetTable(height, width, device)
     norms_loss, norms_logit, maps = [], [], []

@@ -4,7 +4,7 @@ Heavy parts (torch, the models) load on first use, so ``robustmix --help`` stays
 """
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "__version__"]
+__all__ = ["load_model", "wrap_model", "__version__"]
 
 
 def load_model(path):
@@ -14,3 +14,11 @@ def load_model(path):
     from robustmix.models.weights import load_model as _load_model
 
     return _load_model(path)
+
+
+def wrap_model(model, mean, std):
+    """An outside model with its input normalization inside, taking images in [0, 1] (see
+    :func:`robustmix.models.external.wrap_model`)."""
+    from robustmix.models.external import wrap_model as _wrap_model
+
+    return _wrap_model(model, mean, std)

@@ -385,3 +385,65 @@ def test_write_report_writes_a_report_or_refuses(tiny_run, tmp_path):
         assert "vanilla" in report.read_text()
 
     check()
+
+
+# --- make_sampler, mask_kernel, wrap_model, gradient_measures, load_model under hypothesis --
+
+settings_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 3),
+                            st.booleans(), st.none(), st.text(max_size=3))
+
+
+@FEW
+@given(name=st.one_of(st.sampled_from(["vanilla", "mixup", "cutmix", "stochastic", "hmix",
+                                       "gmix", "puzzlemix"]), st.text(max_size=8), st.none()),
+       r=settings_values, p=settings_values, size=st.one_of(st.integers(-1, 9), settings_values),
+       alpha=settings_values)
+def test_sampler_kernels_are_valid_or_refused(name, r, p, size, alpha):
+    from robustmix.mixing import make_sampler
+    try:
+        kernel = mask_kernel(make_sampler(name, hmix_r=r, switch_prob=p), size, alpha=alpha,
+                             draws=64)
+    except (ConfigError, TypeError):
+        return
+    assert kernel.ndim == 1 and np.isfinite(kernel).all()
+    assert ((0 <= kernel) & (kernel <= 1 + 1e-12)).all()
+
+
+@st.composite
+def measure_inputs(draw):
+    n = draw(st.integers(1, 4))
+    x = random_tensor(draw, maybe(draw, (n, 1, 4, 4), (n, 2, 4, 4), (0, 1, 4, 4), (n, 16)),
+                      maybe(draw, torch.float32, torch.uint8, torch.float64, torch.int64))
+    y = torch.tensor(draw(st.lists(st.integers(0, 9), min_size=n, max_size=n)))
+    y = y[:maybe(draw, n, n - 1)] + maybe(draw, 0, 10, -1)
+    mean = maybe(draw, (0.5,), (0.5, 0.5), (), (float("nan"),), "a")
+    std = maybe(draw, (0.25,), (0.0,), (-1.0,), (float("inf"),), None)
+    return x, y.to(maybe(draw, torch.int64, torch.float32)), mean, std, \
+        maybe(draw, 2, 0, 1.5)
+
+
+@FEW
+@given(measure_inputs())
+def test_wrapped_models_gradients_are_valid_or_refused(args):
+    """wrap_model and gradient_measures on random inputs: finite measures or a refusal."""
+    from evaluations import gradient_measures
+    from robustmix import wrap_model
+    x, y, mean, std, batch_size = args
+    try:
+        model = wrap_model(linear_model(size=4), mean, std)
+        measured = gradient_measures(model, x, y, batch_size, "cpu")
+    except (ConfigError, TypeError):
+        return
+    gradient = measured["input_gradient"]
+    assert gradient["n_examples"] == x.shape[0]
+    assert math.isfinite(gradient["loss_l2_mean"]) and gradient["loss_l2_mean"] >= 0
+
+
+@FEW
+@given(content=st.one_of(st.binary(max_size=64),
+                         st.binary(max_size=32).map(lambda b: len(b).to_bytes(8, "little") + b)))
+def test_load_model_refuses_any_file_robustmix_did_not_write(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("weights") / "model.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(UsageError, match="model.safetensors"):
+        load_model(path)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from robustmix.core.errors import UsageError
+from robustmix.core.errors import ConfigError, UsageError
 from robustmix.models.preactresnet import preactresnet
 from robustmix.models.resnet_cifar import ResNetCifar
 from robustmix.models.smallcnn import SmallCNN
@@ -149,11 +149,11 @@ def _check_stats(label: str, values: Sequence[float], in_channels: int) -> list[
     try:
         floats = [float(v) for v in values]
     except (TypeError, ValueError):
-        raise UsageError(f"{label} must be a sequence of {in_channels} numbers, got {values!r}") from None
+        raise ConfigError(label, f"must be a sequence of {in_channels} numbers, got {values!r}") from None
     if len(floats) != in_channels:
-        raise UsageError(f"{label} has {len(floats)} values but the input has {in_channels} channels")
+        raise ConfigError(label, f"has {len(floats)} values but the input has {in_channels} channels")
     if not all(math.isfinite(v) for v in floats):
-        raise UsageError(f"{label} must be finite, got {floats}")
+        raise ConfigError(label, f"must be finite, got {floats}")
     return floats
 
 
@@ -173,11 +173,11 @@ def build_model(
     name = check_arch(arch)
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"{label} must be a positive integer, got {value!r}")
+            raise ConfigError(label, f"must be a positive integer, got {value!r}")
     mean_values = _check_stats("mean", mean, in_channels)
     std_values = _check_stats("std", std, in_channels)
     if any(v <= 0 for v in std_values):
-        raise UsageError(f"std must be positive in every channel, got {std_values}")
+        raise ConfigError("std", f"must be positive in every channel, got {std_values}")
 
     sizes = {"num_classes": num_classes, "in_channels": in_channels}
     net: nn.Module
