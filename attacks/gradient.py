@@ -165,5 +165,5 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str) -> Tenso
     import torchattacks  # about 2 s to import (it pulls in requests); only FGSM uses it
 
     if norm != "linf":
-        raise ValueError("FGSM is an L∞ attack; use pgd for --norm l2")
+        raise ValueError("FGSM is an L∞ attack (norm linf); use pgd for norm l2")
     return torchattacks.FGSM(model, eps=eps)(x, y)

@@ -264,6 +264,42 @@ def _add_runs(sub) -> None:
     p.set_defaults(handler=_command("runs"), parser=p)
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers (e.g. 0.4914,0.4822,0.4465), got {text!r}") from None
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="turn weights trained elsewhere into a run directory",
+                       description="Fit a safetensors file or a PyTorch state dict (read with "
+                                   "weights_only=True) to a zoo architecture or a timm model, "
+                                   "with its normalization inside; attack, evaluate and "
+                                   "report then work on it as on a trained run.")
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help=".safetensors, or a PyTorch file holding a state dict")
+    p.add_argument("--arch", required=True,
+                   help="a zoo architecture (smallcnn, preactresnet18, wrn28-10, resnet56, "
+                        "resnet50, ...) or timm:NAME (needs timm)")
+    p.add_argument("--dataset", default="digits", help="the data set it was trained on")
+    p.add_argument("--data-dir", default="data", help="where torchvision data sets live")
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="the image side it was trained at (default: the data set's)")
+    p.add_argument("--mean", type=_float_list, default=None, metavar="M1,M2,...",
+                   help="per-channel mean of its input normalization, one value for all channels "
+                        "or one per channel (default: the data set's)")
+    p.add_argument("--std", type=_float_list, default=None, metavar="S1,S2,...",
+                   help="per-channel std of its input normalization (default: the data set's)")
+    p.add_argument("--mix", choices=MIX_NAMES, default="vanilla",
+                   help="the MSDA it was trained with, which the report groups by "
+                        "(default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=1.0, help="that MSDA's α (default: %(default)s)")
+    p.add_argument("--out", required=True, help="the run directory to write (new or empty)")
+    p.set_defaults(handler=_command("import"), parser=p)
+
+
 def _command(name: str):
     """The handler of command ``name``, from :mod:`robustmix.app.commands`."""
     def handler(args: argparse.Namespace) -> int:
@@ -287,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(sub)
     _add_masks(sub)
     _add_runs(sub)
+    _add_import(sub)
     return parser
 
 

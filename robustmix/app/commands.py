@@ -256,6 +256,17 @@ def _run_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_import(args: argparse.Namespace) -> int:
+    from robustmix.app.importing import import_run
+
+    out = import_run(args.weights, args.out, arch=args.arch, dataset=args.dataset,
+                     data_dir=args.data_dir, image_size=args.image_size, mean=args.mean,
+                     std=args.std, mix=args.mix, alpha=args.alpha)
+    print(f"robustmix import: wrote {out} ({args.arch} on {args.dataset}); next: "
+          f"robustmix attack --run {out}")
+    return 0
+
+
 HANDLERS = {
     "train": _distributed(_run_train),
     "attack": _distributed(_run_attack),
@@ -264,4 +275,5 @@ HANDLERS = {
     "study": _one_process(_run_study),
     "masks": _one_process(_run_masks),
     "runs": _one_process(_run_runs),
+    "import": _one_process(_run_import),
 }

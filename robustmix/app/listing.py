@@ -65,20 +65,24 @@ def status(run_dir: Path) -> Status:
     from evaluations.convergence import check  # here: the evaluations load pandas
 
     run = runs.RunDir(run_dir)
-    train = run.read_config().get("train", {})
+    config = run.read_config()
+    train = config.get("train", {})
     planned = int(train.get("epochs", 0))
     metrics = run.read_metrics() if run.metrics_path.exists() else []
     accuracies = [float(row["test_acc"]) for row in metrics]
     eps = sorted({(float(r["eps_value"]), r["eps"]) for r in read_rows(run.robustness_path)}) \
         if run.robustness_path.exists() else []
     verdict = check(accuracies, planned)
+    imported = "imported" in config   # trained elsewhere: no epochs, no curve to judge
     return Status(
         run=run_dir.name, method=str(train.get("mix", {}).get("mix", "vanilla")),
-        seed=str(train.get("seed", 0)), epochs=f"{len(metrics)}/{planned}",
+        seed=str(train.get("seed", 0)),
+        epochs="imported" if imported else f"{len(metrics)}/{planned}",
         test_acc=f"{accuracies[-1]:.2%}" if accuracies else "-",
         attacked=",".join(text for _, text in eps) or "no",
         evaluated="yes" if run.generalization_path.exists() else "no",
-        converged="yes" if verdict.converged else f"no ({verdict.reason})")
+        converged="unknown (imported)" if imported else
+        "yes" if verdict.converged else f"no ({verdict.reason})")
 
 
 def table(folder: str | Path) -> str:

@@ -41,12 +41,14 @@ ARCH_NAMES: tuple[str, ...] = (
     "resnet50",
 )
 
+TIMM_PREFIX = "timm:"  # timm:NAME, any timm model (pip install timm), built without weights
 _FIXED_NAMES = ("smallcnn", "preactresnet18", "preactresnet34", "preactresnet50", "resnet50")
 _WRN = re.compile(r"wrn-?(\d+)-(\d+)")
 _RESNET = re.compile(r"resnet(\d+)")
 _VALID = (
     "valid: smallcnn, preactresnet18, preactresnet34, preactresnet50, "
-    "wrnDEPTH-WIDTH (e.g. wrn28-2), resnetN for CIFAR with N = 6n+2 (e.g. resnet56), resnet50"
+    "wrnDEPTH-WIDTH (e.g. wrn28-2), resnetN for CIFAR with N = 6n+2 (e.g. resnet56), resnet50, "
+    "timm:NAME"
 )
 
 
@@ -56,6 +58,12 @@ def check_arch(name: str) -> str:
     ``WRN28-10`` and ``wrn-28-10`` become ``wrn28-10``; WRN needs (depth-4) % 6 == 0 with
     depth >= 10 and width >= 1; a CIFAR ResNet needs N = 6n+2 with n >= 1.
     """
+    if isinstance(name, str) and name.strip().startswith(TIMM_PREFIX):
+        model = name.strip()[len(TIMM_PREFIX):]
+        if not model:
+            raise UsageError(f"invalid arch {name!r}: timm:NAME needs a timm model name "
+                             "(e.g. timm:resnet18)")
+        return TIMM_PREFIX + model   # the name itself is checked when timm builds it
     key = name.strip().lower() if isinstance(name, str) else ""
     if key in _FIXED_NAMES:
         return key
@@ -111,9 +119,11 @@ class Classifier(nn.Module):
 
     @property
     def first_layer(self) -> nn.Conv2d:
-        """The stem conv of ``net``: every architecture here names it ``conv1``."""
-        conv = self.net.conv1
-        assert isinstance(conv, nn.Conv2d)
+        """The stem conv of ``net``: every zoo architecture names it ``conv1``; for a timm
+        model, its first ``Conv2d`` in module order (a ResNet's stem, a ViT's patch embedding)."""
+        conv = getattr(self.net, "conv1", None)
+        if not isinstance(conv, nn.Conv2d):
+            conv = next(m for m in self.net.modules() if isinstance(m, nn.Conv2d))
         return conv
 
     @property
@@ -143,6 +153,19 @@ def _resnet50(*, num_classes: int, in_channels: int) -> nn.Module:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     return net
+
+
+def _timm(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
+    """A timm model by name, randomly initialized: timm never downloads weights here."""
+    try:
+        import timm  # optional (pip install 'robustmix[timm]'); a second or two to import
+    except ImportError:
+        raise UsageError(f"arch timm:{name} needs the timm package: "
+                         "pip install 'robustmix[timm]'") from None
+    if not timm.is_model(name):
+        raise UsageError(f"unknown timm model {name!r} (timm.list_models() lists them)")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes,
+                             in_chans=in_channels)
 
 
 def _check_stats(label: str, values: Sequence[float], in_channels: int) -> list[float]:
@@ -181,7 +204,9 @@ def build_model(
 
     sizes = {"num_classes": num_classes, "in_channels": in_channels}
     net: nn.Module
-    if name == "smallcnn":
+    if name.startswith(TIMM_PREFIX):
+        net = _timm(name[len(TIMM_PREFIX):], **sizes)
+    elif name == "smallcnn":
         net = SmallCNN(**sizes)
     elif name.startswith("preactresnet"):
         net = preactresnet(int(name.removeprefix("preactresnet")), **sizes)

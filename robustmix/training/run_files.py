@@ -71,8 +71,9 @@ def prepare_run_dir(out: Path, *, overwrite: bool, config: TrainConfig | None = 
 
 
 def write_config(out: Path, config: TrainConfig, spec: dict[str, Any], device: torch.device,
-                 world: int, data, augment) -> None:
-    """config.json: every setting, the model spec, versions, git commit, data and augment."""
+                 world: int, data, augment, extra: dict[str, Any] | None = None) -> None:
+    """config.json: every setting, the model spec, versions, git commit, data and augment
+    (None where nothing was trained), and ``extra`` entries."""
     runs.write_json(out / runs.CONFIG, {
         "train": config.to_dict(), "model": spec, "versions": _versions(),
         "git_commit": _git_commit(), "device": str(device),
@@ -80,7 +81,8 @@ def write_config(out: Path, config: TrainConfig, spec: dict[str, Any], device: t
         "dataset": {"name": data.name, "n_train": data.n_train, "n_test": data.n_test,
                     "num_classes": data.num_classes, "channels": data.channels,
                     "height": data.height, "width": data.width},
-        "augment": dataclasses.asdict(augment)})
+        "augment": None if augment is None else dataclasses.asdict(augment),
+        **(extra or {})})
 
 
 def read_checkpoint(out: Path, config: TrainConfig, model, optimizer,
