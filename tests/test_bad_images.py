@@ -216,3 +216,45 @@ def test_a_file_that_goes_bad_mid_run_stops_it_and_resume_continues(capsys, tmp_
     code, printed, err = run_cli(capsys, "train", "--quiet", "--resume", out)
     assert code == 0, err
     assert "resumed after epoch 1" in printed and runs.is_complete(out)
+
+
+# ---------------------------------------------------------------------------- the study
+
+
+def _folder_study(tmp_path, skip: bool):
+    from helpers import mini_study
+
+    spec = write_folder(tmp_path / "data")
+    toml = tmp_path / "study.toml"
+    out = tmp_path / "study"
+    toml.write_text(mini_study(out, methods=("vanilla",),
+                               train={"dataset": spec, "epochs": 1, "batch_size": 4,
+                                      "image_size": 8, "skip_bad_images": skip}))
+    return toml, out
+
+
+def test_a_study_refuses_a_folder_with_bad_files_before_any_step(capsys, tmp_path):
+    toml, out = _folder_study(tmp_path, skip=False)
+    code, printed, err = run_cli(capsys, "study", "--dry-run", "--config", toml)
+    assert code == 0, err
+    assert f"data missing: image folder {tmp_path / 'data'}/: 3 files cannot be read" in printed
+    assert "it cannot start: 1 data problem above" in printed
+    code, _, err = run_cli(capsys, "study", "--quiet", "--config", toml)
+    assert_one_line_error(code, err, "the study's data is not ready", "3 files cannot be read",
+                          "--skip-bad-images")
+    assert not out.exists()                                        # no step ran
+    text = toml.read_text().replace("skip_bad_images = false", "skip_bad_images = true")
+    toml.write_text(text)
+    code, printed, err = run_cli(capsys, "study", "--dry-run", "--config", toml)
+    assert code == 0 and "data ready" in printed, err
+
+
+@pytest.mark.slow
+def test_a_study_trains_around_bad_files_with_skip_bad_images(capsys, tmp_path):
+    toml, out = _folder_study(tmp_path, skip=True)
+    code, printed, err = run_cli(capsys, "study", "--quiet", "--config", toml)
+    assert code == 0, err
+    assert "leaving out 3 image files that cannot be read" in printed
+    run = out / "runs" / "vanilla-s0"
+    assert runs.read_config(run)["dataset"]["skipped_images"] == sorted(BAD)
+    assert (out / "report.md").is_file()

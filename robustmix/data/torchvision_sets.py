@@ -13,6 +13,7 @@ from torch import Tensor
 
 from robustmix.core.errors import UsageError
 from robustmix.data.augment import Augment
+from robustmix.data.downloads import download_problem
 from robustmix.data.image_check import one_line as _one_line
 from robustmix.data.sources import _CHUNK, TensorSource
 
@@ -55,46 +56,22 @@ _TORCHVISION = {
 
 
 def _read_torchvision(name: str, root: str, download: bool) -> tuple[Tensor, ...]:
-    """(x_train, y_train, x_test, y_test) through torchvision, its checksum checks kept."""
+    """(x_train, y_train, x_test, y_test) through torchvision, its checksum checks kept.
+
+    A failure is one line: with ``download``, what went wrong with the download (no
+    network, a partial download, a checksum mismatch, a foreign file:
+    :func:`robustmix.data.downloads.download_problem`); else which files are missing or
+    do not pass the checks."""
     # torchvision (about 1 s to import) loads only for the data sets that need it
     import torchvision.datasets as tvd
 
-    class_name, _, _, folder, files, described = _TORCHVISION[name]
-    cls = getattr(tvd, class_name)
-    where = os.path.join(root, folder) if folder else root
+    cls = getattr(tvd, _TORCHVISION[name][0])
     try:
-        if name == "svhn":
-            train, test = (cls(root, split=split, download=download) for split in ("train", "test"))
-            data = [(torch.from_numpy(np.ascontiguousarray(d.data)),  # already (N, C, H, W)
-                     torch.from_numpy(np.asarray(d.labels, dtype=np.int64))) for d in (train, test)]
-        else:
-            train, test = (cls(root, train=flag, download=download) for flag in (True, False))
-            data = []
-            for d in (train, test):
-                images = d.data
-                if isinstance(images, np.ndarray):  # CIFAR: (N, H, W, C)
-                    images = torch.from_numpy(images).permute(0, 3, 1, 2)
-                else:                              # MNIST: (N, H, W) uint8 tensor
-                    images = images[:, None]
-                labels = torch.as_tensor(np.asarray(d.targets, dtype=np.int64))
-                data.append((images.contiguous(), labels))
-    except RuntimeError as error:
-        # torchvision's one message for absent files and failed md5 checks.
-        missing = [f for f in files if not os.path.isfile(os.path.join(where, f))]
-        tried = f"download failed ({_one_line(error)}); " if download else ""
-        if missing:
-            raise UsageError(
-                f"{name} not found in {os.path.join(root, '')}: {tried}expected {os.path.join(where, '')} "
-                f"({described}) as torchvision writes it; pass --download to fetch it, or "
-                f"--data-dir to point at it") from None
-        raise UsageError(
-            f"{name} files in {os.path.join(where, '')} failed torchvision's checksum check "
-            f"(corrupt, truncated or not the official files; {_one_line(error)}); delete them "
-            f"and pass --download, or point --data-dir at good copies") from None
+        data = _read_splits(name, cls, root, download)
     except Exception as error:  # noqa: BLE001 - any failure while reading is the files' fault
-        action = "download or read" if download else "read"
-        raise UsageError(f"could not {action} {name} from {os.path.join(where, '')}: "
-                         f"{_one_line(error)}; the files are corrupt or not {name}") from None
+        problem = download_problem(name, cls, root, error) if download else None
+        raise UsageError(problem or _read_problem(name, root, download, error)) from None
+    where = _folder(name, root)
     for split, (x, y) in zip(("train", "test"), data):
         if x.dtype != torch.uint8 or x.ndim != 4 or y.shape != (x.shape[0],):
             raise UsageError(f"{name} {split} files in {os.path.join(where, '')} hold "
@@ -102,6 +79,50 @@ def _read_torchvision(name: str, root: str, download: bool) -> tuple[Tensor, ...
                              f"the files are not {name}")
     (x_train, y_train), (x_test, y_test) = data
     return x_train, y_train, x_test, y_test
+
+
+def _folder(name: str, root: str) -> str:
+    folder = _TORCHVISION[name][3]
+    return os.path.join(root, folder) if folder else root
+
+
+def _read_splits(name: str, cls, root: str, download: bool) -> list[tuple[Tensor, Tensor]]:
+    """The (images, labels) of train and test as torchvision reads them."""
+    if name == "svhn":
+        train, test = (cls(root, split=split, download=download) for split in ("train", "test"))
+        return [(torch.from_numpy(np.ascontiguousarray(d.data)),  # already (N, C, H, W)
+                 torch.from_numpy(np.asarray(d.labels, dtype=np.int64))) for d in (train, test)]
+    train, test = (cls(root, train=flag, download=download) for flag in (True, False))
+    data = []
+    for d in (train, test):
+        images = d.data
+        if isinstance(images, np.ndarray):  # CIFAR: (N, H, W, C)
+            images = torch.from_numpy(images).permute(0, 3, 1, 2)
+        else:                              # MNIST: (N, H, W) uint8 tensor
+            images = images[:, None]
+        labels = torch.as_tensor(np.asarray(d.targets, dtype=np.int64))
+        data.append((images.contiguous(), labels))
+    return data
+
+
+def _read_problem(name: str, root: str, download: bool, error: BaseException) -> str:
+    """Why the files in ``root`` could not be read (missing, failed checksums, garbage)."""
+    _, _, _, _, files, described = _TORCHVISION[name]
+    where = _folder(name, root)
+    if not isinstance(error, RuntimeError):
+        action = "download or read" if download else "read"
+        return (f"could not {action} {name} from {os.path.join(where, '')}: "
+                f"{_one_line(error)}; the files are corrupt or not {name}")
+    # torchvision's one message for absent files and failed md5 checks.
+    missing = [f for f in files if not os.path.isfile(os.path.join(where, f))]
+    tried = f"download failed ({_one_line(error)}); " if download else ""
+    if missing:
+        return (f"{name} not found in {os.path.join(root, '')}: {tried}expected "
+                f"{os.path.join(where, '')} ({described}) as torchvision writes it; pass "
+                f"--download to fetch it, or --data-dir to point at it")
+    return (f"{name} files in {os.path.join(where, '')} failed torchvision's checksum check "
+            f"(corrupt, truncated or not the official files; {_one_line(error)}); delete them "
+            f"and pass --download, or point --data-dir at good copies")
 
 
 def _load_torchvision(name: str, data_dir: str, image_size: int | None, download: bool,
