@@ -18,7 +18,8 @@ The modules, by topic: :mod:`~robustmix.data.augment` (the batched augmentation 
 :mod:`~robustmix.data.sources` (:class:`DataSource`, :class:`TensorSource`),
 :mod:`~robustmix.data.folders` (:class:`FolderSource`), :mod:`~robustmix.data.image_check`
 (the check for files that cannot be decoded, cached), :mod:`~robustmix.data.torchvision_sets`
-(CIFAR, SVHN, MNIST from their files) and :mod:`~robustmix.data.loading`
+(CIFAR, SVHN, MNIST from their files), :mod:`~robustmix.data.downloads` (what a failed
+download was) and :mod:`~robustmix.data.loading`
 (:func:`load_dataset`, :func:`check_available`).
 """
 

@@ -75,8 +75,11 @@ def _leave_out_bad(root: Path, samples: dict[str, list[tuple[str, int]]],
     keeps its examples); any other file that cannot be decoded is a
     :class:`BadImagesError` unless ``skip_bad_images``.
     """
-    def relative(path: str) -> str:
-        return Path(os.path.relpath(path, root)).as_posix()
+    prefix = str(root) + os.sep
+
+    def relative(path: str) -> str:  # the listing's paths all start with root/
+        inside = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
+        return inside.replace(os.sep, "/")
 
     recorded = set(skipped)
     paths = [relative(path) for split in samples.values() for path, _ in split]
