@@ -258,3 +258,21 @@ def test_a_study_trains_around_bad_files_with_skip_bad_images(capsys, tmp_path):
     run = out / "runs" / "vanilla-s0"
     assert runs.read_config(run)["dataset"]["skipped_images"] == sorted(BAD)
     assert (out / "report.md").is_file()
+
+
+def test_the_benchmark_runs(monkeypatch):
+    import math
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import bench_image_check
+
+    cache = os.environ["ROBUSTMIX_CACHE_DIR"]
+    result = bench_image_check.run(files=6, workers=(1, 2), sample=3, size=(16, 12))
+    assert os.environ["ROBUSTMIX_CACHE_DIR"] == cache
+    values = result["results"]
+    assert {"full_decode_ms", "check_ms", "verify_ms", "cold_1_workers_s",
+            "cold_2_workers_s", "cached_s"} <= values.keys()
+    assert all(math.isfinite(v) and v > 0 for v in values.values())
+    assert "find_bad_images, cached" in bench_image_check.format_results(result)
