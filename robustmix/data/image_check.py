@@ -47,6 +47,9 @@ def image_problem(path: str) -> str | None:
         with Image.open(path) as image:
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
+    except Image.UnidentifiedImageError:  # its message repeats the path
+        empty = os.path.isfile(path) and os.stat(path).st_size == 0
+        return "empty file" if empty else "not an image PIL can read"
     except Exception as error:  # noqa: BLE001 - any failure to decode is the file's fault
         return one_line(error)
     return None
