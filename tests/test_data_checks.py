@@ -137,3 +137,13 @@ def test_study_dry_run_says_cifar_is_missing_and_the_study_refuses(capsys, tmp_p
     assert_one_line_error(code, err, "the study's data is not ready", "cifar10 not found",
                           "--download")
     assert not out.exists()
+
+
+def test_check_available_counts_examples_and_classes(tmp_path, monkeypatch):
+    from test_data import _skip_cifar_checksums, _write_cifar10
+
+    _write_cifar10(tmp_path)                    # 5 × 2 training images, 3 test images
+    _skip_cifar_checksums(monkeypatch)
+    problem = check_available("cifar10", data_dir=str(tmp_path))
+    assert problem == (f"cifar10 in {tmp_path}: 10 train / 3 test images, expected 50000 / "
+                       "10000; the files are incomplete or not cifar10")
