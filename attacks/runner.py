@@ -36,7 +36,7 @@ from robustmix.core import checks as guards
 from robustmix.core import distributed, runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.errors import ConfigError, UsageError
-from robustmix.data import load_dataset
+from robustmix.data import load_dataset, recorded_skips
 from robustmix.models.weights import load_model
 
 ATTACKS = ("fgsm", "pgd", "autoattack", "autoattack-fast")
@@ -404,24 +404,27 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
 
 def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
                n_examples: int | None = None, data_dir: str | None = None,
-               progress: bool = False) -> list[Row]:
+               progress: bool = False, skip_bad_images: bool = False) -> list[Row]:
     """Attack a finished run's model on its test split; merge the rows into robustness.csv.
 
     Rows of an earlier call with the same attack, settings, norm, ε and examples are
     replaced; the others are kept. An existing robustness.csv is checked before any
-    attack runs, so a damaged one costs no time.
+    attack runs, so a damaged one costs no time. An image folder leaves out the files the
+    run left out, and with ``skip_bad_images`` those that cannot be decoded now.
     """
     place = distributed.current()
     run = runs.RunDir(run_dir)
     if not run.path.is_dir():
         raise UsageError(f"{run.path}: no such run directory")
     model = load_model(run.path).to(device)
-    train_config = TrainConfig.from_dict(run.read_config()["train"],
-                                         source=str(run.config_path))
+    saved = run.read_config()
+    train_config = TrainConfig.from_dict(saved["train"], source=str(run.config_path))
     if run.robustness_path.exists():
         read_rows(run.robustness_path)
     data = load_dataset(train_config.dataset, data_dir=data_dir or train_config.data_dir,
-                        image_size=train_config.image_size)
+                        image_size=train_config.image_size, skip_bad_images=skip_bad_images,
+                        skipped=recorded_skips(saved, str(run.config_path)),
+                        echo=print if place.is_main else None)
     x_all, y_all = data.tensors("test")
     chosen = torch.from_numpy(runs.test_subset(x_all.shape[0], n_examples))
     if chosen.numel() < place.world:  # every rank knows both numbers: they refuse together

@@ -39,7 +39,7 @@ from robustmix.core import runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.devices import resolve_device
 from robustmix.core.errors import ConfigError, UsageError
-from robustmix.data import load_dataset
+from robustmix.data import load_dataset, recorded_skips
 from robustmix.mixing import is_data_dependent, make_sampler
 from robustmix.mixing.puzzlemix import kernel_on_batches
 from robustmix.models.accuracy import evaluate
@@ -52,7 +52,7 @@ PROFILE_ELEMENTS = 1 << 22   # gradient-map pixels per pass of the offset loop (
 
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int = 256,
                  n_examples: int | None = None, q_draws: int = DEFAULT_Q_DRAWS,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, skip_bad_images: bool = False) -> dict[str, Any]:
     """Measure one run (see the module docstring); returns what it writes to generalization.json.
 
     ``run_dir`` is a finished run's directory (a str or path); ``batch_size``, ``q_draws``
@@ -60,6 +60,8 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
     integer >= 0, ``device`` "auto", "cpu", "cuda" or "cuda:N". A bad argument raises
     :class:`~robustmix.core.errors.ConfigError` (a ValueError) or a TypeError naming it;
     a missing, unfinished or damaged run a :class:`~robustmix.core.errors.UsageError`.
+    An image folder leaves out the files the run left out, and with ``skip_bad_images``
+    those that cannot be decoded now (then on fewer examples than the run was trained on).
     """
     device = _check_arguments(run_dir, batch_size=batch_size, q_draws=q_draws,
                               n_examples=n_examples, seed=seed, device=device)
@@ -67,7 +69,8 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
     model = load_model(run.path)
     config = TrainConfig.from_dict(run.train, source=str(run.config_path))
     data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                        device=device)
+                        device=device, skip_bad_images=skip_bad_images,
+                        skipped=recorded_skips(run.config, str(run.config_path)), echo=print)
     _check_same_data(run, data)
     model = model.to(device).eval()
     started = time.perf_counter()
@@ -159,8 +162,9 @@ def _check_positive(field: str, value) -> None:
 
 def _check_same_data(run, data) -> None:
     expected = run.dataset
-    found = {"channels": data.channels, "height": data.height, "width": data.width,
-             "n_train": data.n_train, "n_test": data.n_test}
+    found = {"channels": data.channels, "height": data.height, "width": data.width}
+    if not data.newly_skipped:  # files left out now (--skip-bad-images) make the splits smaller
+        found.update(n_train=data.n_train, n_test=data.n_test)
     differ = [k for k, v in found.items() if expected.get(k) not in (None, v)]
     if differ:
         raise UsageError(f"{run.path}: the data set loaded now differs from the one it was "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -18,6 +19,10 @@ from helpers import one_thread
 from kill_harness import (ATTACK, FIRST_ATTACK, THREAD_VARIABLES, TRAIN, TRAIN_WRITES,
                           Commands, rows_without_wall_clock)
 from robustmix.core import runs
+
+# The image-folder check caches its results (robustmix.data.image_check): in a folder of
+# this session, never in the user's cache. Commands the tests start inherit it.
+os.environ["ROBUSTMIX_CACHE_DIR"] = tempfile.mkdtemp(prefix="robustmix-test-cache-")
 
 
 @pytest.fixture

@@ -101,6 +101,9 @@ def _add_train_data(p: argparse.ArgumentParser) -> None:
                         "fashionmnist, or imagefolder:PATH (PATH/train, PATH/val)")
     g.add_argument("--data-dir", default="data", help="where torchvision data sets live")
     g.add_argument("--download", action="store_true", help="fetch a torchvision data set")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="image folders: train without the files that cannot be decoded "
+                        "(recorded in config.json); default: refuse to start")
     g.add_argument("--image-size", type=_positive_int, default=None,
                    help="resize images to this side (digits default: 16)")
     g.add_argument("--crop-scale", type=_float_pair, default=None, metavar="LO,HI",
@@ -200,6 +203,8 @@ def _add_attack(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of PGD starts and AutoAttack")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="image folders: leave out test images that cannot be decoded now")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_command("attack"), parser=p)
 
@@ -217,6 +222,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="image folders: leave out images that cannot be decoded now")
     p.set_defaults(handler=_command("evaluate"), parser=p)
 
 

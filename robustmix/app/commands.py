@@ -158,7 +158,8 @@ def _run_attack(args: argparse.Namespace) -> int:
     run_dirs = _run_dirs(args, "attack")
     for run in run_dirs:
         rows = attack_run(run, config, device=device, n_examples=args.n_examples,
-                          data_dir=args.data_dir, progress=not args.quiet)
+                          data_dir=args.data_dir, progress=not args.quiet,
+                          skip_bad_images=args.skip_bad_images)
         _say(format_table(run, rows))
         _say(f"robustmix attack: wrote {run}/robustness.csv")
     return 0
@@ -180,7 +181,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     for run in _run_dirs(args, "evaluate"):
         result = evaluate_run(run, device=args.device, batch_size=args.batch_size,
-                              n_examples=args.n_examples, q_draws=args.q_draws, seed=args.seed)
+                              n_examples=args.n_examples, q_draws=args.q_draws, seed=args.seed,
+                              skip_bad_images=args.skip_bad_images)
         print(f"robustmix evaluate: {run}: train accuracy {result['train']['accuracy']:.2%}, "
               f"test {result['test']['accuracy']:.2%}, gap {result['gap']['accuracy']:+.2%}; "
               f"wrote {runs.RunDir(run).generalization_path}")

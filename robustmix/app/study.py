@@ -29,6 +29,7 @@ from robustmix.core import runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.devices import resolve_device
 from robustmix.core.errors import UsageError
+from robustmix.data import check_available
 from robustmix.training.trainer import train
 
 # ------------------------------------------------------------------------------ steps
@@ -206,12 +207,20 @@ def run_study(config: StudyConfig, *, dry_run: bool = False, progress: bool = Tr
     """Run (or, with ``dry_run``, list) every step not yet done; returns the steps."""
     steps = plan(config, progress=progress)
     pending = [step for step in steps if not step.done()]
+    missing = missing_data(config) if any(s.kind == "train" for s in pending) else []
     if dry_run:
         for number, step in enumerate(steps, 1):
             state = "to do" if step in pending else "done"
             echo(f"[{number:>3}/{len(steps)}] {state:<5} {step.kind:<10} {step.label}")
-        echo(f"robustmix study: {len(pending)} of {len(steps)} steps to do in {config.out}")
+        for problem in missing:
+            echo(f"robustmix study: data missing: {problem}")
+        echo(f"robustmix study: {len(pending)} of {len(steps)} steps to do in {config.out}"
+             + (f"; it cannot start: {len(missing)} data problem"
+                f"{'s' if len(missing) > 1 else ''} above" if missing else "; data ready"))
         return steps
+    if missing:
+        more = f" (and {len(missing) - 1} more: see --dry-run)" if len(missing) > 1 else ""
+        raise UsageError(f"the study's data is not ready: {missing[0]}{more}")
     started = time.perf_counter()
     spent: dict[str, list[float]] = {}
     for number, step in enumerate(pending, 1):
@@ -226,6 +235,23 @@ def run_study(config: StudyConfig, *, dry_run: bool = False, progress: bool = Tr
     echo(f"robustmix study: {config.out} done in {_clock(time.perf_counter() - started)}; "
          f"report: {Path(config.out) / 'report.md'}")
     return steps
+
+
+def missing_data(config: StudyConfig) -> list[str]:
+    """One line per data set of the study's variants that cannot be trained on now
+    (:func:`robustmix.data.check_available`); a variant that downloads is not checked."""
+    problems, seen = [], set()
+    for variant in config.variant_names():
+        train = config.run_config(variant, config.methods[0], config.seeds[0])
+        key = (train.dataset, train.data_dir, train.skip_bad_images)
+        if train.download or key in seen:
+            continue
+        seen.add(key)
+        problem = check_available(train.dataset, data_dir=train.data_dir,
+                                  skip_bad_images=train.skip_bad_images)
+        if problem is not None:
+            problems.append(f"{variant}: {problem}" if variant else problem)
+    return problems
 
 
 def _eta(spent: dict[str, list[float]], remaining: list[Step]) -> str:

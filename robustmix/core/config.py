@@ -82,6 +82,7 @@ class TrainConfig:
     data_dir: str = "data"
     image_size: int | None = None          # None: the data set's own size (digits: 16)
     download: bool = False
+    skip_bad_images: bool = False         # image folders: leave out files that cannot be decoded
     crop_scale: tuple[float, float] | None = None
     pad: int | None = None                 # None: the data set's default crop padding
     flip: bool | None = None               # None: the data set's default (off for digits)

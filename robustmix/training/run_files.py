@@ -80,7 +80,11 @@ def write_config(out: Path, config: TrainConfig, spec: dict[str, Any], device: t
         "world_size": world,
         "dataset": {"name": data.name, "n_train": data.n_train, "n_test": data.n_test,
                     "num_classes": data.num_classes, "channels": data.channels,
-                    "height": data.height, "width": data.width},
+                    "height": data.height, "width": data.width,
+                    # the image files left out (--skip-bad-images): every later load of
+                    # this run leaves out the same ones
+                    **({"skipped_images": list(data.skipped)}
+                       if getattr(data, "skipped", None) else {})},
         "augment": None if augment is None else dataclasses.asdict(augment),
         **(extra or {})})
 

@@ -44,8 +44,8 @@ from torch.nn.parallel import DistributedDataParallel
 from robustmix.core import distributed, runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.devices import autocast, resolve_device
-from robustmix.core.errors import ConfigError
-from robustmix.data import Augment, load_dataset
+from robustmix.core.errors import ConfigError, UsageError
+from robustmix.data import Augment, BadImagesError, UnreadableImage, load_dataset, recorded_skips
 from robustmix.mixing.mixer import Mixer
 from robustmix.models import build_model, check_arch
 from robustmix.mixing.puzzlemix import saliency_of
@@ -99,8 +99,11 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     trainer.prepare_step()
     started = time.perf_counter()
     for epoch in range(trainer.start_epoch, trainer.config.epochs):
-        trainer.train_epoch(epoch)
-        trainer.evaluate_epoch(epoch)
+        try:
+            trainer.train_epoch(epoch)
+            trainer.evaluate_epoch(epoch)
+        except UnreadableImage as err:  # a file that passed the check went bad (disk error)
+            raise UsageError(f"{err}; {_kept(trainer.out, epoch)}") from None
         trainer.save_epoch(epoch)
     return trainer.finish(started)
 
@@ -130,12 +133,22 @@ class Trainer:
         config, place = self.config, self.place
         self.device = device = distributed.device_for(resolve_device(config.device), place)
         _check_processes(config, place, device)
-        self.data, self.augment, self.steps_per_epoch = _load_data(config, place, device)
+        self.data, self.augment, self.steps_per_epoch = _load_data(
+            config, place, device, self._recorded_skips())
         self.model, self.spec, self.memory_format = _build_model(config, self.data, device,
                                                                  place)
         self.optimizer, self.mixer, self.saliency_fn = _build_optimizer(config, self.model,
                                                                         self.data)
         self.rng = np.random.default_rng(config.seed)
+
+    def _recorded_skips(self) -> tuple[str, ...] | None:
+        """The image files a resumed run left out when it started (read on rank 0); None
+        for a new run."""
+        if not self.resume:
+            return None
+        path = self.out / runs.CONFIG
+        return distributed.on_main(lambda: recorded_skips(runs.read_config(self.out), str(path))
+                                   if path.is_file() else ())
 
     def restore(self) -> None:
         """With ``resume``, continue from the checkpoint (read on rank 0, sent to every rank);
@@ -240,15 +253,33 @@ def _check_processes(config: TrainConfig, place: distributed.Place,
             "each when mixing"))
 
 
-def _load_data(config: TrainConfig, place: distributed.Place, device: torch.device):
-    """The data set on ``device``, its augmentation and the number of steps per epoch."""
+def _load_data(config: TrainConfig, place: distributed.Place, device: torch.device,
+               skipped: tuple[str, ...] | None):
+    """The data set on ``device``, its augmentation and the number of steps per epoch.
+
+    ``skipped``: for a resumed run, the image files it left out when it started (None for a
+    new run); it keeps exactly those out, and refuses files that went bad since."""
     download = config.download
     if download and place.active:  # once, on rank 0; torchvision does not write atomically
         distributed.on_main(lambda: load_dataset(config.dataset, data_dir=config.data_dir,
                                                  download=True) and None)
         download = False
-    data = load_dataset(config.dataset, data_dir=config.data_dir,
-                        image_size=config.image_size, download=download, device=device)
+
+    def load(echo=None):
+        return load_dataset(config.dataset, data_dir=config.data_dir,
+                            image_size=config.image_size, download=download, device=device,
+                            skip_bad_images=config.skip_bad_images and skipped is None,
+                            skipped=skipped or (), echo=echo)
+
+    try:
+        if place.active and config.dataset.startswith("imagefolder:"):
+            distributed.on_main(lambda: load() and None)  # rank 0 checks (and caches) first
+        data = load(echo=print if place.is_main else None)
+    except BadImagesError as err:
+        if skipped is None:
+            raise
+        raise UsageError(f"{err.summary()}; the run started with them readable: restore them "
+                         "and resume, or start over with --skip-bad-images --overwrite") from None
     augment = Augment(
         pad=data.default_augment.pad if config.pad is None else config.pad,
         flip=data.default_augment.flip if config.flip is None else config.flip,
@@ -258,6 +289,14 @@ def _load_data(config: TrainConfig, place: distributed.Place, device: torch.devi
         raise ConfigError("batch_size", f"{config.batch_size} is larger than the training "
                           f"set ({data.n_train} images)")
     return data, augment, steps_per_epoch
+
+
+def _kept(out: Path, epoch: int) -> str:
+    """What a run stopped by an unreadable image keeps, and how to continue it."""
+    if (out / runs.CHECKPOINT).is_file():
+        return (f"the last checkpoint ({out / runs.CHECKPOINT}, epoch {epoch}) is kept: "
+                f"restore the file and continue with: robustmix train --resume {out}")
+    return "no checkpoint was written yet: restore the file and run the command again"
 
 
 def _build_model(config: TrainConfig, data, device: torch.device, place: distributed.Place):
