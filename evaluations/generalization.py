@@ -11,7 +11,9 @@ Writes ``RUN_DIR/generalization.json``, ``gradient_profile.csv`` and ``regulariz
 - ``input_gradient``: mean over the gradient subset of ‖∇ℓ_k‖₂ and ‖∇f_k‖₂
   (:mod:`evaluations.gradients`; L2 norm per example, then the mean);
 - ``gradient_profile``: the Figure-4 profiles and decay statistic of :mod:`evaluations.profiles`;
-- ``regularizer``: Q_A per mask distribution (:mod:`evaluations.regularizer`).
+- ``regularizer``: Q_A per mask distribution (:mod:`evaluations.regularizer`);
+- ``calibration``: the clean test set's ``ece``, ``nll``, ``brier`` and reliability table
+  (:mod:`evaluations.calibration`, where the binning is stated).
 
 The gradient parts use the whole test set, or with ``n_examples`` a fixed subset, the same
 for every model and seed and the same as the attack runner's
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluations.calibration import calibration, predict
 from evaluations.first_layer import first_layer_norms
 from evaluations.gradients import input_gradients, l2_per_example
 from evaluations.profiles import (COLUMNS, DEFINITION, NORMALIZATION, OffsetTable,
@@ -95,6 +98,8 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
         "first_layer": first_layer_norms(model.first_layer, model.std),
         **gradients, "regularizer": q,
         **({"mask_kernel": kernel} if kernel is not None else {}),
+        "calibration": calibration(*predict(model, data.eval_batches("test", batch_size,
+                                                                     device))),
         "seconds": time.perf_counter() - started,
     }
     result = _json_safe(result)
