@@ -53,8 +53,9 @@ PROFILE_ELEMENTS = 1 << 22   # gradient-map pixels per pass of the offset loop (
 
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int = 256,
                  n_examples: int | None = None, q_draws: int = DEFAULT_Q_DRAWS,
-                 seed: int = 0) -> dict[str, Any]:
-    """Measure one run (see the module docstring); returns what it writes to generalization.json."""
+                 seed: int = 0, data_dir: str | None = None) -> dict[str, Any]:
+    """Measure one run (see the module docstring); returns what it writes to generalization.json.
+    ``data_dir`` overrides the run's data directory."""
     for flag, value in (("--batch-size", batch_size), ("--q-draws", q_draws)):
         _check_positive(flag, value)
     if n_examples is not None:
@@ -63,8 +64,8 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
     model = load_model(run.path)
     config = TrainConfig.from_dict(run.train, source=str(run.config_path))
     device = _device(device)
-    data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                        device=device)
+    data = load_dataset(config.dataset, image_size=config.image_size, device=device,
+                        data_dir=config.data_dir if data_dir is None else data_dir)
     _check_same_data(run, data)
     model = model.to(device).eval()
     started = time.perf_counter()
