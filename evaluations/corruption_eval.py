@@ -39,6 +39,7 @@ STANDARD = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "gl
             "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
             "elastic_transform", "pixelate", "jpeg_compression")
 EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+BENCHMARK_SIZE = (32, 32)
 SUITE = "on-the-fly"
 COLUMNS = ["corruption", "severity", "source", "set", "n_examples", "accuracy", "ece", "nll",
            "brier", "seed"]
@@ -146,6 +147,10 @@ def check_benchmark(folder: Path, test_labels: torch.Tensor, image_shape: tuple
     file is a UsageError naming it."""
     n = int(test_labels.shape[0])
     channels, height, width = (int(v) for v in image_shape)
+    if (height, width) != BENCHMARK_SIZE:
+        raise UsageError(f"{folder}: this run's images are {height}×{width}, the benchmark's "
+                         f"{BENCHMARK_SIZE[0]}×{BENCHMARK_SIZE[1]}; give a --data-dir "
+                         f"without {folder.name}/ to use the on-the-fly suite")
     labels = _load(folder / "labels.npy", folder)
     expected = np.tile(test_labels.cpu().numpy(), len(SEVERITIES))
     if labels.shape != expected.shape or not np.issubdtype(labels.dtype, np.integer) \

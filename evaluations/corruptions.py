@@ -170,7 +170,7 @@ CORRUPTIONS: dict[str, Corruption] = {
                              shot_noise),
     "impulse_noise": Corruption("noise", "share of values set to 0 or 1",
                                 (0.02, 0.05, 0.09, 0.15, 0.24), impulse_noise),
-    "gaussian_blur": Corruption("blur", "σ / s", (0.015, 0.025, 0.04, 0.06, 0.08),
+    "gaussian_blur": Corruption("blur", "σ / s", (0.025, 0.04, 0.055, 0.075, 0.1),
                                 gaussian_blur),
     "motion_blur": Corruption("blur", "length / s", (0.06, 0.1, 0.15, 0.2, 0.3), motion_blur),
     "contrast": Corruption("digital", "contrast factor", (0.75, 0.55, 0.4, 0.3, 0.2), contrast),

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluations.corruption_eval import (COLUMNS, EXTRA, STANDARD, evaluate_corruptions,
-                                         summarize)
+from evaluations.corruption_eval import (COLUMNS, STANDARD, check_benchmark,
+                                         evaluate_corruptions, summarize)
 from evaluations.corruptions import CORRUPTIONS, SEVERITIES
 from helpers import assert_one_line_error, run_cli
 from robustmix.core import runs
@@ -204,3 +204,11 @@ def test_without_the_benchmark_folder_the_suite_runs_and_says_so(benchmark, caps
     rows = runs.read_csv(run / runs.CORRUPTIONS)
     assert {r["source"] for r in rows[1:]} == {"on-the-fly"} and rows[0]["n_examples"] == "2"
     assert "calibration" in runs.read_json(run / runs.GENERALIZATION)
+
+
+def test_a_run_at_another_image_size_is_told_the_benchmark_does_not_fit(benchmark):
+    _, root, folder = benchmark
+    labels = load_dataset("cifar10", data_dir=str(root)).tensors("test")[1]
+    assert len(check_benchmark(folder, labels, (3, 32, 32))) == 16
+    with pytest.raises(UsageError, match=r"images are 16×16, the benchmark's 32×32"):
+        check_benchmark(folder, labels, (3, 16, 16))
