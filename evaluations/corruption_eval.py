@@ -18,9 +18,10 @@ Writes ``RUN_DIR/corruptions.csv`` (atomically): one row per corruption and seve
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,32 +62,31 @@ def evaluate_corruptions(run_dir: str | Path, *, device: str = "auto", batch_siz
     _check_same_data(run, data)
     indices = runs.test_subset(data.n_test, n_examples)
     images, labels = data.eval_images("test", indices)
-    folder = Path(root) / BENCHMARKS.get(run.dataset.get("name"), "\0")
-    benchmark = folder.name if folder.is_dir() else None
+    release = BENCHMARKS.get(run.dataset.get("name"))
+    folder = Path(root) / release if release else None
+    benchmark = release if folder is not None and folder.is_dir() else None
     files = check_benchmark(folder, data.tensors("test")[1], images.shape[1:]) \
         if benchmark else None
     model = load_model(run.path).to(device).eval()
     started = time.perf_counter()
-    rows = [_row("clean", 0, "test set", "clean", _measure(model, images, labels, batch_size,
-                                                          device), seed)]
+    measure = functools.partial(_measure, model, batch_size=batch_size, device=device)
+    rows = [_row("clean", 0, "test set", "clean", measure(images, labels), seed)]
     if files is None:
         for name in CORRUPTIONS:
             for severity in SEVERITIES:
                 g = generator_for(seed, name, severity, device)
-                batches = _suite(images, labels, name, severity, g, batch_size, device)
-                rows.append(_row(name, severity, SUITE, "suite", calibration(
-                    *_logits(model, batches)), seed))
+                cell = measure(images, labels, corruption=(name, severity, g))
+                rows.append(_row(name, severity, SUITE, "suite", cell, seed))
     else:
         for name, (array, kind) in files.items():
             for severity in SEVERITIES:
-                cells = _benchmark_images(array, severity, data.n_test, indices)
-                rows.append(_row(name, severity, benchmark, kind,
-                                 _measure(model, cells, labels, batch_size, device), seed))
+                cell = measure(_benchmark_images(array, severity, data.n_test, indices), labels)
+                rows.append(_row(name, severity, benchmark, kind, cell, seed))
     runs.write_csv(run.corruptions_path, rows, COLUMNS)
     return {"run": run.path.name, "source": benchmark or SUITE, "rows": rows,
             **summarize(rows), "seconds": time.perf_counter() - started,
-            "note": None if benchmark or run.dataset.get("name") not in BENCHMARKS else
-            f"{folder} not found: the on-the-fly suite was used, not {folder.name}"}
+            "note": None if benchmark or folder is None else
+            f"{folder} not found: the on-the-fly suite was used, not {release}"}
 
 
 def _row(name: str, severity: int, source: str, kind: str, c: dict, seed: int) -> dict:
@@ -109,27 +109,17 @@ def summarize(rows: list[dict]) -> dict[str, float | None]:
 
 
 @torch.no_grad()
-def _logits(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
-    out, ys = [], []
-    for x, y in batches:
-        out.append(model(x).float().cpu())
-        ys.append(y)
-    return torch.cat(out), torch.cat(ys)
-
-
-def _measure(model, images, labels, batch_size: int, device) -> dict:
-    return calibration(*_logits(model, _plain(images, labels, batch_size, device)))
-
-
-def _plain(images, labels, batch_size: int, device) -> Iterator:
+def _measure(model, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device,
+             corruption: tuple | None = None) -> dict:
+    """Calibration (and accuracy) of the model on uint8 ``images``, in batches on the
+    device; ``corruption`` = (name, severity, generator) corrupts each batch there first."""
+    logits = []
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].to(device).float().div_(255)
-        yield x, labels[start:start + batch_size]
-
-
-def _suite(images, labels, name: str, severity: int, g, batch_size: int, device) -> Iterator:
-    for x, y in _plain(images, labels, batch_size, device):
-        yield corrupt(x, name, severity, g), y
+        if corruption is not None:
+            x = corrupt(x, *corruption)
+        logits.append(model(x).float().cpu())
+    return calibration(torch.cat(logits), labels.cpu())
 
 
 def _benchmark_images(array: np.ndarray, severity: int, n_test: int,

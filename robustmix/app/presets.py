@@ -32,7 +32,7 @@ _DIGITS = {
                "autoattack": "autoattack-fast", "autoattack_eps": "32/255",
                "autoattack_examples": 200, "autoattack_seeds": [], "batch_size": 256,
                "seed": 0},
-    # corruptions: the on-the-fly suite on the same 200 test images (~4% of the study's
+    # corruptions: the on-the-fly suite on the same 200 test images (4-6% of the study's
     # time, measured against evaluate's: see the README)
     "evaluate": {"n_examples": 200, "q_draws": 256, "seed": 0, "corruptions": True},
 }
