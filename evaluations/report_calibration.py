@@ -216,7 +216,7 @@ def reliability_figure(path, bins: dict[str, dict[str, np.ndarray]], groups) -> 
     shown = [g for g in groups if g.name in bins]
     cols = min(4, max(1, len(shown)))
     rows = math.ceil(len(shown) / cols)
-    fig = plots._new_figure(figsize=(3.2 * cols, 3.0 * rows), layout="constrained")
+    fig = plots._new_figure(figsize=(max(3.6 * cols, 5.5), 3.4 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
     edges = np.linspace(0, 1, BINS + 1)
     for ax, group in zip(axes, shown):
@@ -227,7 +227,7 @@ def reliability_figure(path, bins: dict[str, dict[str, np.ndarray]], groups) -> 
                color=plots.style(group)["color"], edgecolor="black", linewidth=0.4)
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
         ece = float(np.abs(b["correct"] - b["confidence_sum"]).sum() / b["count"].sum())
-        ax.set_title(f"{group.name}: ECE {ece:.3f}", fontsize=9)
+        ax.set_title(f"{group.name}\nECE {ece:.3f}", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence (top-1)")
@@ -253,7 +253,7 @@ def corruption_figure(path, table: pd.DataFrame, groups) -> None:
         ax.set_xlabel("severity (0: clean)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    fig.suptitle("Under common corruptions: mean over the corruptions at each severity")
+    fig.suptitle("Corrupted test images: mean over the corruptions per severity")
     plots._legend(fig, axes)
     plots.save(fig, path)
 
