@@ -117,7 +117,7 @@ def summary_section(ctx) -> None:
         "accuracy (%) under the strongest attack at the main ε (per run the lowest robust "
         "accuracy over every attack run there, the per-example worst case included; the main "
         "ε is the largest with a worst-case row); mean accuracy (%) over every corrupted "
-        f"test cell (corruptions.csv, severities 1-5); ECE of the clean test set ({BINS} "
+        f"test cell ({runs.CORRUPTIONS}, severities 1-5); ECE of the clean test set ({BINS} "
         "bins). – where a run lacks the measurement. The paper's predictions follow."))
     ctx.lines += _md(["method", "clean acc", robust_head, "mean corrupted acc", "ECE"], rows)
     ctx.csv("summary_by_method.csv", pd.DataFrame(table))
