@@ -20,7 +20,37 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import load_average, machine_info
+from benchmarks.common import format_machine, load_average, machine_info
+
+
+def run(run_dir: str | None = None, *, repeats: int = 5, n_examples: int | None = None,
+        q_draws: int | None = None) -> dict:
+    """Median seconds of the evaluate and corruptions steps on one run, and their ratio
+    (the digits preset's settings unless ``n_examples`` / ``q_draws`` say otherwise)."""
+    from evaluations import evaluate_corruptions, evaluate_run
+    from robustmix.app.presets import PRESETS
+    from robustmix.core.config import TrainConfig
+    from robustmix.training.trainer import train
+
+    settings = PRESETS["digits"]["evaluate"]
+    n_examples = n_examples or settings["n_examples"]
+    if run_dir is None:
+        run_dir = str(Path(tempfile.mkdtemp()) / "run")
+        train(TrainConfig(epochs=3, image_size=8, device="cpu"), run_dir, progress=False)
+    machine = machine_info("cpu")
+    times: dict[str, list[float]] = {"evaluate": [], "corruptions": []}
+    for _ in range(repeats):
+        started = time.perf_counter()
+        evaluate_run(run_dir, device="cpu", n_examples=n_examples,
+                     q_draws=q_draws or settings["q_draws"], seed=settings["seed"])
+        times["evaluate"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        evaluate_corruptions(run_dir, device="cpu", n_examples=n_examples,
+                             seed=settings["seed"])
+        times["corruptions"].append(time.perf_counter() - started)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {"machine": machine, "seconds": medians, "load_after": load_average(),
+            "ratio": medians["corruptions"] / medians["evaluate"]}
 
 
 def main() -> None:
@@ -28,31 +58,11 @@ def main() -> None:
     parser.add_argument("--run", default=None)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    from evaluations import evaluate_corruptions, evaluate_run
-    from robustmix.app.presets import PRESETS
-    from robustmix.core.config import TrainConfig
-    from robustmix.training.trainer import train
-
-    settings = PRESETS["digits"]["evaluate"]
-    run = args.run
-    if run is None:
-        run = str(Path(tempfile.mkdtemp()) / "run")
-        train(TrainConfig(epochs=3, image_size=8, device="cpu"), run, progress=False)
-    print(machine_info("cpu"), "load before", load_average())
-    times = {"evaluate": [], "corruptions": []}
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        evaluate_run(run, device="cpu", n_examples=settings["n_examples"],
-                     q_draws=settings["q_draws"], seed=settings["seed"])
-        times["evaluate"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        evaluate_corruptions(run, device="cpu", n_examples=settings["n_examples"],
-                             seed=settings["seed"])
-        times["corruptions"].append(time.perf_counter() - started)
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    print({k: f"{v:.2f} s" for k, v in medians.items()},
-          f"ratio corruptions / evaluate: {medians['corruptions'] / medians['evaluate']:.2f}",
-          "load after", load_average())
+    result = run(args.run, repeats=args.repeats)
+    print(format_machine(result["machine"]))
+    print({k: f"{v:.2f} s" for k, v in result["seconds"].items()},
+          f"ratio corruptions / evaluate: {result['ratio']:.2f}",
+          "load after", result["load_after"])
 
 
 if __name__ == "__main__":
