@@ -1,6 +1,8 @@
-"""Print the README's results table from a study's report tables.
+"""Print the README's results table from a study's report tables, or its table of the
+on-the-fly corruptions' parameters.
 
     python docs/readme_table.py study        # after `robustmix study`; prints Markdown
+    python docs/readme_table.py corruptions  # evaluations.corruptions.CORRUPTIONS
 
 Columns: clean test accuracy (mean ± std over seeds, generalization_by_method.csv), the
 runs that converged (runs.csv), then robust accuracy / robust ÷ clean accuracy (mean over
@@ -50,5 +52,15 @@ def table(study: Path) -> str:
     return "\n".join(lines)
 
 
+def corruption_table() -> str:
+    """The on-the-fly suite's parameters by severity, from the one dict that applies them."""
+    from evaluations.corruptions import SEVERITIES, parameter_table
+
+    header = ["corruption", "family", "parameter"] + [str(s) for s in SEVERITIES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in parameter_table()])
+
+
 if __name__ == "__main__":
-    print(table(Path(sys.argv[1] if len(sys.argv) > 1 else "study")))
+    which = sys.argv[1] if len(sys.argv) > 1 else "study"
+    print(corruption_table() if which == "corruptions" else table(Path(which)))

@@ -2,7 +2,7 @@
 per-run numbers in pandas frames.
 
 Per-run metrics (one row per run, NaN where a file is missing): the clean accuracies and
-losses, gaps, first-layer norms, input-gradient norms, the profile decay D, ``q.A`` and
+losses, the clean test set's ``ece``, ``nll`` and ``brier``, gaps, first-layer norms, input-gradient norms, the profile decay D, ``q.A`` and
 ``q_relative.A`` per mask distribution A, and ``final_test_acc`` from metrics.csv.
 
 Robustness rows: one per (run, attack, norm, ε), with ``conditional`` = robust / clean
@@ -79,6 +79,9 @@ def run_metrics(record: RunRecord) -> dict[str, Any]:
         "grad_loss_l2": get("input_gradient", "loss_l2_mean"),
         "grad_logit_l2": get("input_gradient", "logit_l2_mean"),
         "profile_decay": get("gradient_profile", "decay", "value"),
+        # calibration of the clean test set: NaN in files written before it was measured
+        "ece": get("calibration", "ece"), "nll": get("calibration", "nll"),
+        "brier": get("calibration", "brier"),
     })
     for mask, q in (g.get("regularizer", {}).get("q") or {}).items():
         values[f"q.{mask}"] = _number(q.get("q"))

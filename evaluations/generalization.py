@@ -11,7 +11,9 @@ Writes ``RUN_DIR/generalization.json``, ``gradient_profile.csv`` and ``regulariz
 - ``input_gradient``: mean over the gradient subset of ‖∇ℓ_k‖₂ and ‖∇f_k‖₂
   (:mod:`evaluations.gradients`; L2 norm per example, then the mean);
 - ``gradient_profile``: the Figure-4 profiles and decay statistic of :mod:`evaluations.profiles`;
-- ``regularizer``: Q_A per mask distribution (:mod:`evaluations.regularizer`).
+- ``regularizer``: Q_A per mask distribution (:mod:`evaluations.regularizer`);
+- ``calibration``: the clean test set's ``ece``, ``nll``, ``brier`` and reliability table
+  (:mod:`evaluations.calibration`, where the binning is stated).
 
 The gradient parts use the whole test set, or with ``n_examples`` a fixed subset, the same
 for every model and seed and the same as the attack runner's
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluations.calibration import calibration, predict
 from evaluations.first_layer import first_layer_norms
 from evaluations.gradients import input_gradients, l2_per_example
 from evaluations.profiles import (COLUMNS, DEFINITION, NORMALIZATION, OffsetTable,
@@ -52,7 +55,8 @@ PROFILE_ELEMENTS = 1 << 22   # gradient-map pixels per pass of the offset loop (
 
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int = 256,
                  n_examples: int | None = None, q_draws: int = DEFAULT_Q_DRAWS,
-                 seed: int = 0, skip_bad_images: bool = False) -> dict[str, Any]:
+                 seed: int = 0, skip_bad_images: bool = False,
+                 data_dir: str | None = None) -> dict[str, Any]:
     """Measure one run (see the module docstring); returns what it writes to generalization.json.
 
     ``run_dir`` is a finished run's directory (a str or path); ``batch_size``, ``q_draws``
@@ -62,14 +66,16 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
     a missing, unfinished or damaged run a :class:`~robustmix.core.errors.UsageError`.
     An image folder leaves out the files the run left out, and with ``skip_bad_images``
     those that cannot be decoded now (then on fewer examples than the run was trained on).
+    ``data_dir`` overrides the run's data directory.
     """
     device = _check_arguments(run_dir, batch_size=batch_size, q_draws=q_draws,
                               n_examples=n_examples, seed=seed, device=device)
     run = runs.RunDir(run_dir).open()
     model = load_model(run.path)
     config = TrainConfig.from_dict(run.train, source=str(run.config_path))
-    data = load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                        device=device, skip_bad_images=skip_bad_images,
+    data = load_dataset(config.dataset, image_size=config.image_size, device=device,
+                        data_dir=config.data_dir if data_dir is None else data_dir,
+                        skip_bad_images=skip_bad_images,
                         skipped=recorded_skips(run.config, str(run.config_path)), echo=print)
     _check_same_data(run, data)
     model = model.to(device).eval()
@@ -104,6 +110,8 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
         "first_layer": first_layer_norms(model.first_layer, model.std),
         **gradients, "regularizer": q,
         **({"mask_kernel": kernel} if kernel is not None else {}),
+        "calibration": calibration(*predict(model, data.eval_batches("test", batch_size,
+                                                                     device))),
         "seconds": time.perf_counter() - started,
     }
     result = _json_safe(result)

@@ -1,7 +1,7 @@
 """`write_report`: comparison tables, plots and the paper's predictions for a set of runs.
 
-Reads each run's config.json, generalization.json (from ``robustmix evaluate``) and
-robustness.csv (from ``robustmix attack``); sections whose files are missing are skipped
+Reads each run's config.json, generalization.json (from ``robustmix evaluate``),
+robustness.csv (from ``robustmix attack``) and corruptions.csv (``evaluate --corruptions``); sections whose files are missing are skipped
 and the report says which runs lack what. Runs that differ only in seed are grouped
 (:mod:`evaluations.grouping`) and shown as mean ± std over seeds (n runs). Every file is
 written atomically into ``OUT``; files of an earlier report there that this one does not
@@ -29,6 +29,9 @@ from evaluations.predictions import COLUMNS as PREDICTION_COLUMNS
 from evaluations.predictions import prediction_table
 from evaluations.profiles import DECAY, NORMALIZATION
 from evaluations.regularizer import DEFINITION as Q_DEFINITION
+from evaluations.report_calibration import OUTPUTS as CALIBRATION_OUTPUTS
+from evaluations.report_calibration import (calibration_section, corruptions_section,
+                                            summary_section)
 from attacks.eps import parse_eps
 from robustmix.core import runs
 from robustmix.core.config import DATA_FREE_MIX_NAMES
@@ -42,7 +45,8 @@ OUTPUTS = ("runs.csv", "generalization_by_method.csv", "robustness_by_method.csv
            "robust_accuracy_linf.png", "robust_accuracy_l2.png",
            "robust_given_clean_linf.png", "robust_given_clean_l2.png", "generalization.png",
            "gradient_profiles.csv", "mask_kernels.csv", "gradient_profile.png",
-           "q_matrix.csv", "q_matrix.png", "mask_gallery.png", "predictions.csv", REPORT)
+           "q_matrix.csv", "q_matrix.png", "mask_gallery.png", "predictions.csv", REPORT,
+           *CALIBRATION_OUTPUTS)
 GENERALIZATION_METRICS = (  # column, header, percent
     ("test_acc", "test acc (%)", True), ("train_acc", "clean train acc (%)", True),
     ("gap_acc", "acc gap train-test (pp)", True), ("gap_loss", "loss gap test-train", False),
@@ -67,10 +71,13 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
     ctx = ReportContext(records, groups, Path(out_dir))
     ctx.out.mkdir(parents=True, exist_ok=True)
     title_section(ctx)
+    summary_section(ctx)
     runs_section(ctx)
     predictions_section(ctx)
     robustness_section(ctx)
     generalization_section(ctx)
+    calibration_section(ctx)
+    corruptions_section(ctx)
     profile_section(ctx)
     q_section(ctx)
     gallery_section(ctx)

@@ -31,17 +31,15 @@ def entries() -> dict[str, str]:
 
 
 def resolve(qualified: str):
-    """The object a qualified name names: the longest importable module, then attributes."""
+    """The object a qualified name names, attribute by attribute (a package's attribute wins
+    over a submodule of the same name: ``evaluations.calibration`` is the function)."""
     parts = qualified.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attribute in parts[cut:]:
-            obj = getattr(obj, attribute)
-        return obj
-    raise ImportError(qualified)
+    obj = importlib.import_module(parts[0])
+    for depth, part in enumerate(parts[1:], 2):
+        if not hasattr(obj, part):
+            importlib.import_module(".".join(parts[:depth]))
+        obj = getattr(obj, part)
+    return obj
 
 
 def _annotation(annotation) -> str:

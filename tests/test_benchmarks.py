@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import (bench_attack, bench_mixing, bench_puzzlemix, bench_study,  # noqa: E402
-                        bench_train)
+from benchmarks import (bench_attack, bench_corruptions, bench_mixing,  # noqa: E402
+                        bench_puzzlemix, bench_study, bench_train)
 from benchmarks.common import format_machine, summarize_us  # noqa: E402
 from helpers import mini_study  # noqa: E402
 from robustmix.mixing import DATA_FREE_MIX_NAMES  # noqa: E402
@@ -137,3 +137,17 @@ def test_bench_study_reads_the_time_of_every_kind_of_step(tmp_path):
     assert positive(numbers["total_s"])
     assert numbers["total_s"] >= sum(numbers["per_kind_s"].values())
     assert (tmp_path / "study" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_bench_corruptions_times_both_steps(tmp_path):
+    from robustmix.core.config import TrainConfig
+    from robustmix.training.trainer import train
+
+    run = tmp_path / "run"
+    train(TrainConfig(epochs=1, batch_size=128, image_size=8, device="cpu"), run, progress=False)
+    result = bench_corruptions.run(str(run), repeats=1, n_examples=8, q_draws=8)
+    check_machine(result["machine"])
+    assert positive(result["seconds"]["evaluate"]) and positive(result["seconds"]["corruptions"])
+    assert result["ratio"] == pytest.approx(
+        result["seconds"]["corruptions"] / result["seconds"]["evaluate"])

@@ -198,6 +198,16 @@ def test_clean_accuracy_and_gap_agree_with_training(evaluated):
     assert result["input_gradient"]["n_examples"] == 64
 
 
+def test_clean_calibration_agrees_with_the_clean_test_numbers(evaluated):
+    # two paths: the calibration pass's accuracy and NLL are evaluate()'s accuracy and loss
+    _, result = evaluated
+    c = result["calibration"]
+    assert c["n"] == result["test"]["n"] == sum(c["reliability"]["count"])
+    assert c["accuracy"] == pytest.approx(result["test"]["accuracy"], abs=1e-12)
+    assert c["nll"] == pytest.approx(result["test"]["loss"], rel=1e-5)
+    assert 0 <= c["ece"] <= 1 and 0 <= c["brier"] <= 2 and c["bins"] == 15
+
+
 def test_first_layer_norms_are_those_of_the_loaded_weight(evaluated):
     run, result = evaluated
     weight = load_model(run).first_layer.weight.detach()

@@ -7,7 +7,7 @@ import shutil
 import matplotlib.image
 import pytest
 
-from evaluations import evaluate_run, write_report
+from evaluations import evaluate_corruptions, evaluate_run, write_report
 from evaluations import statistics as st
 from evaluations.grouping import group_runs
 from robustmix.core import runs
@@ -53,6 +53,8 @@ def study(tmp_path_factory):
               progress=False)
         evaluate_run(root / name, device="cpu", n_examples=48, q_draws=64)
         write_robustness(root / name, name)
+        if name != "mixup-s0":   # one run without corruptions.csv: reported as missing
+            evaluate_corruptions(root / name, device="cpu", n_examples=12)
     out = root / "report"
     report = write_report([root / name for name in RUNS], out)
     return root, out, report
@@ -175,3 +177,68 @@ def test_groups_sharing_a_method_are_named_by_their_differences():
     assert groups[0].family == groups[1].family
 
 
+
+
+# ---------------------------------------------------------------------- calibration, corruptions
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def test_summary_and_calibration_tables_are_the_runs_numbers(study):
+    root, out, report = study
+    g = {name: runs.read_json(root / name / "generalization.json") for name in RUNS}
+    summary = {r["group"]: r for r in runs.read_csv(out / "summary_by_method.csv")}
+    vanilla = summary["vanilla"]
+    assert float(vanilla["clean_mean"]) == pytest.approx(
+        _mean([g[f"vanilla-s{s}"]["test"]["accuracy"] for s in (0, 1)]), rel=1e-7)
+    # the strongest attack at the largest ε with a worst-case row (8/255): pgd, 0.00 and 0.02
+    assert float(vanilla["robust_mean"]) == pytest.approx(0.01)
+    assert float(summary["mixup"]["robust_mean"]) == pytest.approx(0.0)
+    assert float(vanilla["ece_mean"]) == pytest.approx(
+        _mean([g[f"vanilla-s{s}"]["calibration"]["ece"] for s in (0, 1)]), rel=1e-7)
+    corrupted = [_mean([float(r["accuracy"]) for r in runs.read_csv(root / name / runs.CORRUPTIONS)
+                        if r["set"] == "suite"]) for name in ("vanilla-s0", "vanilla-s1")]
+    assert float(vanilla["corrupted_mean"]) == pytest.approx(_mean(corrupted), rel=1e-7)
+    assert summary["mixup"]["corrupted_n"] == "0"          # no corruptions.csv: not counted
+    calibration = {r["group"]: r for r in runs.read_csv(out / "calibration_by_method.csv")}
+    assert float(calibration["cutmix"]["brier_mean"]) == pytest.approx(
+        g["cutmix-s0"]["calibration"]["brier"], rel=1e-7)
+    text = report.read_text()
+    assert text.index("## Summary") < text.index("## Runs")
+    assert "](reliability.png)" in text and "robust acc at ε = 8/255 (linf)" in text
+
+
+def test_corruption_table_is_the_mean_over_corruptions_then_seeds(study):
+    root, out, report = study
+    table = runs.read_csv(out / "corruptions_by_method.csv")
+    cell = next(r for r in table if r["group"] == "vanilla" and r["metric"] == "accuracy"
+                and r["severity"] == "3")
+    per_run = [_mean([float(r["accuracy"]) for r in runs.read_csv(root / f"vanilla-s{s}" /
+                                                                  runs.CORRUPTIONS)
+                      if r["severity"] == "3"]) for s in (0, 1)]
+    assert float(cell["mean"]) == pytest.approx(_mean(per_run), rel=1e-6) and cell["n"] == "2"
+    clean = next(r for r in table if r["group"] == "cutmix" and r["metric"] == "ece"
+                 and r["severity"] == "0")
+    row = runs.read_csv(root / "cutmix-s0" / runs.CORRUPTIONS)[0]
+    assert float(clean["mean"]) == pytest.approx(float(row["ece"]), rel=1e-7)
+    text = report.read_text()
+    assert "## Common corruptions" in text and "Runs without the file: mixup-s0." in text
+
+
+def test_runs_measured_before_calibration_and_damaged_tables(study, tmp_path):
+    root, _, _ = study
+    old = tmp_path / "old"
+    shutil.copytree(root / "cutmix-s0", old)
+    result = runs.read_json(old / "generalization.json")
+    del result["calibration"]
+    runs.write_json(old / "generalization.json", result)
+    (old / runs.CORRUPTIONS).unlink()
+    text = write_report([old], tmp_path / "out").read_text()
+    assert "no run's generalization.json has calibration" in text
+    assert "no run has corruptions.csv" in text
+    assert "\n| cutmix | " in text[text.index("## Summary"):text.index("## Runs")]
+    runs.atomic_write_text(old / runs.CORRUPTIONS, "corruption,severity\nfog,x\n")
+    with pytest.raises(UsageError, match="corruptions.csv: not a corruptions table"):
+        write_report([old], tmp_path / "out")

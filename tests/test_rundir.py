@@ -26,7 +26,8 @@ FILES = {"config_path": runs.CONFIG, "metrics_path": runs.METRICS,
          "robustness_path": runs.ROBUSTNESS,
          "robustness_examples_path": runs.ROBUSTNESS_EXAMPLES,
          "attack_state_dir": runs.ATTACK_STATE, "generalization_path": runs.GENERALIZATION,
-         "profile_path": runs.PROFILE_CSV, "regularizer_path": runs.REGULARIZER_CSV}
+         "profile_path": runs.PROFILE_CSV, "regularizer_path": runs.REGULARIZER_CSV,
+         "corruptions_path": runs.CORRUPTIONS}
 
 
 # ---------------------------------------------------------------------------- names and paths

@@ -77,7 +77,8 @@ def test_rerunning_does_no_training_attacking_or_evaluating_again(finished, caps
     assert "[1/1] report" in printed
     code, printed, _ = run_cli(capsys, "study", "--dry-run", "--config",
                                str(write_config(base, out)))
-    assert "1 of 9 steps to do" in printed and printed.count(" done ") == 8
+    # per run: train, attack, autoattack, evaluate, corruptions; then the report
+    assert "1 of 11 steps to do" in printed and printed.count(" done ") == 10
 
 
 @pytest.mark.slow
@@ -136,6 +137,7 @@ def test_a_config_on_other_data_does_not_inherit_the_digits_image_size(tmp_path)
     ('[evaluate]\nq_draws = 1.5', "q_draws must be an integer, got 1.5"),
     ('[evaluate]\nq_draws = -1', "evaluate.q_draws must be a non-negative integer"),
     ('[evaluate]\nsteps = 3', "unknown [evaluate] settings steps"),
+    ('[evaluate]\ncorruptions = 3', "corruptions must be true or false, got 3"),
     ('[train]\nseed = 3', "[train] cannot set seed"),
     ('methods = [', "not valid TOML"),
 ])

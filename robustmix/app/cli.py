@@ -224,6 +224,13 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="image folders: leave out images that cannot be decoded now")
+    p.add_argument("--corruptions", action="store_true",
+                   help="also accuracy and calibration under common corruptions: "
+                        "RUN_DIR/corruptions.csv (CIFAR-10-C / CIFAR-100-C from --data-dir "
+                        "for CIFAR runs when present, else the on-the-fly suite)")
+    p.add_argument("--corruption-examples", type=_positive_int, default=None,
+                   help="a fixed subset of the test set for the corruptions (default: all)")
+    p.add_argument("--data-dir", default=None, help="override the run's data directory")
     p.set_defaults(handler=_command("evaluate"), parser=p)
 
 

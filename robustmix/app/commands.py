@@ -180,13 +180,29 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from evaluations import evaluate_run
 
     for run in _run_dirs(args, "evaluate"):
+        if args.corruptions:  # first: a damaged -C file stops before the longer measurements
+            _evaluate_corruptions(run, args)
         result = evaluate_run(run, device=args.device, batch_size=args.batch_size,
                               n_examples=args.n_examples, q_draws=args.q_draws, seed=args.seed,
-                              skip_bad_images=args.skip_bad_images)
+                              skip_bad_images=args.skip_bad_images, data_dir=args.data_dir)
         print(f"robustmix evaluate: {run}: train accuracy {result['train']['accuracy']:.2%}, "
               f"test {result['test']['accuracy']:.2%}, gap {result['gap']['accuracy']:+.2%}; "
               f"wrote {runs.RunDir(run).generalization_path}")
     return 0
+
+
+def _evaluate_corruptions(run: str, args: argparse.Namespace) -> None:
+    from evaluations.corruption_eval import evaluate_corruptions
+
+    result = evaluate_corruptions(run, device=args.device, batch_size=args.batch_size,
+                                  n_examples=args.corruption_examples, seed=args.seed,
+                                  data_dir=args.data_dir)
+    if result["note"]:
+        print(f"robustmix evaluate: {run}: {result['note']}")
+    mce = result["mce_unnormalized"]
+    mce = "" if mce is None else f", mCE (unnormalized) {mce:.1f}"
+    print(f"robustmix evaluate: {run}: {result['source']}: mean corrupted accuracy "
+          f"{result['mean_accuracy']:.1f}%{mce}; wrote {runs.RunDir(run).corruptions_path}")
 
 
 def _run_report(args: argparse.Namespace) -> int:

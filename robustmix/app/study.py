@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from attacks.runner import attack_run, read_rows
-from evaluations import evaluate_run, write_report
+from evaluations import evaluate_corruptions, evaluate_run, write_report
 from robustmix.app.presets import PAPER, PRESETS  # noqa: F401 (the study's presets)
 from robustmix.app.study_config import StudyConfig, load_config, to_toml  # noqa: F401
 from robustmix.core import runs
@@ -37,7 +37,7 @@ from robustmix.training.trainer import train
 
 @dataclass
 class Step:
-    kind: str            # train | attack | autoattack | evaluate | report
+    kind: str            # train | attack | autoattack | evaluate | corruptions | report
     run_dir: Path
     label: str
     done: Callable[[], bool]
@@ -53,6 +53,7 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
     out = Path(config.out)
     attack, device = config.attack, config.device
     evaluate = dataclasses.asdict(config.evaluate)
+    corruptions = evaluate.pop("corruptions")   # its own step; not in generalization.json
     gradient, auto = attack.gradient(), attack.auto()
     steps: list[Step] = []
     run_dirs = []
@@ -75,6 +76,10 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
                 steps.append(Step("evaluate", run_dir, label,
                                   lambda d=run_dir: _evaluated(d, evaluate),
                                   lambda d=run_dir: _evaluate(d, evaluate, device)))
+                if corruptions:
+                    steps.append(Step("corruptions", run_dir, label,
+                                      lambda d=run_dir: _corrupted(d, evaluate),
+                                      lambda d=run_dir: _corrupt(d, evaluate, device)))
     steps.append(Step("report", out, "report", lambda: False,
                       lambda: _report(run_dirs, out, config)))
     return steps
@@ -152,6 +157,26 @@ def _evaluate(run_dir: Path, settings: dict, device: str) -> str:
     result["study_settings"] = settings
     runs.write_json(runs.RunDir(run_dir).generalization_path, result)
     return f"gap {result['gap']['accuracy']:+.2%}"
+
+
+def _corrupted(run_dir: Path, settings: dict) -> bool:
+    """Whether corruptions.csv holds this study's cells (its examples and seed)."""
+    path = runs.RunDir(run_dir).corruptions_path
+    if not path.is_file():
+        return False
+    try:
+        rows = runs.read_csv(path)
+    except (UsageError, OSError, ValueError):  # damaged: measured again, rewritten whole
+        return False
+    want = (str(_n_examples(run_dir, settings["n_examples"])), str(settings["seed"]))
+    return bool(rows) and all((r.get("n_examples"), r.get("seed")) == want for r in rows)
+
+
+def _corrupt(run_dir: Path, settings: dict, device: str) -> str:
+    result = evaluate_corruptions(run_dir, device=device, seed=settings["seed"],
+                                  n_examples=settings["n_examples"] or None)
+    note = f" ({result['note']})" if result["note"] else ""
+    return f"{result['source']}: mean accuracy {result['mean_accuracy']:.1f}%{note}"
 
 
 def _report(run_dirs: list[Path], out: Path, config: StudyConfig) -> str:

@@ -92,12 +92,15 @@ class EvaluatePlan:
     n_examples: int = 1000     # 0: the whole test set
     q_draws: int = 512
     seed: int = 0
+    corruptions: bool = False  # corruptions.csv too, on the same n_examples test images
 
     def validate(self) -> None:
         for key in ("n_examples", "q_draws", "seed"):
             if not _count(getattr(self, key), 0):
                 raise ConfigError(key, f"must be a non-negative integer; "
                                   f"got {getattr(self, key)!r}")
+        if not isinstance(self.corruptions, bool):
+            raise ConfigError("corruptions", f"must be true or false; got {self.corruptions!r}")
 
 
 @dataclass(frozen=True)

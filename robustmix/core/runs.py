@@ -67,6 +67,7 @@ ATTACK_STATE = ".attack-state"
 GENERALIZATION = "generalization.json"
 PROFILE_CSV = "gradient_profile.csv"
 REGULARIZER_CSV = "regularizer.csv"
+CORRUPTIONS = "corruptions.csv"
 # The sections of config.json, as robustmix train writes them.
 CONFIG_SECTIONS = {"train": dict, "model": dict, "dataset": dict,
                    "augment": (dict, type(None)),   # None: imported, not trained here
@@ -557,6 +558,10 @@ class RunDir:
     @property
     def regularizer_path(self) -> Path:
         return self.path / REGULARIZER_CSV
+
+    @property
+    def corruptions_path(self) -> Path:
+        return self.path / CORRUPTIONS
 
     # ---- what they hold
 
