@@ -70,7 +70,7 @@ REGULARIZER_CSV = "regularizer.csv"
 # The sections of config.json, as robustmix train writes them.
 CONFIG_SECTIONS = {"train": dict, "model": dict, "dataset": dict, "augment": dict,
                    "versions": dict, "git_commit": (str, type(None)), "device": str,
-                   "world_size": int}
+                   "world_size": int, "threads": int}
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
                  "images_per_s"]
 
