@@ -152,6 +152,9 @@ def _add_train_device_and_output(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a killed run from its last checkpoint, with its own settings")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="TensorBoard event files in the run directory (pip install "
+                        "'robustmix[tensorboard]')")
 
 
 
