@@ -2,7 +2,7 @@
 
 Run by hand, from the repository root:
 
-    python -m benchmarks.bench_study [--out DIR] [--keep] [--jobs N] [--seeds 0,1,2]
+    python -m benchmarks.bench_study [--out DIR] [--keep] [--jobs N] [--seeds 0,1,2] [--methods a,b]
 
 It runs the real command in a fresh directory (nothing is reused), prints the machine, the
 load average before and after (other work on the machine inflates the figure), the total
@@ -62,10 +62,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=None,
                         help="pass --jobs N to the study (default: inline, one run at a time)")
     parser.add_argument("--seeds", default=None, help="pass --seeds to the study")
+    parser.add_argument("--methods", default=None, help="pass --methods to the study")
     args = parser.parse_args()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-study-")) / "study"
     extra = ([] if args.jobs is None else ["--jobs", str(args.jobs)]) + \
-        ([] if args.seeds is None else ["--seeds", args.seeds])
+        ([] if args.seeds is None else ["--seeds", args.seeds]) + \
+        ([] if args.methods is None else ["--methods", args.methods])
     print(machine_info("cpu"))
     numbers = run(out, extra)
     print(f"default study {' '.join(extra)}: {numbers['total_s'] / 60:.1f} min in all "

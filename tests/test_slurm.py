@@ -71,10 +71,11 @@ def test_no_wait_submits_one_array_and_a_rerun_resubmits_nothing_queued(
 
 
 def test_a_saved_job_counts_only_while_slurm_will_still_run_it():
-    states = {"1": "RUNNING", "2": "COMPLETED", "3": "PENDING", "4": "FAILED"}
-    saved = {"a": "1", "b": "2", "c": "3", "d": "4"}
-    fresh, waiting = slurm.to_submit(["a", "b", "c", "d", "e"], saved, states.__getitem__)
-    assert fresh == ["b", "d", "e"] and waiting == {"a": "1", "c": "3"}
+    states = {"1": "RUNNING", "2": "COMPLETED", "3": "PENDING", "4": "FAILED",
+              "5": "CANCELLED by 12", "6": "UNKNOWN", "7": ""}
+    saved = {"a": "1", "b": "2", "c": "3", "d": "4", "f": "5", "g": "6", "h": "7"}
+    fresh, waiting = slurm.to_submit(list("abcdefgh"), saved, states.__getitem__)
+    assert fresh == ["b", "d", "e", "f", "h"] and waiting == {"a": "1", "c": "3", "g": "6"}
 
 
 @pytest.mark.parametrize("text, minutes", [("90", 90), ("1:30", 90), ("1:30:01", 91),
@@ -121,3 +122,18 @@ def test_no_submitit_is_one_line_and_exit_2(capsys, config, monkeypatch):
     assert_one_line_error(code, err, "pip install 'robustmix[slurm]'")
     with pytest.raises(UsageError):
         slurm.require_submitit()
+
+
+def test_a_preempted_job_requeues_itself_whole(config):
+    pytest.importorskip("submitit")
+    import pickle
+
+    from submitit.helpers import DelayedSubmission
+
+    from robustmix.app.study_config import load_config
+
+    job = slurm.RunJob(load_config(None, str(config)), "cutmix-s0", 1)
+    again = job.checkpoint()
+    assert isinstance(again, DelayedSubmission) and again.function is job
+    copy = pickle.loads(pickle.dumps(job))     # what submitit sends to the node
+    assert (copy.config, copy.label, copy.threads) == (job.config, "cutmix-s0", 1)

@@ -36,9 +36,12 @@ from robustmix.core.errors import UsageError
 JOBS_FILE = "slurm-jobs.json"
 LOGS = "slurm-logs"
 EXECUTORS = ("slurm", "submitit-local")
-# SLURM states of a job that will still run (a rerun does not submit its run again)
+# SLURM states of a job that will still run (a rerun does not submit its run again).
+# UNKNOWN (sacct has no record yet, or keeps no accounting) counts too: better a run
+# waited for than submitted twice; delete OUT/slurm-jobs.json to submit regardless.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-          "COMPLETING", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED"}
+          "COMPLETING", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED",
+          "UNKNOWN"}
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ def to_submit(labels: list[str], saved: dict[str, str],
     submit, waiting = [], {}
     for label in labels:
         job_id = saved.get(label)
-        if job_id is not None and state_of(job_id).split()[0].upper() in ACTIVE:
+        if job_id is not None and (state_of(job_id).split() or ["?"])[0].upper() in ACTIVE:
             waiting[label] = job_id
         else:
             submit.append(label)
