@@ -123,6 +123,16 @@ def test_bench_puzzlemix_times_both_methods_and_every_part():
 
 
 
+def test_bench_study_reads_inline_and_pooled_log_lines():
+    inline = "[1/2] train vanilla-s0 (elapsed 0:00)\n    test accuracy 97% (4.5 s)\n" \
+             "[2/2] report report (elapsed 0:05)\n    wrote report.md (1.0 s)\n"
+    pooled = "[1/3] train a-s0: test accuracy 97% (4.5 s; elapsed 0:05, about 0:09 left)\n" \
+             "[2/3] train b-s0: test accuracy 96% (5.0 s; elapsed 0:05, about 0:04 left)\n" \
+             "[3/3] attack a-s0: pgd 8/255 50.0% (2.0 s; elapsed 0:07)\n"
+    assert bench_study.per_kind(inline) == {"train": 4.5, "report": 1.0}
+    assert bench_study.per_kind(pooled) == {"train": 9.5, "attack": 2.0}
+
+
 @pytest.mark.slow
 def test_bench_study_reads_the_time_of_every_kind_of_step(tmp_path):
     config = tmp_path / "tiny.toml"

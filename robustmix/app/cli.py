@@ -155,6 +155,9 @@ def _add_train_device_and_output(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a killed run from its last checkpoint, with its own settings")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="TensorBoard event files in the run directory (pip install "
+                        "'robustmix[tensorboard]')")
 
 
 
@@ -265,7 +268,35 @@ def _add_study(sub) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is done")
     p.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    _add_study_fan_out(p)
     p.set_defaults(handler=_command("study"), parser=p)
+
+
+def _add_study_fan_out(p: argparse.ArgumentParser) -> None:
+    """study's worker processes (robustmix.app.pool)."""
+    g = p.add_argument_group("many runs at once")
+    g.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+                   help="up to N runs at once, each in its own process (default: one run "
+                        "at a time in this process; with --devices: one per device)")
+    g.add_argument("--devices", default=None, metavar="cuda:0,cuda:1",
+                   help="GPUs the workers share, one run per GPU at a time, or cpu "
+                        "(default with --jobs: every visible GPU, else the CPU)")
+    g = p.add_argument_group("a SLURM cluster (pip install 'robustmix[slurm]')")
+    g.add_argument("--executor", choices=("slurm", "submitit-local"), default=None,
+                   help="one job per run as a SLURM job array (submitit-local: the same "
+                        "through submitit's local processes)")
+    g.add_argument("--no-wait", action="store_true",
+                   help="return once submitted; rerun the command to see what is done")
+    g.add_argument("--slurm-partition", default=None)
+    g.add_argument("--slurm-time", default=None, metavar="TIME",
+                   help="per job: minutes, H:MM:SS or D-H:MM:SS (default: 24:00:00)")
+    g.add_argument("--slurm-gpus-per-job", type=_positive_int, default=None, metavar="N")
+    g.add_argument("--slurm-cpus-per-job", type=_positive_int, default=None, metavar="N")
+    g.add_argument("--slurm-mem", default=None, metavar="MEM", help="per job, e.g. 32G")
+    g.add_argument("--slurm-array-parallelism", type=_positive_int, default=None,
+                   metavar="N", help="at most N runs at once")
+    g.add_argument("--slurm-extra", action="append", default=None, metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. account=myproject (repeatable)")
 
 
 def _add_runs(sub) -> None:

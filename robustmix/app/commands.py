@@ -270,6 +270,11 @@ def _run_study(args: argparse.Namespace) -> int:
     if args.print_config:
         study.print_config(config)
         return 0
+    if not args.dry_run:
+        from robustmix.app import fan_out   # --jobs, --devices, --executor
+
+        if (code := fan_out.run(config, args)) is not None:
+            return code
     study.run_study(config, dry_run=args.dry_run, progress=not args.quiet)
     return 0
 

@@ -106,6 +106,9 @@ class TrainConfig:
     compile: bool = False                  # torch.compile the training forward and backward
     sync_bn: bool = False                  # under torchrun: batch norm over the global batch
     log_interval: int = 20                 # steps between host synchronizations
+    # TensorBoard event files in the run directory: logging only, so not compared (a run
+    # resumed with or without it is the same run)
+    tensorboard: bool = field(default=False, compare=False)
 
     def validate(self) -> None:
         self.mix.validate()

@@ -72,7 +72,7 @@ CORRUPTIONS = "corruptions.csv"
 CONFIG_SECTIONS = {"train": dict, "model": dict, "dataset": dict,
                    "augment": (dict, type(None)),   # None: imported, not trained here
                    "versions": dict, "git_commit": (str, type(None)), "device": str,
-                   "world_size": int,
+                   "world_size": int, "threads": int,
                    "imported": dict}                # robustmix import: the weights' origin
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
                  "images_per_s"]

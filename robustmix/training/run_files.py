@@ -72,12 +72,13 @@ def prepare_run_dir(out: Path, *, overwrite: bool, config: TrainConfig | None = 
 
 def write_config(out: Path, config: TrainConfig, spec: dict[str, Any], device: torch.device,
                  world: int, data, augment, extra: dict[str, Any] | None = None) -> None:
-    """config.json: every setting, the model spec, versions, git commit, data and augment
-    (None where nothing was trained), and ``extra`` entries."""
+    """config.json: every setting, the model spec, versions, git commit, the torch threads
+    it was started with (the CPU's sums, and so the weights, depend on them), data and
+    augment (None where nothing was trained), and ``extra`` entries."""
     runs.write_json(out / runs.CONFIG, {
         "train": config.to_dict(), "model": spec, "versions": _versions(),
         "git_commit": _git_commit(), "device": str(device),
-        "world_size": world,
+        "world_size": world, "threads": torch.get_num_threads(),
         "dataset": {"name": data.name, "n_train": data.n_train, "n_test": data.n_test,
                     "num_classes": data.num_classes, "channels": data.channels,
                     "height": data.height, "width": data.width,

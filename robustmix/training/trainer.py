@@ -50,7 +50,7 @@ from robustmix.mixing.mixer import Mixer
 from robustmix.models import build_model, check_arch
 from robustmix.mixing.puzzlemix import saliency_of
 from robustmix.models.accuracy import evaluate
-from robustmix.training import run_files
+from robustmix.training import run_files, tensorboard
 from robustmix.training.progress import EpochProgress, stop_unless_finite
 from robustmix.training.run_files import prepare_run_dir  # noqa: F401  (the app imports it here)
 
@@ -127,10 +127,13 @@ class Trainer:
         self.checkpoint_path = self.out / runs.CHECKPOINT
         self.metrics: list[dict[str, Any]] = []
         self.start_epoch = 0
+        self.board: tensorboard.Board | None = None
 
     def setup(self) -> None:
         """Check the settings against the processes, then load data, model and optimizer."""
         config, place = self.config, self.place
+        if config.tensorboard:
+            tensorboard.require()
         self.device = device = distributed.device_for(resolve_device(config.device), place)
         _check_processes(config, place, device)
         self.data, self.augment, self.steps_per_epoch = _load_data(
@@ -160,10 +163,14 @@ class Trainer:
                                              self.rng)
 
         restored = distributed.on_main(read_checkpoint)
+        if self.config.tensorboard and self.place.is_main:
+            self.board = tensorboard.Board(self.out)
         if restored is None:
             distributed.on_main(lambda: run_files.write_config(
                 self.out, self.config, self.spec, self.device, self.place.world, self.data,
                 self.augment))
+            if self.board is not None:
+                self.board.masks(self.config, self.data.height, self.data.width)
             return
         state, self.metrics, started_with = restored
         self.start_epoch = state["epoch"]
@@ -223,11 +230,15 @@ class Trainer:
         """On rank 0: the metrics so far and a checkpoint to resume from after ``epoch``."""
         run_files.save_epoch(self.out, epoch, self.metrics, self.model, self.optimizer,
                              self.rng)
+        if self.board is not None:
+            self.board.epoch(self.metrics[-1])
 
     def finish(self, started: float) -> TrainResult:
         """On rank 0: the final weights; the result from the last epoch's metrics."""
         distributed.on_main(lambda: runs.save_weights(self.out / runs.WEIGHTS, self.model,
                                                       self.spec))
+        if self.board is not None:
+            self.board.close()
         last = self.metrics[-1]
         return TrainResult(run_dir=self.out, epochs=self.config.epochs,
                            train_acc=float(last["train_acc"]), test_acc=float(last["test_acc"]),
