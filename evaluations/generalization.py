@@ -81,24 +81,12 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
     model = model.to(device).eval()
     started = time.perf_counter()
 
-    clean = {}
-    for split in ("train", "test"):
-        accuracy, loss = evaluate(model, data.eval_batches(split, batch_size, device))
-        clean[split] = {"accuracy": accuracy, "loss": loss,
-                        "n": data.n_train if split == "train" else data.n_test}
-    indices = runs.test_subset(data.n_test, n_examples)
-    x_test, y_test = data.eval_images("test", indices)
+    clean = {split: _clean(model, data, split, batch_size, device)
+             for split in ("train", "test")}
+    x_test, y_test = data.eval_images("test", runs.test_subset(data.n_test, n_examples))
     gradients = gradient_measures(model, x_test, y_test, batch_size, device)
-    mix = config.mix
     train_images, train_labels = data.eval_images("train")
-    settings = mix.sampler_settings()
-    q = regularizer_table(model.first_layer, model.std, train_images,
-                          alpha=mix.alpha, hmix_r=mix.hmix_r, switch_prob=mix.switch_prob,
-                          draws=q_draws, seed=seed, device=device,
-                          model=model if train_labels is not None else None,
-                          labels=train_labels,
-                          puzzle_settings={k: v for k, v in settings.items()
-                                           if k.startswith("puzzle_")})
+    q = _regularizer(config.mix, model, train_images, train_labels, q_draws, seed, device)
     kernel = _data_kernel(config, model, train_images, train_labels, seed, device)
     result = {
         "run": run.path.name, "mix": run.mix, "seed": run.seed,
@@ -117,6 +105,23 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
     result = _json_safe(result)
     _write(run, result)
     return result
+
+
+def _clean(model, data, split: str, batch_size: int, device) -> dict[str, Any]:
+    """Accuracy and mean loss on a clean split, through the path training evaluates with."""
+    accuracy, loss = evaluate(model, data.eval_batches(split, batch_size, device))
+    return {"accuracy": accuracy, "loss": loss,
+            "n": data.n_train if split == "train" else data.n_test}
+
+
+def _regularizer(mix, model, images, labels, draws: int, seed: int, device) -> dict:
+    """Q_A per mask distribution (:mod:`evaluations.regularizer`), with the run's settings."""
+    puzzle = {k: v for k, v in mix.sampler_settings().items() if k.startswith("puzzle_")}
+    return regularizer_table(model.first_layer, model.std, images, alpha=mix.alpha,
+                             hmix_r=mix.hmix_r, switch_prob=mix.switch_prob, draws=draws,
+                             seed=seed, device=device,
+                             model=model if labels is not None else None, labels=labels,
+                             puzzle_settings=puzzle)
 
 
 def _data_kernel(config, model, images, labels, seed: int, device) -> dict | None:

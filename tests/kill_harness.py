@@ -203,6 +203,10 @@ def check_files(run_dir: Path) -> list[Path]:
             assert isinstance(runs.read_json(path), dict)
         elif path.name in (PROFILE_CSV, REGULARIZER_CSV):
             assert runs.read_csv(path)
+        elif path.name == runs.CORRUPTIONS:
+            from evaluations.corruption_eval import COLUMNS
+            rows = runs.read_csv(path)
+            assert rows and list(rows[0]) == COLUMNS
         else:
             pytest.fail(f"unexpected file {path}")
     return temporaries

@@ -142,7 +142,8 @@ def test_bench_study_reads_the_time_of_every_kind_of_step(tmp_path):
         attack={"eps": "16/255", "pgd_steps": 1, "n_examples": 8, "autoattack_eps": "16/255",
                 "autoattack_examples": 4}, evaluate={"n_examples": 8, "q_draws": 4}))
     numbers = bench_study.run(tmp_path / "study", ["--config", str(config)])
-    assert set(numbers["per_kind_s"]) == {"train", "attack", "autoattack", "evaluate", "report"}
+    assert set(numbers["per_kind_s"]) == {"train", "attack", "autoattack", "evaluate",
+                                          "corruptions", "report"}
     assert all(seconds >= 0 for seconds in numbers["per_kind_s"].values())
     assert positive(numbers["total_s"])
     assert numbers["total_s"] >= sum(numbers["per_kind_s"].values())

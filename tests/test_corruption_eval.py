@@ -83,7 +83,7 @@ def test_the_same_seed_writes_the_same_file_and_a_subset_is_honoured(digits_run,
     assert first["rows"] == again["rows"] and {r["n_examples"] for r in first["rows"]} == {40}
     other = evaluate_corruptions(copy, device="cpu", n_examples=40, batch_size=17, seed=1)
     assert other["rows"] != first["rows"]
-    with pytest.raises(UsageError, match="corruption_examples"):
+    with pytest.raises(UsageError, match="^n_examples must be a positive integer"):
         evaluate_corruptions(copy, n_examples=0)
 
 
