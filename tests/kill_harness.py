@@ -49,7 +49,7 @@ TEMPORARY = re.compile(r"\..+\.\d+@[0-9a-f]{8}\.[^./]+\.tmp")
 PRELOAD = ["torch", "torch._dynamo", "numpy", "sklearn.datasets", "sklearn.model_selection",
            "tqdm.auto", "safetensors.torch", "robustmix.app.cli", "robustmix.training.trainer",
            "robustmix.data", "robustmix.models", "robustmix.mixing", "attacks.runner",
-           "torchattacks", "pyautoattack"]
+           "pyautoattack"]
 
 # What a forked command runs. __KILL_AT__: the number of the write (a file opened under a
 # temporary name) that receives half of its bytes before the process SIGKILLs itself.

@@ -1,17 +1,17 @@
-"""The attack runner: closed forms, agreement with torchattacks, guards, and the exact sweep."""
+"""The attack runner: closed forms, agreement with torchattacks (where it is installed, the
+`torchattacks` extra), guards, and the exact sweep."""
 
 import math
 
 import pytest
 import torch
-import torchattacks
 from torch import nn
 
 from attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
 from attacks import autoattack as autoattack_module
 from attacks import runner as runner_module
 from attacks.eps import Eps
-from attacks.gradient import pgd
+from attacks.gradient import fgsm, pgd
 from attacks.runner import check_adversarial
 from robustmix.core.errors import ConfigError, UsageError
 
@@ -83,7 +83,7 @@ def test_fgsm_and_pgd_on_a_linear_model_match_the_closed_form():
             assert result.robust[(attack, eps.value)].float().mean().item() == \
                 pytest.approx(expected)
     # the FGSM example itself: x − ε·sign(w_y − w_other)
-    x_adv = torchattacks.FGSM(model, eps=0.02)(x, y)
+    x_adv = fgsm(model, x, y, 0.02, "linf")
     direction = torch.where(y.view(-1, 1) == 0, (w[0] - w[1]).sign(), (w[1] - w[0]).sign())
     torch.testing.assert_close(x_adv.flatten(1), x.flatten(1) - 0.02 * direction)
 
@@ -91,8 +91,19 @@ def test_fgsm_and_pgd_on_a_linear_model_match_the_closed_form():
 # ---------------------------------------------------------------------------- vs torchattacks
 
 
+def test_fgsm_equals_torchattacks():
+    torchattacks = pytest.importorskip("torchattacks")
+    model = two_conv_cnn()
+    x, _ = tiny_data(32)
+    y = correct_labels(model, x)
+    # the same formula in the same float order: equal up to the last bit of x + ε·sign
+    torch.testing.assert_close(fgsm(model, x, y, 0.03, "linf"),
+                               torchattacks.FGSM(model, eps=0.03)(x, y), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_pgd_step_equals_torchattacks_without_random_start(norm):
+    torchattacks = pytest.importorskip("torchattacks")
     model = two_conv_cnn()
     x, _ = tiny_data(32)
     y = correct_labels(model, x)
@@ -108,6 +119,7 @@ def test_pgd_step_equals_torchattacks_without_random_start(norm):
 
 
 def test_pgd_finds_at_least_what_torchattacks_finds():
+    torchattacks = pytest.importorskip("torchattacks")
     model = two_conv_cnn()
     x, _ = tiny_data(64)
     y = correct_labels(model, x)
