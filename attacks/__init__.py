@@ -1,4 +1,5 @@
-"""Attack runner: FGSM, PGD and AutoAttack accuracy of trained models over an ε grid.
+"""Attack runner: robust accuracy of trained models over an ε grid, with the strongest
+attack at every ε, the per-example worst case and the attack-failure diagnostics.
 
 Depends on the ``robustmix`` core only (``robustmix.load_model``, the data sets). The
 Python API takes any ``nn.Module`` with [0, 1] inputs::
@@ -6,11 +7,21 @@ Python API takes any ``nn.Module`` with [0, 1] inputs::
     from attacks import AttackConfig, parse_eps, robustness
     result = robustness(model, x, y, AttackConfig(eps=tuple(parse_eps("1/255,8/255"))))
     for row in result.rows: print(row.attack, row.eps.text, row.robust_acc)
+
+Every attack is a registered one (:mod:`attacks.registry`): the built-ins
+(:mod:`attacks.builtin`) and a user's, added with :func:`register_attack`, an entry point
+``robustmix.attacks`` or a path ``package.module:attr``.
 """
 
+from attacks import builtin  # noqa: F401 (registers the built-in attacks)
+from attacks.diagnostics import DiagnosticSettings
 from attacks.eps import Eps, parse_eps
 from attacks.gradient import PGDSettings
-from attacks.runner import ATTACKS, AttackConfig, AttackError, attack_run, robustness
+from attacks.guards import AttackError
+from attacks.registry import Attack, ExampleDraws, parse_attacks, register_attack, registered
+from attacks.runner import ATTACKS, attack_run, transfer_run
+from attacks.sweep import AttackConfig, robustness
 
-__all__ = ["ATTACKS", "AttackConfig", "AttackError", "Eps", "PGDSettings", "attack_run",
-           "parse_eps", "robustness"]
+__all__ = ["ATTACKS", "Attack", "AttackConfig", "AttackError", "DiagnosticSettings", "Eps",
+           "ExampleDraws", "PGDSettings", "attack_run", "parse_attacks", "parse_eps",
+           "register_attack", "registered", "robustness", "transfer_run"]

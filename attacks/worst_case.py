@@ -58,18 +58,18 @@ def read(path: Path) -> list[dict[str, str]]:
 
 
 def _key(row: dict) -> tuple:
-    return (row["attack"], row["settings"], row["norm"], f"{float(row['eps_value']):.8g}",
+    return (row["attack"], row["settings"], row["norm"], Eps(row["eps"]),
             str(row["n_examples"]))
 
 
 def record(path: Path, norm: str, clean: Tensor,
            outcomes: Iterable[tuple[str, str, Eps, Tensor]]) -> list[dict[str, str]]:
-    """Merge this call's outcomes (attack, settings, ε, standing) into the file; returns
-    every row of the file. A row with the same attack, settings, norm, ε and subset is
-    replaced."""
+    """Merge this call's outcomes (attack, settings, ε, standing) into the file (read
+    once, written once); returns every row of the file. A row with the same attack,
+    settings, norm, ε and subset is replaced."""
     n = clean.numel()
     new = [{"attack": attack, "settings": settings, "norm": norm, "eps": eps.text,
-            "eps_value": f"{eps.value:.8g}", "n_examples": str(n), "clean": encode(clean),
+            "eps_value": eps.csv_value(), "n_examples": str(n), "clean": encode(clean),
             "standing": encode(standing)}
            for attack, settings, eps, standing in outcomes if attack != WORST]
     replaced = {_key(row) for row in new}
@@ -82,19 +82,18 @@ def worst_cases(rows: list[dict[str, str]], norm: str, n_examples: int
                 ) -> list[tuple[Eps, list[str], Tensor, Tensor]]:
     """Per ε (ascending) of the given norm and subset: the attacks that ran there, the
     clean flags and the examples that every one of them left standing."""
-    by_eps: dict[str, list[dict[str, str]]] = {}
+    by_eps: dict[Eps, list[dict[str, str]]] = {}
     for row in rows:
         if row["norm"] == norm and int(row["n_examples"]) == n_examples:
-            by_eps.setdefault(f"{float(row['eps_value']):.8g}", []).append(row)
+            by_eps.setdefault(Eps(row["eps"]), []).append(row)
     result = []
-    for key in sorted(by_eps, key=float):
-        group = by_eps[key]
+    for eps in sorted(by_eps):
+        group = by_eps[eps]
         clean = decode(group[0]["clean"])
         standing = clean.clone()
         for row in group:
             clean &= decode(row["clean"])
             standing &= decode(row["standing"])
-        eps = Eps(float(group[0]["eps_value"]), group[0]["eps"])
         attacks = sorted({row["attack"] for row in group})
         result.append((eps, attacks, clean, standing & clean))
     return result

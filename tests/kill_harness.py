@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import robustmix
-from attacks import worst_case
+from attacks import diagnostics, worst_case
 from attacks.runner import ROBUSTNESS, STATE_DIR, read_rows
 from evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV
 from robustmix.core import runs
@@ -197,6 +197,8 @@ def check_files(run_dir: Path) -> list[Path]:
             read_rows(path)
         elif path.name == worst_case.EXAMPLES:
             worst_case.read(path)
+        elif path.name == runs.DIAGNOSTICS:
+            assert diagnostics.read(path)
         elif path.parent.name == STATE_DIR and path.suffix == ".json":
             assert isinstance(runs.read_json(path), dict)
         elif path.name == GENERALIZATION:

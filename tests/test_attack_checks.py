@@ -13,7 +13,8 @@ from torch import nn
 
 from attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
 from attacks import autoattack as autoattack_module
-from attacks import runner
+from attacks import ensemble, runner, sweep
+from attacks.registry import get
 from attacks.gradient import PassCounter
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
@@ -83,7 +84,7 @@ def inflate(monkeypatch, change):
         def __post_init__(self):
             change(self)
 
-    monkeypatch.setattr(runner, "Row", Planted)
+    monkeypatch.setattr(sweep, "Row", Planted)
 
 
 def test_robust_accuracy_above_clean_stops_the_run(monkeypatch):
@@ -138,10 +139,10 @@ def test_what_the_runner_writes_reads_back_unchanged(csv_rows, tmp_path):
 
 
 @pytest.mark.parametrize("column, value, fragment", [
-    ("attack", "cw", "attack is 'cw', not one of fgsm, pgd"),
+    ("attack", "cw", "attack is 'cw', not a registered attack"),
     ("norm", "l3", "norm is 'l3', not one of linf, l2"),
     ("eps", "eight", "eps is 'eight', not a budget like 8/255 or 0.031"),
-    ("eps", "1/255,2/255", "eps is '1/255,2/255', not one budget"),
+    ("eps", "1/255,2/255", "eps is '1/255,2/255', not a budget like 8/255"),
     ("eps", "0.1", "eps 0.1 is 0.1, but eps_value is 0.05"),
     ("eps_value", "0", "eps_value is 0, outside (0, inf]"),
     ("n_examples", "-1", "n_examples is -1, outside [0, inf]"),
@@ -189,9 +190,10 @@ def fake_components(monkeypatch):
 
 def run_autoattack(model, x, y, state_path, batch_size=4):
     counter = PassCounter(model)
-    return autoattack_module.autoattack(
-        counter, x, y, 0.03, "linf", version="fast", batch_size=batch_size, n_classes=10,
-        state_path=state_path, passes=lambda: (counter.forwards, counter.backwards))
+    return ensemble.run_ensemble(
+        counter, get("apgd"), x, y, torch.arange(x.shape[0]), 0.03, "linf",
+        get("apgd").settings(), seed=0, batch_size=batch_size, state_path=state_path,
+        passes=lambda: (counter.forwards, counter.backwards))
 
 
 def test_a_resumed_autoattack_reports_the_passes_of_an_uninterrupted_one(fake_components,

@@ -10,6 +10,7 @@ from torch import nn
 from attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
 from attacks import autoattack as autoattack_module
 from attacks import runner as runner_module
+from attacks import sweep as sweep_module
 from attacks.eps import Eps
 from attacks.gradient import fgsm, pgd
 from attacks.runner import check_adversarial
@@ -240,14 +241,16 @@ def test_an_example_outside_the_ball_or_the_range_stops_the_run(monkeypatch):
     with pytest.raises(AttackError, match=r"\[0, 1\]"):
         check_adversarial(x * 2.05, x, 1.1, "linf", "pgd")
 
-    import attacks.runner
+    # a user's attack passes the same guard as the built-ins
+    from attacks import registry
 
-    monkeypatch.setattr(attacks.runner, "fgsm", lambda model, x, y, eps, norm: (x + 2 * eps))
+    monkeypatch.setitem(registry._REGISTRY, "too-far", registry.Attack(
+        "too-far", lambda model, x, y, eps, norm, settings, draws: x + 2 * eps))
     model = two_conv_cnn()
     xs, _ = tiny_data(8)
-    with pytest.raises(AttackError, match="fgsm left the linf ball"):
+    with pytest.raises(AttackError, match="too-far left the linf ball"):
         robustness(model, xs, correct_labels(model, xs),
-                   AttackConfig(attacks=("fgsm",), eps=(Eps(0.01, "0.01"),)))
+                   AttackConfig(attacks=("too-far",), eps=(Eps(0.01, "0.01"),)))
 
 
 # ---------------------------------------------------------------------------- AutoAttack
@@ -304,13 +307,13 @@ def test_autoattack_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(autoattack_module, "_perturb",
                         lambda *args: counted.append(args[1]) or real(*args))
     progress = []
-    real_autoattack = runner_module.autoattack
+    real_ensemble = sweep_module.run_ensemble
 
     def reporting(*args, on_batch, **kwargs):
-        return real_autoattack(*args, on_batch=lambda k: progress.append(k) or on_batch(k),
-                               **kwargs)
+        return real_ensemble(*args, on_batch=lambda k: progress.append(k) or on_batch(k),
+                             **kwargs)
 
-    monkeypatch.setattr(runner_module, "autoattack", reporting)
+    monkeypatch.setattr(sweep_module, "run_ensemble", reporting)
     resumed = robustness(model, x, y, config, state_dir=tmp_path)
     assert sum(progress) == 2 * 12, "the progress bar ends full: N × (APGD-CE, APGD-T)"
     assert progress[0] == 12, "APGD-CE, done before the interruption, counts whole"

@@ -74,15 +74,15 @@ def test_an_attack_that_breaks_a_guard_stops_and_writes_nothing(finished, monkey
     is written; the earlier results stay as they were."""
     import dataclasses
 
-    from attacks import AttackError, runner
+    from attacks import AttackError, sweep
 
     @dataclasses.dataclass
-    class Planted(runner.Row):
+    class Planted(sweep.Row):
         def __post_init__(self):
             if self.attack == "fgsm" and self.eps.text == "80/255":
                 self.robust_acc = self.clean_acc
 
-    monkeypatch.setattr(runner, "Row", Planted)
+    monkeypatch.setattr(sweep, "Row", Planted)
     before = {p.name: p.read_bytes() for p in finished.iterdir()}
     with pytest.raises(AttackError, match="fgsm: robust accuracy rises from ε = 40/255 to "
                                           "80/255: a bug"):

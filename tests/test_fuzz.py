@@ -61,7 +61,9 @@ def train_line(capsys, not_a_directory, *argv) -> tuple[str, bool]:
 @FUZZ
 @given(text=st.one_of(anything, st.lists(fraction, min_size=1, max_size=3).map(", ".join)))
 def test_eps_parses_to_sorted_positive_budgets_or_one_line(capsys, text):
-    from attacks.eps import parse_eps
+    from fractions import Fraction
+
+    from attacks.eps import SNAP_TOLERANCE, parse_eps
     from robustmix.core.errors import UsageError
 
     missing = "/nonexistent/run"
@@ -73,15 +75,16 @@ def test_eps_parses_to_sorted_positive_budgets_or_one_line(capsys, text):
         assert line.startswith("robustmix attack: error: --eps "), line
         return
     assert line == f"robustmix attack: error: {missing}: no such run directory"
-    values = [b.value for b in budgets]
-    assert values == sorted(set(values)) and all(0 < v < math.inf for v in values)
+    exact = [b.exact for b in budgets]
+    assert exact == sorted(set(exact)) and all(0 < b.value < math.inf for b in budgets)
     for budget in budgets:
         assert budget.text == budget.text.strip() and budget.text in text
-        if "/" in budget.text:
+        if "/" in budget.text:  # a fraction is that rational exactly
             top, bottom = budget.text.split("/")
-            assert budget.value == float(top) / float(bottom)
-        else:
-            assert budget.value == float(budget.text)
+            assert budget.exact == Fraction(top.strip()) / Fraction(bottom.strip())
+        else:  # a decimal is itself, or snapped within the stated relative tolerance
+            assert abs(budget.exact - Fraction(budget.text)) <= \
+                SNAP_TOLERANCE * Fraction(budget.text)
 
 
 @FUZZ

@@ -192,9 +192,12 @@ def _add_attack(sub) -> None:
     p.add_argument("--eps", default="8/255",
                    help="budget(s): 8/255, 0.031, or a comma list (default: 8/255)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2"))
-    p.add_argument("--attacks", default="fgsm,pgd,autoattack",
-                   help="comma list of fgsm, pgd, autoattack, autoattack-fast "
-                        "(default: fgsm,pgd,autoattack)")
+    p.add_argument("--attacks", default="fgsm,pgd,apgd",
+                   help="comma list of attacks: fgsm, pgd, apgd (APGD-CE + APGD-T), "
+                        "autoattack (standard: + FAB-T, Square), apgd-ce, apgd-t, fab-t, "
+                        "square, torchattacks:NAME[,KEY=VALUE...] (the torchattacks extra), "
+                        "package.module:attack (your own); KEY=VALUE items set the "
+                        "attack before them, e.g. apgd,targets=3 (default: %(default)s)")
     p.add_argument("--pgd-steps", type=_positive_int, default=20)
     p.add_argument("--pgd-step", type=float, default=None,
                    help="PGD step size (default: ε/4)")
@@ -208,6 +211,9 @@ def _add_attack(sub) -> None:
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="image folders: leave out test images that cannot be decoded now")
+    p.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=True,
+                   help="the attack-failure checks after the sweep, RUN_DIR/diagnostics.csv "
+                        "(with several runs, each also checked by transfer from the next)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_command("attack"), parser=p)
 

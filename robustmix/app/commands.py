@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from attacks import AttackConfig, PGDSettings, parse_eps
+from attacks import (AttackConfig, DiagnosticSettings, PGDSettings, parse_attacks, parse_eps,
+                     transfer_run)
 from attacks.runner import attack_run, format_table
 from robustmix.app import listing
 from robustmix.app.masks import write_kernel
@@ -148,20 +149,38 @@ def _run_masks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_attack(args: argparse.Namespace) -> int:
+def attack_config(args: argparse.Namespace) -> AttackConfig:
+    """The AttackConfig that ``robustmix attack``'s flags describe, checked."""
+    specs = parse_attacks(args.attacks)
     config = AttackConfig(
-        attacks=tuple(a.strip() for a in args.attacks.split(",")), eps=tuple(parse_eps(args.eps)),
+        attacks=tuple(name for name, _ in specs), eps=tuple(parse_eps(args.eps)),
         norm=args.norm, batch_size=args.batch_size, seed=args.seed,
-        pgd=PGDSettings(steps=args.pgd_steps, step_size=args.pgd_step, restarts=args.restarts))
+        pgd=PGDSettings(steps=args.pgd_steps, step_size=args.pgd_step, restarts=args.restarts),
+        options={name: settings for name, settings in specs if settings})
     config.validate()
-    device = distributed.device_for(resolve_device(args.device), distributed.current())
+    return config
+
+
+def _run_attack(args: argparse.Namespace) -> int:
+    config = attack_config(args)
+    place = distributed.current()
+    device = distributed.device_for(resolve_device(args.device), place)
     run_dirs = _run_dirs(args, "attack")
+    checks = DiagnosticSettings() if args.diagnostics else None  # the flag's default: on
     for run in run_dirs:
         rows = attack_run(run, config, device=device, n_examples=args.n_examples,
                           data_dir=args.data_dir, progress=not args.quiet,
-                          skip_bad_images=args.skip_bad_images)
+                          skip_bad_images=args.skip_bad_images, diagnostics=checks)
         _say(format_table(run, rows))
         _say(f"robustmix attack: wrote {run}/robustness.csv")
+    if checks is not None and len(run_dirs) > 1 and not place.active:
+        for run, source in zip(run_dirs, run_dirs[1:] + run_dirs[:1]):
+            found = transfer_run(run, source, config, device=device,
+                                 n_examples=args.n_examples, data_dir=args.data_dir,
+                                 settings=checks)
+            failed = [c for c in found if not c.passed]
+            _say(f"robustmix attack: transfer from {source} to {run}: "
+                 + (f"{len(failed)} ε flagged" if failed else "passed"))
     return 0
 
 

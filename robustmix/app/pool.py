@@ -125,7 +125,7 @@ def run_steps(config: StudyConfig, label: str, emit: Callable[[tuple], None]) ->
     finished or failed step. None when all went well, else the failed step and its
     one-line error (its traceback goes to stderr)."""
     steps = [s for s in study.plan(config, progress=False)
-             if s.label == label and s.kind != "report"]
+             if s.label == label and not s.final]
     for step in steps:
         try:
             if step.done():
@@ -197,7 +197,7 @@ def run_pool(config: StudyConfig, *, jobs: int, devices: str | None = None,
     # from --jobs, not from the runs left: a run resumed by a rerun keeps its thread count
     threads = threads or default_threads(jobs)
     pending = [s for s in study.plan(config, progress=False)
-               if s.kind != "report" and not s.done()]
+               if not s.final and not s.done()]
     left: dict[str, list[str]] = {}
     for step in pending:
         left.setdefault(step.label, []).append(step.kind)
@@ -210,8 +210,7 @@ def run_pool(config: StudyConfig, *, jobs: int, devices: str | None = None,
     failures = _fan_out(config, list(left), slots, threads, display) if left else []
     if failures:
         return failures
-    report = study.plan(config, progress=False)[-1]
-    echo(f"robustmix study: {report.action()}; {out} done in "
+    echo(f"robustmix study: {study.finish(config)}; {out} done in "
          f"{clock(time.perf_counter() - display.started)}")
     return []
 

@@ -149,7 +149,7 @@ def submit_study(config: StudyConfig, executor: str, options: SlurmOptions, *,
                          "from a SLURM login node, or use --jobs N on this machine")
     out = Path(config.out)
     pending = [s for s in study.plan(config, progress=False)
-               if s.kind != "report" and not s.done()]
+               if not s.final and not s.done()]
     labels = list(dict.fromkeys(step.label for step in pending))
     jobs_path = out / JOBS_FILE
     saved = _read_jobs(jobs_path)
@@ -173,7 +173,7 @@ def submit_study(config: StudyConfig, executor: str, options: SlurmOptions, *,
         return []
     failures = _follow(submitit, jobs, echo)
     if not failures:
-        echo(f"robustmix study: {study.plan(config, progress=False)[-1].action()}")
+        echo(f"robustmix study: {study.finish(config)}")
     return failures
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from attacks import DiagnosticSettings, Eps, diagnostics, transfer_run
 from attacks.runner import attack_run, read_rows
 from evaluations import evaluate_corruptions, evaluate_run, write_report
 from robustmix.app.presets import PAPER, PRESETS  # noqa: F401 (the study's presets)
@@ -37,11 +38,12 @@ from robustmix.training.trainer import train
 
 @dataclass
 class Step:
-    kind: str            # train | attack | autoattack | evaluate | corruptions | report
+    kind: str     # train | attack | autoattack | evaluate | corruptions | transfer | report
     run_dir: Path
     label: str
     done: Callable[[], bool]
     action: Callable[[], str]
+    final: bool = False   # needs every run's earlier steps: run after them, by the parent
 
 
 def _run_name(variant: str, method: str, seed: int) -> str:
@@ -54,7 +56,8 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
     attack, device = config.attack, config.device
     evaluate = dataclasses.asdict(config.evaluate)
     corruptions = evaluate.pop("corruptions")   # its own step; not in generalization.json
-    gradient, auto = attack.gradient(), attack.auto()
+    strong, auto = attack.config(), attack.auto()
+    checks = DiagnosticSettings() if attack.diagnostics else None
     steps: list[Step] = []
     run_dirs = []
     for variant in config.variant_names():
@@ -67,12 +70,11 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
                 steps.append(Step("train", run_dir, label,
                                   lambda d=run_dir, t=train: _trained(d, t),
                                   lambda d=run_dir, t=train: _train(d, t, progress)))
-                if gradient.attacks:
-                    steps.append(_attack_step("attack", run_dir, label, gradient, device,
-                                              attack.n_examples, progress))
+                steps.append(_attack_step("attack", run_dir, label, strong, device,
+                                          attack.n_examples, progress, checks))
                 if auto is not None and attack.autoattacks(seed):
                     steps.append(_attack_step("autoattack", run_dir, label, auto, device,
-                                              attack.autoattack_examples, progress))
+                                              attack.autoattack_examples, progress, checks))
                 steps.append(Step("evaluate", run_dir, label,
                                   lambda d=run_dir: _evaluated(d, evaluate),
                                   lambda d=run_dir: _evaluate(d, evaluate, device)))
@@ -80,9 +82,48 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
                     steps.append(Step("corruptions", run_dir, label,
                                       lambda d=run_dir: _corrupted(d, evaluate),
                                       lambda d=run_dir: _corrupt(d, evaluate, device)))
+    if checks is not None and len(run_dirs) > 1:
+        steps += _transfer_steps(run_dirs, strong, device, attack.n_examples, checks)
     steps.append(Step("report", out, "report", lambda: False,
-                      lambda: _report(run_dirs, out, config)))
+                      lambda: _report(run_dirs, out, config), final=True))
     return steps
+
+
+def _transfer_steps(run_dirs: list[Path], config, device: str, n_examples: int,
+                    checks: DiagnosticSettings) -> list[Step]:
+    """Each run checked by transfer from the next (the same method's next seed; the
+    last seed from the next method's first): after every run is attacked."""
+    steps = []
+    for run_dir, source in zip(run_dirs, run_dirs[1:] + run_dirs[:1]):
+        steps.append(Step(
+            "transfer", run_dir, run_dir.name,
+            lambda d=run_dir, s=source: _transferred(d, s, config, n_examples),
+            lambda d=run_dir, s=source: _transfer(d, s, config, device, n_examples, checks),
+            final=True))
+    return steps
+
+
+def _transferred(run_dir: Path, source: Path, config, n_examples: int) -> bool:
+    """Whether diagnostics.csv holds this source's transfer check at every ε of the grid."""
+    path = runs.RunDir(run_dir).diagnostics_path
+    try:
+        rows = diagnostics.read(path)
+    except UsageError:  # damaged: checked again, rewritten whole
+        return False
+    if not rows:
+        return False
+    n = str(_n_examples(run_dir, n_examples))
+    have = {Eps(r["eps"]) for r in rows if r["check"] == "transfer" and r["norm"] == config.norm
+            and r["n_examples"] == n and f" on {source.name} " in r["detail"]}
+    return set(config.eps) <= have
+
+
+def _transfer(run_dir: Path, source: Path, config, device: str, n_examples: int,
+              checks: DiagnosticSettings) -> str:
+    found = transfer_run(run_dir, source, config, device=resolve_device(device),
+                         n_examples=n_examples or None, settings=checks)
+    failed = [c.eps.text for c in found if not c.passed]
+    return f"from {source.name}: " + (f"flagged at {', '.join(failed)}" if failed else "passed")
 
 
 def _trained(run_dir: Path, config) -> bool:
@@ -104,27 +145,29 @@ def _train(run_dir: Path, config, progress: bool) -> str:
 
 
 def _attack_step(kind: str, run_dir: Path, label: str, config, device: str, n_examples: int,
-                 progress: bool) -> Step:
-    """A step that runs one attack configuration; done when robustness.csv holds its rows."""
-    return Step(kind, run_dir, label, lambda: _attacked(run_dir, config, n_examples),
-                lambda: _attack(run_dir, config, device, n_examples, progress))
+                 progress: bool, checks: DiagnosticSettings | None) -> Step:
+    """A step that runs one attack configuration; done when robustness.csv holds its rows
+    (and, with ``checks``, their diagnostics)."""
+    return Step(kind, run_dir, label,
+                lambda: _attacked(run_dir, config, n_examples, checks is not None),
+                lambda: _attack(run_dir, config, device, n_examples, progress, checks))
 
 
 def _attack_key(config) -> set[tuple]:
-    return {(attack, config.settings(attack, eps.value), config.norm, f"{eps.value:.8g}")
+    return {(attack, config.settings(attack, eps), config.norm, eps)
             for attack in config.attacks for eps in config.eps}
 
 
-def _attacked(run_dir: Path, config, n_examples: int) -> bool:
-    """Whether robustness.csv holds every row of this attack configuration."""
+def _attacked(run_dir: Path, config, n_examples: int, diagnosed: bool) -> bool:
+    """Whether robustness.csv holds every row of this attack configuration, diagnosed
+    where ``diagnosed``."""
     path = runs.RunDir(run_dir).robustness_path
     if not path.exists():
         return False
-    have = set()
-    for row in read_rows(path):
-        if n_examples and row["n_examples"] != str(_n_examples(run_dir, n_examples)):
-            continue
-        have.add((row["attack"], row["settings"], row["norm"], f"{float(row['eps_value']):.8g}"))
+    n = str(_n_examples(run_dir, n_examples))
+    have = {(row["attack"], row["settings"], row["norm"], Eps(row["eps"]))
+            for row in read_rows(path) if row["n_examples"] == n
+            and (row["diagnostics"] or not diagnosed)}
     return _attack_key(config) <= have
 
 
@@ -136,11 +179,14 @@ def _n_examples(run_dir: Path, n_examples: int) -> int:
     return min(n_examples, n_test) if n_examples else n_test
 
 
-def _attack(run_dir: Path, config, device: str, n_examples: int, progress: bool) -> str:
+def _attack(run_dir: Path, config, device: str, n_examples: int, progress: bool,
+            checks: DiagnosticSettings | None) -> str:
     rows = attack_run(run_dir, config, device=resolve_device(device),
-                      n_examples=n_examples or None, progress=progress)
-    worst = [r for r in rows if r.attack != "worst-case"]
-    return ", ".join(f"{r.attack} {r.eps.text} {r.robust_acc:.1%}" for r in worst[-2:])
+                      n_examples=n_examples or None, progress=progress, diagnostics=checks)
+    worst = [r for r in rows if r.attack == "worst-case" and r.eps in config.eps]
+    flagged = [r.eps.text for r in worst if r.diagnostics.startswith("failed")]
+    return (", ".join(f"worst {r.eps.text} {r.robust_acc:.1%}" for r in worst[-2:])
+            + (f"; diagnostics failed at {', '.join(flagged)}" if flagged else ""))
 
 
 def _evaluated(run_dir: Path, settings: dict) -> bool:
@@ -260,6 +306,16 @@ def run_study(config: StudyConfig, *, dry_run: bool = False, progress: bool = Tr
     echo(f"robustmix study: {config.out} done in {_clock(time.perf_counter() - started)}; "
          f"report: {Path(config.out) / 'report.md'}")
     return steps
+
+
+def finish(config: StudyConfig) -> str:
+    """The final steps not yet done (the transfer checks, then the report), once every
+    run's own steps are done (by worker processes or jobs); the report's summary."""
+    summary = ""
+    for step in plan(config, progress=False):
+        if step.final and not step.done():
+            summary = step.action()
+    return summary
 
 
 def missing_data(config: StudyConfig) -> list[str]:

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from attacks import ATTACKS, AttackConfig, PGDSettings, parse_eps
+from attacks import AttackConfig, PGDSettings, parse_eps
 from robustmix.core import runs
 from robustmix.core.config import MixConfig, TrainConfig
 from robustmix.core.errors import ConfigError, UsageError
@@ -25,7 +25,7 @@ from robustmix.app.presets import PRESETS
 
 RUN_KEYS = ("mix", "seed", "device")            # set per run by the study, not in [train]
 MIX_KEYS = tuple(f.name for f in dataclasses.fields(MixConfig) if f.name != "mix")
-GRADIENT_ATTACKS = ("fgsm", "pgd")
+STRONG_ATTACKS = ("fgsm", "pgd", "apgd")         # every preset's attacks at every ε
 
 
 def _count(value: Any, least: int) -> bool:
@@ -34,15 +34,20 @@ def _count(value: Any, least: int) -> bool:
 
 @dataclass(frozen=True)
 class AttackPlan:
-    """``[attack]``: the gradient attacks on every run, AutoAttack on some seeds."""
+    """``[attack]``: the attacks every run meets at every ε of the grid, on the same
+    examples and every seed, with the attack-failure diagnostics; optionally a further
+    AutoAttack configuration (``autoattack``: ``autoattack`` for the standard version)
+    on some seeds, ε and examples."""
 
     eps: str = "8/255"
     norm: str = "linf"
-    attacks: tuple[str, ...] = GRADIENT_ATTACKS
+    attacks: tuple[str, ...] = STRONG_ATTACKS
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per attack settings
     pgd_steps: int = 10
     restarts: int = 1
     n_examples: int = 1000            # 0: the whole test set
-    autoattack: str = ""              # "", autoattack or autoattack-fast
+    diagnostics: bool = True
+    autoattack: str = ""              # "", apgd, autoattack (or autoattack-fast)
     autoattack_eps: str = ""
     autoattack_examples: int = 0
     autoattack_seeds: tuple[int, ...] = ()   # (): every seed
@@ -51,12 +56,12 @@ class AttackPlan:
 
     def validate(self) -> None:
         parse_eps(self.eps)
-        if any(a not in GRADIENT_ATTACKS for a in self.attacks):
-            raise ConfigError("attacks", f"must be a list of {', '.join(GRADIENT_ATTACKS)}; "
-                              f"got {list(self.attacks)!r}")
+        if not isinstance(self.options, dict) or any(
+                not isinstance(v, dict) for v in self.options.values()):
+            raise ConfigError("options", "must be a table of attack = {setting = value}")
         if self.autoattack:
-            if self.autoattack not in ATTACKS or not self.autoattack.startswith("auto"):
-                raise ConfigError("autoattack", f"must be autoattack, autoattack-fast or empty; "
+            if self.autoattack not in ("apgd", "autoattack", "autoattack-fast"):
+                raise ConfigError("autoattack", f"must be apgd, autoattack or empty; "
                                   f"got {self.autoattack!r}")
             parse_eps(self.autoattack_eps)
         for key in ("pgd_steps", "restarts", "batch_size", "n_examples",
@@ -65,20 +70,27 @@ class AttackPlan:
             if not _count(getattr(self, key), least):
                 raise ConfigError(key, f"must be a non-negative integer{' >= 1' * least}; "
                                   f"got {getattr(self, key)!r}")
-        self.gradient().validate()
+        if not isinstance(self.diagnostics, bool):
+            raise ConfigError("diagnostics", f"must be true or false; got {self.diagnostics!r}")
+        self.config().validate()
 
-    def gradient(self) -> AttackConfig:
-        """The configuration of the gradient attacks (FGSM, PGD) of every run."""
-        return AttackConfig(attacks=self.attacks, eps=tuple(parse_eps(self.eps)),
+    def config(self) -> AttackConfig:
+        """The attacks of every run (at every ε of ``eps``)."""
+        return AttackConfig(attacks=tuple(self.attacks), eps=tuple(parse_eps(self.eps)),
                             norm=self.norm, batch_size=self.batch_size, seed=self.seed,
-                            pgd=PGDSettings(steps=self.pgd_steps, restarts=self.restarts))
+                            pgd=PGDSettings(steps=self.pgd_steps, restarts=self.restarts),
+                            options={k: dict(v) for k, v in self.options.items()})
+
+    gradient = config   # the former name
 
     def auto(self) -> AttackConfig | None:
-        """AutoAttack's configuration, or None when the study runs none."""
+        """The further AutoAttack configuration, or None when the study runs none."""
         if not self.autoattack:
             return None
-        return dataclasses.replace(self.gradient(), attacks=(self.autoattack,),
-                                   eps=tuple(parse_eps(self.autoattack_eps)))
+        return dataclasses.replace(self.config(), attacks=(self.autoattack,),
+                                   eps=tuple(parse_eps(self.autoattack_eps)),
+                                   options={k: v for k, v in self.options.items()
+                                            if k == self.autoattack})
 
     def autoattacks(self, seed: int) -> bool:
         return self.auto() is not None and (not self.autoattack_seeds
@@ -289,6 +301,9 @@ def to_toml(config: StudyConfig) -> str:
             return json.dumps(v, ensure_ascii=False)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):  # an inline table, e.g. options = {apgd = {targets = 3}}
+            return "{" + ", ".join(f"{json.dumps(k) if not k.isidentifier() else k} = "
+                                   f"{value(x)}" for k, x in v.items()) + "}"
         raise TypeError(f"cannot write {v!r} as TOML")
 
     values = to_dict(config)

@@ -12,6 +12,7 @@ and, once measured, what ``robustmix attack`` and ``robustmix evaluate`` add to 
 
     robustness.csv           one row per attack, norm, ε and example subset
     robustness_examples.csv  per-example outcomes behind the worst-case rows
+    diagnostics.csv          the attack-failure checks per attack and ε
     .attack-state/           AutoAttack's progress while it runs (removed when done)
     generalization.json      the generalization measurements
     gradient_profile.csv     their gradient-distance profiles
@@ -63,6 +64,7 @@ WEIGHTS = "model.safetensors"
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, WEIGHTS)  # what training writes
 ROBUSTNESS = "robustness.csv"
 ROBUSTNESS_EXAMPLES = "robustness_examples.csv"
+DIAGNOSTICS = "diagnostics.csv"
 ATTACK_STATE = ".attack-state"
 GENERALIZATION = "generalization.json"
 PROFILE_CSV = "gradient_profile.csv"
@@ -542,6 +544,10 @@ class RunDir:
     @property
     def robustness_examples_path(self) -> Path:
         return self.path / ROBUSTNESS_EXAMPLES
+
+    @property
+    def diagnostics_path(self) -> Path:
+        return self.path / DIAGNOSTICS
 
     @property
     def attack_state_dir(self) -> Path:

@@ -1,0 +1,247 @@
+"""The attack registry: the built-in attacks and the user's travel the same road.
+
+An attack is a function
+
+    perturb(model, x, y, eps, norm, settings, draws) -> x_adv
+
+``model`` is in eval mode on x's device and takes [0, 1] images; ``x`` (B, C, H, W) holds
+correctly classified examples and ``y`` their labels; ``eps`` is a float, ``norm``
+``"linf"`` or ``"l2"``; ``settings`` the attack's settings (its defaults updated by the
+user's); ``draws`` (:class:`ExampleDraws`) the batch's randomness. It returns x_adv of x's
+shape. The runner (:mod:`attacks.sweep`) gives every registered attack the same guards
+(x_adv finite, inside the ε-ball and [0, 1], else the run stops as a bug), the ε-sweep,
+the per-example worst case, the attack-failure diagnostics and the report.
+
+An *ensemble* names registered attacks that run in turn on the examples still standing,
+as AutoAttack runs its four; its progress is saved after every batch, so an interrupted
+evaluation resumes where it stopped.
+
+Attacks are found by name: the built-ins (:mod:`attacks.builtin`), those registered with
+:func:`register_attack` or through the entry-point group ``robustmix.attacks``, a path
+``package.module:attr`` to an :class:`Attack` or a perturb function, and
+``torchattacks:NAME`` for torchattacks' classes (:mod:`attacks.torchattacks_adapter`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from attacks.eps import NORMS, Eps
+from robustmix.core.errors import ConfigError, UsageError
+
+KINDS = ("single-step", "iterative", "gradient-free", "ensemble")
+ENTRY_POINTS = "robustmix.attacks"
+Perturb = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class ExampleDraws:
+    """The randomness an attack may use on one batch.
+
+    ``rng(k, *stream)`` is example k's own NumPy generator, seeded from (seed, the example's
+    index in the evaluated set, *stream): draws from it do not depend on the batch, its
+    order or its size. ``seed`` is for libraries that seed per batch (AutoAttack,
+    torchattacks); with those, a result can depend on the batch's composition.
+    """
+
+    seed: int
+    indices: Tensor          # (B,) positions of the batch's examples in the evaluated set
+
+    def rng(self, k: int, *stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(self.indices[k]), *stream])
+
+    def uniform(self, shape: tuple[int, ...], *stream: int) -> Tensor:
+        """(B, *shape) float32, row k uniform in [−1, 1] from example k's generator."""
+        rows = [self.rng(k, *stream).uniform(-1.0, 1.0, size=shape)
+                for k in range(len(self.indices))]
+        return torch.from_numpy(np.stack(rows)).float() if rows else torch.zeros(0, *shape)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One registered attack."""
+
+    name: str
+    perturb: Perturb | None = None          # None for an ensemble
+    kind: str = "iterative"                 # KINDS: what the diagnostics compare it with
+    norms: tuple[str, ...] = NORMS
+    stages: tuple[str, ...] = ()            # an ensemble: registered attacks in turn
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    evaluation: str = ""                    # robustness.csv's name for what stands behind
+    strength: int = 2                       # ranks evaluations: 1 single-step .. 4 AutoAttack
+    describe: Callable[[Mapping[str, Any], Eps, int], str] | None = None
+    checks: bool = False                    # run AutoAttack's own checks first
+
+    def settings(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The defaults updated by ``overrides``; an unknown setting is a ConfigError."""
+        values = dict(self.defaults)
+        unknown = sorted(set(overrides or {}) - set(values)) if values else []
+        if unknown and not self.name.startswith("torchattacks:"):
+            raise ConfigError("attacks", f"{self.name} has no setting "
+                              f"{', '.join(unknown)}; it has {', '.join(values) or 'none'}")
+        values.update(overrides or {})
+        return values
+
+    def text(self, settings: Mapping[str, Any], eps: Eps, seed: int) -> str:
+        """What robustness.csv's ``settings`` column says of this attack at ``eps``."""
+        if self.describe is not None:
+            return self.describe(settings, eps, seed)
+        return ";".join(f"{k}={v}" for k, v in sorted(settings.items()))
+
+    @property
+    def label(self) -> str:
+        return self.evaluation or self.name
+
+
+_REGISTRY: dict[str, Attack] = {}
+
+
+def register_attack(name: str, perturb: Perturb | None = None, *, kind: str = "iterative",
+                    norms: tuple[str, ...] = NORMS, stages: tuple[str, ...] = (),
+                    defaults: Mapping[str, Any] | None = None, evaluation: str = "",
+                    strength: int | None = None, describe=None, checks: bool = False,
+                    replace: bool = False) -> Attack:
+    """Register an attack under ``name`` (see the module's contract); returns it.
+
+    ``kind`` is one of single-step, iterative, gradient-free (an ensemble's is
+    "ensemble"); the diagnostics expect an iterative attack to break whatever a
+    single-step one broke. A name taken is a ValueError unless ``replace``.
+    """
+    if not isinstance(name, str) or not name or "," in name or "=" in name:
+        raise ConfigError("name", f"must be a non-empty text without ',' or '=', got {name!r}")
+    if name in _REGISTRY and not replace:
+        raise ConfigError("name", f"{name!r} is registered already (replace=True replaces it)")
+    if stages:
+        kind = "ensemble"
+    if kind not in KINDS:
+        raise ConfigError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    if (perturb is None) == (not stages):
+        raise ConfigError("perturb", "give a perturb function, or stages for an ensemble")
+    if perturb is not None and not callable(perturb):
+        raise ConfigError("perturb", f"must be callable, got {type(perturb).__name__}")
+    bad = [n for n in norms if n not in NORMS]
+    if bad or not norms:
+        raise ConfigError("norms", f"must be a non-empty tuple of {', '.join(NORMS)}")
+    if strength is None:
+        strength = {"single-step": 1, "iterative": 2, "gradient-free": 2, "ensemble": 3}[kind]
+    attack = Attack(name, perturb, kind, tuple(norms), tuple(stages), dict(defaults or {}),
+                    evaluation, strength, describe, checks)
+    _REGISTRY[name] = attack
+    return attack
+
+
+def registered() -> tuple[str, ...]:
+    """The names registered so far (built-ins first, in their order)."""
+    _load_entry_points()
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Attack:
+    """The attack called ``name``: registered, ``torchattacks:NAME`` or ``module:attr``."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    _load_entry_points()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("torchattacks:"):
+        from attacks.torchattacks_adapter import adapter  # torchattacks is an optional extra
+
+        return adapter(name)
+    if ":" in name:
+        return _from_path(name)
+    raise ConfigError("attacks", f"has unknown attack {name!r}; valid: "
+                      f"{', '.join(_REGISTRY)}, torchattacks:NAME or package.module:attr")
+
+
+def _from_path(path: str) -> Attack:
+    """``package.module:attr`` -> the Attack it holds, or one around its perturb function."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # any failure to import the user's module is theirs to see
+        raise UsageError(f"attack {path}: cannot import module {module_name!r} "
+                         f"({type(err).__name__}: {err})") from None
+    target = getattr(module, attr, None)
+    if target is None:
+        raise UsageError(f"attack {path}: module {module_name!r} has no attribute {attr!r}")
+    if isinstance(target, Attack):
+        return target
+    if not callable(target):
+        raise UsageError(f"attack {path}: {attr!r} is a {type(target).__name__}, not a "
+                         "perturb function or an attacks.Attack")
+    try:
+        inspect.signature(target).bind(None, None, None, 0.0, "linf", {}, None)
+    except TypeError:
+        raise UsageError(f"attack {path}: {attr} must take (model, x, y, eps, norm, "
+                         "settings, draws)") from None
+    except ValueError:  # a builtin without a signature: trust it
+        pass
+    return register_attack(path, target, kind=getattr(target, "kind", "iterative"),
+                           norms=tuple(getattr(target, "norms", NORMS)),
+                           defaults=getattr(target, "defaults", None), replace=True)
+
+
+_LOADED: list[bool] = []
+
+
+def _load_entry_points() -> None:
+    """Register the attacks that installed packages declare in ``robustmix.attacks``."""
+    if _LOADED:
+        return
+    _LOADED.append(True)
+    for entry in metadata.entry_points(group=ENTRY_POINTS):
+        if entry.name in _REGISTRY:
+            continue
+        try:
+            target = entry.load()
+        except Exception as err:
+            raise UsageError(f"attack plugin {entry.name} ({entry.value}): cannot load it "
+                             f"({type(err).__name__}: {err})") from None
+        if isinstance(target, Attack):
+            _REGISTRY[entry.name] = target
+        elif callable(target):
+            register_attack(entry.name, target, kind=getattr(target, "kind", "iterative"),
+                            norms=tuple(getattr(target, "norms", NORMS)),
+                            defaults=getattr(target, "defaults", None))
+        else:
+            raise UsageError(f"attack plugin {entry.name} ({entry.value}) is a "
+                             f"{type(target).__name__}, not a perturb function")
+
+
+def parse_attacks(text: str) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """``"fgsm,pgd,torchattacks:CW,c=1,steps=50"`` -> ((name, settings), ...).
+
+    Items with ``=`` are settings of the attack before them; values are read as int,
+    float, true/false or else text.
+    """
+    specs: list[tuple[str, dict[str, Any]]] = []
+    for item in (part.strip() for part in str(text).split(",")):
+        if not item:
+            raise ConfigError("attacks", f"has an empty item in {text!r}")
+        if "=" in item:
+            if not specs:
+                raise ConfigError("attacks", f"setting {item!r} comes before any attack")
+            key, _, value = item.partition("=")
+            specs[-1][1][key.strip()] = _value(value.strip())
+        else:
+            specs.append((item, {}))
+    return tuple(specs)
+
+
+def _value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
