@@ -44,6 +44,8 @@ from robustmix.core.errors import ConfigError, UsageError
 
 FIELDS = ["check", "attack", "norm", "eps", "eps_value", "n_examples", "value", "threshold",
           "passed", "detail"]
+CHECKS = ("single-step", "more-steps", "zero-gradients", "saturated-softmax", "noise",
+          "transfer", "unbounded", "autoattack")
 GATES_ALL = ("unbounded",)                 # a per-run failure: every ε's worst case
 MASKING = ("zero-gradients", "saturated-softmax", "noise", "transfer", "unbounded")
 

@@ -202,7 +202,8 @@ def _messages(old: list[dict], attacked: list[Row], norm: str, n: int
 
 def _write_diagnostics(run: runs.RunDir, norm: str, n: int, checks: list[Check],
                        keep: tuple[str, ...]) -> None:
-    """Replace this norm's and subset's checks in diagnostics.csv, keeping ``keep`` ones."""
+    """Put ``checks`` into diagnostics.csv in place of this norm's and subset's earlier
+    ones, except the earlier checks named in ``keep`` (unless ``checks`` has them too)."""
     new = {c.check for c in checks}
     rows = [r for r in diag.read(run.diagnostics_path)
             if not (r["norm"] == norm and r["n_examples"] == str(n)
@@ -246,7 +247,7 @@ def transfer_run(run_dir: str | Path, source_dir: str | Path, config: AttackConf
     checks = diag.transfer(target.model, source, Path(source_dir).name, target.x, target.y,
                            target.indices, outcomes, config, device,
                            settings or DiagnosticSettings())
-    _write_diagnostics(run, config.norm, n, checks, keep=())
+    _write_diagnostics(run, config.norm, n, checks, keep=tuple(diag.CHECKS))
     rows = read_rows(run.robustness_path) if run.robustness_path.exists() else []
     table.write(run.robustness_path, _with_diagnostics(run, rows, config.norm, n))
     return checks

@@ -139,3 +139,37 @@ def test_single_step_is_judged_per_example():
                                       "pgd": torch.tensor([True, False, True, True])}})
     (check,) = single_step(outcomes, eps)
     assert (check.attack, check.value, check.passed) == ("pgd", 1, False)
+
+
+@pytest.mark.slow
+def test_the_attack_command_writes_every_check_and_transfer_adds_its_own(tmp_path, capsys):
+    """Two runs attacked in one command: each gets diagnostics.csv with every check at
+    every ε, the transfer check from the other run added without losing the others, and
+    robustness.csv's diagnostics column filled from them."""
+    from attacks.diagnostics import CHECKS, read
+    from robustmix.app.cli import main
+    from robustmix.core import runs
+
+    paths = []
+    for mix in ("vanilla", "mixup"):
+        out = tmp_path / mix
+        assert main(["train", "--quiet", "--epochs", "1", "--image-size", "8", "--mix", mix,
+                     "--out", str(out)]) == 0
+        paths.append(str(out))
+    assert main(["attack", "--quiet", "--run", *paths, "--eps", "16/255,32/255",
+                 "--attacks", "fgsm,pgd", "--pgd-steps", "3", "--n-examples", "24"]) == 0
+    printed = capsys.readouterr().out
+    assert f"transfer from {paths[1]} to {paths[0]}" in printed
+    for path in paths:
+        rows = read(runs.RunDir(path).diagnostics_path)
+        found = {(r["check"], r["eps"]) for r in rows}
+        expected = {(c, e) for c in set(CHECKS) - {"unbounded"} for e in ("16/255", "32/255")}
+        assert expected <= found and ("unbounded", "1") in found, expected - found
+        column = {r["attack"]: r["diagnostics"] for r in runs.read_csv(
+            runs.RunDir(path).robustness_path) if r["eps"] == "32/255"}
+        failed = {r["check"] for r in rows if r["passed"] == "no" and r["eps"] == "32/255"
+                  and r["attack"] in ("worst-case", "pgd")}
+        if failed:
+            assert set(column["worst-case"].removeprefix("failed: ").split(",")) == failed
+        else:
+            assert column["worst-case"] == "passed"

@@ -41,6 +41,11 @@ def tables(folder: Path) -> dict[str, list[dict]]:
     return result
 
 
+def without_transfer(found: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    return {name: [row for row in rows if row.get("check") != "transfer"]
+            for name, rows in found.items()}
+
+
 @pytest.fixture(scope="module")
 def inline(tmp_path_factory):
     """The miniature study run inline, one torch thread."""
@@ -93,7 +98,9 @@ def test_a_failed_run_is_listed_and_the_others_finish(inline, capsys):
     assert lines[1].startswith("  vanilla-s0: train: ") and "checkpoint" in lines[1]
     assert "Traceback" not in err and not (out / "report.md").exists()
     assert "Traceback" in (out / pool.LOGS / "vanilla-s0.log").read_text()
-    assert tables(cutmix) == tables(reference / "runs" / "cutmix-s0")
+    # all but the transfer checks, which wait until every run is attacked
+    assert without_transfer(tables(cutmix)) == \
+        without_transfer(tables(reference / "runs" / "cutmix-s0"))
     # mended, the rerun does only what is not done: vanilla's steps and the report
     shutil.rmtree(out / "runs" / "vanilla-s0")
     shutil.copytree(reference / "runs" / "vanilla-s0", out / "runs" / "vanilla-s0")

@@ -61,7 +61,10 @@ def test_a_miniature_study_produces_every_report_file(finished):
         run_dir = out / "runs" / run_name
         assert runs.is_complete(run_dir)
         attacks = {(r["attack"], r["eps"]) for r in runs.read_csv(run_dir / "robustness.csv")}
-        assert {("fgsm", "8/255"), ("pgd", "32/255"), ("autoattack-fast", "32/255")} <= attacks
+        assert {("fgsm", "8/255"), ("pgd", "32/255"), ("apgd", "8/255"), ("apgd", "32/255"),
+                ("autoattack-fast", "32/255")} <= attacks
+        checked = {(r["check"], r["eps"]) for r in runs.read_csv(run_dir / "diagnostics.csv")}
+        assert {("transfer", "8/255"), ("transfer", "32/255"), ("noise", "32/255")} <= checked
         assert (run_dir / "generalization.json").is_file()
     saved = tomllib.loads((out / "study.toml").read_text())
     assert saved["methods"] == ["vanilla", "cutmix"] and saved["train"]["epochs"] == 2
@@ -77,8 +80,9 @@ def test_rerunning_does_no_training_attacking_or_evaluating_again(finished, caps
     assert "[1/1] report" in printed
     code, printed, _ = run_cli(capsys, "study", "--dry-run", "--config",
                                str(write_config(base, out)))
-    # per run: train, attack, autoattack, evaluate, corruptions; then the report
-    assert "1 of 11 steps to do" in printed and printed.count(" done ") == 10
+    # per run: train, attack, autoattack, evaluate, corruptions; then a transfer check per
+    # run and the report
+    assert "1 of 13 steps to do" in printed and printed.count(" done ") == 12
 
 
 @pytest.mark.slow
@@ -116,6 +120,19 @@ def test_presets_print_as_toml_that_loads_back(capsys, tmp_path):
         assert study.load_config(None, str(path)) == study.load_config(name, None)
 
 
+@pytest.mark.parametrize("name", list(study.PRESETS))
+def test_every_preset_runs_the_strong_attack_at_every_eps_on_every_run(name):
+    """APGD-CE + APGD-T on the same examples as FGSM and PGD, at every ε of the grid,
+    on every seed: the worst case of every run and ε has the strong attack in it."""
+    config = study.load_config(name, None)
+    strong = config.attack.config()
+    assert {"fgsm", "pgd", "apgd"} <= set(strong.attacks)
+    assert strong.settings_for("apgd")["n_iter"] == 100, "the reference iterations"
+    steps = study.plan(config, progress=False)
+    attacked = {s.label for s in steps if s.kind == "attack"}
+    assert attacked == {s.label for s in steps if s.kind == "train"}, "every run"
+
+
 def test_a_config_on_other_data_does_not_inherit_the_digits_image_size(tmp_path):
     path = tmp_path / "cifar.toml"
     path.write_text('[train]\ndataset = "cifar10"\n')
@@ -132,7 +149,8 @@ def test_a_config_on_other_data_does_not_inherit_the_digits_image_size(tmp_path)
     ('[train]\nepochs = "ten"', "malformed"),
     ('[train]\nwarp = 9', "unknown training settings warp"),
     ('[attack]\neps = "8/0"', "zero denominator"),
-    ('[attack]\nattacks = ["cw"]', "attack.attacks must be a list of fgsm, pgd"),
+    ('[attack]\nattacks = ["cw"]', "attack.attacks has unknown attack 'cw'"),
+    ('[attack]\noptions = {pgd = {stepz = 3}}', "attack.attacks pgd has no setting stepz"),
     ('[attack]\nn_examples = -5', "attack.n_examples must be a non-negative integer"),
     ('[evaluate]\nq_draws = 1.5', "q_draws must be an integer, got 1.5"),
     ('[evaluate]\nq_draws = -1', "evaluate.q_draws must be a non-negative integer"),

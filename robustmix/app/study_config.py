@@ -268,7 +268,8 @@ def _read_toml(path: str) -> dict[str, Any]:
 
 def _merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "variants":
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and \
+                key not in ("variants", "options"):   # these tables replace, whole
             base[key] = _merge(base[key], value)
         else:
             base[key] = value
