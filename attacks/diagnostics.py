@@ -46,6 +46,23 @@ FIELDS = ["check", "attack", "norm", "eps", "eps_value", "n_examples", "value", 
           "passed", "detail"]
 CHECKS = ("single-step", "more-steps", "zero-gradients", "saturated-softmax", "noise",
           "transfer", "unbounded", "autoattack")
+DESCRIPTIONS = {  # check -> (fails when, threshold), as the report shows them
+    "single-step": ("an iterative attack leaves standing an example a single-step attack "
+                    "broke (per example)", "0 examples"),
+    "more-steps": ("the strongest attack again, with twice its budget and a new seed, breaks "
+                   "examples of a sample of those standing", "at most 1 of 8"),
+    "zero-gradients": ("a standing example's input gradient of the cross-entropy is exactly "
+                       "zero or not finite (float32)", "0 examples"),
+    "saturated-softmax": ("a standing example's float32 softmax is exactly one-hot",
+                          "0 examples"),
+    "noise": ("random vertices of the ε-ball (64 per example) break a standing example",
+              "0 of 32"),
+    "transfer": ("PGD-20 run on another run's model breaks a standing example", "0 examples"),
+    "unbounded": ("at ε = 1 (L∞) or √(C·H·W) (L2) the strongest attack leaves more than "
+                  "chance standing", "1 / classes"),
+    "autoattack": ("AutoAttack's or the model's own checks raised a message", "0 messages"),
+}
+assert tuple(DESCRIPTIONS) == CHECKS
 GATES_ALL = ("unbounded",)                 # a per-run failure: every ε's worst case
 MASKING = ("zero-gradients", "saturated-softmax", "noise", "transfer", "unbounded")
 

@@ -27,7 +27,8 @@ from robustmix.mixing import make_sampler
 
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
-ATTACK_ORDER = ("fgsm", "pgd", "autoattack", "autoattack-fast", "worst-case")
+ATTACK_ORDER = ("fgsm", "pgd", "apgd-ce", "apgd-t", "apgd", "autoattack-fast", "fab-t",
+                "square", "autoattack", "worst-case")
 
 
 def style(group: Group) -> dict:

@@ -29,6 +29,8 @@ from evaluations.predictions import COLUMNS as PREDICTION_COLUMNS
 from evaluations.predictions import prediction_table
 from evaluations.profiles import DECAY, NORMALIZATION
 from evaluations.regularizer import DEFINITION as Q_DEFINITION
+from evaluations.report_attacks import OUTPUTS as ATTACK_OUTPUTS
+from evaluations.report_attacks import diagnostics_section, overstatement_section
 from evaluations.report_calibration import OUTPUTS as CALIBRATION_OUTPUTS
 from evaluations.report_calibration import (calibration_section, corruptions_section,
                                             summary_section)
@@ -46,7 +48,7 @@ OUTPUTS = ("runs.csv", "generalization_by_method.csv", "robustness_by_method.csv
            "robust_given_clean_linf.png", "robust_given_clean_l2.png", "generalization.png",
            "gradient_profiles.csv", "mask_kernels.csv", "gradient_profile.png",
            "q_matrix.csv", "q_matrix.png", "mask_gallery.png", "predictions.csv", REPORT,
-           *CALIBRATION_OUTPUTS)
+           *CALIBRATION_OUTPUTS, *ATTACK_OUTPUTS)
 GENERALIZATION_METRICS = (  # column, header, percent
     ("test_acc", "test acc (%)", True), ("train_acc", "clean train acc (%)", True),
     ("gap_acc", "acc gap train-test (pp)", True), ("gap_loss", "loss gap test-train", False),
@@ -75,6 +77,8 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
     runs_section(ctx)
     predictions_section(ctx)
     robustness_section(ctx)
+    overstatement_section(ctx)
+    diagnostics_section(ctx)
     generalization_section(ctx)
     calibration_section(ctx)
     corruptions_section(ctx)
