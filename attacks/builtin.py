@@ -49,7 +49,7 @@ def _describer(head: str):
 
 
 register_attack("fgsm", _fgsm, kind="single-step", norms=("linf",), evaluation="FGSM",
-                describe=lambda settings, eps, seed: "")
+                defaults={}, describe=lambda settings, eps, seed: "")
 register_attack("pgd", _pgd, kind="iterative", evaluation="PGD",
                 defaults=dataclasses.asdict(PGDSettings()), describe=_describe_pgd)
 for _name, _perturb, _kind, _label in (

@@ -74,17 +74,18 @@ class Attack:
     kind: str = "iterative"                 # KINDS: what the diagnostics compare it with
     norms: tuple[str, ...] = NORMS
     stages: tuple[str, ...] = ()            # an ensemble: registered attacks in turn
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] | None = None   # None: takes any settings as given
     evaluation: str = ""                    # robustness.csv's name for what stands behind
     strength: int = 2                       # ranks evaluations: 1 single-step .. 4 AutoAttack
     describe: Callable[[Mapping[str, Any], Eps, int], str] | None = None
     checks: bool = False                    # run AutoAttack's own checks first
 
     def settings(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The defaults updated by ``overrides``; an unknown setting is a ConfigError."""
-        values = dict(self.defaults)
-        unknown = sorted(set(overrides or {}) - set(values)) if values else []
-        if unknown and not self.name.startswith("torchattacks:"):
+        """The defaults updated by ``overrides``; where the attack declares its settings
+        (``defaults`` not None), an unknown one is a ConfigError."""
+        values = dict(self.defaults or {})
+        unknown = sorted(set(overrides or {}) - set(values))
+        if unknown and self.defaults is not None:
             raise ConfigError("attacks", f"{self.name} has no setting "
                               f"{', '.join(unknown)}; it has {', '.join(values) or 'none'}")
         values.update(overrides or {})
@@ -113,7 +114,9 @@ def register_attack(name: str, perturb: Perturb | None = None, *, kind: str = "i
 
     ``kind`` is one of single-step, iterative, gradient-free (an ensemble's is
     "ensemble"); the diagnostics expect an iterative attack to break whatever a
-    single-step one broke. A name taken is a ValueError unless ``replace``.
+    single-step one broke. ``defaults`` declares the settings and their defaults (then
+    another setting is refused); None passes any settings through. A name taken is a
+    ValueError unless ``replace``.
     """
     if not isinstance(name, str) or not name or "," in name or "=" in name:
         raise ConfigError("name", f"must be a non-empty text without ',' or '=', got {name!r}")
@@ -132,8 +135,9 @@ def register_attack(name: str, perturb: Perturb | None = None, *, kind: str = "i
         raise ConfigError("norms", f"must be a non-empty tuple of {', '.join(NORMS)}")
     if strength is None:
         strength = {"single-step": 1, "iterative": 2, "gradient-free": 2, "ensemble": 3}[kind]
-    attack = Attack(name, perturb, kind, tuple(norms), tuple(stages), dict(defaults or {}),
-                    evaluation, strength, describe, checks)
+    attack = Attack(name, perturb, kind, tuple(norms), tuple(stages),
+                    None if defaults is None else dict(defaults), evaluation, strength,
+                    describe, checks)
     _REGISTRY[name] = attack
     return attack
 

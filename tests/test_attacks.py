@@ -456,3 +456,49 @@ def test_unfinished_missing_or_code_carrying_runs_are_refused(mixup_run, tmp_pat
     code, err = attack(evil)
     assert code == 2 and "not a readable safetensors" in err and len(err.splitlines()) == 1
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------- torchattacks
+
+
+def test_a_torchattacks_attack_runs_through_the_registry_with_the_same_guards():
+    """torchattacks' FGSM, through the adapter, breaks exactly the examples robustmix's own
+    FGSM breaks (the same formula); CW, which has no budget, is projected into the ball."""
+    pytest.importorskip("torchattacks")
+    model = two_conv_cnn()
+    x, _ = tiny_data(32)
+    y = correct_labels(model, x)
+    config = AttackConfig(attacks=("fgsm", "torchattacks:FGSM", "torchattacks:CW"),
+                          eps=tuple(parse_eps("0.02,0.05")),
+                          options={"torchattacks:CW": {"steps": 20}})
+    result = robustness(model, x, y, config)
+    for eps in config.eps:
+        assert torch.equal(result.robust[("fgsm", eps)], result.robust[("torchattacks:FGSM", eps)])
+    rows = {(r.attack, r.eps.text): r for r in result.rows}
+    assert "projected onto the ε-ball" in rows[("torchattacks:CW", "0.05")].settings
+    assert rows[("torchattacks:FGSM", "0.02")].evaluation == "torchattacks FGSM"
+
+
+def test_torchattacks_settings_and_names_are_checked():
+    pytest.importorskip("torchattacks")
+    with pytest.raises(ConfigError, match="torchattacks has no attack 'Nope'"):
+        AttackConfig(attacks=("torchattacks:Nope",)).validate()
+    with pytest.raises(ConfigError, match="torchattacks:CW has no setting cc; it has c, "):
+        AttackConfig(attacks=("torchattacks:CW",), norm="l2",
+                     options={"torchattacks:CW": {"cc": 1}}).validate()
+    with pytest.raises(ConfigError, match="torchattacks:PGDL2 is an L2 attack"):
+        AttackConfig(attacks=("torchattacks:PGDL2",)).validate()
+
+
+def test_a_missing_torchattacks_is_one_line_naming_the_install(mixup_run, monkeypatch, capsys):
+    import sys
+
+    from attacks import registry
+    from robustmix.app.cli import main
+
+    monkeypatch.setitem(sys.modules, "torchattacks", None)   # as if not installed
+    monkeypatch.delitem(registry._REGISTRY, "torchattacks:CW", raising=False)
+    code = main(["attack", "--run", str(mixup_run), "--attacks", "torchattacks:CW"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "pip install 'robustmix[torchattacks]'" in err
