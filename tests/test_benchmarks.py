@@ -90,6 +90,7 @@ def test_timm_style_mix_labels_match_the_pixels_taken(mix):
 
 
 def test_bench_attack_counts_passes_of_both_ways():
+    pytest.importorskip("torchattacks", reason="compares with plain torchattacks, an extra")
     steps, eps = 2, "2/255,8/255"
     result = bench_attack.run(epochs=1, eps=eps, pgd_steps=steps, batch_size=64,
                               n_examples=40, raw_repeats=2, device="cpu")
