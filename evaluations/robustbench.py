@@ -116,7 +116,7 @@ def model_info(name: str, config: Mapping[str, Any], rows: Sequence[Mapping[str,
     footnote = (f"robustmix run {name}: {evaluation} on {row['n_examples']} test examples"
                 f"{checks}." if standard else f"robustmix run {name}: no standard "
                 f"AutoAttack, so no autoattack_acc (attacks run: {', '.join(attacks) or 'none'}"
-                "; see its robustness.csv).")
+                f"; see its {runs.ROBUSTNESS}).")
     return {
         "link": "", "name": f"{name}: {architecture(arch)} trained with {method} (robustmix)",
         "authors": "", "additional_data": False, "number_forward_passes": 1,
