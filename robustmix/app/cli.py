@@ -445,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (module := sys.modules.get("robustmix.core.distributed")) is not None:
             module.leave()
         if before is not None:   # a caller in this process (a test) keeps its own count
-            sys.modules["torch"].set_num_threads(before)
+            sys.modules["robustmix.core.threads"].set_count(before)
 
 
 if __name__ == "__main__":

@@ -166,5 +166,14 @@ def apply(choice: Choice) -> int:
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(choice.threads)
+    set_count(choice.threads)
     return before
+
+
+def set_count(threads: int) -> None:
+    """torch.set_num_threads, skipped when it would change nothing (it rebuilds torch's
+    thread pools, which need not happen in a torchrun rank at exit)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
