@@ -28,16 +28,19 @@ TOOK = re.compile(r"\((\d+\.\d+) s\)$")
 POOLED = re.compile(r"^\[\d+/\d+\] (\w+) \S+: .*\((\d+\.\d+) s; elapsed ")
 
 
-def run(out: Path, extra: list[str] | None = None) -> dict:
-    """Run the study into ``out`` and return the total and per-kind seconds."""
+def run(out: Path, extra: list[str] | None = None, env: dict[str, str] | None = None) -> dict:
+    """Run the study into ``out`` (in environment ``env``, default this one) and return the
+    total and per-kind seconds, and the line that says its torch threads."""
     before = load_average()
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "robustmix", "study", "--quiet",
                              "--out", str(out), *(extra or [])],
-                            capture_output=True, text=True, check=True)
+                            capture_output=True, text=True, check=True, env=env)
     total = time.perf_counter() - start
+    threads = next((line for line in result.stdout.splitlines()
+                    if line.startswith("robustmix: ") and " torch thread" in line), None)
     return {"total_s": total, "per_kind_s": per_kind(result.stdout), "load_before": before,
-            "load_after": load_average()}
+            "load_after": load_average(), "threads": threads}
 
 
 def per_kind(stdout: str) -> dict[str, float]:

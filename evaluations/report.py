@@ -32,6 +32,7 @@ from evaluations.regularizer import DEFINITION as Q_DEFINITION
 from evaluations.report_attacks import OUTPUTS as ATTACK_OUTPUTS
 from evaluations.report_attacks import diagnostics_section, overstatement_section
 from evaluations.report_calibration import OUTPUTS as CALIBRATION_OUTPUTS
+from evaluations.robustbench import robustbench_section
 from evaluations.report_calibration import (calibration_section, corruptions_section,
                                             summary_section)
 from attacks.eps import parse_eps
@@ -85,6 +86,7 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
     profile_section(ctx)
     q_section(ctx)
     gallery_section(ctx)
+    robustbench_section(ctx)   # OUT/robustbench/<run>.json, its own stale files removed
     return _finish(ctx)
 
 

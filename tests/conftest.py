@@ -13,12 +13,19 @@ import shutil
 import tempfile
 
 import pytest
+import torch
 
 from attacks.runner import ROBUSTNESS
 from helpers import one_thread
 from kill_harness import (ATTACK, FIRST_ATTACK, THREAD_VARIABLES, TRAIN, TRAIN_WRITES,
                           Commands, rows_without_wall_clock)
 from robustmix.core import runs
+
+# The suite's results must not depend on how busy the machine is while it runs: commands
+# run here (in this process and in the ones it starts) take this process's torch thread
+# count as the user's choice, not the automatic one (robustmix.core.threads; the tests of
+# that policy clear this variable). helpers.one_thread sets it to 1 for its block.
+os.environ.setdefault("ROBUSTMIX_THREADS", str(torch.get_num_threads()))
 
 # The image-folder check caches its results (robustmix.data.image_check): in a folder of
 # this session, never in the user's cache. Commands the tests start inherit it.

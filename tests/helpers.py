@@ -4,6 +4,7 @@ conftest.py, the forked-command kill harness in kill_harness.py)."""
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch import nn
@@ -37,13 +38,19 @@ def assert_one_line_error(code, err, *fragments):
 def one_thread():
     """One intra-op torch thread in this process (as the forked and torchrun commands use:
     with another count, kernels may split their sums differently and results differ in
-    the last bits)."""
-    threads = torch.get_num_threads()
+    the last bits). A robustmix command run in the block takes 1 thread too
+    (``ROBUSTMIX_THREADS``)."""
+    threads, chosen = torch.get_num_threads(), os.environ.get("ROBUSTMIX_THREADS")
     torch.set_num_threads(1)
+    os.environ["ROBUSTMIX_THREADS"] = "1"
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+        if chosen is None:
+            os.environ.pop("ROBUSTMIX_THREADS", None)
+        else:
+            os.environ["ROBUSTMIX_THREADS"] = chosen
 
 
 # ---------------------------------------------------------------------------- small models

@@ -44,7 +44,8 @@ WALL_CLOCK = {"seconds", "images_per_s"}
 # evaluate, report). Its paths differ between the study directories compared, so the
 # columns that hold them are left out of the comparison with the wall-clock ones.
 PATHS = {"run", "path"}
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+THREAD_VARIABLES = ("ROBUSTMIX_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "OPENBLAS_NUM_THREADS")
 TEMPORARY = re.compile(r"\..+\.\d+@[0-9a-f]{8}\.[^./]+\.tmp")
 PRELOAD = ["torch", "torch._dynamo", "numpy", "sklearn.datasets", "sklearn.model_selection",
            "tqdm.auto", "safetensors.torch", "robustmix.app.cli", "robustmix.training.trainer",

@@ -6,6 +6,7 @@ mix of the baseline pipeline forms the labels its images imply.
 """
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import (bench_attack, bench_corruptions, bench_mixing,  # noqa: E402
-                        bench_puzzlemix, bench_study, bench_train)
+                        bench_puzzlemix, bench_shared, bench_study, bench_train)
 from benchmarks.common import format_machine, summarize_us  # noqa: E402
 from helpers import mini_study  # noqa: E402
 from robustmix.mixing import DATA_FREE_MIX_NAMES  # noqa: E402
@@ -90,6 +91,7 @@ def test_timm_style_mix_labels_match_the_pixels_taken(mix):
 
 
 def test_bench_attack_counts_passes_of_both_ways():
+    pytest.importorskip("torchattacks", reason="compares with plain torchattacks, an extra")
     steps, eps = 2, "2/255,8/255"
     result = bench_attack.run(epochs=1, eps=eps, pgd_steps=steps, batch_size=64,
                               n_examples=40, raw_repeats=2, device="cpu")
@@ -162,3 +164,25 @@ def test_bench_corruptions_times_both_steps(tmp_path):
     assert positive(result["seconds"]["evaluate"]) and positive(result["seconds"]["corruptions"])
     assert result["ratio"] == pytest.approx(
         result["seconds"]["corruptions"] / result["seconds"]["evaluate"])
+
+
+@pytest.mark.slow
+def test_bench_shared_times_the_study_beside_its_own_neighbour_and_stops_it(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(mini_study(
+        tmp_path / "unused", methods=["vanilla"],
+        train={"epochs": 1, "image_size": 8, "batch_size": 128},
+        attack={"eps": "16/255", "pgd_steps": 1, "n_examples": 8, "autoattack_eps": "16/255",
+                "autoattack_examples": 4}, evaluate={"n_examples": 8, "q_draws": 4}))
+    result = bench_shared.run(tmp_path, ["--config", str(config), "--seeds", "0,1"])
+    check_machine(result["machine"])
+    for name in ("busy", "quiet"):
+        assert positive(result[name]["total_s"])
+        assert (tmp_path / name / "report.md").is_file()
+        # the automatic choice, though this test chose 1 thread for itself
+        assert result[name]["threads"].endswith("--threads N or ROBUSTMIX_THREADS=N to choose")
+    assert result["ratio"] == pytest.approx(result["busy"]["total_s"] / result["quiet"]["total_s"])
+    assert positive(result["neighbour_cpu_s"])   # it ran, and was reaped by the benchmark
+    with pytest.raises(ProcessLookupError):
+        os.kill(result["neighbour_pid"], 0)
+    assert "busy / quiet" in bench_shared.format_results(result, [])

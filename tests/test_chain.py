@@ -33,13 +33,15 @@ def test_train_attack_evaluate_report_chain_without_paths(capsys, tmp_path, monk
     code, out, err = run_cli(capsys, "attack", "--eps", "8/255", "--attacks", "fgsm,pgd",
                              "--pgd-steps", "2", "--n-examples", "40", "--quiet")
     assert code == 0, err
-    first = out.splitlines()[0]
+    threads, first = out.splitlines()[:2]   # the torch threads it chose, then the runs
+    assert threads.startswith("robustmix: ") and " torch thread" in threads
     assert first.startswith("robustmix attack: 2 finished runs under runs/: "
                             "digits-smallcnn-cutmix-s0, digits-smallcnn-mixup-s0"), first
     assert "skipped 1 unfinished (killed" in first
     assert not (tmp_path / "runs" / "killed" / "robustness.csv").exists()
     code, out, err = run_cli(capsys, "evaluate", "--n-examples", "16", "--q-draws", "16")
-    assert code == 0 and out.startswith("robustmix evaluate: 2 finished runs"), err
+    assert code == 0 and out.splitlines()[1].startswith("robustmix evaluate: 2 finished runs"), \
+        err
     code, out, err = run_cli(capsys, "report")
     assert code == 0, err
     assert f"wrote {'report/report.md'}" in out and "main plot report/" in out

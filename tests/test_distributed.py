@@ -41,8 +41,8 @@ ATTACK = ["attack", "--quiet", "--attacks", "fgsm,pgd", "--eps", "8/255,32/255",
           "--pgd-steps", "3", "--n-examples", "61", "--batch-size", "1"]
 ACCURACY_COLUMNS = ("attack", "settings", "norm", "eps", "n_examples", "n_attacked",
                     "clean_acc", "robust_acc", "checks")
-ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                     "OPENBLAS_NUM_THREADS")}
+ONE_THREAD = {name: "1" for name in ("ROBUSTMIX_THREADS", "OMP_NUM_THREADS",
+                                     "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
 
 def torchrun(nproc: int, *argv, timeout: float = 300, **popen) -> subprocess.CompletedProcess:

@@ -117,7 +117,7 @@ def test_sigterm_ends_every_worker_and_the_rerun_finishes(inline, tmp_path):
     config = write_config(tmp_path, out)
     command = [sys.executable, "-m", "robustmix", "study", "--config", str(config),
                "--jobs", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}   # two workers, one thread each
+    env = {**os.environ, "ROBUSTMIX_THREADS": "2"}   # two workers, one thread each
     parent = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     deadline = time.monotonic() + 120

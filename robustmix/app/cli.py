@@ -6,6 +6,7 @@ What each command does is in :mod:`robustmix.app.commands`, loaded when one runs
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -49,6 +50,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    """--threads, on every command that computes (robustmix.core.threads has the policy)."""
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="torch's intra-op threads (default: ROBUSTMIX_THREADS, else "
+                        "OMP_NUM_THREADS, else the cores not busy with other work at start)")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one model under one MSDA into a run directory",
                        description="Train one image classifier under one mixed-sample data "
@@ -57,6 +65,7 @@ def _add_train(sub) -> None:
     _add_train_data(p)
     _add_train_recipe(p)
     _add_train_device_and_output(p)
+    _add_threads(p)
     p.set_defaults(handler=_command("train"), parser=p)
 
 
@@ -215,6 +224,7 @@ def _add_attack(sub) -> None:
                    help="the attack-failure checks after the sweep, RUN_DIR/diagnostics.csv "
                         "(with several runs, each also checked by transfer from the next)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_threads(p)
     p.set_defaults(handler=_command("attack"), parser=p)
 
 
@@ -240,6 +250,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--corruption-examples", type=_positive_int, default=None,
                    help="a fixed subset of the test set for the corruptions (default: all)")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
+    _add_threads(p)
     p.set_defaults(handler=_command("evaluate"), parser=p)
 
 
@@ -274,6 +285,7 @@ def _add_study(sub) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is done")
     p.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    _add_threads(p)
     _add_study_fan_out(p)
     p.set_defaults(handler=_command("study"), parser=p)
 
@@ -396,10 +408,33 @@ def _in_flags(err: UsageError, parser: argparse.ArgumentParser) -> str:
     return f"{flag} {err.problem}" if flag in flags else str(err)
 
 
+def _computes(args: argparse.Namespace) -> bool:
+    """Whether the command computes with torch (so its thread count matters): a command
+    with --threads, except a study that only prints its settings or its plan."""
+    return hasattr(args, "threads") and not (getattr(args, "print_config", False)
+                                             or getattr(args, "dry_run", False))
+
+
+def _choose_threads(args: argparse.Namespace) -> int | None:
+    """Set torch's threads as robustmix.core.threads decides, say so once (on rank 0 under
+    torchrun); returns the count torch had before, None when nothing was set."""
+    if not _computes(args):
+        return None
+    # here, not at the top: the policy imports torch only when a command computes
+    from robustmix.core import threads
+
+    choice = threads.decide(args.threads)
+    if os.environ.get("RANK", "0") == "0":
+        print(choice.line(), flush=True)
+    return threads.apply(choice)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    before = None
     try:
+        before = _choose_threads(args)
         return args.handler(args)
     except UsageError as err:
         distributed = sys.modules.get("robustmix.core.distributed")  # loaded by a command only
@@ -415,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if (module := sys.modules.get("robustmix.core.distributed")) is not None:
             module.leave()
+        if before is not None:   # a caller in this process (a test) keeps its own count
+            sys.modules["robustmix.core.threads"].set_count(before)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _resume_train(args: argparse.Namespace) -> TrainResult | None:
     """``train --resume RUN_DIR``: the run's own settings; None when it is complete."""
-    given = _explicit_options(args, ignore={"resume", "quiet"})
+    given = _explicit_options(args, ignore={"resume", "quiet", "threads"})
     if given:
         raise UsageError(f"--resume takes every setting from {args.resume}/config.json; "
                          f"drop {', '.join(given)}")

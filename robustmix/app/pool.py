@@ -16,7 +16,8 @@ Where a run computes: on CUDA each worker sees one GPU only (``CUDA_VISIBLE_DEVI
 set before CUDA starts), so a run's own settings (device ``auto`` or ``cuda``) are those
 of the inline study and a rerun with other ``--jobs`` continues the same runs. Every
 worker runs torch with ``threads`` intra-op threads (default: the parent's thread count,
-which is the cores or ``OMP_NUM_THREADS``, divided by the workers), recorded in each run's
+which the command chose from ``--threads``, the environment or the free cores
+(:mod:`robustmix.core.threads`), divided by the workers), recorded in each run's
 config.json; on the CPU a run's weights depend on it, and with the same threads per run
 the pool writes byte for byte the files of the inline study (tested).
 """

@@ -17,7 +17,6 @@ and only when a study is submitted.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ import torch
 
 from robustmix.app import pool, study
 from robustmix.app.study_config import StudyConfig
-from robustmix.core import runs
+from robustmix.core import extras, runs
 from robustmix.core.errors import UsageError
 
 JOBS_FILE = "slurm-jobs.json"
@@ -97,11 +96,7 @@ def parse_extra(items: list[str]) -> dict[str, str]:
 
 def require_submitit():
     """The submitit module, or a one-line UsageError saying how to install it."""
-    try:
-        return importlib.import_module("submitit")
-    except ImportError:
-        raise UsageError("--executor needs submitit, an optional extra: pip install "
-                         "'robustmix[slurm]'") from None
+    return extras.require("submitit", "slurm", needed_by="--executor")
 
 
 class RunJob:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from robustmix.core import extras
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.models.preactresnet import preactresnet
 from robustmix.models.resnet_cifar import ResNetCifar
@@ -157,11 +158,8 @@ def _resnet50(*, num_classes: int, in_channels: int) -> nn.Module:
 
 def _timm(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
     """A timm model by name, randomly initialized: timm never downloads weights here."""
-    try:
-        import timm  # optional (pip install 'robustmix[timm]'); a second or two to import
-    except ImportError:
-        raise UsageError(f"arch timm:{name} needs the timm package: "
-                         "pip install 'robustmix[timm]'") from None
+    # here, not at the top: optional, and a second or two to import
+    timm = extras.require("timm", "timm", needed_by=f"arch timm:{name}")
     if not timm.is_model(name):
         raise UsageError(f"unknown timm model {name!r} (timm.list_models() lists them)")
     return timm.create_model(name, pretrained=False, num_classes=num_classes,

@@ -92,15 +92,30 @@ def write_config(out: Path, config: TrainConfig, spec: dict[str, Any], device: t
 
 def read_checkpoint(out: Path, config: TrainConfig, model, optimizer,
                     rng: np.random.Generator):
-    """On rank 0: load the checkpoint into the run; its state, the earlier metrics and the
-    world size it was started with, or None when there is no checkpoint."""
+    """On rank 0: load the checkpoint into the run; its state, the earlier metrics, and the
+    world size and torch threads it was started with (None where config.json does not
+    say), or None when there is no checkpoint."""
     path = out / runs.CHECKPOINT
     if not path.exists():
         return None
     state = runs.load_checkpoint(path)
     epoch = restore_state(state, path, config, model, optimizer, rng)
+    started = runs.read_config(out)
     return (state, runs.read_metrics(out / runs.METRICS, epochs=epoch),
-            runs.read_config(out).get("world_size", 1))
+            started.get("world_size", 1), started.get("threads"))
+
+
+def threads_note(out: Path, started_with: int | None, device: torch.device) -> str | None:
+    """A note when a CPU run resumes on another torch thread count than it started with
+    (its sums then split differently, so its weights leave an uninterrupted run's bits);
+    None when they agree, when config.json does not say, or on a GPU."""
+    now = torch.get_num_threads()
+    if started_with is None or started_with == now or device.type != "cpu":
+        return None
+    return (f"robustmix train: note: {out} was started with {started_with} torch thread(s) "
+            f"and resumes with {now}; it continues, but its weights will differ in the last "
+            f"bits from an uninterrupted run's (resume with --threads {started_with} or "
+            f"ROBUSTMIX_THREADS={started_with} to continue it exactly)")
 
 
 def restore_state(state: dict[str, Any], path: Path, config: TrainConfig, model, optimizer,

@@ -172,7 +172,7 @@ class Trainer:
             if self.board is not None:
                 self.board.masks(self.config, self.data.height, self.data.width)
             return
-        state, self.metrics, started_with = restored
+        state, self.metrics, started_with, threads = restored
         self.start_epoch = state["epoch"]
         if not self.place.is_main:
             run_files.restore_state(state, self.checkpoint_path, self.config, self.model,
@@ -182,6 +182,10 @@ class Trainer:
                   f"processes and resumes with {self.place.world}; it continues, but each "
                   "rank's mixing draws and batch-norm slices differ from an uninterrupted "
                   "run's")
+        if self.place.is_main:
+            note = run_files.threads_note(self.out, threads, self.device)
+            if note:
+                print(note)
 
     def prepare_step(self) -> None:
         """What each step calls; after :meth:`restore`, since DistributedDataParallel starts
