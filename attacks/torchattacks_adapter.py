@@ -20,7 +20,6 @@ torchattacks never imports requests).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Mapping
 
@@ -30,7 +29,8 @@ from torch import Tensor, nn
 from attacks.eps import Eps
 from attacks.gradient import project
 from attacks.registry import Attack, register_attack
-from robustmix.core.errors import ConfigError, UsageError
+from robustmix.core.errors import ConfigError
+from robustmix.core.extras import require
 
 PREFIX = "torchattacks:"
 L2_ONLY = {"EADL1", "EADEN"}
@@ -40,12 +40,7 @@ FILLED = {"self", "model", "eps", "norm", "seed", "n_classes"}   # set by the ad
 
 
 def _module():
-    try:
-        return importlib.import_module("torchattacks")
-    except ImportError:
-        raise UsageError("torchattacks:NAME needs torchattacks: pip install "
-                         "'robustmix[torchattacks]' (or pip install --no-deps torchattacks)"
-                         ) from None
+    return require("torchattacks", "torchattacks", needed_by="--attacks torchattacks:NAME")
 
 
 def adapter(name: str) -> Attack:
