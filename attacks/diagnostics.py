@@ -76,6 +76,7 @@ class DiagnosticSettings:
     noise_sample: int = 32     # noise: standing examples tried per ε
     noise_draws: int = 64      # noise: random points per example
     transfer_steps: int = 20   # transfer: PGD steps on the other model
+    square: bool = True        # Square (gradient-free) where the checks suspect masking
 
 
 @dataclass(frozen=True)

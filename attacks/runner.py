@@ -24,7 +24,7 @@ from attacks import table, worst_case
 from attacks.eps import Eps, parse_eps  # noqa: F401 (parse_eps: kept for callers)
 from attacks.guards import AttackError, check_adversarial, model_checks  # noqa: F401
 from attacks.registry import get, registered
-from attacks.sweep import (WORST, AttackConfig, Result, Row, robustness,  # noqa: F401
+from attacks.sweep import (WORST, AttackConfig, ByEps, Result, Row, robustness,  # noqa: F401
                            worst_label)
 from robustmix.core import distributed, runs
 from robustmix.core.config import TrainConfig
@@ -112,7 +112,14 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     def write() -> None:
         probe = diag.Probe(subset.model, subset.x, subset.y, subset.indices, config,
                            subset.n_classes, device) if checks is not None else None
-        final["rows"] = store(run.path, config, result, old, probe, checks)
+        rows, merged = _store(run.path, config, result, old, probe, checks)
+        masked = masked_eps(rows)
+        if probe is not None and checks.square and masked and \
+                not {"square", "autoattack"} & set(config.attacks):
+            extra, merged = square_where_masked(run.path, probe, masked, checks, merged,
+                                                echo=print if progress else None)
+            rows = _refreshed([r for r in rows if r.attack != WORST], merged) + extra
+        final["rows"] = rows
         runs.remove_stale_temporaries(state_dir)
         if state_dir.is_dir() and not any(state_dir.iterdir()):
             state_dir.rmdir()
@@ -143,6 +150,13 @@ def store(run_dir: Path, config: AttackConfig, result: Result, old: list[dict],
     separate command is part of them; returns this call's rows with those worst cases
     and their diagnostics.
     """
+    return _store(run_dir, config, result, old, probe, settings)[0]
+
+
+def _store(run_dir: Path, config: AttackConfig, result: Result, old: list[dict],
+           probe: diag.Probe | None, settings: DiagnosticSettings | None
+           ) -> tuple[list[Row], list[dict]]:
+    """:func:`store`, and the rows of robustness.csv as written."""
     run, norm, n = runs.RunDir(run_dir), config.norm, result.clean.numel()
     attacked = [row for row in result.rows if row.attack != WORST]
     examples = worst_case.record(
@@ -158,9 +172,50 @@ def store(run_dir: Path, config: AttackConfig, result: Result, old: list[dict],
                          row["norm"] == norm and row["n_examples"] == str(n))
     merged = _with_diagnostics(run, merged, norm, n)
     table.write(run.robustness_path, merged)
+    return _refreshed(rows, merged, str(run_dir), norm), merged
+
+
+def _refreshed(rows: list[Row], merged: list[dict], run: str = "", norm: str = "") -> list[Row]:
+    """``rows`` with the diagnostics column as robustness.csv (``merged``) now holds it."""
     by_key = {table.row_key(r): r["diagnostics"] for r in merged}
-    return [dataclasses.replace(row, diagnostics=by_key.get(table.row_key(csv), ""))
-            for row, csv in zip(rows, csv_rows)]
+    norm = norm or (merged[0]["norm"] if merged else "linf")
+    return [dataclasses.replace(row, diagnostics=by_key.get(
+        table.row_key(table.as_csv(row, run, norm)), row.diagnostics)) for row in rows]
+
+
+def masked_eps(rows: list[Row]) -> list[Eps]:
+    """The ε where the worst case failed a check that points at masked gradients."""
+    return [row.eps for row in rows if row.attack == WORST and
+            set(row.diagnostics.removeprefix("failed: ").split(",")) & set(diag.MASKING)]
+
+
+def square_where_masked(run_dir: Path, probe: diag.Probe, grid: list[Eps],
+                        settings: DiagnosticSettings, old: list[dict], echo=None
+                        ) -> tuple[list[Row], list[dict]]:
+    """Square, the gradient-free attack, at each ε of ``grid`` on the examples every other
+    attack left standing there; its rows join the worst case and the diagnostics run
+    again. Returns its rows with the new worst cases, and robustness.csv's rows."""
+    run = runs.RunDir(run_dir)
+    n = probe.indices.numel()
+    examples = worst_case.read(run.robustness_examples_path)
+    outcomes = diag.Outcomes.from_rows(examples, probe.config.norm, n)
+    config = dataclasses.replace(probe.config, attacks=("square",), options={})
+    rows, robust = [], {}
+    for eps in grid:
+        chosen = outcomes.worst(eps)
+        if echo is not None:
+            echo(f"{run.path}: the diagnostics suspect masked gradients at ε = {eps.text}: "
+                 f"Square on the {int(chosen.sum())} examples still standing")
+        standing = probe.attack("square", eps, chosen, harder=False)
+        flags = torch.zeros(n, dtype=torch.bool)
+        flags[chosen.nonzero().squeeze(1)] = standing
+        robust[("square", eps)] = flags
+        rows.append(Row("square", eps, config.settings("square", eps) + ";on the examples "
+                        "every other attack left standing", n, int(chosen.sum()),
+                        outcomes.clean.float().mean().item(), flags.float().mean().item(),
+                        0.0, 0, 0, [], get("square").label))
+    result = Result(rows, outcomes.clean, ByEps(robust))
+    return _store(run.path, config, result, old, probe, settings)
 
 
 def _worst_rows(examples: list[dict], norm: str, n: int, old: list[dict],
@@ -261,7 +316,6 @@ def merge_results(parts: Sequence[Result]) -> Result:
     add up, seconds are the slowest rank's, and checks are the union.
     """
     from attacks.guards import check_rows
-    from attacks.sweep import ByEps
 
     world = len(parts)
     n = sum(part.clean.numel() for part in parts)

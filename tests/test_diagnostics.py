@@ -173,3 +173,28 @@ def test_the_attack_command_writes_every_check_and_transfer_adds_its_own(tmp_pat
             assert set(column["worst-case"].removeprefix("failed: ").split(",")) == failed
         else:
             assert column["worst-case"] == "passed"
+
+
+@pytest.mark.slow
+def test_square_runs_where_the_diagnostics_suspect_masked_gradients(tmp_path, monkeypatch):
+    """A run whose model hides behind a step function: the gradient attacks find little,
+    the diagnostics flag zero gradients, and Square (gradient-free) then attacks the
+    examples still standing; its breaks lower the worst case, and the flag stays."""
+    from attacks import attack_run, runner
+    from robustmix.app.cli import main
+    from robustmix.models.weights import load_model
+
+    out = tmp_path / "run"
+    assert main(["train", "--quiet", "--epochs", "2", "--image-size", "8",
+                 "--out", str(out)]) == 0
+    monkeypatch.setattr(runner, "load_model",
+                        lambda path: nn.Sequential(RoundInput(), load_model(path)).eval())
+    config = AttackConfig(attacks=("fgsm", "pgd"), eps=tuple(parse_eps("24/255")),
+                          batch_size=64)
+    rows = attack_run(out, config, n_examples=16,
+                      diagnostics=DiagnosticSettings(sample=2, noise_sample=4, noise_draws=4))
+    by = {r.attack: r for r in rows}
+    assert "zero-gradients" in by["worst-case"].diagnostics
+    assert by["square"].n_attacked == round(by["pgd"].robust_acc * 16)
+    assert by["worst-case"].robust_acc < by["pgd"].robust_acc, "Square broke some"
+    assert by["square"].settings.endswith("on the examples every other attack left standing")

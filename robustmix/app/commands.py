@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
 from attacks import (AttackConfig, DiagnosticSettings, PGDSettings, parse_attacks, parse_eps,
                      transfer_run)
-from attacks.runner import attack_run, format_table
+from attacks.plan import clock, estimate
+from attacks.runner import attack_run, format_table, load_subset
 from robustmix.app import listing
 from robustmix.app.masks import write_kernel
 from robustmix.core import distributed, runs
@@ -161,18 +163,36 @@ def attack_config(args: argparse.Namespace) -> AttackConfig:
     return config
 
 
+def _plan(run_dirs: list[str], config: AttackConfig, args: argparse.Namespace,
+          device) -> dict[str, float]:
+    """Before any work: what each run will meet, and a bound on its time (printed)."""
+    bounds = {}
+    for run in run_dirs:
+        subset = load_subset(run, device, args.n_examples, args.data_dir,
+                             args.skip_bad_images, echo=None)
+        found = estimate(subset.model, subset.x, subset.y, config, subset.n_classes, device)
+        bounds[run] = found.seconds
+        _say("robustmix attack: " + found.line(run, config, subset.indices.numel()))
+    return bounds
+
+
 def _run_attack(args: argparse.Namespace) -> int:
     config = attack_config(args)
     place = distributed.current()
     device = distributed.device_for(resolve_device(args.device), place)
     run_dirs = _run_dirs(args, "attack")
     checks = DiagnosticSettings() if args.diagnostics else None  # the flag's default: on
+    bounds = _plan(run_dirs, config, args, device)
     for run in run_dirs:
+        started = time.perf_counter()
         rows = attack_run(run, config, device=device, n_examples=args.n_examples,
                           data_dir=args.data_dir, progress=not args.quiet,
                           skip_bad_images=args.skip_bad_images, diagnostics=checks)
         _say(format_table(run, rows))
-        _say(f"robustmix attack: wrote {run}/robustness.csv")
+        sweep = sum(row.seconds for row in rows)
+        _say(f"robustmix attack: wrote {run}/robustness.csv: the attacks took {clock(sweep)} "
+             f"(estimated: at most {clock(bounds[run])}), everything "
+             f"{clock(time.perf_counter() - started)}")
     if checks is not None and len(run_dirs) > 1 and not place.active:
         for run, source in zip(run_dirs, run_dirs[1:] + run_dirs[:1]):
             found = transfer_run(run, source, config, device=device,

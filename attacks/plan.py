@@ -1,0 +1,114 @@
+"""What an attack command will do, said before it does it, with a bound on its time.
+
+The bound: one forward and backward pass over a batch of the run's own examples, timed
+(seconds per example), times each attack's known passes per example at one ε, times the
+examples, at every ε, as if every example stood at every ε. The sweep does not attack an
+example again once broken at a smaller ε, so a command usually takes less; the command
+prints the time it took beside the bound. Passes per example and ε:
+
+| attack | passes |
+|---|---|
+| fgsm | 1 |
+| pgd | steps × restarts |
+| apgd-ce | n_iter |
+| apgd-t | n_iter × targets |
+| fab-t | 2 × n_iter × targets (a step needs the logits' Jacobian rows of two classes) |
+| square | n_queries / 3 (forwards only, about a third of a forward and backward) |
+| apgd, autoattack | the sum over their stages (every example through every stage) |
+| others | the ``steps`` setting, else 1 (a guess: the line says so) |
+
+The diagnostics add the strongest attack with twice its budget on a few examples per ε,
+and forward passes only for the rest (:mod:`attacks.diagnostics`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attacks.registry import get
+from attacks.sweep import AttackConfig
+
+SQUARE_QUERIES = 5000
+
+
+def passes(name: str, settings: dict, n_classes: int) -> tuple[float, bool]:
+    """Forward-and-backward passes per example at one ε, and whether that is known."""
+    attack = get(name)
+    if attack.stages:
+        return sum(passes(stage, settings, n_classes)[0] for stage in attack.stages), True
+    targets = min(int(settings.get("targets", 9)), n_classes - 1)
+    n_iter = int(settings.get("n_iter", 100))
+    known = {"fgsm": 1, "apgd-ce": n_iter, "apgd-t": n_iter * targets,
+             "fab-t": 2 * n_iter * targets, "square": SQUARE_QUERIES / 3}
+    if name == "pgd":
+        return float(settings["steps"] * settings["restarts"]), True
+    if name in known:
+        return float(known[name]), True
+    return float(settings.get("steps", 1)), "steps" in settings
+
+
+def seconds_per_pass(model: nn.Module, x: Tensor, y: Tensor, device, batch_size: int
+                     ) -> float:
+    """Measured seconds of one forward and backward pass per example (after a warm-up)."""
+    xb = x[:batch_size].to(device).float()
+    yb = y[:batch_size].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        for timed in (False, True):
+            if device != "cpu" and torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            xg = xb.detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(xg), yb), xg)
+            if device != "cpu" and torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if timed:
+                return (time.perf_counter() - start) / xb.shape[0]
+    finally:
+        model.train(was_training)
+    return 0.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float          # the bound
+    per_pass: float         # seconds per example and pass, measured
+    passes: float           # passes per example, every attack and ε
+    guessed: tuple[str, ...]  # attacks whose passes are a guess
+
+    def line(self, run: str, config: AttackConfig, n: int) -> str:
+        grid = ",".join(e.text for e in config.eps)
+        names = ", ".join(_spelled(a, config) for a in config.attacks)
+        guess = f"; {', '.join(self.guessed)}: passes guessed" if self.guessed else ""
+        return (f"{run}: {names} on {n} examples at ε {grid} ({config.norm}): at most "
+                f"{clock(self.seconds)} ({self.passes:,.0f} passes of "
+                f"{self.per_pass * 1e3:.3g} ms per example; less as examples break){guess}")
+
+
+def _spelled(name: str, config: AttackConfig) -> str:
+    given = config.options.get(name, {})
+    return name + "".join(f",{k}={v}" for k, v in given.items())
+
+
+def estimate(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, n_classes: int,
+             device) -> Estimate:
+    """The bound on an attack command's time on (x, y) (see the module)."""
+    per_pass = seconds_per_pass(model, x, y, device, config.batch_size)
+    total, guessed = 0.0, []
+    for name in config.attacks:
+        count, known = passes(name, config.settings_for(name), n_classes)
+        total += count * len(config.eps)
+        if not known:
+            guessed.append(name)
+    return Estimate(total * per_pass * x.shape[0], per_pass, total, tuple(guessed))
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
