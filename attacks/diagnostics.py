@@ -144,6 +144,13 @@ def strongest(names) -> str:
     return max(sorted(names), key=lambda name: _kind(name)[1])
 
 
+def prober(names) -> str:
+    """The attack that attacks again (more-steps, unbounded): the strongest iterative
+    one of ``names``; PGD where only single-step or gradient-free attacks ran."""
+    iterative = [n for n in names if _kind(n)[0] in ("iterative", "ensemble")]
+    return strongest(iterative) if iterative else "pgd"
+
+
 def single_step(outcomes: Outcomes, eps: Eps) -> list[Check]:
     """Iterative attacks must break whatever a single-step attack broke, per example."""
     here = outcomes.by_eps[eps]
@@ -202,7 +209,7 @@ def _harder(name: str, options: dict, pgd_settings: PGDSettings) -> dict:
 def more_steps(probe: Probe, outcomes: Outcomes, eps: Eps, settings: DiagnosticSettings
                ) -> Check:
     """Incomplete optimization: the strongest attack, harder, on a sample of the standing."""
-    name = strongest(outcomes.by_eps[eps])
+    name = prober(outcomes.by_eps[eps])
     standing = outcomes.worst(eps)
     chosen = _sample(standing, settings.sample, probe.config.seed, eps)
     after = probe.attack(name, eps, chosen, harder=True)
@@ -270,7 +277,7 @@ def _random_points(shape, draws: int, eps: float, norm: str, rng) -> Tensor:
 def unbounded(probe: Probe, outcomes: Outcomes) -> Check:
     """Where any image is reachable the strongest attack must reach chance."""
     largest = max(outcomes.by_eps)
-    name = strongest(outcomes.by_eps[largest])
+    name = prober(outcomes.by_eps[largest])
     d = math.prod(probe.x.shape[1:])
     eps = Eps("1") if probe.config.norm == "linf" else Eps.of(float(f"{math.sqrt(d):.6g}"))
     after = probe.attack(name, eps, outcomes.worst(largest), harder=False)

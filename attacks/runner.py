@@ -184,9 +184,28 @@ def _refreshed(rows: list[Row], merged: list[dict], run: str = "", norm: str = "
 
 
 def masked_eps(rows: list[Row]) -> list[Eps]:
-    """The ε where the worst case failed a check that points at masked gradients."""
-    return [row.eps for row in rows if row.attack == WORST and
-            set(row.diagnostics.removeprefix("failed: ").split(",")) & set(diag.MASKING)]
+    """The ε where the worst case failed a check that points at masked gradients: a
+    zero or saturated gradient, or an unbounded attack short of chance; or noise or
+    transfer breaking what an iterative attack left standing (after FGSM alone, that
+    says only that FGSM is weak)."""
+    found = []
+    for row in rows:
+        if row.attack != WORST:
+            continue
+        failed = set(row.diagnostics.removeprefix("failed: ").split(","))
+        iterative = any(r.eps == row.eps and _kind(r.attack) in ("iterative", "ensemble")
+                        for r in rows if r.attack != WORST)
+        if failed & {"zero-gradients", "saturated-softmax", "unbounded"} or \
+                (iterative and failed & {"noise", "transfer"}):
+            found.append(row.eps)
+    return found
+
+
+def _kind(name: str) -> str:
+    try:
+        return get(name).kind
+    except Exception:  # a plugin that is gone
+        return "iterative"
 
 
 def square_where_masked(run_dir: Path, probe: diag.Probe, grid: list[Eps],
