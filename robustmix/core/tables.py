@@ -69,6 +69,8 @@ def _matches(value: Any, hint: Any) -> bool:
         return value is None
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, arg) for arg in args)
+    if origin is dict:
+        return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             return False
@@ -92,6 +94,8 @@ def _describe(hint: Any) -> str:
         return "null"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in args)
+    if origin is dict:
+        return "a table of names and values"
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
@@ -99,6 +103,7 @@ def _describe(hint: Any) -> str:
             else f"a list of {len(args)} values"
     return {bool: "true or false", int: "an integer", float: "a number",
             str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
 
 # ---------------------------------------------------------------------------- checked CSVs
 
