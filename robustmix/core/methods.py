@@ -50,7 +50,7 @@ class Method:
     factory: Callable[..., Any] | str   # factory(**options) -> sampler, or "module:attr"
     colour: str            # its colour in every figure
     summary: str = ""      # what its mask is, in a few words
-    data_dependent: bool = False   # masks drawn from the images (and saliency): PuzzleMix
+    data_dependent: bool = False   # masks drawn from the images (PuzzleMix): as its sampler says
     # option name -> default, checked and passed to the factory; None while a factory
     # given as a path is not imported yet (then: its keyword parameters and their defaults)
     options: Mapping[str, OptionValue] | None = field(default=None, compare=False)
@@ -107,7 +107,8 @@ def register_method(name: str, factory: Callable[..., Any] | str, *, colour: str
     it may be a callable or a ``"module:attr"`` path imported when first needed.
     ``options`` maps each option's name to its default (bool, int, float, str or None);
     a run's values are checked against the default's type and passed to the factory as
-    keywords. ``None`` takes the factory's keyword parameters and their defaults.
+    keywords. ``None`` takes the factory's keyword parameters and their defaults (for a
+    path, once it is imported).
     ``colour`` is ``"#rrggbb"``; without one the method gets one of :data:`PALETTE` by its
     name. Registering a name again with the same factory changes nothing; a built-in's name
     or another factory's is refused with :class:`ConfigError`.
@@ -140,8 +141,31 @@ def _checked_method(name, factory, colour, summary, data_dependent, options) -> 
         raise ConfigError("colour", f"must be '#rrggbb' or None, got {colour!r}")
     if not isinstance(data_dependent, bool):
         raise ConfigError("data_dependent", f"must be true or false, got {data_dependent!r}")
+    if options is None and callable(factory):
+        options = keyword_defaults(name, factory)
     return Method(name, factory, colour or palette_colour(name), str(summary), data_dependent,
                   None if options is None else checked_defaults(name, options))
+
+
+def keyword_defaults(name: str, factory: Callable[..., Any]) -> dict[str, Any]:
+    """A factory's options: its parameters, each with its default (``*args`` and
+    ``**kwargs`` are no options); a parameter without a default is refused."""
+    import inspect   # plain Python, on first need
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return {}
+    options = {}
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.default is param.empty:
+            raise ConfigError("factory", f"of {name}: its parameter '{param.name}' has no "
+                              "default (every option needs one; or register it with "
+                              "options=...)")
+        options[param.name] = param.default
+    return options
 
 
 def checked_defaults(name: str, options: Mapping[str, Any]) -> dict[str, OptionValue]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
 import os
 import sys
 from typing import Any, Callable, Mapping
@@ -70,7 +69,7 @@ def puzzlemix(*, puzzle_beta: float, puzzle_gamma: float, puzzle_eta: float,
 
 # ---------------------------------------------------------------- loading and building
 
-def make_sampler(mix: str, /, **options: Any) -> Sampler:
+def make_sampler(mix: str, /, **options: Any) -> MaskSampler | DataDependentSampler:
     """The mask sampler of an MSDA: a registered name or a factory's ``module:attr`` path.
 
     ``options`` are the method's own (``hmix_r`` for hmix); the others keep their defaults.
@@ -83,7 +82,7 @@ def make_sampler(mix: str, /, **options: Any) -> Sampler:
     return _build(method, methods.full_options(name, options))
 
 
-def sampler_of(config: MixConfig) -> Sampler:
+def sampler_of(config: MixConfig) -> MaskSampler | DataDependentSampler:
     """The sampler a run's :class:`MixConfig` describes (its method, factory and options)."""
     return _build(*_loaded(config))
 
@@ -121,14 +120,9 @@ def load_method(name: str, factory: str | None = None) -> Method:
     options = method.options if method.options is not None else _keyword_defaults(target,
                                                                                   method)
     try:
-        loaded = methods.loaded(name, target, options, method.data_dependent)
+        return methods.loaded(name, target, options, method.data_dependent)
     except ConfigError as err:
         raise _broken(method, err.problem) from None
-    if not loaded.builtin:
-        probe = _build(loaded, dict(options))
-        if is_data_dependent(probe) != loaded.data_dependent:
-            loaded = methods.loaded(name, target, options, is_data_dependent(probe))
-    return loaded
 
 
 def _broken(method: Method, problem: str) -> ConfigError:
@@ -166,20 +160,10 @@ def _attribute(module, attr: str, method: Method) -> Callable[..., Any]:
 
 
 def _keyword_defaults(factory: Callable[..., Any], method: Method) -> dict[str, Any]:
-    """A factory's options: its keyword parameters, each with its default."""
     try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return {}
-    options = {}
-    for param in signature.parameters.values():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        if param.default is param.empty:
-            raise _broken(method, f"its parameter '{param.name}' has no default (every "
-                                  "option needs one; or register it with options=...)")
-        options[param.name] = param.default
-    return options
+        return methods.keyword_defaults(method.name, factory)
+    except ConfigError as err:
+        raise _broken(method, err.problem.split(": ", 1)[1]) from None
 
 
 def _build(method: Method, options: Mapping[str, Any]) -> Sampler:
@@ -193,6 +177,8 @@ def _build(method: Method, options: Mapping[str, Any]) -> Sampler:
     except Exception as err:
         raise _broken(method, f"its factory raised {_first_line(err)}") from None
     _check_sampler(sampler, method)
+    if is_data_dependent(sampler) != method.data_dependent:   # the sampler says which
+        methods.loaded(method.name, method.factory, method.options, is_data_dependent(sampler))
     return sampler
 
 
