@@ -21,8 +21,8 @@ from robustmix.mixing import mask_kernel, sample_lam
 ROOT = Path(__file__).resolve().parent.parent   # examples/ is not installed: found from here
 
 
-@pytest.fixture(scope="module")
-def fmix_module():
+@pytest.fixture
+def fmix_module():   # per test: what its import registers is gone after the test
     if str(ROOT) not in sys.path:
         sys.path.append(str(ROOT))
     import examples.fmix
