@@ -22,6 +22,8 @@ from helpers import assert_one_line_error, run_cli
 @pytest.mark.parametrize("argv, fragments", [
     (["--mix", "blend"], ["--mix must be one of", "cutmix", "gmix", "got 'blend'"]),
     (["--mix", "cutmix", "--hmix-r", "0.3"], ["--hmix-r is an option of hmix, not of cutmix"]),
+    (["--mix", "mypkg.masks:cutmix"], ["--mix mypkg.masks:cutmix: name 'cutmix' is already "
+                                       "the name of a built-in method"]),
     (["--mix", "hmix", "--mix-option", "r=0.3"], ["--mix-option 'r' is not an option of hmix",
                                                  "hmix_r"]),
     (["--mix", "hmix", "--mix-option", "hmix_r"], ["--mix-option: expected KEY=VALUE"]),

@@ -137,6 +137,7 @@ def test_an_entry_point_registers_without_importing_until_a_sampler_is_needed(
         assert "constant" in methods.names()
     assert module not in sys.modules
     MixConfig(mix="constant").validate()
+    assert MixConfig(mix="constant").factory == f"{module}:constant"   # the run names its code
     assert module not in sys.modules
     assert make_sampler("constant", weight=0.1)(torch.tensor([0.5]), 1, 1, None, "cpu") == 0.1
     assert module in sys.modules and methods.get("mixup").builtin

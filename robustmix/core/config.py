@@ -34,8 +34,9 @@ class MixConfig:
     ``mix`` names a registered method (:mod:`robustmix.core.methods`); ``options`` holds
     that method's options, its defaults filled in wherever they are known, so two configs
     of one run compare equal however they were spelled. ``factory`` is the ``module:attr``
-    path of a method given by path (``--mix examples.fmix:fmix``), kept so that every later
-    command, on any machine, loads the same code; None for the built-ins.
+    path of a method that is not built in (given by path, ``--mix examples.fmix:fmix``, or
+    registered by an entry point or :func:`robustmix.register_method`), kept so that every
+    later command, on any machine, loads the same code; None for the built-ins.
     """
 
     mix: str = "vanilla"
@@ -47,8 +48,12 @@ class MixConfig:
     factory: str | None = None   # "package.module:factory" of a method given by path
 
     def __post_init__(self) -> None:
-        # a method's defaults, filled in: MixConfig(mix="hmix").options == {"hmix_r": 0.5}
+        # a method's defaults, filled in: MixConfig(mix="hmix").options == {"hmix_r": 0.5};
+        # a plugin's path too, however it was registered, so its runs name their code
         object.__setattr__(self, "options", methods.full_options(self.mix, self.options))
+        method = methods.find(self.mix)
+        if self.factory is None and method is not None and not method.builtin:
+            object.__setattr__(self, "factory", method.path)
 
     def validate(self) -> None:
         if not isinstance(self.factory, (str, type(None))):

@@ -209,16 +209,28 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 def get(name: str, factory: str | None = None) -> Method:
     """The method called ``name``; with ``factory`` (a path) it is registered if unknown.
 
-    An unknown name is a :class:`ConfigError` on ``mix`` that lists what is accepted.
+    An unknown name, or a name registered with another factory, is a :class:`ConfigError`
+    on ``mix`` that says what is accepted.
     """
-    if factory is not None and (name not in _REGISTRY or _REGISTRY[name].path != factory):
-        return register_method(name, factory)
-    if name not in _REGISTRY:
-        _read_entry_points()
-    if name not in _REGISTRY:
+    if factory is not None and (find(name) is None or _REGISTRY[name].path != factory):
+        try:
+            return register_method(name, factory)
+        except ConfigError as err:
+            raise ConfigError("mix", f"{factory}: {err.field} {err.problem}") from None
+    method = find(name)
+    if method is None:
         raise ConfigError("mix", f"must be one of {', '.join(names())} or a factory's path "
                           f"'package.module:factory', got {name!r}")
-    return _REGISTRY[name]
+    return method
+
+
+def find(name: str) -> Method | None:
+    """The method called ``name`` (the installed entry points read first), or None."""
+    if not isinstance(name, str):
+        return None
+    if name not in _REGISTRY:
+        _read_entry_points()
+    return _REGISTRY.get(name)
 
 
 def names() -> tuple[str, ...]:
