@@ -20,6 +20,7 @@ position: colours, seeds and file columns are derived from the name.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import warnings
@@ -110,8 +111,9 @@ def register_method(name: str, factory: Callable[..., Any] | str, *, colour: str
     keywords. ``None`` takes the factory's keyword parameters and their defaults (for a
     path, once it is imported).
     ``colour`` is ``"#rrggbb"``; without one the method gets one of :data:`PALETTE` by its
-    name. Registering a name again with the same factory changes nothing; a built-in's name
-    or another factory's is refused with :class:`ConfigError`.
+    name. Registering a name again with the same factory replaces its entry (a module may
+    register itself when imported); a built-in's name, or a name that another factory
+    holds, is refused with :class:`ConfigError`.
     """
     method = _checked_method(name, factory, colour, summary, data_dependent, options)
     known = _REGISTRY.get(name)
@@ -150,8 +152,6 @@ def _checked_method(name, factory, colour, summary, data_dependent, options) -> 
 def keyword_defaults(name: str, factory: Callable[..., Any]) -> dict[str, Any]:
     """A factory's options: its parameters, each with its default (``*args`` and
     ``**kwargs`` are no options); a parameter without a default is refused."""
-    import inspect   # plain Python, on first need
-
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
