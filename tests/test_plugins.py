@@ -181,6 +181,27 @@ def test_a_broken_plugin_is_one_line_naming_module_and_name_from_cli_and_study(
     assert not (tmp_path / "s").exists()
 
 
+def test_a_plugins_option_on_the_command_line_is_named_as_given(capsys, tmp_path,
+                                                                monkeypatch):
+    module = plugin(tmp_path, monkeypatch, CONSTANT + """
+from robustmix.core.errors import ConfigError
+
+def checked(*, weight: float = 0.25):
+    if not 0 <= weight <= 1:
+        raise ConfigError("weight", f"must lie in [0, 1], got {weight}")
+    return constant(weight=weight)
+""")
+    monkeypatch.chdir(tmp_path)
+    for option, line in (("weight=2", "--mix-option weight must lie in [0, 1], got 2.0"),
+                         ("weight=x", "--mix-option weight must be a number, got 'x'"),
+                         ("size=2", "--mix-option 'size' is not an option of checked "
+                                    "(its options: weight)")):
+        code, _, err = run_cli(capsys, "train", "--quiet", "--mix", f"{module}:checked",
+                               "--mix-option", option)
+        assert_one_line_error(code, err, line)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_study_runs_a_plugin_with_its_options_and_prints_them_back(tmp_path, monkeypatch):
     module = plugin(tmp_path, monkeypatch, CONSTANT)
     path = tmp_path / "study.toml"

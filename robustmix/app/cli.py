@@ -400,7 +400,8 @@ _FLAGS = {"pgd.steps": "--pgd-steps", "pgd.step_size": "--pgd-step",
           "pgd.restarts": "--restarts", "options": "--mix-option", "factory": "--mix-factory"}
 
 
-def _in_flags(err: UsageError, parser: argparse.ArgumentParser) -> str:
+def _in_flags(err: UsageError, parser: argparse.ArgumentParser,
+              mix_options: dict | None = None) -> str:
     """The error's message, a setting's field named as the flag this command's user typed.
 
     Only an error about a setting given on the command line is translated: one read from
@@ -410,6 +411,8 @@ def _in_flags(err: UsageError, parser: argparse.ArgumentParser) -> str:
         return str(err)
     flag = _FLAGS.get(err.field, "--" + err.field.replace("_", "-"))
     flags = {option for action in parser._actions for option in action.option_strings}
+    if flag not in flags and err.field in (mix_options or {}):   # a plugin's option
+        return f"--mix-option {err.field} {err.problem}"
     return f"{flag} {err.problem}" if flag in flags else str(err)
 
 
@@ -422,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed = sys.modules.get("robustmix.core.distributed")  # loaded by a command only
         is_main = distributed is None or distributed.current().is_main
         if is_main or not getattr(err, "shared", False):
-            print(f"robustmix {args.command}: error: {_in_flags(err, args.parser)}",
+            line = _in_flags(err, args.parser, getattr(args, "options", None))
+            print(f"robustmix {args.command}: error: {line}",
                   file=sys.stderr)
         return 2
     except KeyboardInterrupt:
