@@ -43,7 +43,7 @@ from robustmix.core.config import TrainConfig
 from robustmix.core.devices import resolve_device
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.data import load_dataset, recorded_skips
-from robustmix.mixing import is_data_dependent, make_sampler
+from robustmix.mixing import is_data_dependent, sampler_of
 from robustmix.mixing.puzzlemix import kernel_on_batches
 from robustmix.models.accuracy import evaluate
 from robustmix.models.weights import load_model
@@ -116,18 +116,16 @@ def _clean(model, data, split: str, batch_size: int, device) -> dict[str, Any]:
 
 def _regularizer(mix, model, images, labels, draws: int, seed: int, device) -> dict:
     """Q_A per mask distribution (:mod:`evaluations.regularizer`), with the run's settings."""
-    puzzle = {k: v for k, v in mix.sampler_settings().items() if k.startswith("puzzle_")}
     return regularizer_table(model.first_layer, model.std, images, alpha=mix.alpha,
-                             hmix_r=mix.hmix_r, switch_prob=mix.switch_prob, draws=draws,
-                             seed=seed, device=device,
-                             model=model if labels is not None else None, labels=labels,
-                             puzzle_settings=puzzle)
+                             options={mix.mix: mix.options}, draws=draws, seed=seed,
+                             device=device, model=model if labels is not None else None,
+                             labels=labels)
 
 
 def _data_kernel(config, model, images, labels, seed: int, device) -> dict | None:
     """c(p) of the run's own MSDA when its masks depend on the data (PuzzleMix): estimated
     on batches of the training images with the trained model's saliency; None otherwise."""
-    sampler = make_sampler(config.mix.mix, **config.mix.sampler_settings())
+    sampler = sampler_of(config.mix)
     if not is_data_dependent(sampler) or labels is None:
         return None
     c = kernel_on_batches(sampler, model, images, labels, alpha=config.mix.alpha,

@@ -1,7 +1,7 @@
 """Runs that differ only in seed form a group; a group is named by its mix method.
 
-The group key is the training config flattened (``mix.alpha`` for the mix settings)
-without ``IGNORED_KEYS``: the seed, and settings that say where or how fast a run went
+The group key is the training config flattened (``mix.alpha`` for the mix settings, and
+``mix.hmix_r`` for a method's options) without ``IGNORED_KEYS``: the seed, and settings that say where or how fast a run went
 rather than what it learned. When several groups share a method, each name adds the
 settings in which they differ, e.g. ``cutmix (arch=wrn28-2)``.
 
@@ -16,23 +16,36 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from robustmix.core.methods import MIX_NAMES
+from robustmix.core import methods
+from robustmix.core.config import MixConfig
 
 IGNORED_KEYS = ("seed", "device", "data_dir", "download", "log_interval", "amp", "channels_last")
-METHOD_ORDER = MIX_NAMES   # the registry's order
 
 
 def flat_settings(train: dict[str, Any]) -> dict[str, Any]:
-    """The train config as one flat dict, mix settings as ``mix.NAME``; ignored keys dropped."""
+    """The train config as one flat dict, mix settings and the method's options as
+    ``mix.NAME``; ignored keys dropped. Old and new run directories of one setting give
+    the same dict (:func:`mix_settings`)."""
     flat = {}
     for key, value in train.items():
         if key in IGNORED_KEYS:
             continue
         if key == "mix" and isinstance(value, dict):
-            flat.update({f"mix.{k}": v for k, v in value.items()})
+            flat.update({f"mix.{k}": v for k, v in mix_settings(value).items()})
         else:
             flat[key] = value
     return flat
+
+
+def mix_settings(mix: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``mix`` section, as written before the registry or since, as one flat dict:
+    the options beside the other settings (an option never takes a MixConfig field's name),
+    only the run's own method's, and no ``factory`` for a built-in."""
+    values = dict(MixConfig.upgrade(mix))
+    options = values.pop("options", None) or {}
+    if values.get("factory") is None:
+        values.pop("factory", None)
+    return {**values, **options} if isinstance(options, dict) else values
 
 
 def _key(settings: dict[str, Any]) -> str:
@@ -59,6 +72,7 @@ def group_runs(named_trains: Sequence[tuple[str, dict[str, Any]]]) -> list[Group
     by_key: dict[str, Group] = {}
     for run_name, train in named_trains:
         settings = flat_settings(train)
+        _register(settings)
         key = _key(settings)
         if key not in by_key:
             method = str(settings.get("mix.mix", "vanilla"))
@@ -76,8 +90,17 @@ def group_runs(named_trains: Sequence[tuple[str, dict[str, Any]]]) -> list[Group
     return sorted(groups, key=lambda g: (method_rank(g.method), g.name))
 
 
-def method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+def _register(settings: dict[str, Any]) -> None:
+    """A method given by its factory's path is registered from the run's config, so the
+    report draws its masks and kernel like a built-in's."""
+    name, factory = settings.get("mix.mix"), settings.get("mix.factory")
+    if isinstance(name, str) and isinstance(factory, str):
+        methods.get(name, factory)
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """The registry's order; methods not registered after, by name."""
+    return methods.rank(method)
 
 
 def _short(value: Any) -> str:

@@ -4,7 +4,8 @@ no global backend switch) and written atomically as PNG.
 The mask gallery (:func:`draw_gallery`) is the paper's figure of what each MSDA does; the
 report and ``robustmix masks --out`` share it.
 
-One colour per method in every figure (the registry's, :mod:`robustmix.core.methods`); groups that share a method
+One colour per method in every figure (the registry's, :mod:`robustmix.core.methods`: a
+registered colour, else one from a palette chosen by the name); groups that share a method
 differ by line style and marker. Legends sit outside the axes so they hide no data.
 """
 
@@ -20,10 +21,10 @@ import torch
 
 from evaluations.grouping import Group
 from robustmix.core import runs
-from robustmix.core.config import MixConfig
-from robustmix.core.methods import DATA_FREE_MIX_NAMES, colour
+from robustmix.core import methods
+from robustmix.core.methods import colour
 from robustmix.data import load_dataset
-from robustmix.mixing import make_sampler
+from robustmix.mixing import is_data_dependent, make_sampler
 
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
@@ -187,25 +188,31 @@ def heatmap_figure(path: Path, matrix: np.ndarray, rows: list[str], cols: list[s
     save(fig, path)
 
 
-def gallery_masks(size: int, lam: float, *, hmix_r: float = MixConfig.hmix_r,
+def gallery_masks(size: int, lam: float, *, hmix_r: float | None = None,
                   seed: int = 0) -> dict[str, torch.Tensor]:
-    """One (1, 1, size, size) mask per MSDA at a fixed λ, drawn from the training samplers."""
+    """One (1, 1, size, size) mask per registered MSDA whose masks need no images (in the
+    registry's order, plugins too) at a fixed λ, drawn from the training samplers."""
     masks = {}
-    for mix in DATA_FREE_MIX_NAMES:
+    for mix in methods.names():
         rng = np.random.default_rng(seed)
-        sampler = make_sampler(mix, hmix_r=hmix_r)
-        masks[mix] = sampler(torch.tensor([lam]), size, size, rng, "cpu")
+        own = {"hmix_r": hmix_r} if mix == "hmix" and hmix_r is not None else {}
+        sampler = make_sampler(mix, **own)
+        if not is_data_dependent(sampler):
+            masks[mix] = sampler(torch.tensor([lam]), size, size, rng, "cpu")
     return masks
 
 
 def draw_gallery(path: str | Path, size: int, *, lam: float = 0.65,
-                 hmix_r: float = MixConfig.hmix_r, seed: int = 0) -> None:
-    """The paper's figure: two digits, then for each MSDA the mixed image above its mask."""
+                 hmix_r: float | None = None, seed: int = 0) -> None:
+    """The paper's figure: two digits, then for each MSDA the mixed image above its mask
+    (``hmix_r``: HMix's r, its default when None)."""
     images, labels = load_dataset("digits", image_size=size).tensors("test")
     first = int((labels == 0).nonzero()[0])
     second = int((labels == 8).nonzero()[0])
     x_i, x_j = images[first].float() / 255, images[second].float() / 255
     masks = gallery_masks(size, lam, hmix_r=hmix_r, seed=seed)
+    if hmix_r is None:
+        hmix_r = methods.get("hmix").options["hmix_r"]
     fig = _new_figure(figsize=(1.7 * (len(masks) + 2), 3.8))
     axes = fig.subplots(2, len(masks) + 2)
     for ax, image, title in ((axes[0, 0], x_i, "x_i"), (axes[0, 1], x_j, "x_j")):

@@ -14,9 +14,13 @@ The reference Q_ref(W) is the same with M = 0 (the whole difference); ``relative
 Q_A / Q_ref lies in [0, 1] and for Mixup equals E[(1 − λ)²] whatever W is (1/3 at α = 1).
 
 The draws are common random numbers: the pairs come from ``default_rng([seed, 0])`` and
-the λ and masks of distribution A from ``default_rng([seed, 1, k_A])``, so every model
-evaluated with one seed meets the very same pairs and masks, and Q_A does not depend on
-which other distributions are evaluated or on the batch size.
+the λ and masks of distribution A from ``default_rng([seed, 1, k_A])``, k_A the CRC-32 of
+A's name (:func:`robustmix.core.methods.name_seed`; never its position in a list, so a
+method registered later changes no other's draws), so every model evaluated with one seed
+meets the very same pairs and masks, and Q_A does not depend on which other distributions
+are evaluated or on the batch size. (Until the registry, k_A was A's index among the
+built-ins: Q of a run evaluated since differs from an earlier evaluation of the same model
+by a fresh draw of the masks, within their Monte-Carlo error.)
 
 PuzzleMix's masks depend on the images and on a model's saliency: its Q uses the evaluated
 model's saliency (so models share its pairs and λ but not its masks) and the perturbation
@@ -32,8 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from typing import Any, Mapping
+
+from robustmix.core import methods
 from robustmix.core.errors import UsageError
-from robustmix.core.config import DATA_FREE_MIX_NAMES, MIX_NAMES, MixConfig
 from robustmix.mixing import is_data_dependent, make_sampler, sample_lam
 from robustmix.mixing.puzzlemix import pair_deltas
 
@@ -98,37 +104,41 @@ def pair_energies(layer: nn.Conv2d, std: Tensor, images: Tensor, pairs: tuple[np
 
 
 def regularizer_table(layer: nn.Conv2d, std: Tensor, images: Tensor, *, alpha: float = 1.0,
-                      hmix_r: float = MixConfig.hmix_r,
-                      switch_prob: float = MixConfig.switch_prob, draws: int = 512,
-                      seed: int = 0, masks=None, device="cpu", model: nn.Module | None = None,
-                      labels: Tensor | None = None, puzzle_settings: dict | None = None) -> dict:
+                      options: Mapping[str, Mapping[str, Any]] | None = None,
+                      draws: int = 512, seed: int = 0, masks=None, device="cpu",
+                      model: nn.Module | None = None, labels: Tensor | None = None) -> dict:
     """Q_A for each mask distribution A in ``masks``, with Q_ref and the settings used.
 
-    ``masks`` defaults to every MSDA when ``model`` and ``labels`` are given (PuzzleMix needs
-    them), else to :data:`~robustmix.mixing.DATA_FREE_MIX_NAMES`. ``puzzle_settings`` are
-    the ``puzzle_*`` keyword arguments of :func:`~robustmix.mixing.make_sampler`.
+    ``masks`` defaults to every registered method (:func:`robustmix.core.methods.names`),
+    the data-dependent ones (PuzzleMix) only when ``model`` and ``labels`` are given (they
+    need the model's saliency). ``options`` maps a method's name to its options (those of
+    the evaluated run's own method); the others keep their defaults.
     """
     with_data = model is not None and labels is not None
-    if masks is None:
-        masks = MIX_NAMES if with_data else DATA_FREE_MIX_NAMES
+    default_masks = masks is None
     pairs = draw_pairs(images.shape[0], draws, seed)
     layer = layer.to(device)
     reference = pair_energies(layer, std, images, pairs, device=device)
     q_ref = float(reference.mean())
-    table = {}
-    for name in masks:
-        rng = np.random.default_rng([seed, 1, MIX_NAMES.index(name)])  # puzzlemix last
-        sampler = make_sampler(name, hmix_r=hmix_r, switch_prob=switch_prob,
-                               **(puzzle_settings or {}))
+    table, used = {}, {}
+    for name in methods.names() if default_masks else masks:
+        given = dict((options or {}).get(name, {}))
+        sampler = make_sampler(name, **given)     # loads a plugin: its defaults are known
+        used[name] = methods.full_options(name, given)
         if is_data_dependent(sampler) and not with_data:
+            if default_masks:
+                continue
             raise UsageError(f"Q of {name} needs the model (its saliency) and the labels")
+        rng = np.random.default_rng([seed, 1, methods.name_seed(name)])
         values = pair_energies(layer, std, images, pairs, sampler, alpha=alpha, rng=rng,
                                device=device, model=model, labels=labels)
         q = float(values.mean())
         table[name] = {"q": q, "se": _standard_error(values),
                        "relative": q / q_ref if q_ref > 0 else math.nan}
-    return {"definition": DEFINITION, "alpha": alpha, "hmix_r": hmix_r,
-            "switch_prob": switch_prob, "draws": draws, "seed": seed,
+    builtin = {key: methods.full_options(name, used.get(name, {})).get(key)
+               for name, key in (("hmix", "hmix_r"), ("stochastic", "switch_prob"))}
+    return {"definition": DEFINITION, "alpha": alpha, **builtin, "draws": draws, "seed": seed,
+            "options": {name: used[name] for name in table if used[name]},
             "reference": {"q": q_ref, "se": _standard_error(reference)}, "q": table}
 
 

@@ -36,10 +36,9 @@ from evaluations.robustbench import robustbench_section
 from evaluations.report_calibration import (calibration_section, corruptions_section,
                                             summary_section)
 from attacks.eps import parse_eps
-from robustmix.core import runs
-from robustmix.core.config import DATA_FREE_MIX_NAMES
+from robustmix.core import methods, runs
 from robustmix.core.errors import UsageError
-from robustmix.mixing import make_sampler, mask_kernel
+from robustmix.mixing import is_data_dependent, make_sampler, mask_kernel
 
 REPORT = "report.md"
 KERNEL_DRAWS = 2048
@@ -477,22 +476,24 @@ def _kernels(ctx: ReportContext) -> tuple[dict[str, np.ndarray], list[dict]]:
 
 def _group_kernel(ctx: ReportContext, group: Group, size: tuple[int, int],
                   cache: dict) -> np.ndarray | None:
-    """A group's c(p): drawn from its sampler, or for a data-dependent MSDA the mean of
-    its runs' measured kernels; None for vanilla or where none was measured."""
+    """A group's c(p): drawn from its sampler (with its options), or for a data-dependent
+    MSDA the mean of its runs' measured kernels; None for vanilla or where none was measured."""
     if group.method == "vanilla":
         return None
-    if group.method not in DATA_FREE_MIX_NAMES:
+    s = group.settings
+    options = {key[4:]: value for key, value in s.items()
+               if key.startswith("mix.") and key[4:] not in methods.RESERVED_OPTIONS}
+    key = (group.method, s.get("mix.alpha", 1.0), tuple(sorted(options.items())))
+    if key not in cache:
+        sampler = make_sampler(group.method, **options)
+        cache[key] = None if is_data_dependent(sampler) else \
+            mask_kernel(sampler, size, alpha=key[1], draws=KERNEL_DRAWS)
+    if cache[key] is None:
         # PuzzleMix's masks depend on the data: c(p) measured by `robustmix evaluate`
         stored = [np.asarray(r.generalization["mask_kernel"]["c"], dtype=float)
                   for r in ctx.records_of(group)
                   if r.generalization and "mask_kernel" in r.generalization]
         return np.mean(stored, axis=0) if stored else None
-    s = group.settings
-    key = (group.method, s.get("mix.alpha", 1.0), s.get("mix.hmix_r", 0.5),
-           s.get("mix.switch_prob", 0.5))
-    if key not in cache:
-        sampler = make_sampler(group.method, hmix_r=key[2], switch_prob=key[3])
-        cache[key] = mask_kernel(sampler, size, alpha=key[1], draws=KERNEL_DRAWS)
     return cache[key]
 
 

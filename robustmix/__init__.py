@@ -3,8 +3,10 @@
 Heavy parts (torch, the models) load on first use, so ``robustmix --help`` stays quick.
 """
 
+from robustmix.core.methods import register_method  # plain Python: no torch on import
+
 __version__ = "0.1.0"
-__all__ = ["load_model", "wrap_model", "__version__"]
+__all__ = ["load_model", "register_method", "wrap_model", "__version__"]
 
 
 def load_model(path):

@@ -32,6 +32,19 @@ os.environ.setdefault("ROBUSTMIX_THREADS", str(torch.get_num_threads()))
 os.environ["ROBUSTMIX_CACHE_DIR"] = tempfile.mkdtemp(prefix="robustmix-test-cache-")
 
 
+@pytest.fixture(autouse=True)
+def registry_as_it_was():
+    """The method registry is global: a method a test registers (a plugin written into
+    its tmp_path) is gone after the test, so no later test draws its masks."""
+    from robustmix.core import methods
+
+    saved, read = dict(methods._REGISTRY), methods._entry_points_read
+    yield
+    methods._REGISTRY.clear()
+    methods._REGISTRY.update(saved)
+    methods._entry_points_read = read
+
+
 @pytest.fixture
 def torch_one_thread():
     """One intra-op torch thread for the test (modules use it with

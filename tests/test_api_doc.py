@@ -50,19 +50,27 @@ def _annotation(annotation) -> str:
 
 def signature_text(name: str, obj) -> str:
     """``name(params) -> return`` as the page writes it: annotations as written in the
-    source (the modules use ``from __future__ import annotations``), defaults by repr."""
+    source (the modules use ``from __future__ import annotations``), defaults by repr,
+    ``/`` after positional-only parameters, ``*args`` and ``**kwargs`` as Python spells them."""
     signature = inspect.signature(obj)
     parts, keyword_only = [], False
-    for param in signature.parameters.values():
+    params = list(signature.parameters.values())
+    for index, param in enumerate(params):
         if param.kind is param.KEYWORD_ONLY and not keyword_only:
             parts.append("*")
             keyword_only = True
-        text = param.name
+        stars = {param.VAR_POSITIONAL: "*", param.VAR_KEYWORD: "**"}.get(param.kind, "")
+        keyword_only = keyword_only or param.kind is param.VAR_POSITIONAL
+        text = stars + param.name
         if param.annotation is not param.empty:
             text += ": " + _annotation(param.annotation)
         if param.default is not param.empty:
             text += (" = " if param.annotation is not param.empty else "=") + repr(param.default)
         parts.append(text)
+        last_positional = index + 1 == len(params) or \
+            params[index + 1].kind is not param.POSITIONAL_ONLY
+        if param.kind is param.POSITIONAL_ONLY and last_positional:
+            parts.append("/")
     text = f"{name}({', '.join(parts)})"
     if signature.return_annotation is not signature.empty and not inspect.isclass(obj):
         text += " -> " + _annotation(signature.return_annotation)

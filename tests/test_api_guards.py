@@ -401,8 +401,8 @@ settings_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.i
 def test_sampler_kernels_are_valid_or_refused(name, r, p, size, alpha):
     from robustmix.mixing import make_sampler
     try:
-        kernel = mask_kernel(make_sampler(name, hmix_r=r, switch_prob=p), size, alpha=alpha,
-                             draws=64)
+        own = {"hmix": {"hmix_r": r}, "stochastic": {"switch_prob": p}}.get(name, {})
+        kernel = mask_kernel(make_sampler(name, **own), size, alpha=alpha, draws=64)
     except (ConfigError, TypeError):
         return
     assert kernel.ndim == 1 and np.isfinite(kernel).all()

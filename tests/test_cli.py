@@ -13,13 +13,21 @@ import pytest
 from attacks import AttackConfig, PGDSettings
 from robustmix.app.cli import build_parser
 from robustmix.core import runs
-from robustmix.core.config import MixConfig, TrainConfig
+from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
+from robustmix.core.methods import BUILTIN_OPTIONS
 
 from helpers import assert_one_line_error, run_cli
 
 
 @pytest.mark.parametrize("argv, fragments", [
-    (["--mix", "blend"], ["invalid choice: 'blend'", "cutmix", "gmix"]),
+    (["--mix", "blend"], ["--mix must be one of", "cutmix", "gmix", "got 'blend'"]),
+    (["--mix", "cutmix", "--hmix-r", "0.3"], ["--hmix-r is an option of hmix, not of cutmix"]),
+    (["--mix", "mypkg.masks:cutmix"], ["--mix mypkg.masks:cutmix: name 'cutmix' is already "
+                                       "the name of a built-in method"]),
+    (["--mix", "hmix", "--mix-option", "r=0.3"], ["--mix-option 'r' is not an option of hmix",
+                                                 "hmix_r"]),
+    (["--mix", "hmix", "--mix-option", "hmix_r"], ["--mix-option: expected KEY=VALUE"]),
+    (["--mix", "hmix", "--mix-option", "hmix_r=big"], ["--mix-option hmix_r must be a number, got 'big'"]),
     (["--arch", "vgg16"], ["unknown arch 'vgg16'", "smallcnn", "wrnDEPTH-WIDTH"]),
     (["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "digits", "cifar10"]),
     (["--mix", "mixup", "--alpha", "0"], ["--alpha must be > 0"]),
@@ -113,7 +121,7 @@ def test_masks_gallery_is_a_png(capsys, tmp_path):
     (["masks"], "nothing to do"),
     (["masks", "--kernel", "k.csv", "--alpha", "0"], "--alpha must be > 0"),
     (["masks", "--out", "g.png", "--lam", "2"], "--lam must lie in [0, 1]"),
-    (["masks", "--kernel", "k.csv", "--mix", "nope"], "invalid choice"),
+    (["masks", "--kernel", "k.csv", "--mix", "nope"], "--mix must be one of"),
     (["masks", "--kernel", "k.csv", "--size", "0"], "expected an integer >= 1"),
 ])
 def test_bad_masks_input_is_one_line_and_exit_2(capsys, tmp_path, argv, fragment):
@@ -150,6 +158,30 @@ def test_train_flags_are_the_config_fields_with_the_config_defaults():
         assert options[field.name] == getattr(config, field.name), field.name
 
 
+def test_each_builtin_option_has_a_flag_whose_default_is_the_registrys():
+    """--hmix-r etc. set the method's options; unset (None), the registry's default holds,
+    and the help says which it is."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {a.dest: a for a in sub.choices["train"]._actions if a.option_strings}
+    for name, default in BUILTIN_OPTIONS.items():
+        assert actions[name].default is None, name
+        assert f"(default: {default})" in actions[name].help, name
+    assert set(LEGACY_OPTIONS) == set(BUILTIN_OPTIONS)
+
+
+def test_a_builtin_option_flag_and_mix_option_give_the_same_config(capsys, tmp_path):
+    configs = []
+    for flags in (["--hmix-r", "0.25"], ["--mix-option", "hmix_r=0.25"]):
+        out = tmp_path / flags[0].strip("-")
+        code, _, err = run_cli(capsys, "train", "--quiet", "--epochs", "1", "--mix", "hmix",
+                               "--image-size", "8", *flags, "--out", str(out))
+        assert code == 0, err
+        configs.append(runs.read_json(out / runs.CONFIG)["train"]["mix"])
+    assert configs[0] == configs[1]
+    assert configs[0]["options"] == {"hmix_r": 0.25} and configs[0]["factory"] is None
+
+
 def test_attack_and_masks_flags_default_to_the_configs():
     attack, pgd, masks = _options("attack"), PGDSettings(), _options("masks")
     config = AttackConfig()
@@ -159,5 +191,5 @@ def test_attack_and_masks_flags_default_to_the_configs():
         (config.norm, config.batch_size, config.seed)
     assert (attack["pgd_steps"], attack["pgd_step"], attack["restarts"]) == \
         (pgd.steps, pgd.step_size, pgd.restarts)
-    for name in ("alpha", "hmix_r", "switch_prob"):
-        assert masks[name] == getattr(MixConfig(), name), name
+    assert masks["alpha"] == MixConfig().alpha
+    assert masks["hmix_r"] is None and masks["switch_prob"] is None   # the registry's

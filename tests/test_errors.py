@@ -13,7 +13,7 @@ from robustmix.core.errors import ConfigError, UsageError
 @pytest.mark.parametrize("config, field", [
     (TrainConfig(lr=-1.0), "lr"),
     (TrainConfig(batch_size=0), "batch_size"),
-    (TrainConfig(mix=MixConfig(mix="hmix", hmix_r=2.0)), "hmix_r"),
+    (TrainConfig(mix=MixConfig(mix="hmix", options={"hmix_r": 2.0})), "hmix_r"),
     (AttackConfig(pgd=PGDSettings(steps=0)), "pgd.steps"),
     (AttackConfig(pgd=PGDSettings(step_size=-1.0)), "pgd.step_size"),
 ])

@@ -109,7 +109,7 @@ def test_a_pickle_that_carries_code_is_refused_unrun(tmp_path, capsys):
     (["--weights", "missing.pt"], ["missing.pt not found"]),
     (["--mean", "0.1,0.2"], ["--mean must give one value per channel (1), got 2"]),
     (["--arch", "timm:"], ["timm:NAME needs a timm model name"]),
-    (["--mix", "nope"], ["invalid choice"]),
+    (["--mix", "nope"], ["--mix must be one of", "got 'nope'"]),
 ])
 def test_bad_import_arguments_are_one_line(trained, tmp_path, capsys, argv, fragments):
     settings = {"--weights": str(trained / runs.WEIGHTS), "--arch": "smallcnn",

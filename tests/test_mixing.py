@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robustmix.app import cli
-from robustmix.core.methods import METHODS, OTHER_COLOUR
+from robustmix.core import methods
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.mixing import (DATA_FREE_MIX_NAMES, MIX_NAMES, is_data_dependent, MixConfig, Mixer, cutmix_mask, gmix_mask, hmix_mask,
                               make_sampler, mask_kernel, mix, mixup_mask)
@@ -40,10 +40,13 @@ def cutmix_expected_mean(height, width, grid=20000):
 
 
 def test_every_registered_method_has_a_sampler_of_its_kind():
-    assert cli.MIX_NAMES == MIX_NAMES == tuple(METHODS)
-    for name, method in METHODS.items():
+    assert cli.MIX_NAMES == MIX_NAMES == methods.names()[:len(MIX_NAMES)]
+    for name in MIX_NAMES:
+        method = methods.get(name)
         assert is_data_dependent(make_sampler(name)) == method.data_dependent, name
-    assert len({m.colour for m in METHODS.values()} | {OTHER_COLOUR}) == len(METHODS) + 1
+        assert method.builtin and method.path == f"robustmix.mixing.registry:{name}"
+    builtin = {methods.get(name).colour for name in MIX_NAMES}
+    assert len(builtin) == len(MIX_NAMES) and not builtin & set(methods.PALETTE)
 
 
 @pytest.mark.parametrize("name", DATA_FREE_MIX_NAMES)  # puzzlemix: tests/test_puzzlemix.py
@@ -242,7 +245,11 @@ def test_invalid_settings_are_refused():
     with pytest.raises(ConfigError, match="^alpha must be > 0"):
         MixConfig(mix="mixup", alpha=0).validate()
     with pytest.raises(ConfigError, match=r"^hmix_r must lie in \[0, 1\]"):
-        MixConfig(mix="hmix", hmix_r=1.5).validate()
+        MixConfig(mix="hmix", options={"hmix_r": 1.5}).validate()
+    with pytest.raises(ConfigError, match=r"^options 'hmix_r' is not an option of cutmix"):
+        MixConfig(mix="cutmix", options={"hmix_r": 0.5}).validate()
+    with pytest.raises(ConfigError, match=r"^switch_prob must be a number, got 'x'"):
+        make_sampler("stochastic", switch_prob="x")
     with pytest.raises(ValueError, match="at least 2"):
         Mixer(MixConfig(mix="mixup"))(torch.rand(1, 1, 4, 4), torch.eye(2)[:1],
                                       np.random.default_rng(0))

@@ -41,12 +41,12 @@ def test_official_defaults_and_the_config_agree():
     sampler = pm.PuzzleMix()
     assert (sampler.beta, sampler.gamma, sampler.eta, sampler.transport) == (1.2, 0.5, 0.2, True)
     assert (sampler.neigh_size, sampler.n_labels, sampler.t_eps, sampler.t_size) == (4, 3, 0.8, -1)
-    config = MixConfig()
-    assert (config.puzzle_beta, config.puzzle_gamma, config.puzzle_eta,
-            config.puzzle_transport) == (sampler.beta, sampler.gamma, sampler.eta,
-                                         sampler.transport)
-    built = make_sampler("puzzlemix", **MixConfig(puzzle_beta=0.7,
-                                                   puzzle_transport=False).sampler_settings())
+    config = MixConfig(mix="puzzlemix").options
+    assert (config["puzzle_beta"], config["puzzle_gamma"], config["puzzle_eta"],
+            config["puzzle_transport"]) == (sampler.beta, sampler.gamma, sampler.eta,
+                                            sampler.transport)
+    built = make_sampler("puzzlemix", **MixConfig(mix="puzzlemix", options={
+        "puzzle_beta": 0.7, "puzzle_transport": False}).options)
     assert isinstance(built, pm.PuzzleMix) and built.beta == 0.7 and not built.transport
     assert MIX_NAMES[:len(DATA_FREE_MIX_NAMES)] == DATA_FREE_MIX_NAMES
     assert "puzzlemix" in MIX_NAMES and "puzzlemix" not in DATA_FREE_MIX_NAMES
@@ -313,7 +313,7 @@ def test_the_plain_sampler_contract_refuses_puzzlemix_with_a_pointer():
                 partner_saliency=torch.rand(2, 9, 9))
     for bad in (dict(puzzle_beta=-1.0), dict(puzzle_eta=math.nan), dict(puzzle_gamma=-0.1)):
         with pytest.raises(ConfigError, match="^puzzle_(beta|eta|gamma) must be"):
-            MixConfig(mix="puzzlemix", **bad).validate()
+            MixConfig(mix="puzzlemix", options=bad).validate()
 
 
 class TinyNet(torch.nn.Module):
@@ -408,7 +408,7 @@ def test_short_digits_training_with_puzzlemix_beats_chance_by_a_wide_margin(puzz
     config, out, result = puzzlemix_run
     assert result.test_acc > 0.6  # chance is 0.1
     saved = runs.read_json(out / runs.CONFIG)["train"]["mix"]
-    assert saved["mix"] == "puzzlemix" and saved["puzzle_beta"] == 1.2
+    assert saved["mix"] == "puzzlemix" and saved["options"]["puzzle_beta"] == 1.2
 
 
 @pytest.mark.slow

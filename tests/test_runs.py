@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import robustmix
-from robustmix.core import runs
+from robustmix.core import files, runs, tables
 from robustmix.core.errors import UsageError
 from robustmix.mixing import MixConfig
 
@@ -58,7 +58,7 @@ def test_temporary_files_of_dead_writers_are_removed_by_the_next_write(tmp_path)
     path = tmp_path / "checkpoint.pt"
     runs.atomic_write_bytes(path, b"epoch 1")
     dead = _dead_pid()
-    host = runs._host_tag()
+    host = files._host_tag()
     stale = tmp_path / f".checkpoint.pt.{dead}@{host}.k3j_x9.tmp"
     other_file = tmp_path / f".robustness.csv.{dead}@{host}.abc.tmp"
     live = tmp_path / f".metrics.csv.{os.getpid()}@{host}.abc.tmp"   # this process writes it
@@ -319,4 +319,4 @@ def test_dataclass_type_check_covers_every_training_setting():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if not dataclasses.is_dataclass(hints[f.name]):
-                assert not runs._matches(object(), hints[f.name]), (cls.__name__, f.name)
+                assert not tables._matches(object(), hints[f.name]), (cls.__name__, f.name)

@@ -11,8 +11,10 @@ import sys
 from typing import Sequence
 
 from robustmix.core.errors import ConfigError, UsageError
-from robustmix.core.methods import MIX_NAMES
+from robustmix.core.methods import BUILTIN_OPTIONS, MIX_NAMES
 
+MIX_HELP = (f"the MSDA: {', '.join(MIX_NAMES)}, a registered plugin's name, or a factory's "
+            "path package.module:factory")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +40,17 @@ def _int_list(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers (e.g. 100,150), got {text!r}") from None
+
+
+class _KeyValues(argparse.Action):
+    """``--flag KEY=VALUE``, repeatable, into a dict (the text; its type is the option's)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        key, sep, value = values.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"argument {option_string}: expected KEY=VALUE, got {values!r}")
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}),
+                                       key.strip(): value})
 
 
 def _positive_int(text: str) -> int:
@@ -72,9 +85,9 @@ def _add_train(sub) -> None:
 def _add_train_augmentation(p: argparse.ArgumentParser) -> None:
     """train's MSDA options: the mix, λ's law and pairing, each method's knobs."""
     g = p.add_argument_group("augmentation")
-    g.add_argument("--mix", default="vanilla", choices=MIX_NAMES, metavar="NAME",
-                   help=f"the MSDA: {', '.join(MIX_NAMES)} (default: vanilla)")
-    g.add_argument("--alpha", type=float, default=1.0, 
+    g.add_argument("--mix", default="vanilla", metavar="NAME",
+                   help=MIX_HELP + " (default: vanilla)")
+    g.add_argument("--alpha", type=float, default=1.0,
                    help="λ ~ Beta(α, α) (default: %(default)s)")
     g.add_argument("--lam-per", choices=("batch", "sample"), default="batch",
                    help="one λ and mask per batch (the paper's code) or per sample")
@@ -82,24 +95,35 @@ def _add_train_augmentation(p: argparse.ArgumentParser) -> None:
                    help="partner of sample k: B-1-k (flip, the paper's code) or a permutation")
     g.add_argument("--mix-prob", type=float, default=1.0,
                    help="probability that a batch (sample, with --lam-per sample) is mixed")
-    g.add_argument("--switch-prob", type=float, default=0.5,
-                   help="stochastic: probability of CutMix rather than Mixup "
-                        "(default: %(default)s)")
-    g.add_argument("--hmix-r", type=float, default=0.5,
-                   help="hmix: box area fraction r of the partner's share "
-                        "(default: %(default)s)")
-    g.add_argument("--puzzle-beta", type=float, default=1.2,
-                   help="puzzlemix: label smoothness beta of the graph cut "
-                        "(default: %(default)s)")
-    g.add_argument("--puzzle-gamma", type=float, default=0.5,
-                   help="puzzlemix: data smoothness gamma across block boundaries "
-                        "(default: %(default)s)")
-    g.add_argument("--puzzle-eta", type=float, default=0.2,
-                   help="puzzlemix: weight eta of the prior that keeps the mask mean near "
-                        "lambda (default: %(default)s)")
-    g.add_argument("--puzzle-transport", action=argparse.BooleanOptionalAction, default=True,
-                   help="puzzlemix: move salient blocks out from under the partner "
-                        "(default: on)")
+    _add_method_options(g)
+    g.add_argument("--mix-factory", dest="factory", default=None, metavar="MODULE:FACTORY",
+                   help="the factory of --mix NAME: a plugin under a name of your choice "
+                        "(--mix MODULE:FACTORY names it after the factory)")
+
+
+# the built-ins' options, each its own flag (they set the method's options); default None:
+# the method's own default, from the registry (robustmix.core.methods)
+_OPTION_HELP = {
+    "switch_prob": "stochastic: probability of CutMix rather than Mixup",
+    "hmix_r": "hmix: box area fraction r of the partner's share",
+    "puzzle_beta": "puzzlemix: label smoothness beta of the graph cut",
+    "puzzle_gamma": "puzzlemix: data smoothness gamma across block boundaries",
+    "puzzle_eta": "puzzlemix: weight eta of the prior that keeps the mask mean near lambda",
+    "puzzle_transport": "puzzlemix: move salient blocks out from under the partner",
+}
+
+
+def _add_method_options(g, names=tuple(_OPTION_HELP)) -> None:
+    """Each built-in option's flag, and ``--mix-option KEY=VALUE`` for any method's."""
+    for name in names:
+        default = BUILTIN_OPTIONS[name]
+        flag = "--" + name.replace("_", "-")
+        kind = argparse.BooleanOptionalAction if isinstance(default, bool) else None
+        g.add_argument(flag, **({"action": kind} if kind else {"type": type(default)}),
+                       default=None, help=f"{_OPTION_HELP[name]} (default: {default})")
+    g.add_argument("--mix-option", dest="options", action=_KeyValues, default={},
+                   metavar="KEY=VALUE", help="an option of the method (repeatable), e.g. "
+                                             "decay_power=3 for a plugin's")
 
 
 def _add_train_data(p: argparse.ArgumentParser) -> None:
@@ -177,14 +201,13 @@ def _add_masks(sub) -> None:
                                    "regularization kernel c(p) = E[(1-M_u)(1-M_u+p)] of one "
                                    "MSDA for horizontal offsets p (--kernel).")
     p.add_argument("--size", type=_positive_int, default=32, help="image side in pixels")
-    p.add_argument("--mix", default="cutmix", choices=MIX_NAMES, metavar="NAME",
-                   help=f"for --kernel: {', '.join(MIX_NAMES)} (default: cutmix)")
+    p.add_argument("--mix", default="cutmix", metavar="NAME",
+                   help="for --kernel: " + MIX_HELP + " (default: cutmix)")
     p.add_argument("--kernel", default=None, metavar="FILE.csv", help="write c(p) as offset,c")
     p.add_argument("--draws", type=_positive_int, default=4096,
                    help="masks drawn to estimate c(p)")
     p.add_argument("--alpha", type=float, default=1.0, help="λ ~ Beta(α, α)")
-    p.add_argument("--hmix-r", type=float, default=0.5)
-    p.add_argument("--switch-prob", type=float, default=0.5)
+    _add_method_options(p, ("switch_prob", "hmix_r"))
     p.add_argument("--lam", type=float, default=0.65, help="λ of the gallery (default: 0.65)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="FILE.png", help="write the gallery")
@@ -355,9 +378,9 @@ def _add_import(sub) -> None:
                         "or one per channel (default: the data set's)")
     p.add_argument("--std", type=_float_list, default=None, metavar="S1,S2,...",
                    help="per-channel std of its input normalization (default: the data set's)")
-    p.add_argument("--mix", choices=MIX_NAMES, default="vanilla",
-                   help="the MSDA it was trained with, which the report groups by "
-                        "(default: %(default)s)")
+    p.add_argument("--mix", default="vanilla", metavar="NAME",
+                   help="the MSDA it was trained with, which the report groups by: "
+                        + MIX_HELP + " (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=1.0, help="that MSDA's α (default: %(default)s)")
     p.add_argument("--out", required=True, help="the run directory to write (new or empty)")
     p.set_defaults(handler=_command("import"), parser=p)
@@ -392,10 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # fields whose flag is not the field's name with dashes
 _FLAGS = {"pgd.steps": "--pgd-steps", "pgd.step_size": "--pgd-step",
-          "pgd.restarts": "--restarts"}
+          "pgd.restarts": "--restarts", "options": "--mix-option", "factory": "--mix-factory"}
 
 
-def _in_flags(err: UsageError, parser: argparse.ArgumentParser) -> str:
+def _in_flags(err: UsageError, parser: argparse.ArgumentParser,
+              mix_options: dict | None = None) -> str:
     """The error's message, a setting's field named as the flag this command's user typed.
 
     Only an error about a setting given on the command line is translated: one read from
@@ -405,6 +429,8 @@ def _in_flags(err: UsageError, parser: argparse.ArgumentParser) -> str:
         return str(err)
     flag = _FLAGS.get(err.field, "--" + err.field.replace("_", "-"))
     flags = {option for action in parser._actions for option in action.option_strings}
+    if flag not in flags and err.field in (mix_options or {}):   # a plugin's option
+        return f"--mix-option {err.field} {err.problem}"
     return f"{flag} {err.problem}" if flag in flags else str(err)
 
 
@@ -440,7 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed = sys.modules.get("robustmix.core.distributed")  # loaded by a command only
         is_main = distributed is None or distributed.current().is_main
         if is_main or not getattr(err, "shared", False):
-            print(f"robustmix {args.command}: error: {_in_flags(err, args.parser)}",
+            line = _in_flags(err, args.parser, getattr(args, "options", None))
+            print(f"robustmix {args.command}: error: {line}",
                   file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,10 +20,11 @@ from attacks.plan import clock, estimate
 from attacks.runner import attack_run, format_table, load_subset
 from robustmix.app import listing
 from robustmix.app.masks import write_kernel
-from robustmix.core import distributed, runs
-from robustmix.core.config import MixConfig, TrainConfig
+from robustmix.core import distributed, methods, runs
+from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
 from robustmix.core.devices import resolve_device
 from robustmix.core.errors import UsageError
+from robustmix.mixing.registry import load_method, resolved
 from robustmix.models import check_arch
 from robustmix.training.trainer import TrainResult, prepare_run_dir, train
 
@@ -107,12 +108,60 @@ def _start_train(args: argparse.Namespace) -> TrainResult | None:
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that train's flags spell, validated, with the canonical arch name."""
     # one flag per field, of the same name (tests/test_cli.py holds the parser to this)
-    mix = MixConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MixConfig)})
-    config = TrainConfig(mix=mix, **{f.name: getattr(args, f.name)
-                                     for f in dataclasses.fields(TrainConfig) if f.name != "mix"})
+    config = TrainConfig(mix=_mix_config(args), **{
+        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "mix"})
     config = dataclasses.replace(config, arch=check_arch(config.arch))
     config.validate()
     return config
+
+
+def _mix_config(args: argparse.Namespace, *, strict: bool = True) -> MixConfig:
+    """The MixConfig of ``--mix`` (a name or a factory's path), ``--mix-factory``, the
+    built-ins' option flags and ``--mix-option``: the method loaded, its options complete.
+
+    A built-in's option flag for another method is refused (``strict``), or left out.
+    """
+    name, factory = methods.split_spec(args.mix)
+    if getattr(args, "factory", None) is not None:
+        if factory is not None:
+            raise UsageError("give --mix NAME --mix-factory MODULE:FACTORY or --mix "
+                             "MODULE:FACTORY, not both")
+        factory = args.factory
+    MixConfig(mix=name, factory=factory, alpha=args.alpha).validate()   # --mix, --alpha
+    method = load_method(name, factory)          # a plugin's options are known from here
+    options = {}
+    for key in LEGACY_OPTIONS:
+        value = getattr(args, key, None)
+        if value is not None and key in method.options:
+            options[key] = value
+        elif value is not None and strict:
+            raise UsageError(f"--{key.replace('_', '-')} is an option of "
+                             f"{_owner(key)}, not of {name}")
+    for key, text in args.options.items():
+        if key in options:
+            raise UsageError(f"--mix-option {key} repeats --{key.replace('_', '-')}")
+        options[key] = _option_value(key, text, method.options.get(key, ""))
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(MixConfig)
+              if f.name not in ("mix", "options", "factory")}
+    return resolved(MixConfig(mix=name, factory=factory, options=options, **fields))
+
+
+def _owner(option: str) -> str:
+    return next(m.name for m in map(methods.get, methods.MIX_NAMES)
+                if option in (m.options or {}))
+
+
+def _option_value(key: str, text: str, default):
+    """``--mix-option KEY=TEXT`` as the option's type (its default's); unknown: the text."""
+    try:
+        if isinstance(default, bool):
+            return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
+        if isinstance(default, (int, float)):
+            return type(default)(text)
+    except (KeyError, ValueError):
+        kind = {bool: "true or false", int: "an integer"}.get(type(default), "a number")
+        raise UsageError(f"--mix-option {key} must be {kind}, got {text!r}") from None
+    return text
 
 
 def _explicit_options(args: argparse.Namespace, ignore: set[str]) -> list[str]:
@@ -131,16 +180,17 @@ def _explicit_options(args: argparse.Namespace, ignore: set[str]) -> list[str]:
 def _run_masks(args: argparse.Namespace) -> int:
     if args.kernel is None and args.out is None:
         raise UsageError("nothing to do: give --kernel FILE.csv and/or --out FILE.png")
-    MixConfig(mix=args.mix, alpha=args.alpha, hmix_r=args.hmix_r,
-              switch_prob=args.switch_prob).validate()
+    # for --kernel: --mix's own options; --hmix-r also sets the gallery's HMix
+    mix = _mix_config(argparse.Namespace(**{**vars(args), "lam_per": "batch",
+                                            "pairing": "flip", "mix_prob": 1.0}),
+                      strict=False)
     if not 0 <= args.lam <= 1:
         raise UsageError(f"--lam must lie in [0, 1], got {args.lam}")
     if args.size < 2:
         raise UsageError(f"--size must be >= 2, got {args.size}")
     if args.kernel is not None:
-        write_kernel(args.kernel, args.mix, args.size, draws=args.draws, alpha=args.alpha,
-                     hmix_r=args.hmix_r, switch_prob=args.switch_prob, seed=args.seed)
-        print(f"robustmix masks: wrote c(p) of {args.mix} for offsets 0..{args.size - 1} "
+        write_kernel(args.kernel, mix, args.size, draws=args.draws, seed=args.seed)
+        print(f"robustmix masks: wrote c(p) of {mix.mix} for offsets 0..{args.size - 1} "
               f"({args.draws} masks) to {args.kernel}")
     if args.out is not None:
         # here: the evaluations package loads pandas and scipy (about 1.5 s) on import
@@ -218,7 +268,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     # here: pandas and scipy (about 1.5 s) load only for the commands that need them
     from evaluations import evaluate_run
 
-    for run in _run_dirs(args, "evaluate"):
+    run_dirs = _run_dirs(args, "evaluate")
+    declare_methods(run_dirs)   # so every model's Q is measured on every method's masks
+    for run in run_dirs:
         if args.corruptions:  # first: a damaged -C file stops before the longer measurements
             _evaluate_corruptions(run, args)
         result = evaluate_run(run, device=args.device, batch_size=args.batch_size,
@@ -228,6 +280,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
               f"test {result['test']['accuracy']:.2%}, gap {result['gap']['accuracy']:+.2%}; "
               f"wrote {runs.RunDir(run).generalization_path}")
     return 0
+
+
+def declare_methods(run_dirs: Sequence[str | Path]) -> None:
+    """Register the methods that runs name by their factory's path, before any is used."""
+    for run in run_dirs:
+        mix = MixConfig.upgrade(runs.read_config(run)["train"].get("mix", {}))
+        if isinstance(mix, dict) and isinstance(mix.get("factory"), str):
+            methods.get(mix.get("mix"), mix["factory"])
 
 
 def _evaluate_corruptions(run: str, args: argparse.Namespace) -> None:

@@ -9,15 +9,17 @@ checked for convergence. Every later command (attack, evaluate, report, runs) wo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from pathlib import Path
 from typing import Sequence
 
-from robustmix.core import runs
+from robustmix.core import methods, runs
 from robustmix.core.config import MixConfig, TrainConfig
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.data import load_dataset
+from robustmix.mixing.registry import resolved
 from robustmix.models.imported import fit_weights, read_state_dict
 from robustmix.training.run_files import write_config
 
@@ -48,15 +50,18 @@ def import_run(weights: str | Path, out: str | Path, *, arch: str, dataset: str 
     """Write the run directory ``out`` for ``weights`` (see the module docstring).
 
     ``mean``/``std`` are the normalization the model was trained with (default: the data
-    set's, as robustmix trains); ``mix``/``alpha`` the MSDA it was trained with, which the
-    report groups by (default: vanilla, none).
+    set's, as robustmix trains); ``mix``/``alpha`` the MSDA it was trained with (a
+    registered name or a factory's ``module:attr`` path), which the report groups by
+    (default: vanilla, none).
     """
     weights, out = Path(weights), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError("out", f"{out} exists and is not an empty directory")
+    name, factory = methods.split_spec(mix)   # a registered name, or a factory's path
     config = TrainConfig(dataset=dataset, data_dir=data_dir, image_size=image_size, arch=arch,
-                         mix=MixConfig(mix=mix, alpha=alpha), device="cpu")
+                         mix=MixConfig(mix=name, alpha=alpha, factory=factory), device="cpu")
     config.validate()
+    config = dataclasses.replace(config, mix=resolved(config.mix))
     data = load_dataset(dataset, data_dir=data_dir, image_size=image_size)
     state, kind = read_state_dict(weights)
     model = fit_weights(state, arch, num_classes=data.num_classes, in_channels=data.channels,

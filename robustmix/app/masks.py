@@ -9,15 +9,14 @@ import numpy as np
 
 from robustmix.core import runs
 from robustmix.core.config import MixConfig
-from robustmix.mixing import make_sampler, mask_kernel
+from robustmix.mixing import mask_kernel, sampler_of
 
 
-def write_kernel(path: str | Path, mix: str, size: int, *, draws: int, alpha: float,
-                 hmix_r: float = MixConfig.hmix_r, switch_prob: float = MixConfig.switch_prob,
+def write_kernel(path: str | Path, mix: MixConfig, size: int, *, draws: int,
                  seed: int = 0) -> np.ndarray:
-    """Write ``offset,c`` rows: c(p) for horizontal offsets p = 0..size−1."""
-    sampler = make_sampler(mix, hmix_r=hmix_r, switch_prob=switch_prob)
-    kernel = mask_kernel(sampler, size, alpha=alpha, draws=draws, seed=seed)
+    """Write ``offset,c`` rows: c(p) of ``mix``'s sampler (its options, λ ~ Beta(α, α))
+    for horizontal offsets p = 0..size−1."""
+    kernel = mask_kernel(sampler_of(mix), size, alpha=mix.alpha, draws=draws, seed=seed)
     rows = [{"offset": p, "c": f"{c:.8f}"} for p, c in enumerate(kernel)]
     runs.write_csv(path, rows, ["offset", "c"])
     return kernel

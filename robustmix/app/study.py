@@ -26,7 +26,7 @@ from attacks.runner import attack_run, read_rows
 from evaluations import evaluate_corruptions, evaluate_run, write_report
 from robustmix.app.presets import PAPER, PRESETS  # noqa: F401 (the study's presets)
 from robustmix.app.study_config import StudyConfig, load_config, to_toml  # noqa: F401
-from robustmix.core import runs
+from robustmix.core import methods, runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.devices import resolve_device
 from robustmix.core.errors import UsageError
@@ -63,7 +63,7 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
     for variant in config.variant_names():
         for method in config.methods:
             for seed in config.seeds:
-                label = _run_name(variant, method, seed)
+                label = _run_name(variant, methods.split_spec(method)[0], seed)
                 run_dir = out / "runs" / label
                 run_dirs.append(run_dir)
                 train = config.run_config(variant, method, seed)

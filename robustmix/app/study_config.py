@@ -5,7 +5,10 @@ A study is a :class:`StudyConfig`: which methods and seeds, a :class:`TrainConfi
 :class:`EvaluatePlan`. A TOML file reads into it (:func:`load_config`, checked in one
 place: :meth:`StudyConfig.from_dict`) and it writes back out (:func:`to_toml`). In the TOML
 the ``[train]`` table holds the training settings with the mix settings flat beside them
-(``alpha``, ``hmix_r``, ...), as ``robustmix train`` spells them as flags.
+(``alpha``, ``mix_prob``, ...), as ``robustmix train`` spells them as flags, and each
+method's options in its own table, ``[train.options.hmix]`` (``hmix_r = 0.5``; the
+built-ins' options may also stand flat in ``[train]``, as they did before the registry).
+``methods`` lists registered names or factories' paths (``examples.fmix:fmix``).
 """
 
 from __future__ import annotations
@@ -17,14 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attacks import AttackConfig, PGDSettings, parse_eps
-from robustmix.core import runs
-from robustmix.core.config import MixConfig, TrainConfig
+from robustmix.core import methods, runs
+from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.core.methods import MIX_NAMES
 from robustmix.app.presets import PRESETS
+from robustmix.mixing.registry import load_method, resolved
 
-RUN_KEYS = ("mix", "seed", "device")            # set per run by the study, not in [train]
-MIX_KEYS = tuple(f.name for f in dataclasses.fields(MixConfig) if f.name != "mix")
+RUN_KEYS = ("mix", "factory", "seed", "device")  # set per run by the study, not in [train]
+MIX_KEYS = tuple(f.name for f in dataclasses.fields(MixConfig)
+                 if f.name not in ("mix", "options", "factory"))
+METHODS_ACCEPTED = (f"{', '.join(MIX_NAMES)}, registered plugins or factories' paths "
+                    "(package.module:factory)")
+Options = dict[str, dict[str, Any]]   # method name -> its options
 STRONG_ATTACKS = ("fgsm", "pgd", "apgd")         # every preset's attacks at every ε
 
 
@@ -129,12 +137,15 @@ class StudyConfig:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     paper: str = ""
+    # [train.options.NAME]: each method's options, its defaults filled in for the study's
+    # methods; a run takes its own method's
+    options: Options = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> "StudyConfig":
         """Check a study read from TOML (or a preset) and build it; one line on error."""
         values = dict(values)
-        top = {f.name for f in dataclasses.fields(cls)}
+        top = {f.name for f in dataclasses.fields(cls)} - {"options"}   # it is in [train]
         unknown = sorted(set(values) - top)
         if unknown:
             raise UsageError(f"{source}: unknown keys {', '.join(unknown)}; valid: "
@@ -145,19 +156,57 @@ class StudyConfig:
             section = {k: tuple(v) if isinstance(v, list) else v
                        for k, v in values.get(name, {}).items()}
             sections[name] = _checked(lambda: plan(**section), name, source)
+        template, options = _train_template(values.get("train", {}), source)
         config = cls(
             out=values.get("out"), methods=_listed(values, "methods", source),
             seeds=_listed(values, "seeds", source), device=values.get("device", "auto"),
-            train=_train_template(values.get("train", {}), source),
+            train=template, options=options,
             variants=values.get("variants", {}), description=values.get("description", ""),
             paper=values.get("paper", ""), **sections)
-        config.validate(source)
-        return config
+        return config.completed(source)
+
+    def completed(self, source: str) -> "StudyConfig":
+        """The study with its methods loaded (a broken plugin refused here), the options of
+        each filled in with its defaults, and every setting checked."""
+        names = self.method_names(source)
+        options = {name: dict(values) for name, values in self.options.items()}
+        for spec, name in zip(self.methods, names):
+            mix = MixConfig(mix=name, factory=methods.split_spec(spec)[1],
+                            options=options.get(name, {}))
+            try:
+                options[name] = resolved(mix).options
+            except ConfigError as err:
+                field_ = {"mix": "methods", "options": f"train.options.{name}"}.get(
+                    err.field, f"train.options.{name}.{err.field}")
+                raise ConfigError(field_, err.problem, source=source) from None
+        completed = dataclasses.replace(self, options={k: v for k, v in options.items() if v})
+        completed.validate(source)
+        return completed
+
+    def method_names(self, source: str = "study") -> list[str]:
+        """The name of each method (a path names its factory's), checked."""
+        if not isinstance(self.methods, tuple) or not self.methods or any(
+                not isinstance(m, str) for m in self.methods):
+            raise ConfigError("methods", f"must be a non-empty list of {METHODS_ACCEPTED}; "
+                              f"got {list(self.methods)!r}", source=source)
+        names = []
+        for spec in self.methods:
+            try:
+                name, factory = methods.split_spec(spec)
+            except ConfigError as err:
+                raise ConfigError("methods", err.problem, source=source) from None
+            if factory is None and name not in methods.names():
+                raise ConfigError("methods", f"must be a non-empty list of "
+                                  f"{METHODS_ACCEPTED}; got {list(self.methods)!r}",
+                                  source=source)
+            if name in names:
+                raise ConfigError("methods", f"name {name} twice; got {list(self.methods)!r}",
+                                  source=source)
+            names.append(name)
+        return names
 
     def validate(self, source: str) -> None:
-        if not self.methods or any(m not in MIX_NAMES for m in self.methods):
-            raise ConfigError("methods", f"must be a non-empty list of {', '.join(MIX_NAMES)}; "
-                              f"got {list(self.methods)!r}", source=source)
+        names = self.method_names(source)
         if not self.seeds or any(not _count(s, -2**63) for s in self.seeds):
             raise ConfigError("seeds", f"must be a non-empty list of integers; "
                               f"got {list(self.seeds)!r}", source=source)
@@ -167,8 +216,14 @@ class StudyConfig:
                 not isinstance(v, dict) for v in self.variants.values()):
             raise ConfigError("variants", "must be a table of name = {train overrides}",
                               source=source)
+        for name in self.options:
+            if not isinstance(self.options[name], dict) or name not in methods.names():
+                raise ConfigError(f"train.options.{name}", f"must be a table of the options "
+                                  f"of a registered method (the study's: {', '.join(names)})",
+                                  source=source)
         for variant in self.variant_names():
-            self.run_config(variant, self.methods[0], self.seeds[0], source)
+            for method in self.methods:
+                self.run_config(variant, method, self.seeds[0], source)
         _checked(self.attack.validate, "attack", source)
         _checked(self.evaluate.validate, "evaluate", source)
 
@@ -177,24 +232,28 @@ class StudyConfig:
 
     def run_config(self, variant: str, method: str, seed: int,
                    source: str = "study") -> TrainConfig:
-        """The TrainConfig of one run of the study."""
+        """The TrainConfig of one run of the study (``method`` as ``methods`` spells it)."""
+        name, factory = methods.split_spec(method)
         values = _flat(self.train)
-        values.update(self.variants.get(variant, {}))
+        overrides = dict(self.variants.get(variant, {}))
+        own = _split_options(overrides, f"{source} [variants]").get(name, {})
+        values.update(overrides)
+        values["mix"] = {"mix": name, "factory": factory,
+                         "options": {**self.options.get(name, {}), **own}}
         return _train_config({**values, "seed": seed, "device": self.device},
-                             method, f"{source} [train]")
+                             f"{source} [train]")
 
     def with_overrides(self, **changes: Any) -> "StudyConfig":
         """The study with top-level settings replaced (None: keep), checked again."""
         changed = dataclasses.replace(self, **{k: v for k, v in changes.items()
                                                if v is not None})
-        changed.validate("command line")
-        return changed
+        return changed.completed("command line")
 
 
 def _listed(values: dict[str, Any], key: str, source: str) -> tuple:
     value = values.get(key)
     if not isinstance(value, list):
-        kinds = ", ".join(MIX_NAMES) if key == "methods" else "integers"
+        kinds = METHODS_ACCEPTED if key == "methods" else "integers"
         raise ConfigError(key, f"must be a non-empty list of {kinds}; got {value!r}",
                           source=source)
     return tuple(value)
@@ -209,30 +268,52 @@ def _checked(build, section: str, source: str):
 
 
 def _flat(train: TrainConfig) -> dict[str, Any]:
-    """A TrainConfig as [train] spells it: mix settings flat, no per-run keys."""
+    """A TrainConfig as [train] spells it: mix settings flat, no per-run keys or options."""
     values = train.to_dict()
     mix = values.pop("mix")
-    mix.pop("mix")
+    for key in ("mix", "options", "factory"):
+        mix.pop(key)
     for key in ("seed", "device"):
         values.pop(key)
     return {**values, **mix}
 
 
-def _train_config(values: dict[str, Any], method: str, source: str) -> TrainConfig:
+def _split_options(values: dict[str, Any], source: str) -> Options:
+    """Take the options out of [train] (or a variant): its ``options`` table of tables, and
+    the built-ins' options spelled flat (``hmix_r = 0.5``), under their method's name."""
+    table = values.pop("options", {})
+    if not isinstance(table, dict) or any(not isinstance(v, dict) for v in table.values()):
+        raise UsageError(f"{source}: options must be a table of tables, one per method: "
+                         "[train.options.hmix] hmix_r = 0.5")
+    options = {name: dict(given) for name, given in table.items()}
+    for key in LEGACY_OPTIONS:
+        if key in values:
+            owner = next(m for m in MIX_NAMES if key in methods.BUILTIN_OPTIONS_OF[m])
+            if options.setdefault(owner, {}).setdefault(key, values[key]) != values[key]:
+                raise UsageError(f"{source}: {key} is given twice, flat and in "
+                                 f"[train.options.{owner}]")
+            values.pop(key)
+    return options
+
+
+def _train_config(values: dict[str, Any], source: str) -> TrainConfig:
     values = dict(values)
-    mix = {key: values.pop(key) for key in MIX_KEYS if key in values}
-    values["mix"] = {"mix": method, **mix}
+    values["mix"] = {**values["mix"], **{key: values.pop(key) for key in MIX_KEYS
+                                          if key in values}}
     return TrainConfig.from_dict(values, source=source)
 
 
-def _train_template(values: Any, source: str) -> TrainConfig:
+def _train_template(values: Any, source: str) -> tuple[TrainConfig, Options]:
     if not isinstance(values, dict):
         raise UsageError(f"{source}: [train] must be a table of training settings")
     extra = sorted(set(values) & set(RUN_KEYS))
     if extra:
         raise UsageError(f"{source}: [train] cannot set {', '.join(extra)}: the study sets "
                          "them per run (methods, seeds and the top-level device)")
-    return _train_config(values, "vanilla", f"{source} [train]")
+    values = dict(values)
+    options = _split_options(values, f"{source} [train]")
+    values["mix"] = {"mix": "vanilla"}
+    return _train_config(values, f"{source} [train]"), options
 
 
 def load_config(preset: str | None, config_path: str | None) -> StudyConfig:
@@ -284,6 +365,8 @@ def to_dict(config: StudyConfig) -> dict[str, Any]:
     if config.paper:
         values["paper"] = config.paper
     values["train"] = {k: v for k, v in _flat(config.train).items() if v is not None}
+    if config.options:
+        values["train"]["options"] = config.options
     values["attack"] = dataclasses.asdict(config.attack)
     values["evaluate"] = dataclasses.asdict(config.evaluate)
     if config.variants:
@@ -307,12 +390,22 @@ def to_toml(config: StudyConfig) -> str:
                                    f"{value(x)}" for k, x in v.items()) + "}"
         raise TypeError(f"cannot write {v!r} as TOML")
 
+    def section(name: str, table: dict, header: bool = True) -> list[str]:
+        """``[name]``, its values, then its tables as ``[name.key]`` (options per method)."""
+        # an empty table is written inline: a file that leaves it out inherits its preset's
+        scalars = [f"{k} = {value(x)}" for k, x in table.items()
+                   if not isinstance(x, dict) or not x]
+        lines = ["", f"[{name}]"] + scalars if header or scalars else []
+        for key, inner in table.items():
+            if isinstance(inner, dict) and inner:
+                lines += section(f"{name}.{key}", inner, header=False)
+        return lines
+
     values = to_dict(config)
     lines = [f"{key} = {value(v)}" for key, v in values.items() if not isinstance(v, dict)]
     for key, table in values.items():
         if isinstance(table, dict) and key != "variants":
-            lines += ["", f"[{key}]"] + [f"{k} = {value(x)}" for k, x in table.items()]
+            lines += section(key, table)
     for name, overrides in values.get("variants", {}).items():
-        lines += ["", f'[variants."{name}"]'] + [f"{k} = {value(x)}"
-                                                 for k, x in overrides.items()]
+        lines += section(f'variants."{name}"', overrides)
     return "\n".join(lines) + "\n"

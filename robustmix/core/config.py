@@ -5,7 +5,8 @@
 The MSDA names come from the registry, :mod:`robustmix.core.methods`, below the samplers,
 so that configuration, command line and study agree on them without importing the mixing
 code. Every default lives here once: the flags of ``robustmix train`` are these fields with
-these defaults (a test holds the parser to them), and the samplers take theirs from here.
+these defaults (a test holds the parser to them); each method's options and their defaults
+live in its registry entry.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustmix.core import runs
+from robustmix.core import methods, tables
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.core.methods import DATA_FREE_MIX_NAMES, MIX_NAMES  # noqa: F401 (re-exported)
 
@@ -28,23 +29,39 @@ MAX_IMAGE_SIZE = 1024  # larger --image-size values would resize whole data sets
 
 @dataclass(frozen=True)
 class MixConfig:
-    """How a training run mixes its batches (the flags of ``robustmix train``)."""
+    """How a training run mixes its batches (the flags of ``robustmix train``).
+
+    ``mix`` names a registered method (:mod:`robustmix.core.methods`); ``options`` holds
+    that method's options, its defaults filled in wherever they are known, so two configs
+    of one run compare equal however they were spelled. ``factory`` is the ``module:attr``
+    path of a method that is not built in (given by path, ``--mix examples.fmix:fmix``, or
+    registered by an entry point or :func:`robustmix.register_method`), kept so that every
+    later command, on any machine, loads the same code; None for the built-ins.
+    """
 
     mix: str = "vanilla"
     alpha: float = 1.0
     lam_per: str = "batch"       # one λ and mask per batch (the paper's code) or per sample
     pairing: str = "flip"        # partner of sample k: B−1−k (the paper's code) or a permutation
     mix_prob: float = 1.0        # probability that a batch (or sample) is mixed at all
-    switch_prob: float = 0.5     # stochastic: probability of CutMix
-    hmix_r: float = 0.5
-    puzzle_beta: float = 1.2     # puzzlemix: label smoothness (official defaults)
-    puzzle_gamma: float = 0.5    # puzzlemix: data smoothness
-    puzzle_eta: float = 0.2      # puzzlemix: weight of the label prior
-    puzzle_transport: bool = True  # puzzlemix: move salient blocks out from under the partner
+    options: dict[str, Any] = field(default_factory=dict)   # the method's: {"hmix_r": 0.5}
+    factory: str | None = None   # "package.module:factory" of a method given by path
+
+    def __post_init__(self) -> None:
+        # a method's defaults, filled in: MixConfig(mix="hmix").options == {"hmix_r": 0.5};
+        # a plugin's path too, however it was registered, so its runs name their code
+        object.__setattr__(self, "options", methods.full_options(self.mix, self.options))
+        method = methods.find(self.mix)
+        if self.factory is None and method is not None and not method.builtin:
+            object.__setattr__(self, "factory", method.path)
 
     def validate(self) -> None:
-        if self.mix not in MIX_NAMES:
-            raise ConfigError("mix", f"must be one of {', '.join(MIX_NAMES)}, got '{self.mix}'")
+        if not isinstance(self.factory, (str, type(None))):
+            raise ConfigError("factory", f"must be 'package.module:factory' or None, "
+                              f"got {self.factory!r}")
+        if not isinstance(self.mix, str):
+            raise ConfigError("mix", f"must be a method's name, got {self.mix!r}")
+        methods.get(self.mix, self.factory)
         if not 0 < self.alpha < math.inf:
             raise ConfigError("alpha", f"must be > 0 and finite (λ ~ Beta(α, α)), "
                               f"got {self.alpha}")
@@ -54,24 +71,37 @@ class MixConfig:
         if self.pairing not in PAIRINGS:
             raise ConfigError("pairing", f"must be one of {', '.join(PAIRINGS)}, "
                               f"got '{self.pairing}'")
-        for name in ("mix_prob", "switch_prob", "hmix_r"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(name, f"must lie in [0, 1], got {value}")
-        for name in ("puzzle_beta", "puzzle_gamma", "puzzle_eta"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(name, f"must be a finite number >= 0, "
-                                  f"got {value}")
-        if not isinstance(self.puzzle_transport, bool):
-            raise ConfigError("puzzle_transport",
-                              f"must be true or false, got {self.puzzle_transport!r}")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise ConfigError("mix_prob", f"must lie in [0, 1], got {self.mix_prob}")
+        methods.check_options(self.mix, self.options)
 
-    def sampler_settings(self) -> dict:
-        """The keyword arguments of :func:`make_sampler` that this configuration sets."""
-        return {"hmix_r": self.hmix_r, "switch_prob": self.switch_prob,
-                "puzzle_beta": self.puzzle_beta, "puzzle_gamma": self.puzzle_gamma,
-                "puzzle_eta": self.puzzle_eta, "puzzle_transport": self.puzzle_transport}
+    @staticmethod
+    def upgrade(values: dict[str, Any]) -> dict[str, Any]:
+        """A ``mix`` section as config.json holds it, in today's form.
+
+        Run directories written before the registry (commit 5c8b86e and earlier) hold the
+        built-ins' options flat beside ``mix`` (``hmix_r``, ``switch_prob``, ``puzzle_*``),
+        for every method: they move into ``options``, those of the run's own method only
+        (the others never had an effect).
+        """
+        if not isinstance(values, dict) or not set(values) & set(LEGACY_OPTIONS):
+            return values
+        values = dict(values)
+        legacy = {key: values.pop(key) for key in LEGACY_OPTIONS if key in values}
+        name = values.get("mix", "vanilla")
+        own = methods.BUILTIN_OPTIONS_OF.get(name, ()) if isinstance(name, str) else ()
+        options = dict(values.get("options") or {})
+        for key, value in legacy.items():
+            if key in own and options.setdefault(key, value) != value:
+                raise ConfigError(key, f"is given twice, as {key} and in options")
+        values["options"] = options
+        return values
+
+
+# The built-ins' options as flat fields of MixConfig, before the registry: still read from
+# old run directories (MixConfig.upgrade), a study's [train] and train's flags.
+LEGACY_OPTIONS = ("switch_prob", "hmix_r", "puzzle_beta", "puzzle_gamma", "puzzle_eta",
+                  "puzzle_transport")
 
 
 @dataclass(frozen=True)
@@ -153,9 +183,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
         """Rebuild from ``to_dict`` output; unknown keys or wrong types are refused."""
-        runs.check_fields(values, cls, source, what="training settings")
         values = dict(values)
         try:
+            if "mix" in values:   # an old run directory's flat options, into options
+                values["mix"] = MixConfig.upgrade(values["mix"])
+            tables.check_fields(values, cls, source, what="training settings")
             mix_values = values.pop("mix", {})
             for key in ("crop_scale", "milestones"):
                 if values.get(key) is not None:

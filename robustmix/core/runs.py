@@ -22,40 +22,36 @@ Every name is one constant here, and :class:`RunDir` owns them: a path per file,
 checked readers, and :func:`test_subset`, the one rule that picks the test examples an
 attack or evaluation with ``n_examples`` looks at.
 
-Every file is written to a temporary name in the same directory and renamed into place,
-so a crash leaves either the old file or the new one, never half of one; a write that
-fails (a full disk) leaves the old file and raises :class:`WriteError`, one line. A
-process killed mid-write leaves its temporary file behind; the next write into that
-directory removes it. Weights are read with safetensors and checkpoints with
-``torch.load(weights_only=True)``: loading never executes code from the file.
-
-Files read back are checked before use: :func:`read_config` (types, unknown keys),
-:func:`read_metrics` and :func:`read_table` (columns, numbers, ranges) turn anything
+Every file is written atomically (:mod:`robustmix.core.files`: a temporary name in the
+same directory, then a rename). Weights are read with safetensors and checkpoints with
+``torch.load(weights_only=True)``: loading never executes code from the file. Files read
+back are checked before use: :func:`read_config` (types, unknown keys), :func:`read_metrics`
+and :func:`robustmix.core.tables.read_table` (columns, numbers, ranges) turn anything
 malformed into a one-line :class:`UsageError` that names the file and the problem.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import io
 import json
-import math
 import os
-import re
-import socket
-import tempfile
-import types
-import typing
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from safetensors.torch import save
 
 from robustmix.core.errors import ConfigError, UsageError
+# Re-exported so that ``runs.write_csv(...)``, ``runs.read_table(...)`` and the rest keep
+# working: the atomic files live in :mod:`robustmix.core.files`, the checked settings and
+# tables in :mod:`robustmix.core.tables`.
+from robustmix.core.files import (WriteError, atomic_write_bytes,  # noqa: F401
+                                  atomic_write_text, read_csv, read_json,
+                                  remove_stale_temporaries, write_csv, write_json)
+from robustmix.core.tables import (check_fields, choice, kind_name, number,  # noqa: F401
+                                   read_table, short_value, text)
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -80,145 +76,6 @@ METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "l
                  "images_per_s"]
 
 
-class WriteError(UsageError, OSError):
-    """A file could not be written (a full disk, no permission); the old file is intact.
-
-    An ``OSError`` (with ``errno``) that the command line reports as its one-line error.
-    """
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-def _file_mode() -> int:
-    """The mode an ordinary ``open(path, "w")`` would give (mkstemp's is 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _host_tag() -> str:
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-
-
-# .<name>.<pid>@<host>.<random>.tmp: who wrote a temporary file, so that a later writer can
-# tell one left by a killed process from one that is being written right now.
-_TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)@(?P<host>[0-9a-f]{8})\.[^./]+\.tmp")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists but belongs to someone else
-        return True
-    return True
-
-
-def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files that killed writers on this host left in ``directory``."""
-    directory = Path(directory)
-    removed = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    host = _host_tag()
-    for name in names:
-        match = _TEMPORARY.fullmatch(name)
-        if match is None or match["host"] != host or _alive(int(match["pid"])):
-            continue
-        try:
-            (directory / name).unlink()
-            removed.append(directory / name)
-        except OSError:
-            pass
-    return removed
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable; some file systems cannot fsync a directory, which is fine."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory + rename.
-
-    On failure the old file (if any) is untouched, the temporary file is removed, and
-    :class:`WriteError` names the file and the reason.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp",
-                                   prefix=f".{path.name}.{os.getpid()}@{_host_tag()}.")
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), _file_mode())
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_directory(path.parent)
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
-        raise WriteError(err.errno, f"could not write {path} ({reason}); {kept}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
-              fieldnames: list[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not valid JSON ({err})") from None
-    except OSError as err:
-        raise UsageError(f"{path} could not be read ({err.strerror or err})") from None
-
-
-def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows of a CSV as strings, unchecked: for files this program did not write.
-
-    Files of a run directory are read with :func:`read_table` or :func:`read_metrics`.
-    """
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """A run's ``config.json``: a JSON object with the sections robustmix train writes.
 
@@ -239,186 +96,9 @@ def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
                          "robustmix train")
     for key, kind in CONFIG_SECTIONS.items():
         if key in config and not isinstance(config[key], kind):
-            raise UsageError(f"{path}: '{key}' must be {_kind_name(kind)}, got "
-                             f"{_short(config[key])}")
+            raise UsageError(f"{path}: '{key}' must be {kind_name(kind)}, got "
+                             f"{short_value(config[key])}")
     return config
-
-
-def _kind_name(kind) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {dict: "an object", str: "a string", type(None): "null", list: "a list"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) \
-        else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def check_fields(values: Mapping[str, Any], cls: type, source: str, *,
-                 what: str = "settings", prefix: str = "") -> None:
-    """Check JSON ``values`` against the typed fields of dataclass ``cls``.
-
-    Unknown keys and values of the wrong type (``"3"`` or ``3.5`` for an int, ``true``
-    for a number, a list of the wrong length for a pair) raise a one-line
-    :class:`UsageError` naming ``source`` and the key (``what`` names the kind of
-    settings). Nested dataclasses are checked recursively; missing keys are allowed
-    (the defaults apply).
-    """
-    if not isinstance(values, Mapping):
-        raise UsageError(f"{source}: malformed {what}: {prefix.rstrip('.') or 'they'} must be "
-                         f"an object, got {_short(values)}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(known), key=str)
-    if unknown:
-        raise UsageError(f"{source}: unknown {what} "
-                         f"{', '.join(prefix + str(k) for k in unknown)}")
-    for key, value in values.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            check_fields(value, hint, source, what=what, prefix=f"{prefix}{key}.")
-        elif not _matches(value, hint):
-            raise UsageError(f"{source}: malformed {what}: {prefix}{key} must be "
-                             f"{_describe(hint)}, got {_short(value)}")
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in args)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(item, args[0]) for item in value)
-        return len(value) == len(args) and all(map(_matches, value, args))
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return True  # a type this checker does not know: the constructor checks it
-
-
-def _describe(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None):
-        return "null"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg) for arg in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
-        return f"a list of {len(args)} numbers" if all(a in (int, float) for a in args) \
-            else f"a list of {len(args)} values"
-    return {bool: "true or false", int: "an integer", float: "a number",
-            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-# ---------------------------------------------------------------------------- checked CSVs
-
-
-def number(lo: float = -math.inf, hi: float = math.inf, *, integer: bool = False,
-           above: bool = False) -> Callable[[str], float]:
-    """A column check: a finite number (an integer with ``integer``) in [lo, hi].
-
-    With ``above`` the value must be strictly greater than ``lo``.
-    """
-    def check(text: str) -> float:
-        try:
-            value = int(text) if integer else float(text)
-        except (TypeError, ValueError):
-            raise ValueError(f"is {text!r}, not {'an integer' if integer else 'a number'}") \
-                from None
-        if not math.isfinite(value):
-            raise ValueError(f"is {text!r}, not a finite number")
-        if value < lo or value > hi or (above and value == lo):
-            left = "(" if above else "["
-            raise ValueError(f"is {text}, outside {left}{lo:g}, {hi:g}]")
-        return value
-    return check
-
-
-def choice(options: Iterable[str]) -> Callable[[str], str]:
-    """A column check: one of ``options``."""
-    options = tuple(options)
-
-    def check(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"is {text!r}, not one of {', '.join(options)}")
-        return text
-    return check
-
-
-def text(value: str) -> str:
-    """A column check that accepts any text."""
-    return value
-
-
-def read_table(path: str | os.PathLike, columns: Mapping[str, Callable[[str], Any]], *,
-               row_check: Callable[[dict[str, str]], None] | None = None
-               ) -> list[dict[str, str]]:
-    """Read a CSV that this program wrote, checking it before use.
-
-    The header must hold exactly ``columns`` (in any order), every line as many values,
-    each value must pass its column's check, and each row ``row_check`` (checks raise
-    ``ValueError`` naming the problem). Anything else is a one-line :class:`UsageError`
-    naming the file, the line and the problem. Returns the rows as strings, so rewriting
-    them changes nothing.
-    """
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames
-            if not header:
-                raise UsageError(f"{path} is empty: it has no header line")
-            duplicated = sorted({c for c in header if header.count(c) > 1})
-            missing = [c for c in columns if c not in header]
-            unknown = [c for c in header if c not in columns]
-            for problem, names in (("repeats the", duplicated), ("lacks the", missing),
-                                   ("has the unknown", unknown)):
-                if names:
-                    raise UsageError(f"{path} {problem} column"
-                                     f"{'s' if len(names) > 1 else ''} "
-                                     f"{', '.join(map(repr, names))}; expected "
-                                     f"{','.join(columns)}")
-            rows = []
-            for row in reader:
-                extra = row.pop(None, None) or []
-                short = sum(value is None for value in row.values())
-                if extra or short:
-                    raise UsageError(f"{path}, line {reader.line_num}: "
-                                     f"{len(header) + len(extra) - short} values, but the "
-                                     f"header has {len(header)} columns")
-                for column, check in columns.items():
-                    try:
-                        check(row[column])
-                    except ValueError as err:
-                        raise UsageError(f"{path}, line {reader.line_num}: {column} "
-                                         f"{err}") from None
-                if row_check is not None:
-                    try:
-                        row_check(row)
-                    except ValueError as err:
-                        raise UsageError(f"{path}, line {reader.line_num}: {err}") from None
-                rows.append(row)
-            return rows
-    except FileNotFoundError:
-        raise UsageError(f"{path} not found") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
-    except csv.Error as err:
-        raise UsageError(f"{path} is not a readable CSV ({err})") from None
-    except OSError as err:
-        raise UsageError(f"{path} could not be read ({err.strerror or err})") from None
 
 
 METRIC_COLUMNS: dict[str, Callable[[str], Any]] = {

@@ -1,8 +1,8 @@
-"""Choosing a sampler by name and mixing training batches with it.
+"""Mixing training batches with a run's sampler.
 
-:func:`make_sampler` is the MSDA registry (every name of :data:`MIX_NAMES`, PuzzleMix
-included); :class:`Mixer` draws (λ, mask, partner) once per batch and then applies them
-with :func:`robustmix.mixing.samplers.mix`, so images and labels never disagree.
+:class:`Mixer` takes its sampler from the registry (:mod:`robustmix.mixing.registry`),
+draws (λ, mask, partner) once per batch and then applies them with
+:func:`robustmix.mixing.samplers.mix`, so images and labels never disagree.
 """
 
 from __future__ import annotations
@@ -13,42 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robustmix.core.config import MIX_NAMES, MixConfig
-from robustmix.core.errors import ConfigError
-from robustmix.mixing.puzzlemix import PuzzleMix
-from robustmix.mixing.samplers import (DataDependentSampler, MaskSampler, _as_device_tensor,
-                                       cutmix_mask, gmix_mask, hmix_mask, is_data_dependent,
-                                       mix, mixup_mask, sample_lam, stochastic_mask,
-                                       vanilla_mask)
-
-
-_DEFAULT = MixConfig()   # the defaults live once, in the configuration
-
-
-def make_sampler(mix: str, *, hmix_r: float = _DEFAULT.hmix_r,
-                 switch_prob: float = _DEFAULT.switch_prob,
-                 puzzle_beta: float = _DEFAULT.puzzle_beta,
-                 puzzle_gamma: float = _DEFAULT.puzzle_gamma,
-                 puzzle_eta: float = _DEFAULT.puzzle_eta,
-                 puzzle_transport: bool = _DEFAULT.puzzle_transport
-                 ) -> MaskSampler | DataDependentSampler:
-    """The mask sampler of an MSDA by name (one of :data:`MIX_NAMES`).
-
-    ``puzzlemix`` gives a :class:`DataDependentSampler`; every other name a :class:`MaskSampler`.
-    """
-    samplers: dict[str, Callable[[], MaskSampler | DataDependentSampler]] = {
-        "vanilla": lambda: vanilla_mask,
-        "mixup": lambda: mixup_mask,
-        "cutmix": lambda: cutmix_mask,
-        "stochastic": lambda: stochastic_mask(switch_prob),
-        "hmix": lambda: hmix_mask(hmix_r),
-        "gmix": lambda: gmix_mask,
-        "puzzlemix": lambda: PuzzleMix(beta=puzzle_beta, gamma=puzzle_gamma, eta=puzzle_eta,
-                                       transport=puzzle_transport),
-    }
-    if mix not in samplers:
-        raise ConfigError("mix", f"must be one of {', '.join(MIX_NAMES)}, got '{mix}'")
-    return samplers[mix]()
+from robustmix.core.config import MixConfig
+from robustmix.mixing.registry import sampler_of
+from robustmix.mixing.samplers import _as_device_tensor, is_data_dependent, mix, sample_lam
 
 
 SaliencyFn = Callable[[Tensor, Tensor], Tensor]   # (x (B, C, H, W), y (B, K)) -> (B, H, W)
@@ -65,7 +32,7 @@ class Mixer:
     def __init__(self, config: MixConfig):
         config.validate()
         self.config = config
-        self.sampler = make_sampler(config.mix, **config.sampler_settings())
+        self.sampler = sampler_of(config)
 
     @property
     def active(self) -> bool:

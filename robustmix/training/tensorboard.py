@@ -16,7 +16,7 @@ import torch
 
 from robustmix.core.config import TrainConfig
 from robustmix.core.errors import ConfigError
-from robustmix.mixing.mixer import make_sampler
+from robustmix.mixing.registry import sampler_of
 from robustmix.mixing.samplers import is_data_dependent
 
 GALLERY_LAMS = (0.2, 0.5, 0.8)
@@ -50,7 +50,7 @@ class Board:
     def masks(self, config: TrainConfig, height: int, width: int) -> None:
         """The run's masks at a few λ (white: the image, black: its partner); none for a
         data-dependent MSDA (PuzzleMix's mask needs the batch)."""
-        sampler = make_sampler(config.mix.mix, **config.mix.sampler_settings())
+        sampler = sampler_of(config.mix)
         if is_data_dependent(sampler):
             return
         lam = torch.tensor(GALLERY_LAMS)

@@ -47,6 +47,7 @@ from robustmix.core.devices import autocast, resolve_device
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.data import Augment, BadImagesError, UnreadableImage, load_dataset, recorded_skips
 from robustmix.mixing.mixer import Mixer
+from robustmix.mixing.registry import resolved
 from robustmix.models import build_model, check_arch
 from robustmix.mixing.puzzlemix import saliency_of
 from robustmix.models.accuracy import evaluate
@@ -119,6 +120,8 @@ class Trainer:
         config.validate()
         if check_arch(config.arch) != config.arch:
             config = dataclasses.replace(config, arch=check_arch(config.arch))
+        # the method loaded and checked, its options complete as config.json records them
+        config = dataclasses.replace(config, mix=resolved(config.mix))
         self.config = config
         self.out = Path(out)
         self.resume = resume
