@@ -76,6 +76,12 @@ CONFIG_SECTIONS = {"train": dict, "model": dict, "dataset": dict,
                    "imported": dict}                # robustmix import: the weights' origin
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
                  "images_per_s"]
+HOLDOUT_FIELDS = ["holdout_loss", "holdout_acc"]   # runs with a held-out slice only
+
+
+def metric_fields(holdout: bool) -> list[str]:
+    """metrics.csv's columns: with a held-out slice, its loss and accuracy at the end."""
+    return METRIC_FIELDS + HOLDOUT_FIELDS if holdout else list(METRIC_FIELDS)
 
 
 class WriteError(UsageError, OSError):
@@ -361,17 +367,19 @@ def text(value: str) -> str:
 
 
 def read_table(path: str | os.PathLike, columns: Mapping[str, Callable[[str], Any]], *,
-               row_check: Callable[[dict[str, str]], None] | None = None
-               ) -> list[dict[str, str]]:
+               row_check: Callable[[dict[str, str]], None] | None = None,
+               optional: Iterable[str] = ()) -> list[dict[str, str]]:
     """Read a CSV that this program wrote, checking it before use.
 
     The header must hold exactly ``columns`` (in any order), every line as many values,
     each value must pass its column's check, and each row ``row_check`` (checks raise
     ``ValueError`` naming the problem). Anything else is a one-line :class:`UsageError`
-    naming the file, the line and the problem. Returns the rows as strings, so rewriting
-    them changes nothing.
+    naming the file, the line and the problem. Columns named in ``optional`` may be absent
+    (all of them together, as a file written before they existed). Returns the rows as
+    strings, so rewriting them changes nothing.
     """
     path = Path(path)
+    optional = tuple(optional)
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -379,6 +387,8 @@ def read_table(path: str | os.PathLike, columns: Mapping[str, Callable[[str], An
             if not header:
                 raise UsageError(f"{path} is empty: it has no header line")
             duplicated = sorted({c for c in header if header.count(c) > 1})
+            if optional and not set(optional) & set(header):
+                columns = {k: v for k, v in columns.items() if k not in optional}
             missing = [c for c in columns if c not in header]
             unknown = [c for c in header if c not in columns]
             for problem, names in (("repeats the", duplicated), ("lacks the", missing),
@@ -424,6 +434,8 @@ METRIC_COLUMNS: dict[str, Callable[[str], Any]] = {
     "test_loss": number(0), "test_acc": number(0, 1), "lr": number(0), "seconds": number(0),
     "images_per_s": number(0)}
 assert list(METRIC_COLUMNS) == METRIC_FIELDS
+HOLDOUT_COLUMNS: dict[str, Callable[[str], Any]] = {"holdout_loss": number(0),
+                                                   "holdout_acc": number(0, 1)}
 
 
 def read_metrics(path: str | os.PathLike, *, epochs: int | None = None) -> list[dict[str, str]]:
@@ -432,7 +444,7 @@ def read_metrics(path: str | os.PathLike, *, epochs: int | None = None) -> list[
     With ``epochs`` (the epoch of the checkpoint being resumed) the file must hold at
     least that many rows, and only those are returned.
     """
-    rows = read_table(path, METRIC_COLUMNS)
+    rows = read_table(path, {**METRIC_COLUMNS, **HOLDOUT_COLUMNS}, optional=HOLDOUT_FIELDS)
     for number_, row in enumerate(rows, start=1):
         if int(row["epoch"]) != number_:
             raise UsageError(f"{path}, line {number_ + 1}: epoch is {row['epoch']}, expected "
