@@ -1,0 +1,221 @@
+"""Prediction (b), robustness: the primary comparisons, and every cell as an estimate.
+
+Primary (declared before the data, :mod:`evaluations.declaration`): per MSDA against
+vanilla, per run the robust ÷ clean accuracy of the worst-case rows (per example the
+worst over every attack run at that ε, the strong attack included) averaged over the
+declared uniform ε grid (:func:`~evaluations.declaration.grid_mean`); Welch's t-test; Holm
+over the primaries at the declared level. A comparison is "not measured", with the reason,
+when a run lacks a worst-case row at a grid ε, or its worst case there was made without the
+strong attack (APGD or AutoAttack); "attack failure suspected: CHECK" when a run's
+worst-case row at a grid ε failed an attack-failure check. Both stay in the family.
+
+The same statistic under FGSM alone and under PGD alone is computed too, with the same
+test and the same Holm family size; where it would have decided otherwise the primary's
+note says so. Those, and every per-ε, per-attack cell, are exploratory estimates.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from evaluations import statistics as st
+from evaluations.declaration import grid_mean
+from evaluations.grouping import Group
+from evaluations.study_data import flag_convergence, msda, pair_text
+from evaluations.verdicts import EXPLORATORY, PRIMARY, Comparison, Judged, judge, row
+
+FAMILY = "(b) primary"
+WORST = "worst-case"
+STRONG = ("apgd", "autoattack")          # what counts as the strong attack, by name
+SHADOWS = ("fgsm", "pgd")
+CELL_FAMILY = "(b) per eps and attack"
+
+
+def rows(data, prediction: str) -> list[dict[str, str]]:
+    """Every (b) row: the primaries (judged), their FGSM/PGD shadows and the cells."""
+    if data.robust is None:
+        return []
+    grid, note = primary_grid(data)
+    primaries = [build(data, g, base, WORST, grid, note) for g, base in msda(data)]
+    judged = judge(primaries, data.declaration.level)
+    out = []
+    shadows: list[Judged] = []
+    for attack in SHADOWS:
+        mine = [build(data, g, base, attack, grid, note) for g, base in msda(data)]
+        would = judge(mine, data.declaration.level)
+        _compare_decisions(judged, would, attack)
+        shadows += [_as_estimate(j, attack) for j in would]
+    out += [row(prediction, j) for j in judged] + [row(prediction, j) for j in shadows]
+    cells = [c for g, base in msda(data) for c in _cells(data, g, base)]
+    return out + [row(prediction, j) for j in judge(cells)]
+
+
+def primary_grid(data) -> tuple[list[tuple[float, str]], str]:
+    """The declared grid, or where none was declared the ε (of the declared norm) at which
+    every run has a worst-case row, with a note saying so."""
+    declared = data.declaration.grid()
+    if declared:
+        return declared, f"declared in {data.declaration.source or 'the study'}"
+    norm = data.declaration.norm
+    worst = data.robust[(data.robust["attack"] == WORST) & (data.robust["norm"] == norm)
+                        & (data.robust["eps_key"] > 0)]
+    counts = worst.groupby("eps_key")["run"].nunique()
+    everyone = counts[counts == len(set(data.per_run["run"]))].index
+    label = dict(zip(worst["eps_key"], worst["eps"]))
+    grid = [(key, label[key]) for key in sorted(everyone)]
+    return grid, ("not declared before the data: the eps at which every run has a "
+                  "worst-case row")
+
+
+def build(data, group: Group, base: Group | None, attack: str,
+          grid: list[tuple[float, str]], origin: str) -> Comparison:
+    """One MSDA's primary comparison (or its shadow under ``attack`` alone)."""
+    # a shadow (FGSM or PGD alone) is judged as a primary, then shown as an estimate
+    role, family = PRIMARY, FAMILY if attack == WORST else f"(b) primary statistic under " \
+                                                           f"{attack} alone"
+    span = f"[{grid[0][1]}, {grid[-1][1]}]" if grid else "[]"
+    statistic = (f"{attack}: robust / clean accuracy, mean over eps in {span} "
+                 f"({data.declaration.norm}, %)")
+    c = Comparison("b", role, family, f"{group.name} vs vanilla", statistic, [], [], "higher",
+                   eps=f"mean {span}", scale=100.0)
+    c.notes.append(f"grid {', '.join(text for _, text in grid)} ({origin})")
+    if base is None:
+        c.premise = (st.NOT_MEASURED, "no vanilla run with the same settings")
+        return c
+    if not grid:
+        c.premise = (st.NOT_MEASURED, "no eps at which every run has a worst-case row")
+        return c
+    a, problems_a = run_values(data, group, attack, grid)
+    b, problems_b = run_values(data, base, attack, grid)
+    c.a, c.b = a, b
+    problems = {k: problems_a[k] + problems_b[k] for k in problems_a}
+    if problems["missing"]:
+        c.premise = (st.NOT_MEASURED, _by_reason(problems["missing"]))
+        return c
+    c.measured = pair_text(group, a, base, b, 100.0)
+    if problems["failed"]:
+        names = sorted({n for _, n in problems["failed"]})
+        c.premise = (f"{st.ATTACK_FAILURE}: {','.join(names)}", _by_reason(
+            [(run, f"worst case at a primary eps failed {name}")
+             for run, name in dict.fromkeys(problems["failed"])]))
+    elif _subsets(data, group, base, attack, grid):
+        c.premise = (st.NOT_MEASURED, _subsets(data, group, base, attack, grid))
+    flag_convergence(data, c, group, base)
+    return c
+
+
+def run_values(data, group: Group, attack: str, grid: list[tuple[float, str]], *,
+               strong: bool = True) -> tuple[list[float], dict[str, list]]:
+    """Per run of ``group``: the grid mean of ``attack``'s robust / clean; and the problems
+    ("missing": why a run has no value; "failed": (run, check) of failed diagnostics).
+    ``strong=False`` takes worst-case rows made without the strong attack too (for a
+    power calculation on a pilot, never for a verdict)."""
+    robust, norm = data.robust, data.declaration.norm
+    members = data.per_run.loc[data.per_run["group"] == group.name, "run"].tolist()
+    values, missing, failed = [], [], []
+    for run in members:
+        mine = robust[(robust["run"] == run) & (robust["norm"] == norm)]
+        at = mine[mine["attack"] == attack].set_index("eps_key")
+        absent = [text for key, text in grid if key not in at.index]
+        if absent:
+            missing.append((run, f"no {attack} row at eps {', '.join(absent)}"))
+            continue
+        if attack == WORST:
+            weak = [text for key, text in grid
+                    if strong and not _strong(at.loc[key], mine, key)]
+            if weak:
+                missing.append((run, f"the worst case at eps {', '.join(weak)} was made "
+                                     "without the strong attack (APGD / AutoAttack)"))
+                continue
+            failed += [(run, name) for key, _ in grid
+                       for name in _failed_checks(at.loc[key])]
+        values.append(grid_mean([at.loc[key, "conditional"] for key, _ in grid],
+                                [key for key, _ in grid]))
+    return values, {"missing": missing, "failed": failed}
+
+
+def _by_reason(problems: list[tuple[str, str]]) -> str:
+    """"REASON: run, run; REASON2: run" from (run, reason) pairs."""
+    reasons: dict[str, list[str]] = {}
+    for run, reason in problems:
+        reasons.setdefault(reason, []).append(run)
+    return "; ".join(f"{reason} ({len(names)} run{'s' if len(names) > 1 else ''}: "
+                     f"{', '.join(names)})" for reason, names in reasons.items())
+
+
+def _strong(worst: pd.Series, run_rows: pd.DataFrame, eps_key: float) -> bool:
+    """Whether a worst-case row includes the strong attack: from its ``evaluation`` where
+    the file has one, else (older files) from the attacks run at that ε."""
+    evaluation = str(worst.get("evaluation", "") or "")
+    if evaluation:
+        return any(name in evaluation.lower() for name in STRONG)
+    attacks = run_rows.loc[run_rows["eps_key"] == eps_key, "attack"]
+    return any(str(a).lower().startswith(STRONG) for a in attacks)
+
+
+def _failed_checks(worst: pd.Series) -> list[str]:
+    text = str(worst.get("diagnostics", "") or "").strip()
+    if not text.startswith("failed"):
+        return []
+    names = text.split(":", 1)[1] if ":" in text else "unnamed"
+    return [n.strip() for n in names.split(",") if n.strip()] or ["unnamed"]
+
+
+def _subsets(data, group: Group, base: Group, attack: str, grid) -> str:
+    robust = data.robust
+    keys = [k for k, _ in grid]
+    rows_ = robust[robust["group"].isin([group.name, base.name]) & (robust["attack"] == attack)
+                   & robust["eps_key"].isin(keys)]
+    sizes = sorted(set(rows_["n_examples"]))
+    if len(sizes) > 1:
+        return (f"attacked on different example subsets (n = {', '.join(map(str, sizes))}): "
+                "not like with like")
+    return ""
+
+
+def _compare_decisions(primaries: list[Judged], would: list[Judged], attack: str) -> None:
+    """Note on each primary where ``attack`` alone would have decided otherwise."""
+    for real, shadow in zip(primaries, would):
+        decided = (st.HOLDS, st.FAILS)
+        if shadow.verdict in decided and shadow.verdict != real.verdict:
+            real.notes.append(f"{shadow.verdict} under {attack} alone, not under the worst "
+                              "case")
+        elif real.verdict in decided and shadow.verdict != real.verdict:
+            real.notes.append(f"{real.verdict} under the worst case; under {attack} alone: "
+                              f"{shadow.verdict}")
+
+
+def _as_estimate(j: Judged, attack: str) -> Judged:
+    """A shadow comparison shown as an estimate, its would-be decision in the note."""
+    c = j.comparison
+    c.role = EXPLORATORY
+    if j.test is not None:
+        c.notes.append(f"under {attack} alone, with the primaries' test and Holm family, "
+                       f"this would be: {j.verdict} (adjusted p {j.p_adjusted:.3g})")
+    return Judged(c, j.test)
+
+
+def _cells(data, group: Group, base: Group | None):
+    """Every (attack, ε) cell of one MSDA against vanilla: an estimate."""
+    if base is None:
+        return
+    robust = data.robust[data.robust["eps_key"] > 0]
+    attacks = [a for a in (*SHADOWS, *sorted(set(robust["attack"]) - {*SHADOWS, WORST}), WORST)
+               if a in set(robust["attack"])]
+    for norm in ("linf", "l2"):
+        for attack in attacks:
+            part = robust[(robust["attack"] == attack) & (robust["norm"] == norm)]
+            mine, theirs = (part[part["group"] == g.name] for g in (group, base))
+            label = dict(zip(part["eps_key"], part["eps"]))
+            for key in sorted(set(mine["eps_key"]) & set(theirs["eps_key"])):
+                a = mine.loc[mine["eps_key"] == key].sort_values("run")["conditional"].tolist()
+                b = theirs.loc[theirs["eps_key"] == key].sort_values("run")["conditional"]
+                c = Comparison("b", EXPLORATORY, CELL_FAMILY, f"{group.name} vs vanilla, "
+                               f"{attack}", f"{attack}: robust / clean accuracy, {norm} (%)",
+                               a, b.tolist(), "higher", eps=label[key], scale=100.0)
+                c.measured = pair_text(group, a, base, c.b, 100.0)
+                sizes = sorted(set(part.loc[part["eps_key"] == key, "n_examples"]))
+                if len(sizes) > 1:
+                    c.premise = (st.NOT_MEASURED, "attacked on different example subsets")
+                flag_convergence(data, c, group, base)
+                yield c
