@@ -1,8 +1,11 @@
 """The typed description of a study, its presets, and its TOML form.
 
-A study is a :class:`StudyConfig`: which methods and seeds, a :class:`TrainConfig` template
-(each run sets its method, seed and device), an :class:`AttackPlan` and an
-:class:`EvaluatePlan`. A TOML file reads into it (:func:`load_config`, checked in one
+A study is a :class:`StudyConfig`: which methods and seeds (``seeds`` for every method,
+``seeds_by_method`` where a method has its own, e.g. more vanilla runs), a
+:class:`TrainConfig` template (each run sets its method, seed and device), an
+:class:`AttackPlan`, an :class:`EvaluatePlan` and its ``[verdicts]``
+(:class:`~evaluations.declaration.Declaration`: the primary comparisons and the margins
+of "no effect", declared before any data). A TOML file reads into it (:func:`load_config`, checked in one
 place: :meth:`StudyConfig.from_dict`) and it writes back out (:func:`to_toml`). In the TOML
 the ``[train]`` table holds the training settings with the mix settings flat beside them
 (``alpha``, ``hmix_r``, ...), as ``robustmix train`` spells them as flags.
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attacks import ATTACKS, AttackConfig, PGDSettings, parse_eps
+from evaluations.declaration import Declaration
 from robustmix.core import runs
 from robustmix.core.config import MixConfig, TrainConfig
 from robustmix.core.errors import ConfigError, UsageError
@@ -117,6 +121,20 @@ class StudyConfig:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     paper: str = ""
+    seeds_by_method: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    verdicts: Declaration = field(default_factory=Declaration)
+
+    def seeds_of(self, method: str) -> tuple[int, ...]:
+        """The seeds of ``method``: its own list in ``seeds_by_method``, else ``seeds``."""
+        return tuple(self.seeds_by_method.get(method, self.seeds))
+
+    def declaration(self, source: str = "") -> Declaration:
+        """The ``[verdicts]`` declaration with its primary grid resolved (empty: the
+        ``[attack]`` grid and norm) and where it came from."""
+        eps = self.verdicts.primary_eps or self.attack.eps
+        norm = self.verdicts.norm if self.verdicts.primary_eps else self.attack.norm
+        return dataclasses.replace(self.verdicts, primary_eps=eps, norm=norm,
+                                   source=source or self.verdicts.source or "the study")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> "StudyConfig":
@@ -128,7 +146,8 @@ class StudyConfig:
             raise UsageError(f"{source}: unknown keys {', '.join(unknown)}; valid: "
                              f"{', '.join(sorted(top))}")
         sections = {}
-        for name, plan in (("attack", AttackPlan), ("evaluate", EvaluatePlan)):
+        for name, plan in (("attack", AttackPlan), ("evaluate", EvaluatePlan),
+                           ("verdicts", Declaration)):
             runs.check_fields(values.get(name, {}), plan, source, what=f"[{name}] settings")
             section = {k: tuple(v) if isinstance(v, list) else v
                        for k, v in values.get(name, {}).items()}
@@ -138,7 +157,9 @@ class StudyConfig:
             seeds=_listed(values, "seeds", source), device=values.get("device", "auto"),
             train=_train_template(values.get("train", {}), source),
             variants=values.get("variants", {}), description=values.get("description", ""),
-            paper=values.get("paper", ""), **sections)
+            paper=values.get("paper", ""),
+            seeds_by_method=_seeds_by_method(values.get("seeds_by_method", {}), source),
+            **sections)
         config.validate(source)
         return config
 
@@ -149,6 +170,12 @@ class StudyConfig:
         if not self.seeds or any(not _count(s, -2**63) for s in self.seeds):
             raise ConfigError("seeds", f"must be a non-empty list of integers; "
                               f"got {list(self.seeds)!r}", source=source)
+        for method, seeds in self.seeds_by_method.items():
+            if method not in MIX_NAMES or not seeds or any(not _count(s, -2**63)
+                                                            for s in seeds):
+                raise ConfigError("seeds_by_method", f"must map methods ({', '.join(MIX_NAMES)}) "
+                                  f"to non-empty lists of integers; got {method} = "
+                                  f"{list(seeds)!r}", source=source)
         if not isinstance(self.out, str) or not self.out:
             raise ConfigError("out", "must be a directory name", source=source)
         if not isinstance(self.variants, dict) or any(
@@ -159,6 +186,7 @@ class StudyConfig:
             self.run_config(variant, self.methods[0], self.seeds[0], source)
         _checked(self.attack.validate, "attack", source)
         _checked(self.evaluate.validate, "evaluate", source)
+        _checked(self.verdicts.validate, "verdicts", source)
 
     def variant_names(self) -> list[str]:
         return list(self.variants) or [""]
@@ -172,9 +200,12 @@ class StudyConfig:
                              method, f"{source} [train]")
 
     def with_overrides(self, **changes: Any) -> "StudyConfig":
-        """The study with top-level settings replaced (None: keep), checked again."""
-        changed = dataclasses.replace(self, **{k: v for k, v in changes.items()
-                                               if v is not None})
+        """The study with top-level settings replaced (None: keep), checked again. New
+        ``seeds`` apply to every method (``seeds_by_method`` is dropped)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "seeds" in changes:
+            changes.setdefault("seeds_by_method", {})
+        changed = dataclasses.replace(self, **changes)
         changed.validate("command line")
         return changed
 
@@ -186,6 +217,13 @@ def _listed(values: dict[str, Any], key: str, source: str) -> tuple:
         raise ConfigError(key, f"must be a non-empty list of {kinds}; got {value!r}",
                           source=source)
     return tuple(value)
+
+
+def _seeds_by_method(value: Any, source: str) -> dict[str, tuple[int, ...]]:
+    if not isinstance(value, dict) or any(not isinstance(v, list) for v in value.values()):
+        raise ConfigError("seeds_by_method", f"must be a table of method = [seeds]; got "
+                          f"{value!r}", source=source)
+    return {str(k): tuple(v) for k, v in value.items()}
 
 
 def _checked(build, section: str, source: str):
@@ -256,7 +294,10 @@ def _read_toml(path: str) -> dict[str, Any]:
 
 def _merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "variants":
+        # variants and seeds_by_method are replaced whole: a study that names its own
+        # lists means them all (an empty table: every method takes `seeds`)
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and \
+                key not in ("variants", "seeds_by_method"):
             base[key] = _merge(base[key], value)
         else:
             base[key] = value
@@ -271,8 +312,11 @@ def to_dict(config: StudyConfig) -> dict[str, Any]:
     if config.paper:
         values["paper"] = config.paper
     values["train"] = {k: v for k, v in _flat(config.train).items() if v is not None}
+    values["seeds_by_method"] = {k: list(v) for k, v in config.seeds_by_method.items()}
     values["attack"] = dataclasses.asdict(config.attack)
     values["evaluate"] = dataclasses.asdict(config.evaluate)
+    values["verdicts"] = {k: v for k, v in dataclasses.asdict(config.verdicts).items()
+                          if k != "source"}
     if config.variants:
         values["variants"] = config.variants
     return values
