@@ -16,8 +16,6 @@ note says so. Those, and every per-ε, per-attack cell, are exploratory estimate
 
 from __future__ import annotations
 
-import pandas as pd
-
 from evaluations import statistics as st
 from evaluations.declaration import grid_mean
 from evaluations.grouping import Group
@@ -110,26 +108,23 @@ def run_values(data, group: Group, attack: str, grid: list[tuple[float, str]], *
     ("missing": why a run has no value; "failed": (run, check) of failed diagnostics).
     ``strong=False`` takes worst-case rows made without the strong attack too (for a
     power calculation on a pilot, never for a verdict)."""
-    robust, norm = data.robust, data.declaration.norm
-    members = data.per_run.loc[data.per_run["group"] == group.name, "run"].tolist()
+    norm = data.declaration.norm
     values, missing, failed = [], [], []
-    for run in members:
-        mine = robust[(robust["run"] == run) & (robust["norm"] == norm)]
-        at = mine[mine["attack"] == attack].set_index("eps_key")
-        absent = [text for key, text in grid if key not in at.index]
+    for run in data.members(group):
+        at = {key: data.cells.get((run, norm, attack, key)) for key, _ in grid}
+        absent = [text for key, text in grid if at[key] is None]
         if absent:
             missing.append((run, f"no {attack} row at eps {', '.join(absent)}"))
             continue
         if attack == WORST:
             weak = [text for key, text in grid
-                    if strong and not _strong(at.loc[key], mine, key)]
+                    if strong and not _strong(data, at[key], run, norm, key)]
             if weak:
                 missing.append((run, f"the worst case at eps {', '.join(weak)} was made "
                                      "without the strong attack (APGD / AutoAttack)"))
                 continue
-            failed += [(run, name) for key, _ in grid
-                       for name in _failed_checks(at.loc[key])]
-        values.append(grid_mean([at.loc[key, "conditional"] for key, _ in grid],
+            failed += [(run, name) for key, _ in grid for name in _failed_checks(at[key])]
+        values.append(grid_mean([at[key]["conditional"] for key, _ in grid],
                                 [key for key, _ in grid]))
     return values, {"missing": missing, "failed": failed}
 
@@ -143,17 +138,17 @@ def _by_reason(problems: list[tuple[str, str]]) -> str:
                      f"{', '.join(names)})" for reason, names in reasons.items())
 
 
-def _strong(worst: pd.Series, run_rows: pd.DataFrame, eps_key: float) -> bool:
+def _strong(data, worst: dict, run: str, norm: str, eps_key: float) -> bool:
     """Whether a worst-case row includes the strong attack: from its ``evaluation`` where
     the file has one, else (older files) from the attacks run at that ε."""
     evaluation = str(worst.get("evaluation", "") or "")
     if evaluation:
         return any(name in evaluation.lower() for name in STRONG)
-    attacks = run_rows.loc[run_rows["eps_key"] == eps_key, "attack"]
-    return any(str(a).lower().startswith(STRONG) for a in attacks)
+    return any(str(key[2]).lower().startswith(STRONG) for key in data.cells
+               if key[0] == run and key[1] == norm and key[3] == eps_key)
 
 
-def _failed_checks(worst: pd.Series) -> list[str]:
+def _failed_checks(worst: dict) -> list[str]:
     text = str(worst.get("diagnostics", "") or "").strip()
     if not text.startswith("failed"):
         return []
@@ -162,11 +157,10 @@ def _failed_checks(worst: pd.Series) -> list[str]:
 
 
 def _subsets(data, group: Group, base: Group, attack: str, grid) -> str:
-    robust = data.robust
-    keys = [k for k, _ in grid]
-    rows_ = robust[robust["group"].isin([group.name, base.name]) & (robust["attack"] == attack)
-                   & robust["eps_key"].isin(keys)]
-    sizes = sorted(set(rows_["n_examples"]))
+    norm = data.declaration.norm
+    sizes = sorted({data.cells[key]["n_examples"] for g in (group, base)
+                    for run in data.members(g) for k, _ in grid
+                    if (key := (run, norm, attack, k)) in data.cells})
     if len(sizes) > 1:
         return (f"attacked on different example subsets (n = {', '.join(map(str, sizes))}): "
                 "not like with like")
@@ -199,23 +193,26 @@ def _cells(data, group: Group, base: Group | None):
     """Every (attack, ε) cell of one MSDA against vanilla: an estimate."""
     if base is None:
         return
-    robust = data.robust[data.robust["eps_key"] > 0]
-    attacks = [a for a in (*SHADOWS, *sorted(set(robust["attack"]) - {*SHADOWS, WORST}), WORST)
-               if a in set(robust["attack"])]
+    present = {(key[1], key[2], key[3]) for key in data.cells if key[3] > 0}
+    named = {attack for _, attack, _ in present}
+    attacks = [a for a in (*SHADOWS, *sorted(named - {*SHADOWS, WORST}), WORST) if a in named]
     for norm in ("linf", "l2"):
         for attack in attacks:
-            part = robust[(robust["attack"] == attack) & (robust["norm"] == norm)]
-            mine, theirs = (part[part["group"] == g.name] for g in (group, base))
-            label = dict(zip(part["eps_key"], part["eps"]))
-            for key in sorted(set(mine["eps_key"]) & set(theirs["eps_key"])):
-                a = mine.loc[mine["eps_key"] == key].sort_values("run")["conditional"].tolist()
-                b = theirs.loc[theirs["eps_key"] == key].sort_values("run")["conditional"]
-                c = Comparison("b", EXPLORATORY, CELL_FAMILY, f"{group.name} vs vanilla, "
-                               f"{attack}", f"{attack}: robust / clean accuracy, {norm} (%)",
-                               a, b.tolist(), "higher", eps=label[key], scale=100.0)
-                c.measured = pair_text(group, a, base, c.b, 100.0)
-                sizes = sorted(set(part.loc[part["eps_key"] == key, "n_examples"]))
-                if len(sizes) > 1:
-                    c.premise = (st.NOT_MEASURED, "attacked on different example subsets")
-                flag_convergence(data, c, group, base)
-                yield c
+            for key in sorted(k for n, a, k in present if (n, a) == (norm, attack)):
+                yield from _cell(data, group, base, norm, attack, key)
+
+
+def _cell(data, group: Group, base: Group, norm: str, attack: str, key: float):
+    rows = [[data.cells[c] for run in sorted(data.members(g))
+             if (c := (run, norm, attack, key)) in data.cells] for g in (group, base)]
+    if not rows[0] or not rows[1]:
+        return
+    a, b = ([r["conditional"] for r in part] for part in rows)
+    c = Comparison("b", EXPLORATORY, CELL_FAMILY, f"{group.name} vs vanilla, {attack}",
+                   f"{attack}: robust / clean accuracy, {norm} (%)", a, b, "higher",
+                   eps=rows[0][0]["eps"], scale=100.0)
+    c.measured = pair_text(group, a, base, b, 100.0)
+    if len({r["n_examples"] for part in rows for r in part}) > 1:
+        c.premise = (st.NOT_MEASURED, "attacked on different example subsets")
+    flag_convergence(data, c, group, base)
+    yield c

@@ -18,21 +18,36 @@ NO_VANILLA = "no vanilla run with the same settings"
 
 
 class Runs:
-    """The per-run values the predictions read, by group, and the declaration."""
+    """The per-run values the predictions read, by group, and the declaration.
+
+    The frames are indexed once here (by group, run, attack and ε), so that the hundreds
+    of comparisons of a study read plain dicts rather than filter frames each time.
+    """
 
     def __init__(self, groups: list[Group], per_run: pd.DataFrame, robust: pd.DataFrame | None,
                  declaration: Declaration):
         self.groups, self.per_run, self.robust = groups, per_run, robust
         self.declaration = declaration
+        self._rows = {name: part for name, part in per_run.groupby("group", sort=False)}
+        self._state = {r["run"]: (r.get("converged", True), r.get("convergence", ""))
+                       for r in per_run.to_dict("records")}
+        self.cells: dict[tuple, dict] = {}
+        if robust is not None:
+            for r in robust.to_dict("records"):
+                self.cells[(r["run"], r["norm"], r["attack"], r["eps_key"])] = r
+
+    def members(self, group: Group) -> list[str]:
+        rows = self._rows.get(group.name)
+        return [] if rows is None else rows["run"].tolist()
 
     def values(self, group: Group, metric: str) -> list[float]:
         return list(self.by_seed(group, metric).values())
 
     def by_seed(self, group: Group, metric: str) -> dict[int, float]:
         """The group's values of ``metric`` keyed by seed (in the order of its runs)."""
-        if metric not in self.per_run.columns:
+        rows = self._rows.get(group.name)
+        if rows is None or metric not in rows.columns:
             return {}
-        rows = self.per_run[self.per_run["group"] == group.name]
         seeds = rows["seed"] if "seed" in rows.columns else range(len(rows))
         return {int(s): float(v) for s, v in zip(seeds, rows[metric])}
 
@@ -44,18 +59,14 @@ class Runs:
         return self.of_method(group.family, "vanilla")
 
     def unconverged(self, *groups: Group) -> list[str]:
-        if "converged" not in self.per_run.columns:
-            return []
-        rows = self.per_run[self.per_run["group"].isin([g.name for g in groups])]
-        return [f"{r.run} ({r.convergence})" for r in rows.itertuples()
-                if r.converged is False or r.converged == 0]
+        states = [(run, self._state[run]) for g in groups for run in self.members(g)]
+        return [f"{run} ({why})" for run, (ok, why) in states
+                if ok is not None and not pd.isna(ok) and not ok]
 
     def not_judged(self, *groups: Group) -> list[str]:
         """Runs whose convergence could not be judged (no held-out data)."""
-        if "converged" not in self.per_run.columns:
-            return []
-        rows = self.per_run[self.per_run["group"].isin([g.name for g in groups])]
-        return [str(r.run) for r in rows.itertuples() if pd.isna(r.converged)]
+        states = [(run, self._state[run]) for g in groups for run in self.members(g)]
+        return [run for run, (ok, _) in states if ok is None or pd.isna(ok)]
 
 
 def flag_convergence(data: Runs, c: Comparison, *groups: Group) -> None:
