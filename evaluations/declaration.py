@@ -30,8 +30,8 @@ NORMS = ("linf", "l2")
 class Declaration:
     """``[verdicts]``: the study's primary comparisons and margins, declared in advance.
 
-    - ``primary_eps``: the primary ε grid (text, e.g. ``"12/255,16/255,20/255"``), increasing
-      (the presets' are uniform; :func:`grid_mean` is the same integral on any grid); "" in
+    - ``primary_eps``: the primary ε grid (text, e.g. ``"12/255,16/255,20/255"``, read as
+      ``robustmix attack --eps`` reads it: sorted, without repeats; the presets' are uniform; :func:`grid_mean` is the same integral on any grid); "" in
       a study means its ``[attack] eps``, and in a report "not declared".
     - ``norm``: the norm of the primary grid.
     - ``level``: the family-wise error of every family (Holm).
@@ -52,9 +52,10 @@ class Declaration:
 
     def validate(self) -> None:
         if self.primary_eps:
-            grid = [e.value for e in parse_eps(self.primary_eps)]
-            if len(set(grid)) != len(grid) or grid != sorted(grid):
-                raise ConfigError("primary_eps", f"must be increasing, got {self.primary_eps}")
+            try:
+                parse_eps(self.primary_eps)     # sorted, without repeats
+            except ConfigError as err:
+                raise ConfigError("primary_eps", err.problem) from None
         if self.norm not in NORMS:
             raise ConfigError("norm", f"must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if not 0 < self.level < 0.5:

@@ -22,7 +22,6 @@ from evaluations.grouping import Group
 METHODS = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix", "puzzlemix")
 EPS = tuple(k / 255 for k in (12, 16, 20, 24, 28, 32))
 GRID = ",".join(f"{k}/255" for k in (12, 16, 20, 24, 28, 32))
-DECLARATION = Declaration(primary_eps=GRID, source="the synthetic study")
 # per-run statistics: (column, mean, seed sd); a Q column per mask
 SECONDARY = {"gap_acc": (0.005, 0.002), "gap_loss": (0.013, 0.003),
              "profile_decay": (0.6, 0.01), "corrupted_acc": (0.78, 0.01),
@@ -40,23 +39,30 @@ class Effects:
     secondary: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def allocation(n_vanilla: int, n_msda: int) -> dict[str, int]:
-    return {m: n_vanilla if m == "vanilla" else n_msda for m in METHODS}
+def allocation(n_vanilla: int, n_msda: int, methods=METHODS) -> dict[str, int]:
+    return {m: n_vanilla if m == "vanilla" else n_msda for m in methods}
 
 
-def study(rng: np.random.Generator, seeds: dict[str, int], effects: Effects | None = None
-          ) -> tuple[list[Group], pd.DataFrame, pd.DataFrame]:
-    """(groups, per-run frame, robustness frame) of one synthetic study."""
+def declaration(eps=EPS) -> Declaration:
+    return Declaration(primary_eps=",".join(f"{round(e * 255)}/255" for e in eps),
+                       source="the synthetic study")
+
+
+def study(rng: np.random.Generator, seeds: dict[str, int], effects: Effects | None = None,
+          eps=EPS) -> tuple[list[Group], pd.DataFrame, pd.DataFrame]:
+    """(groups, per-run frame, robustness frame) of one synthetic study of the methods
+    in ``seeds`` (vanilla first), at the ε of ``eps``."""
     effects = effects or Effects()
+    methods = list(seeds)
     groups = [Group(m, m, {"mix.mix": m}, "digits", [f"{m}-s{s}" for s in range(seeds[m])])
-              for m in METHODS]
+              for m in methods]
     init = {s: rng.normal(0, 1) for s in range(max(seeds.values()))}   # a seed's imprint
     per_run, robust = [], []
-    for method in METHODS:
+    for method in methods:
         for seed in range(seeds[method]):
             run = f"{method}-s{seed}"
             per_run.append(_metrics(rng, run, method, seed, init[seed], effects))
-            robust += _robust_rows(rng, run, method, effects.robust.get(method, 0.0))
+            robust += _robust_rows(rng, run, method, effects.robust.get(method, 0.0), eps)
     return groups, pd.DataFrame(per_run), pd.DataFrame(robust)
 
 
@@ -73,10 +79,10 @@ def _metrics(rng, run: str, method: str, seed: int, imprint: float, effects: Eff
     return row
 
 
-def _robust_rows(rng, run: str, method: str, effect: float) -> list[dict]:
+def _robust_rows(rng, run: str, method: str, effect: float, grid=EPS) -> list[dict]:
     level = ROBUST_SD * (rng.normal() + effect)
     rows = []
-    for eps in EPS:
+    for eps in grid:
         base = 0.95 - 2.5 * eps + level
         fgsm = base + 0.10 + CELL_SD * rng.normal()
         pgd = min(fgsm, base + 0.05 + CELL_SD * rng.normal())
@@ -91,3 +97,6 @@ def _robust_rows(rng, run: str, method: str, effect: float) -> list[dict]:
                          "conditional": value, "evaluation": evaluation,
                          "diagnostics": "passed"})
     return rows
+
+
+DECLARATION = declaration()
