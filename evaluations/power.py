@@ -144,7 +144,7 @@ def report(pilot: Pilot, allocations, *, studies: int, scale: Scale | float) -> 
     mean0, sd0, n0 = pilot.stats["vanilla"]
     lines = [f"primary statistic: {pilot.attack} robust / clean, trapezoid mean over "
              f"{pilot.grid}; effects scaled by {scale}",
-             f"{'method':<12}{'mean %':>8}{'sd pp':>8}{'n':>4}{'effect pp':>11}{'d':>7}"]
+             f"{'method':<12}{'pilot %':>8}{'sd pp':>8}{'n':>4}{'effect pp':>11}{'d':>7}"]
     for method, (mean, sd, n) in pilot.stats.items():
         effect = factor(scale, method) * (mean - mean0) if method != "vanilla" else math.nan
         d = effect / math.sqrt((sd ** 2 + sd0 ** 2) / 2) if method != "vanilla" else math.nan
