@@ -17,6 +17,7 @@ from evaluations.markdown import md
 from evaluations.predictions import CLAIMS, MIXUP_Q, prediction_table
 from evaluations.primary import CELL_FAMILY
 from evaluations.verdicts import COLUMNS, EXPLORATORY, PRIMARY, SECONDARY
+from robustmix.core import runs
 
 CONFIRMATORY = ["comparison", "statistic", "measured", "effect", "ci_low", "ci_high",
                 "ci_level", "p_value", "p_adjusted", "verdict", "note"]
@@ -25,14 +26,14 @@ ESTIMATE = ["comparison", "statistic", "measured", "effect", "ci_low", "ci_high"
 
 def how_text(ctx) -> str:
     d = ctx.declaration
-    origin = (f"declared before the data ({d.source})" if d.declared else
+    origin = (f"those declared in {d.source}" if d.declared else
               "**not declared before the data** (no study declaration was given): the "
               "primary ε grid is the one at which every run has a worst-case row")
     return (
         f"How a verdict is reached. Roles: *primary*, *secondary*, *exploratory*. The "
         f"primary comparisons are {origin}: one per MSDA against vanilla, on the per-example "
         "worst case over every attack run at each ε (APGD / AutoAttack included), per run "
-        "the robust ÷ clean accuracy averaged over the uniform ε grid (the trapezoid mean "
+        "the robust ÷ clean accuracy averaged over the declared ε grid (the trapezoid mean "
         "over [ε_min, ε_max]: the same integral on any grid over that interval). Each "
         "comparison: Welch's t-test on the groups' per-run values (one per seed), or where "
         "the runs of one seed share their initial weights and the statistic keeps that "
@@ -63,7 +64,7 @@ def predictions_section(ctx) -> None:
         ctx.paragraph(_counts(primary) + f" Correction: {primary[0]['correction']}.")
         ctx.lines += md(CONFIRMATORY, [[r[c] for c in CONFIRMATORY] for r in primary])
     else:
-        ctx.paragraph("None: no run has robustness.csv (run `robustmix attack`).")
+        ctx.paragraph(f"None: no run has {runs.ROBUSTNESS} (run `robustmix attack`).")
     _secondary(ctx, [r for r in rows if r["role"] == SECONDARY])
     _exploratory(ctx, [r for r in rows if r["role"] == EXPLORATORY])
     ctx.link("predictions.csv", "every comparison with its role, family, correction, "
