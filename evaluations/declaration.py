@@ -39,6 +39,9 @@ class Declaration:
       train−test accuracy gap (a fraction: 0.005 = 0.5 pp) and loss gap (nats).
     - ``profile_margin``: (c)'s margin for "Mixup's profile is vanilla's" on the decay D.
     - ``own_mask_comparator``: the model (d) compares each model with on its own mask.
+    - ``methods``: the MSDAs with a primary comparison; () in a study means its methods
+      but vanilla, and in a report without a declaration every MSDA present. A declared
+      method without runs keeps its place in the family, "not measured".
     """
 
     primary_eps: str = ""
@@ -48,6 +51,7 @@ class Declaration:
     gap_margin_loss: float = 0.01
     profile_margin: float = 0.02
     own_mask_comparator: str = "mixup"
+    methods: tuple[str, ...] = ()
     source: str = ""                       # where it was declared; "" for none
 
     def validate(self) -> None:

@@ -21,6 +21,7 @@ from evaluations.declaration import grid_mean
 from evaluations.grouping import Group
 from evaluations.study_data import flag_convergence, msda, pair_text
 from evaluations.verdicts import EXPLORATORY, PRIMARY, Comparison, Judged, judge, row
+from robustmix.core import runs
 
 FAMILY = "(b) primary"
 WORST = "worst-case"
@@ -32,20 +33,34 @@ CELL_FAMILY = "(b) per eps and attack"
 def rows(data, prediction: str) -> list[dict[str, str]]:
     """Every (b) row: the primaries (judged), their FGSM/PGD shadows and the cells."""
     if data.robust is None:
-        return []
+        missing = [_absent(m, f"no run has {runs.ROBUSTNESS} (run robustmix attack)")
+                   for m in data.declaration.methods or (g.method for g, _ in msda(data))]
+        return [row(prediction, j) for j in judge(missing, data.declaration.level)]
     grid, note = primary_grid(data)
     primaries = [build(data, g, base, WORST, grid, note) for g, base in msda(data)]
-    judged = judge(primaries, data.declaration.level)
+    judged = judge(primaries + _undeclared(data), data.declaration.level)
     out = []
     shadows: list[Judged] = []
     for attack in SHADOWS:
         mine = [build(data, g, base, attack, grid, note) for g, base in msda(data)]
-        would = judge(mine, data.declaration.level)
+        would = judge(mine + _undeclared(data), data.declaration.level)
         _compare_decisions(judged, would, attack)
         shadows += [_as_estimate(j, attack) for j in would]
     out += [row(prediction, j) for j in judged] + [row(prediction, j) for j in shadows]
     cells = [c for g, base in msda(data) for c in _cells(data, g, base)]
     return out + [row(prediction, j) for j in judge(cells)]
+
+
+def _absent(method: str, why: str) -> Comparison:
+    return Comparison("b", PRIMARY, FAMILY, f"{method} vs vanilla", "", [], [], "higher",
+                      premise=(st.NOT_MEASURED, why))
+
+
+def _undeclared(data) -> list[Comparison]:
+    """The declared primaries with no group: not measured, still in the family."""
+    present = {g.method for g, _ in msda(data)}
+    return [_absent(m, f"no run of {m}") for m in data.declaration.methods
+            if m not in present]
 
 
 def primary_grid(data) -> tuple[list[tuple[float, str]], str]:

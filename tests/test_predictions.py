@@ -3,6 +3,8 @@ statistic and its premises (the strong attack, attack-failure diagnostics, conve
 FGSM and PGD against the worst case, TOST for "no effect", both halves of (c), and (d)/(e)
 on the scale-free Q, paired by seed."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -179,3 +181,19 @@ def test_normalized_q_does_not_depend_on_the_scale_of_the_first_layer():
         # float32 convolutions: the ratio agrees to their rounding, not to the last bit
         assert after["q"][mask]["relative"] == pytest.approx(before["q"][mask]["relative"],
                                                              rel=1e-5)
+
+
+def test_a_declared_primary_without_runs_keeps_its_place_in_the_family():
+    groups, per_run, robust = _study()
+    keep = [g for g in groups if g.method != "gmix"]
+    per_run = per_run[per_run["group"] != "gmix"]
+    robust = robust[robust["group"] != "gmix"]
+    declared = dataclasses.replace(ss.DECLARATION, methods=tuple(ss.METHODS[1:]))
+    primary = _by(_rows(keep, per_run, robust, declared), "(b) primary")
+    assert primary["gmix vs vanilla"]["verdict"] == st.NOT_MEASURED
+    assert "no run of gmix" in primary["gmix vs vanilla"]["note"]
+    assert {r["correction"] for r in primary.values() if r["test"]} == \
+        {"Holm over 6 hypotheses, family-wise 0.05"}
+    # no robustness.csv at all: every declared primary is there, not measured
+    none = [r for r in _rows(keep, per_run, None, declared) if r["role"] == "primary"]
+    assert len(none) == 6 and {r["verdict"] for r in none} == {st.NOT_MEASURED}

@@ -133,7 +133,8 @@ class StudyConfig:
         ``[attack]`` grid and norm) and where it came from."""
         eps = self.verdicts.primary_eps or self.attack.eps
         norm = self.verdicts.norm if self.verdicts.primary_eps else self.attack.norm
-        return dataclasses.replace(self.verdicts, primary_eps=eps, norm=norm,
+        methods = self.verdicts.methods or tuple(m for m in self.methods if m != "vanilla")
+        return dataclasses.replace(self.verdicts, primary_eps=eps, norm=norm, methods=methods,
                                    source=source or self.verdicts.source or "the study")
 
     @classmethod
