@@ -43,7 +43,7 @@ def rows(data, prediction: str) -> list[dict[str, str]]:
     shadows: list[Judged] = []
     for attack in SHADOWS:
         mine = [build(data, g, base, attack, grid, note) for g, base in msda(data)]
-        would = judge(mine + _undeclared(data), data.declaration.level)
+        would = judge(mine + _undeclared(data, attack), data.declaration.level)
         _compare_decisions(judged, would, attack)
         shadows += [_as_estimate(j, attack) for j in would]
     out += [row(prediction, j) for j in judged] + [row(prediction, j) for j in shadows]
@@ -51,16 +51,20 @@ def rows(data, prediction: str) -> list[dict[str, str]]:
     return out + [row(prediction, j) for j in judge(cells)]
 
 
-def _absent(method: str, why: str) -> Comparison:
-    return Comparison("b", PRIMARY, FAMILY, f"{method} vs vanilla", "", [], [], "higher",
+def _absent(method: str, why: str, family: str = FAMILY) -> Comparison:
+    return Comparison("b", PRIMARY, family, f"{method} vs vanilla", "", [], [], "higher",
                       premise=(st.NOT_MEASURED, why))
 
 
-def _undeclared(data) -> list[Comparison]:
+def _undeclared(data, attack: str = WORST) -> list[Comparison]:
     """The declared primaries with no group: not measured, still in the family."""
     present = {g.method for g, _ in msda(data)}
-    return [_absent(m, f"no run of {m}") for m in data.declaration.methods
+    return [_absent(m, f"no run of {m}", _family(attack)) for m in data.declaration.methods
             if m not in present]
+
+
+def _family(attack: str) -> str:
+    return FAMILY if attack == WORST else f"(b) primary statistic under {attack} alone"
 
 
 def primary_grid(data) -> tuple[list[tuple[float, str]], str]:
@@ -84,8 +88,7 @@ def build(data, group: Group, base: Group | None, attack: str,
           grid: list[tuple[float, str]], origin: str) -> Comparison:
     """One MSDA's primary comparison (or its shadow under ``attack`` alone)."""
     # a shadow (FGSM or PGD alone) is judged as a primary, then shown as an estimate
-    role, family = PRIMARY, FAMILY if attack == WORST else f"(b) primary statistic under " \
-                                                           f"{attack} alone"
+    role, family = PRIMARY, _family(attack)
     span = f"[{grid[0][1]}, {grid[-1][1]}]" if grid else "[]"
     statistic = (f"{attack}: robust / clean accuracy, mean over eps in {span} "
                  f"({data.declaration.norm}, %)")
