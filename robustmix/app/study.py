@@ -204,8 +204,10 @@ def _corrupt(run_dir: Path, settings: dict, device: str) -> str:
 
 def _report(run_dirs: list[Path], out: Path, config: StudyConfig) -> str:
     declare(config)
+    # the source names the study's own file, not its path: a study moved or rerun in
+    # another folder writes the same tables
     path = write_report(run_dirs, out, declaration=config.declaration(
-        f"{out / STUDY_FILE}, written before the first run trained"))
+        f"the study's {STUDY_FILE}, written before its first run trained"))
     if config.paper in PAPER:
         _append_paper_table(path, run_dirs, config)
     return f"wrote {path}"
