@@ -135,3 +135,28 @@ def test_runs_of_one_seed_start_from_the_same_weights_whatever_their_msda(tmp_pa
     three, four = states["vanilla", 3], states["vanilla", 4]
     assert any(not torch.equal(three[k], four[k]) for k in three
                if three[k].is_floating_point())
+
+
+def test_an_image_folder_holds_out_the_same_way(tmp_path):
+    """An image folder sets aside the same rule's images: held-out and trained-on colours
+    are disjoint and together the whole training folder."""
+    from PIL import Image
+
+    for label, cls in enumerate(("ant", "bee")):
+        for split, count in (("train", 5), ("val", 2)):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(count):
+                colour = (20 * i + 5, 100 + 60 * label, 10 if split == "train" else 200)
+                Image.new("RGB", (40, 40), colour).save(tmp_path / split / cls / f"{i}.png")
+
+    def colours(source, split):
+        images, _ = source.tensors(split)
+        return sorted(tuple(int(v) for v in image[:, 0, 0]) for image in images)
+
+    whole = load_dataset(f"imagefolder:{tmp_path}", image_size=32)
+    held = load_dataset(f"imagefolder:{tmp_path}", image_size=32, holdout=3)
+    assert (held.n_train, held.n_holdout, held.n_test) == (7, 3, 4)
+    assert sorted(colours(held, "train") + colours(held, "holdout")) == colours(whole, "train")
+    assert not set(colours(held, "train")) & set(colours(held, "holdout"))
+    x, y = next(held.eval_batches("holdout", 8, "cpu"))
+    assert x.shape == (3, 3, 32, 32) and y.shape == (3,)
