@@ -13,7 +13,6 @@ A command reads the file once (:func:`read_rows`), merges its rows into what it 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -25,7 +24,8 @@ from robustmix.core.errors import ConfigError
 OLD_FIELDS = ["run", "attack", "settings", "norm", "eps", "eps_value", "n_examples",
               "n_attacked", "clean_acc", "robust_acc", "seconds", "forward_passes",
               "backward_passes", "checks"]
-CSV_FIELDS = OLD_FIELDS + ["evaluation", "diagnostics"]
+NEW_FIELDS = ("evaluation", "diagnostics")     # absent from files of before 2026-12
+CSV_FIELDS = OLD_FIELDS + list(NEW_FIELDS)
 WORST = "worst-case"
 
 
@@ -74,14 +74,6 @@ def _check_row(row: dict[str, str]) -> None:
                          f"{row['clean_acc']}")
 
 
-def _header(path: Path) -> list[str]:
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            return next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []   # read_table names the problem
-
-
 def read_rows(path: str | Path) -> list[dict[str, str]]:
     """A ``robustness.csv``, checked: its columns, names, ranges, and robust <= clean.
 
@@ -90,13 +82,8 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     naming the file, the line and the problem. A file of the older format (without
     ``evaluation`` and ``diagnostics``) reads with both empty.
     """
-    path = Path(path)
-    header = _header(path)
-    if header and sorted(header) == sorted(OLD_FIELDS):
-        old = {k: v for k, v in COLUMNS.items() if k in OLD_FIELDS}
-        rows = runs.read_table(path, old, row_check=_check_row)
-        return [{**row, "evaluation": "", "diagnostics": ""} for row in rows]
-    return runs.read_table(path, COLUMNS, row_check=_check_row)
+    rows = runs.read_table(path, COLUMNS, row_check=_check_row, optional=NEW_FIELDS)
+    return [{**{name: "" for name in NEW_FIELDS}, **row} for row in rows]
 
 
 def row_key(row: dict) -> tuple:

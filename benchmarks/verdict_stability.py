@@ -1,42 +1,73 @@
 """How many verdicts differ between two runs of the same study with different numerics.
 
-Run the default study twice with different thread counts (float sums in another order,
-so last bits differ), then compare their predictions tables::
+Run the default study twice with different numerics (another thread count: float sums in
+another order, so every model trains a little differently; another CPU model where you
+have one), then compare their predictions tables::
 
     OMP_NUM_THREADS=1 robustmix study --out study-t1
     OMP_NUM_THREADS=2 robustmix study --out study-t2
     python -m benchmarks.verdict_stability study-t1 study-t2
 
-Prints the number of comparisons, how many verdicts differ, and each difference.
+Prints, per role (primary, then secondary by family), how many comparisons both tables
+have and how many verdicts differ, then each difference with both adjusted p-values.
+Exploratory rows carry no verdict and are not counted. Tables written before roles
+existed (no ``role`` column) count as one group, "(no role)".
 """
 
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 from robustmix.core import runs
 
-KEY = ("prediction", "comparison", "statistic", "eps")
+KEY = ("role", "family", "prediction", "comparison", "statistic", "eps")
+FILE = "predictions.csv"
 
 
-def differences(a: Path, b: Path) -> tuple[int, list[str]]:
-    """(comparisons in common, one line per comparison whose verdict differs)."""
-    rows = [{tuple(r[k] for k in KEY): r for r in runs.read_csv(Path(d) / "predictions.csv")}
-            for d in (a, b)]
-    common = sorted(set(rows[0]) & set(rows[1]))
-    lines = [f"{' | '.join(key)}: {rows[0][key]['verdict']} (p_adj {rows[0][key]['p_adjusted']}) "
-             f"vs {rows[1][key]['verdict']} (p_adj {rows[1][key]['p_adjusted']})"
-             for key in common if rows[0][key]["verdict"] != rows[1][key]["verdict"]]
-    return len(common), lines
+def _table(folder: Path) -> dict[tuple, dict[str, str]]:
+    rows = runs.read_csv(Path(folder) / FILE)
+    return {tuple(r.get(k, "") for k in KEY): r for r in rows
+            if r.get("role", "") != "exploratory"}
+
+
+def _group(key: tuple) -> str:
+    role, family = key[0], key[1]
+    if not role:
+        return "(no role)"
+    return role if role == "primary" else f"{role}: {family}"
+
+
+def differences(a: Path, b: Path) -> tuple[Counter, Counter, list[str]]:
+    """(comparisons in common per group, differing verdicts per group, one line each)."""
+    first, second = _table(a), _table(b)
+    common = sorted(set(first) & set(second))
+    total, differ, lines = Counter(), Counter(), []
+    for key in common:
+        total[_group(key)] += 1
+        x, y = first[key], second[key]
+        if x["verdict"] != y["verdict"]:
+            differ[_group(key)] += 1
+            lines.append(f"{_group(key)} | {key[3]} | {key[4]} {key[5]}: {x['verdict']} "
+                         f"(p_adj {x['p_adjusted']}) vs {y['verdict']} "
+                         f"(p_adj {y['p_adjusted']})")
+    return total, differ, lines
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__)
         return 2
-    total, lines = differences(Path(argv[0]), Path(argv[1]))
-    print(f"{len(lines)} of {total} verdicts differ")
+    try:
+        total, differ, lines = differences(Path(argv[0]), Path(argv[1]))
+    except (OSError, runs.UsageError) as err:
+        print(f"verdict_stability: {err}", file=sys.stderr)
+        return 2
+    order = sorted(total, key=lambda g: (g != "primary", g))
+    for group in order:
+        print(f"{group}: {differ[group]} of {total[group]} verdicts differ")
+    print(f"all: {sum(differ.values())} of {sum(total.values())} verdicts differ")
     for line in lines:
         print("  " + line)
     return 0

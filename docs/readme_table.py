@@ -7,7 +7,7 @@ on-the-fly corruptions' parameters.
 Columns: clean test accuracy (mean ± std over seeds, generalization_by_method.csv), the
 runs that converged (runs.csv), then robust accuracy / robust ÷ clean accuracy (mean over
 seeds, %) for the attacks and ε of ``CELLS`` (robustness_by_method.csv), and the verdict
-counts of predictions.csv.
+counts of predictions.csv: the primaries first, then each secondary family.
 """
 
 from __future__ import annotations
@@ -36,20 +36,35 @@ def table(study: Path) -> str:
               for r in _rows(study / "robustness_by_method.csv")}
     converged = Counter(r["group"] for r in _rows(study / "runs.csv") if r["converged"] == "True")
     runs = Counter(r["group"] for r in _rows(study / "runs.csv"))
+    # runs without held-out data (made before it existed) are not judged, not unconverged
+    unjudged = Counter(r["group"] for r in _rows(study / "runs.csv") if r["converged"] == "")
     header = ["method", "test acc", "converged"] + [f"{a} {e}" for a, e in CELLS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in general.items():
         cells = [_pm(row["test_acc_mean"], row["test_acc_std"]),
-                 f"{converged[method]} of {runs[method]}"]
+                 f"{converged[method]} of {runs[method]}"
+                 + (f" ({unjudged[method]} not judged)" if unjudged[method] else "")]
         for attack, eps in CELLS:
             found = robust.get((method, attack, eps))
             cells.append(f"{100 * float(found['robust_acc_mean']):.1f} / "
                          f"{100 * float(found['conditional_mean']):.1f}" if found else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    verdicts = Counter(r["verdict"] for r in _rows(study / "predictions.csv"))
-    lines += ["", f"Verdicts ({sum(verdicts.values())} comparisons): "
-              + ", ".join(f"{k} {v}" for k, v in verdicts.most_common()) + "."]
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + verdict_lines(_rows(study / "predictions.csv")))
+
+
+def verdict_lines(rows: list[dict[str, str]]) -> list[str]:
+    """The verdict counts: the primaries, then each secondary family (exploratory rows
+    carry no verdict); a table without roles (older) as one count."""
+    groups: dict[str, Counter] = {}
+    for r in rows:
+        role = r.get("role", "")
+        if role == "exploratory":
+            continue
+        name = "Primary" if role == "primary" else r.get("family") or "Verdicts"
+        groups.setdefault(name, Counter())[r["verdict"]] += 1
+    return [f"{name} ({sum(c.values())} comparisons): "
+            + ", ".join(f"{k} {v}" for k, v in c.most_common()) + "."
+            for name, c in groups.items()]
 
 
 def corruption_table() -> str:

@@ -2,14 +2,18 @@
 per-run numbers in pandas frames.
 
 Per-run metrics (one row per run, NaN where a file is missing): the clean accuracies and
-losses, the clean test set's ``ece``, ``nll`` and ``brier``, gaps, first-layer norms, input-gradient norms, the profile decay D, ``q.A`` and
-``q_relative.A`` per mask distribution A, and ``final_test_acc`` from metrics.csv.
+losses, the clean test set's ``ece``, ``nll`` and ``brier``, gaps, first-layer norms,
+input-gradient norms, the profile decay D, ``q.A`` and ``q_relative.A`` per mask
+distribution A, ``corrupted_acc`` (the mean accuracy over the corrupted cells of
+corruptions.csv), ``final_test_acc`` from metrics.csv, and whether the run converged
+(:mod:`evaluations.convergence`, on its held-out training images; None: not judged).
 
 Robustness rows: one per (run, attack, norm, ε), with ``conditional`` = robust / clean
 accuracy on the same examples: the share of the correctly classified examples that the
 attack leaves standing (1 − the attack's success rate). When a run lists an attack at one
 ε several times, the row on the most examples is kept, and among those the lowest robust
-accuracy (the strongest setting).
+accuracy (the strongest setting). ``evaluation`` (the attacks behind a number) and
+``diagnostics`` ("passed", "failed: CHECK,...") are "" in files written before them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from attacks.runner import CSV_FIELDS, read_rows
 from evaluations import convergence
 from robustmix.core import runs
 from robustmix.core.runs import FinishedRun
+
+
+LATER_COLUMNS = ("evaluation", "diagnostics")   # robustness.csv's, "" where absent
+CORRUPTED_SETS = ("suite", "standard")           # corruptions.csv's corrupted cells
 
 
 @dataclass
@@ -52,7 +60,11 @@ def read_robustness(path: Path) -> pd.DataFrame | None:
     a file edited by hand into something robustmix attack never writes is a UsageError."""
     if not path.is_file():
         return None
-    frame = pd.DataFrame(read_rows(path), columns=CSV_FIELDS)
+    rows = read_rows(path)
+    frame = pd.DataFrame(rows, columns=list(dict.fromkeys(
+        [*CSV_FIELDS, *(rows[0] if rows else {}), *LATER_COLUMNS])))
+    for column in LATER_COLUMNS:   # absent from older files
+        frame[column] = ["" if pd.isna(v) else str(v) for v in frame[column]]
     for column in ("eps_value", "clean_acc", "robust_acc", "n_examples"):
         frame[column] = pd.to_numeric(frame[column])
     return frame
@@ -61,11 +73,16 @@ def read_robustness(path: Path) -> pd.DataFrame | None:
 def run_metrics(record: RunRecord) -> dict[str, Any]:
     """The per-run numbers the report compares (NaN when not measured), with whether the
     run converged (:mod:`evaluations.convergence`) and why not."""
-    curve = _test_curve(record.info)
-    state = convergence.check(curve, int(record.info.train.get("epochs", len(curve))))
+    metrics = _metrics(record.info)
+    curve = [float(row["test_acc"]) for row in metrics]
+    held = [float(row["holdout_acc"]) for row in metrics if row.get("holdout_acc")]
+    loss = [float(row["holdout_loss"]) for row in metrics if row.get("holdout_loss")]
+    state = convergence.check(held, loss, int(record.info.train.get("epochs", len(curve))),
+                              int(record.info.dataset.get("num_classes") or 10))
     values: dict[str, Any] = {"final_test_acc": curve[-1] if curve else math.nan,
                               "converged": state.converged, "convergence": state.reason,
-                              "acc_band": state.band}
+                              "holdout_gain": state.gain,
+                              "corrupted_acc": corrupted_accuracy(record.info)}
     g = record.generalization
     if not g:
         return values
@@ -102,11 +119,23 @@ def robustness_rows(record: RunRecord) -> pd.DataFrame | None:
     return frame.groupby(["attack", "norm", "eps_key"], as_index=False, sort=True).first()
 
 
-def _test_curve(run: runs.RunDir) -> list[float]:
-    """The test accuracy of every epoch from metrics.csv (checked); [] when there is none."""
-    if not run.metrics_path.is_file():
-        return []
-    return [float(row["test_acc"]) for row in run.read_metrics()]
+def _metrics(run: runs.RunDir) -> list[dict[str, str]]:
+    """metrics.csv's rows (checked); [] when there is none."""
+    return run.read_metrics() if run.metrics_path.is_file() else []
+
+
+def corrupted_accuracy(run: runs.RunDir) -> float:
+    """The mean accuracy over the corrupted cells (severities 1-5) of corruptions.csv; NaN
+    without the file. A damaged file is reported by the corruptions section."""
+    path = runs.RunDir(run.path).corruptions_path
+    if not path.is_file():
+        return math.nan
+    try:
+        cells = [float(r["accuracy"]) for r in runs.read_csv(path)
+                 if r.get("set") in CORRUPTED_SETS]
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+    return sum(cells) / len(cells) if cells else math.nan
 
 
 def _getter(tree: dict[str, Any]):

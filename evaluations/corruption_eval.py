@@ -59,7 +59,8 @@ def evaluate_corruptions(run_dir: str | Path, *, device: str = "auto", batch_siz
     config = TrainConfig.from_dict(run.train, source=str(run.config_path))
     root = data_dir if data_dir is not None else config.data_dir
     data = load_dataset(config.dataset, data_dir=root, image_size=config.image_size,
-                        device="cpu", skipped=recorded_skips(run.config, str(run.config_path)))
+                        device="cpu", skipped=recorded_skips(run.config, str(run.config_path)),
+                        holdout=config.holdout)
     _check_same_data(run, data)
     indices = runs.test_subset(data.n_test, n_examples)
     images, labels = data.eval_images("test", indices)

@@ -75,7 +75,7 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
     config = TrainConfig.from_dict(run.train, source=str(run.config_path))
     data = load_dataset(config.dataset, image_size=config.image_size, device=device,
                         data_dir=config.data_dir if data_dir is None else data_dir,
-                        skip_bad_images=skip_bad_images,
+                        skip_bad_images=skip_bad_images, holdout=config.holdout,
                         skipped=recorded_skips(run.config, str(run.config_path)), echo=print)
     _check_same_data(run, data)
     model = model.to(device).eval()

@@ -14,19 +14,23 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from evaluations import plots, statistics
+from evaluations import plots
 from evaluations.collect import (RunRecord, load_record, robustness_rows, run_metrics,
                                  unique_names)
-from evaluations.grouping import Group, group_runs, method_rank, summarize
 from evaluations.convergence import CRITERION as CONVERGENCE
-from evaluations.predictions import CLAIMS as PREDICTION_CLAIMS
-from evaluations.predictions import COLUMNS as PREDICTION_COLUMNS
-from evaluations.predictions import prediction_table
+from evaluations.declaration import Declaration
+from evaluations.grouping import Group, group_runs, method_rank, summarize
+from evaluations.markdown import cell as _cell
+from evaluations.markdown import md as _md
+from evaluations.markdown import num as _num
+from evaluations.markdown import pct as _pct
+from evaluations.markdown import robust_cell as _robust_cell
+from evaluations.markdown import yes as _yes
 from evaluations.profiles import DECAY, NORMALIZATION
 from evaluations.regularizer import DEFINITION as Q_DEFINITION
 from evaluations.report_attacks import OUTPUTS as ATTACK_OUTPUTS
@@ -35,7 +39,7 @@ from evaluations.report_calibration import OUTPUTS as CALIBRATION_OUTPUTS
 from evaluations.robustbench import robustbench_section
 from evaluations.report_calibration import (calibration_section, corruptions_section,
                                             summary_section)
-from attacks.eps import parse_eps
+from evaluations.report_predictions import predictions_section
 from robustmix.core import methods, runs
 from robustmix.core.errors import UsageError
 from robustmix.mixing import is_data_dependent, make_sampler, mask_kernel
@@ -59,18 +63,25 @@ GENERALIZATION_METRICS = (  # column, header, percent
 )
 
 
-def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
+def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *,
+                 declaration: Declaration | None = None) -> Path:
     """Write ``OUT/report.md`` with its CSV tables and PNG plots; returns its path.
 
     ``run_dirs`` is an iterable (a list, a tuple, a generator) of finished run directories
     (str or path), all trained on the same data set; ``out_dir`` a str or path, created
-    if missing. A single path where a list belongs, or another type, is a TypeError; no
-    runs, a missing or unfinished run, or runs of different data sets a
+    if missing. ``declaration`` is what the study declared before its data (primary ε
+    grid, level, margins; :class:`~evaluations.declaration.Declaration`); None: no
+    declaration, the primary grid is derived from the runs and the report says so. A
+    single path where a list belongs, or another type, is a TypeError; no runs, a missing
+    or unfinished run, or runs of different data sets a
     :class:`~robustmix.core.errors.UsageError`, raised before anything is written.
     """
+    if declaration is not None and not isinstance(declaration, Declaration):
+        raise TypeError(f"declaration must be an evaluations.declaration.Declaration or None, "
+                        f"got {type(declaration).__name__}")
     records = _load(_checked_paths(run_dirs, out_dir))
     groups = group_runs([(r.name, r.info.train) for r in records])
-    ctx = ReportContext(records, groups, Path(out_dir))
+    ctx = ReportContext(records, groups, Path(out_dir), declaration or Declaration())
     ctx.out.mkdir(parents=True, exist_ok=True)
     title_section(ctx)
     summary_section(ctx)
@@ -149,8 +160,10 @@ class ReportContext:
     tables, the output folder) and what it adds to: the report's Markdown lines and the
     list of files written."""
 
-    def __init__(self, records: list[RunRecord], groups: list[Group], out: Path):
+    def __init__(self, records: list[RunRecord], groups: list[Group], out: Path,
+                 declaration: Declaration | None = None):
         self.records, self.groups, self.out = records, groups, out
+        self.declaration = declaration or Declaration()
         self.group_of = {m: g for g in groups for m in g.members}
         self.per_run = _per_run_frame(records, self.group_of)
         self.robust = _robustness_frame(records, self.group_of)
@@ -220,16 +233,25 @@ def runs_section(ctx: ReportContext) -> None:
     """Every run: its group, seed, accuracy, convergence and which measurements it has."""
     frame = _runs_frame(ctx)
     ctx.csv("runs.csv", frame)
-    ctx.section("Runs", f"Converged: a run {CONVERGENCE}. A comparison that involves an "
-                        "unconverged run is not judged.")
+    ctx.section("Runs", f"Converged: {CONVERGENCE}. A comparison that involves an "
+                        "unconverged run is not judged (\"inconclusive (unconverged model)\"). "
+                        "A run without held-out data (trained before it existed, or with "
+                        "holdout = 0) is \"not judged\": its comparisons are tested, and each "
+                        "verdict it enters says so in its note.")
     rows = [[r["run"], r["group"], r["seed"], _pct(r["final_test_acc"]),
-             _yes(r["converged"]) + (f" ({r['convergence']})" if r["convergence"] else ""),
+             _converged_cell(r["converged"], r["convergence"]),
              _yes(r["generalization"]), _yes(r["robustness"])] for _, r in frame.iterrows()]
     ctx.lines += _md(["run", "group", "seed", f"final test acc (%, {runs.METRICS})",
                       "converged", runs.GENERALIZATION, runs.ROBUSTNESS], rows)
     for line in _missing_measurements(ctx.records):
         ctx.paragraph(line)
     ctx.link("runs.csv", "one row per run")
+
+
+def _converged_cell(converged, why: str) -> str:
+    if _yes(converged) == "not judged":
+        return why
+    return _yes(converged) + (f" ({why})" if why else "")
 
 
 def _runs_frame(ctx: ReportContext) -> pd.DataFrame:
@@ -253,35 +275,6 @@ def _missing_measurements(records: list[RunRecord]) -> list[str]:
                          f"with `robustmix {command} --run "
                          f"{' '.join(str(r.info.path) for r in missing)}`.")
     return lines
-
-
-PREDICTION_SHOWN = ["comparison", "statistic", "eps", "measured", "effect", "ci_low", "ci_high",
-                    "p_adjusted", "verdict", "note"]
-
-
-def predictions_section(ctx: ReportContext) -> None:
-    """The paper's predictions: how they are tested, the verdict counts, a table per claim."""
-    rows = prediction_table(ctx.groups, ctx.per_run, ctx.robust)
-    ctx.csv("predictions.csv", pd.DataFrame(rows, columns=PREDICTION_COLUMNS))
-    counts = pd.Series([r["verdict"] for r in rows]).value_counts()
-    ctx.section(
-        "The paper's predictions on these runs",
-        f"Each comparison: {statistics.TEST} on the per-run values of the two groups "
-        "(one value per seed, every run measured on the same examples); effect = "
-        "difference of the means with its 95% confidence interval; multiple comparisons: "
-        f"{statistics.CORRECTION}. Adjusted p ≤ {statistics.LEVEL:g}: \"holds\" or "
-        "\"does not hold\" by the sign of the effect; otherwise \"inconclusive\". Not "
-        "tested, with the reason in the note: one seed, an unconverged run, or (a) where "
-        "vanilla does not overfit. \"Does not hold\" is a result, reported as measured.",
-        "Verdicts: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
-    for key, claim in PREDICTION_CLAIMS.items():
-        mine = [r for r in rows if r["prediction"] == claim]
-        if mine:
-            ctx.lines += [f"**{claim}**", ""]
-            ctx.lines += _robustness_verdicts(mine) if key == "b" else \
-                _md(PREDICTION_SHOWN, [[r[c] for c in PREDICTION_SHOWN] for r in mine])
-    ctx.link("predictions.csv", "every comparison with its effect, 95% CI, p and "
-                                "adjusted p")
 
 
 ROBUSTNESS_TEXT = (
@@ -577,82 +570,3 @@ def gallery_section(ctx: ReportContext) -> None:
     ctx.section("Mask gallery", f"Each MSDA's mask at λ = 0.65 on {size}×{size} digits "
                                 "(the training samplers).")
     ctx.png("mask_gallery.png", plots.draw_gallery, size)
-
-
-def _md(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(map(cell, header)) + " |",
-             "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
-    return lines + [""]
-
-
-def _cell(values: list[float], percent: bool) -> str:
-    mean, std, n = summarize(values)
-    if n == 0:
-        return "–"
-    scale = 100 if percent else 1
-    text = f"{mean * scale:.1f}" if percent else f"{mean:.4g}"
-    if n > 1:
-        text += f" ± {std * scale:.1f}" if percent else f" ± {std:.2g}"
-    return f"{text} ({n})"
-
-
-def _robust_cell(rows: pd.DataFrame) -> str:
-    """Robust accuracy and robust / clean, mean ± std over runs (%), and the run count."""
-    if rows.empty:
-        return "–"
-    robust, _, n = summarize(rows["robust_acc"].tolist())
-    conditional = rows["conditional"].tolist()
-    text = f"{robust * 100:.1f} / {summarize(conditional)[0] * 100:.1f}"
-    if n > 1:
-        text += f" ± {summarize(conditional)[1] * 100:.1f}"
-    return f"{text} ({n})"
-
-
-def _pct(value: float) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value * 100:.1f}"
-
-
-def _num(value: float) -> str:
-    return "–" if not math.isfinite(value) else f"{value:.3g}"
-
-
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
-
-
-VERDICT_MARKS = {statistics.HOLDS: "holds", statistics.FAILS: "does not hold"}
-
-
-def _robustness_verdicts(rows: list[dict[str, str]]) -> list[str]:
-    """Prediction (b) as one line per comparison and one column per ε: the effect in
-    percentage points of robust / clean accuracy, and the verdict where one was reached."""
-    columns = list(dict.fromkeys(r["eps"] for r in rows if r["eps"]))
-    columns = sorted((c for c in columns if c != "AUC"), key=_eps_order) + \
-        (["AUC"] if "AUC" in columns else [])
-    by = {(r["comparison"], r["eps"]): r for r in rows}
-    lines = []
-    for comparison in dict.fromkeys(r["comparison"] for r in rows):
-        cells = [comparison]
-        for eps in columns:
-            r = by.get((comparison, eps))
-            if r is None:
-                cells.append("–")
-            elif r["effect"]:
-                mark = VERDICT_MARKS.get(r["verdict"], "")
-                cells.append(f"{float(r['effect']):+.1f}" + (f" **{mark}**" if mark else ""))
-            else:
-                cells.append(r["verdict"])
-        lines.append(cells)
-    text = ["Effect: MSDA − vanilla in percentage points of robust / clean accuracy (the share "
-            "of correctly classified examples left standing), per ε and as the area under "
-            "that curve (AUC); **holds** / **does not hold** where the adjusted p ≤ "
-            f"{statistics.LEVEL:g}, else inconclusive. Measured values, CIs and p-values: "
-            "predictions.csv.", ""]
-    return text + _md(["comparison"] + columns, lines)
-
-
-def _eps_order(text: str) -> float:
-    return parse_eps(text)[0].value

@@ -23,14 +23,17 @@ import pandas as pd
 from evaluations import plots
 from evaluations.calibration import BINS, DEFINITION as CALIBRATION_DEFINITION
 from evaluations.corruption_eval import SUITE
+from evaluations.collect import CORRUPTED_SETS
 from evaluations.grouping import summarize
+from evaluations.markdown import cell as _cell
+from evaluations.markdown import md as _md
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 
 OUTPUTS = ("calibration_by_method.csv", "reliability.png", "corruptions_by_method.csv",
            "corruption_accuracy.png", "summary_by_method.csv")
 CALIBRATION_METRICS = (("ece", "ECE"), ("nll", "NLL (nats)"), ("brier", "Brier"))
-MAIN_SETS = ("suite", "standard")   # the cells a mean corrupted accuracy is taken over
+MAIN_SETS = CORRUPTED_SETS   # the cells a mean corrupted accuracy is taken over
 
 
 # ---------------------------------------------------------------------- what the runs hold
@@ -257,12 +260,3 @@ def corruption_figure(path, table: pd.DataFrame, groups) -> None:
     plots._legend(fig, axes)
     plots.save(fig, path)
 
-
-def _md(header, rows) -> list[str]:
-    from evaluations.report import _md as md   # one Markdown table writer for the report
-    return md(header, rows)
-
-
-def _cell(values, percent: bool) -> str:
-    from evaluations.report import _cell as cell
-    return cell(values, percent)

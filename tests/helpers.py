@@ -108,7 +108,8 @@ def mini_study(out, *, methods=("vanilla", "cutmix"), train=None, attack=None,
             "autoattack": "autoattack-fast", "autoattack_eps": "32/255",
             "autoattack_examples": 8, "autoattack_seeds": (), **(attack or {})}
     config = dataclasses.replace(
-        base, out=str(out), methods=tuple(methods), seeds=(0,), device="cpu",
+        base, out=str(out), methods=tuple(methods), seeds=(0,), seeds_by_method={},
+        device="cpu",
         train=dataclasses.replace(base.train, **settings),
         attack=dataclasses.replace(base.attack, **plan),
         evaluate=dataclasses.replace(base.evaluate,

@@ -145,6 +145,10 @@ def _add_train_data(p: argparse.ArgumentParser) -> None:
                    help="random-crop padding in pixels (default: image side / 8)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips (default: on for CIFAR and image folders)")
+    g.add_argument("--holdout", type=int, default=0, metavar="N",
+                   help="set N training images aside (a fixed choice, never trained on) and "
+                        "score them each epoch; the report judges convergence on them "
+                        "(default: 0, none)")
 
 
 def _add_train_recipe(p: argparse.ArgumentParser) -> None:

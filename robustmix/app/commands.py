@@ -308,7 +308,11 @@ def _run_report(args: argparse.Namespace) -> int:
     # here: pandas and scipy (about 1.5 s) load only for the commands that need them
     from evaluations import write_report
 
-    path = write_report(_run_dirs(args, "report"), args.out)
+    run_dirs = _run_dirs(args, "report")
+    declaration = _study_declaration(run_dirs)
+    if declaration is not None:
+        print(f"robustmix report: primary comparisons as declared in {declaration.source}")
+    path = write_report(run_dirs, args.out, declaration=declaration)
     print(f"robustmix report: wrote {path}")
     plot = next((path.parent / name for name in MAIN_PLOTS if (path.parent / name).exists()),
                 None)
@@ -317,6 +321,20 @@ def _run_report(args: argparse.Namespace) -> int:
     if args.open:
         print(f"robustmix report: {_open(path)}")
     return 0
+
+
+def _study_declaration(run_dirs: list[str]):
+    """The [verdicts] a study declared before its data (OUT/study.toml) when every run
+    directory is one of that study's (OUT/runs/NAME); else None."""
+    from robustmix.app.study import STUDY_FILE, load_config
+
+    parents = {Path(d).resolve().parent for d in run_dirs}
+    if len(parents) != 1 or next(iter(parents)).name != "runs":
+        return None
+    path = next(iter(parents)).parent / STUDY_FILE
+    if not path.is_file():
+        return None
+    return load_config(None, str(path)).declaration(str(path))
 
 
 MAIN_PLOTS = ("robust_given_clean_linf.png", "robust_accuracy_linf.png", "generalization.png")

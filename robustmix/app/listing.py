@@ -70,9 +70,12 @@ def status(run_dir: Path) -> Status:
     planned = int(train.get("epochs", 0))
     metrics = run.read_metrics() if run.metrics_path.exists() else []
     accuracies = [float(row["test_acc"]) for row in metrics]
+    held = [float(row["holdout_acc"]) for row in metrics if row.get("holdout_acc")]
+    held_loss = [float(row["holdout_loss"]) for row in metrics if row.get("holdout_loss")]
+    classes = int(config.get("dataset", {}).get("num_classes") or 10)
     eps = sorted({(float(r["eps_value"]), r["eps"]) for r in read_rows(run.robustness_path)}) \
         if run.robustness_path.exists() else []
-    verdict = check(accuracies, planned)
+    verdict = check(held, held_loss, planned, classes)   # on the held-out images
     imported = "imported" in config   # trained elsewhere: no epochs, no curve to judge
     return Status(
         run=run_dir.name, method=str(train.get("mix", {}).get("mix", "vanilla")),
@@ -81,8 +84,9 @@ def status(run_dir: Path) -> Status:
         test_acc=f"{accuracies[-1]:.2%}" if accuracies else "-",
         attacked=",".join(text for _, text in eps) or "no",
         evaluated="yes" if run.generalization_path.exists() else "no",
-        converged="unknown (imported)" if imported else
-        "yes" if verdict.converged else f"no ({verdict.reason})")
+        converged="unknown (imported)" if imported else verdict.reason
+        if verdict.converged is None else "yes" if verdict.converged else
+        f"no ({verdict.reason})")
 
 
 def table(folder: str | Path) -> str:

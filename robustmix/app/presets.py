@@ -12,17 +12,30 @@ from robustmix.core.methods import MIX_NAMES
 
 STUDY_METHODS = list(MIX_NAMES)
 
+# What every preset declares before its data ([verdicts]; evaluations.declaration): the
+# primary grid is the study's [attack] eps (primary_eps ""), Holm at 5% per family, and
+# the margins of "no effect": (a) half a point of accuracy gap and 0.01 nats of loss gap
+# (vanilla's whole gap on digits was 0.54 pp and 0.013 nats), (c) 0.02 in the decay D
+# (about half of CutMix's excess over vanilla, 0.040, in the study of 2026-11-30).
+VERDICTS = {"primary_eps": "", "norm": "linf", "level": 0.05, "gap_margin_acc": 0.005,
+            "gap_margin_loss": 0.01, "profile_margin": 0.02, "own_mask_comparator": "mixup"}
+
 _DIGITS = {
-    "description": "every MSDA on the embedded digits (8×8), 3 seeds, trained to "
-                   "convergence; minutes on a CPU",
+    "description": "every MSDA on the embedded digits (8×8), 10 vanilla and 5 seeds per "
+                   "MSDA (chosen by power), trained to convergence; minutes on a CPU",
     "out": "study",
     "methods": STUDY_METHODS,
-    "seeds": [0, 1, 2],
+    # seeds by power (python -m evaluations.power, README "How a verdict is reached"):
+    # vanilla enters every primary comparison, so it gets twice the runs of each MSDA
+    "seeds": [0, 1, 2, 3, 4],
+    "seeds_by_method": {"vanilla": list(range(10))},
     "device": "auto",
     # digits at their native 8×8: every method converges to ~99% test accuracy in 15
-    # epochs, and the study fits in 10 minutes on 2 CPU cores (benchmarks/bench_study.py)
+    # epochs, and the study fits in 10 minutes on 2 CPU cores (benchmarks/bench_study.py);
+    # 200 of the 1,400 training images are held out to judge convergence
     "train": {"dataset": "digits", "arch": "smallcnn", "image_size": 8, "epochs": 15,
-              "batch_size": 64, "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine"},
+              "batch_size": 64, "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
+              "holdout": 200},
     # 8×8 digits are robust to the ε used on CIFAR; the uniform grid spans where the strong
     # attack breaks few examples (~10% at 12/255) to where it breaks most (~85-97% at
     # 32/255). FGSM, PGD-10 and APGD-CE + APGD-T (AutoAttack's gradient attacks, the
@@ -37,10 +50,12 @@ _DIGITS = {
     # corruptions: the on-the-fly suite on the same 200 test images (4-6% of the study's
     # time, measured against evaluate's: see the README)
     "evaluate": {"n_examples": 200, "q_draws": 256, "seed": 0, "corruptions": True},
+    "verdicts": VERDICTS,
 }
 
 _CIFAR_RECIPE = {"arch": "preactresnet18", "epochs": 200, "batch_size": 128, "lr": 0.1,
-                 "weight_decay": 5e-4, "schedule": "cosine", "data_dir": "data"}
+                 "weight_decay": 5e-4, "schedule": "cosine", "data_dir": "data",
+                 "holdout": 5000}   # 10% of the training images, to judge convergence
 
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": _DIGITS,
@@ -58,6 +73,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "autoattack_examples": 1000, "autoattack_seeds": [], "batch_size": 500,
                    "seed": 0},
         "evaluate": {"n_examples": 1000, "q_draws": 512, "seed": 0, "corruptions": True},
+        "verdicts": VERDICTS,
     },
     "cifar100-table2": {
         "description": "the paper's Table 2 setting: PreActResNet-18 on CIFAR-100, every "
@@ -71,6 +87,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "autoattack_examples": 1000, "autoattack_seeds": [], "batch_size": 500,
                    "seed": 0},
         "evaluate": {"n_examples": 1000, "q_draws": 512, "seed": 0, "corruptions": True},
+        "verdicts": VERDICTS,
     },
     "imagenet100-scenarios": {
         "description": "the paper's scenario table: Mixup and CutMix on an ImageNet-100 image "
@@ -81,13 +98,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "small-crop": {"crop_scale": [0.08, 0.3]}},
         "train": {"dataset": "imagefolder:data/imagenet100", "arch": "resnet50",
                   "image_size": 224, "epochs": 100, "batch_size": 256, "lr": 0.1,
-                  "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 5},
+                  "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 5,
+                  "holdout": 5000},
         "attack": {"eps": "1/255,2/255,4/255", "norm": "linf",
                    "attacks": ["fgsm", "pgd", "apgd"], "pgd_steps": 10, "restarts": 1,
                    "n_examples": 1000, "autoattack": "", "autoattack_eps": "",
                    "autoattack_examples": 0, "autoattack_seeds": [], "batch_size": 250,
                    "seed": 0},
         "evaluate": {"n_examples": 500, "q_draws": 256, "seed": 0},
+        "verdicts": VERDICTS,
     },
 }
 

@@ -62,14 +62,14 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
     run_dirs = []
     for variant in config.variant_names():
         for method in config.methods:
-            for seed in config.seeds:
+            for seed in config.seeds_of(method):
                 label = _run_name(variant, methods.split_spec(method)[0], seed)
                 run_dir = out / "runs" / label
                 run_dirs.append(run_dir)
                 train = config.run_config(variant, method, seed)
                 steps.append(Step("train", run_dir, label,
                                   lambda d=run_dir, t=train: _trained(d, t),
-                                  lambda d=run_dir, t=train: _train(d, t, progress)))
+                                  lambda d=run_dir, t=train: _train(d, t, progress, config)))
                 steps.append(_attack_step("attack", run_dir, label, strong, device,
                                           attack.n_examples, progress, checks))
                 if auto is not None and attack.autoattacks(seed):
@@ -137,7 +137,30 @@ def _trained(run_dir: Path, config) -> bool:
     return run.is_complete()
 
 
-def _train(run_dir: Path, config, progress: bool) -> str:
+STUDY_FILE = "study.toml"
+
+
+def declare(config: StudyConfig) -> None:
+    """Write OUT/study.toml before the first run trains: the study, its primary comparisons
+    and margins declared before any data. A study.toml whose [verdicts] differ (someone
+    changed them after the runs began) is refused: a declaration is made once."""
+    path = Path(config.out) / STUDY_FILE
+    text = to_toml(config)
+    if path.is_file():
+        before = path.read_text(encoding="utf-8")
+        if before == text:
+            return
+        if "[verdicts]" in before and \
+                load_config(None, str(path)).verdicts != config.verdicts:
+            raise UsageError(f"{path} declares other [verdicts] (primary comparisons, "
+                             "margins) than this study; they were fixed before its runs: "
+                             "use another --out, or restore them")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_text(path, text)
+
+
+def _train(run_dir: Path, config, progress: bool, study: StudyConfig) -> str:
+    declare(study)
     _trained(run_dir, config)
     result = train(config, run_dir, resume=runs.RunDir(run_dir).config_path.exists(), progress=progress)
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
@@ -226,10 +249,13 @@ def _corrupt(run_dir: Path, settings: dict, device: str) -> str:
 
 
 def _report(run_dirs: list[Path], out: Path, config: StudyConfig) -> str:
-    path = write_report(run_dirs, out)
+    declare(config)
+    # the source names the study's own file, not its path: a study moved or rerun in
+    # another folder writes the same tables
+    path = write_report(run_dirs, out, declaration=config.declaration(
+        f"the study's {STUDY_FILE}, written before its first run trained"))
     if config.paper in PAPER:
         _append_paper_table(path, run_dirs, config)
-    runs.atomic_write_text(out / "study.toml", to_toml(config))
     return f"wrote {path}"
 
 
@@ -323,7 +349,7 @@ def missing_data(config: StudyConfig) -> list[str]:
     (:func:`robustmix.data.check_available`); a variant that downloads is not checked."""
     problems, seen = [], set()
     for variant in config.variant_names():
-        train = config.run_config(variant, config.methods[0], config.seeds[0])
+        train = config.run_config(variant, config.methods[0], config.seeds_of(config.methods[0])[0])
         key = (train.dataset, train.data_dir, train.skip_bad_images)
         if train.download or key in seen:
             continue

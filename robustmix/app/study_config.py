@@ -1,8 +1,11 @@
 """The typed description of a study, its presets, and its TOML form.
 
-A study is a :class:`StudyConfig`: which methods and seeds, a :class:`TrainConfig` template
-(each run sets its method, seed and device), an :class:`AttackPlan` and an
-:class:`EvaluatePlan`. A TOML file reads into it (:func:`load_config`, checked in one
+A study is a :class:`StudyConfig`: which methods and seeds (``seeds`` for every method,
+``seeds_by_method`` where a method has its own, e.g. more vanilla runs), a
+:class:`TrainConfig` template (each run sets its method, seed and device), an
+:class:`AttackPlan`, an :class:`EvaluatePlan` and its ``[verdicts]``
+(:class:`~evaluations.declaration.Declaration`: the primary comparisons and the margins
+of "no effect", declared before any data). A TOML file reads into it (:func:`load_config`, checked in one
 place: :meth:`StudyConfig.from_dict`) and it writes back out (:func:`to_toml`). In the TOML
 the ``[train]`` table holds the training settings with the mix settings flat beside them
 (``alpha``, ``mix_prob``, ...), as ``robustmix train`` spells them as flags, and each
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attacks import AttackConfig, PGDSettings, parse_eps
+from evaluations.declaration import Declaration
 from robustmix.core import methods, runs
 from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
 from robustmix.core.errors import ConfigError, UsageError
@@ -140,6 +144,24 @@ class StudyConfig:
     # [train.options.NAME]: each method's options, its defaults filled in for the study's
     # methods; a run takes its own method's
     options: Options = field(default_factory=dict)
+    seeds_by_method: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    verdicts: Declaration = field(default_factory=Declaration)
+
+    def seeds_of(self, method: str) -> tuple[int, ...]:
+        """The seeds of ``method`` (a name or a factory's path): its own list in
+        ``seeds_by_method``, else ``seeds``."""
+        name = methods.split_spec(method)[0]
+        return tuple(self.seeds_by_method.get(name, self.seeds))
+
+    def declaration(self, source: str = "") -> Declaration:
+        """The ``[verdicts]`` declaration with its primary grid resolved (empty: the
+        ``[attack]`` grid and norm) and where it came from."""
+        eps = self.verdicts.primary_eps or self.attack.eps
+        norm = self.verdicts.norm if self.verdicts.primary_eps else self.attack.norm
+        names = self.verdicts.methods or tuple(
+            m for m in (methods.split_spec(spec)[0] for spec in self.methods) if m != "vanilla")
+        return dataclasses.replace(self.verdicts, primary_eps=eps, norm=norm, methods=names,
+                                   source=source or self.verdicts.source or "the study")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> "StudyConfig":
@@ -151,7 +173,8 @@ class StudyConfig:
             raise UsageError(f"{source}: unknown keys {', '.join(unknown)}; valid: "
                              f"{', '.join(sorted(top))}")
         sections = {}
-        for name, plan in (("attack", AttackPlan), ("evaluate", EvaluatePlan)):
+        for name, plan in (("attack", AttackPlan), ("evaluate", EvaluatePlan),
+                           ("verdicts", Declaration)):
             runs.check_fields(values.get(name, {}), plan, source, what=f"[{name}] settings")
             section = {k: tuple(v) if isinstance(v, list) else v
                        for k, v in values.get(name, {}).items()}
@@ -162,7 +185,9 @@ class StudyConfig:
             seeds=_listed(values, "seeds", source), device=values.get("device", "auto"),
             train=template, options=options,
             variants=values.get("variants", {}), description=values.get("description", ""),
-            paper=values.get("paper", ""), **sections)
+            paper=values.get("paper", ""),
+            seeds_by_method=_seeds_by_method(values.get("seeds_by_method", {}), source),
+            **sections)
         return config.completed(source)
 
     def completed(self, source: str) -> "StudyConfig":
@@ -221,11 +246,17 @@ class StudyConfig:
                 raise ConfigError(f"train.options.{name}", f"must be a table of the options "
                                   f"of a registered method (the study's: {', '.join(names)})",
                                   source=source)
+        for method, seeds in self.seeds_by_method.items():
+            if method not in names or not seeds or any(not _count(s, -2**63) for s in seeds):
+                raise ConfigError("seeds_by_method", f"must map the study's methods "
+                                  f"({', '.join(names)}) to non-empty lists of integers; "
+                                  f"got {method} = {list(seeds)!r}", source=source)
         for variant in self.variant_names():
             for method in self.methods:
                 self.run_config(variant, method, self.seeds[0], source)
         _checked(self.attack.validate, "attack", source)
         _checked(self.evaluate.validate, "evaluate", source)
+        _checked(self.verdicts.validate, "verdicts", source)
 
     def variant_names(self) -> list[str]:
         return list(self.variants) or [""]
@@ -244,10 +275,19 @@ class StudyConfig:
                              f"{source} [train]")
 
     def with_overrides(self, **changes: Any) -> "StudyConfig":
-        """The study with top-level settings replaced (None: keep), checked again."""
-        changed = dataclasses.replace(self, **{k: v for k, v in changes.items()
-                                               if v is not None})
-        return changed.completed("command line")
+        """The study with top-level settings replaced (None: keep), checked again. New
+        ``seeds`` apply to every method (``seeds_by_method`` is dropped)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "seeds" in changes:
+            changes.setdefault("seeds_by_method", {})
+        return dataclasses.replace(self, **changes).completed("command line")
+
+
+def _seeds_by_method(value: Any, source: str) -> dict[str, tuple[int, ...]]:
+    if not isinstance(value, dict) or any(not isinstance(v, list) for v in value.values()):
+        raise ConfigError("seeds_by_method", f"must be a table of method = [seeds]; got "
+                          f"{value!r}", source=source)
+    return {str(k): tuple(v) for k, v in value.items()}
 
 
 def _listed(values: dict[str, Any], key: str, source: str) -> tuple:
@@ -349,8 +389,10 @@ def _read_toml(path: str) -> dict[str, Any]:
 
 def _merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
+        # these tables replace, whole: a study that names its own means them all (an
+        # empty seeds_by_method: every method takes `seeds`)
         if isinstance(value, dict) and isinstance(base.get(key), dict) and \
-                key not in ("variants", "options"):   # these tables replace, whole
+                key not in ("variants", "options", "seeds_by_method"):
             base[key] = _merge(base[key], value)
         else:
             base[key] = value
@@ -369,6 +411,9 @@ def to_dict(config: StudyConfig) -> dict[str, Any]:
         values["train"]["options"] = config.options
     values["attack"] = dataclasses.asdict(config.attack)
     values["evaluate"] = dataclasses.asdict(config.evaluate)
+    values["seeds_by_method"] = {k: list(v) for k, v in config.seeds_by_method.items()}
+    values["verdicts"] = {k: v for k, v in dataclasses.asdict(config.verdicts).items()
+                          if k != "source"}
     if config.variants:
         values["variants"] = config.variants
     return values

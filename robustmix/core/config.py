@@ -114,6 +114,9 @@ class TrainConfig:
     download: bool = False
     skip_bad_images: bool = False         # image folders: leave out files that cannot be decoded
     crop_scale: tuple[float, float] | None = None
+    # training images set aside, never trained on, scored each epoch to judge convergence
+    # (0: none; a config.json without the key was written before it existed: none)
+    holdout: int = 0
     pad: int | None = None                 # None: the data set's default crop padding
     flip: bool | None = None               # None: the data set's default (off for digits)
     arch: str = "smallcnn"
@@ -176,6 +179,10 @@ class TrainConfig:
             raise ConfigError("log_interval", f"must be >= 1, got {self.log_interval}")
         if self.pad is not None and self.pad < 0:
             raise ConfigError("pad", f"must be >= 0, got {self.pad}")
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, int) \
+                or self.holdout < 0:
+            raise ConfigError("holdout", f"must be an integer >= 0 (training images held "
+                              f"out), got {self.holdout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

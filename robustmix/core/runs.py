@@ -74,6 +74,12 @@ CONFIG_SECTIONS = {"train": dict, "model": dict, "dataset": dict,
                    "imported": dict}                # robustmix import: the weights' origin
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
                  "images_per_s"]
+HOLDOUT_FIELDS = ["holdout_loss", "holdout_acc"]   # runs with a held-out slice only
+
+
+def metric_fields(holdout: bool) -> list[str]:
+    """metrics.csv's columns: with a held-out slice, its loss and accuracy at the end."""
+    return METRIC_FIELDS + HOLDOUT_FIELDS if holdout else list(METRIC_FIELDS)
 
 
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -106,6 +112,8 @@ METRIC_COLUMNS: dict[str, Callable[[str], Any]] = {
     "test_loss": number(0), "test_acc": number(0, 1), "lr": number(0), "seconds": number(0),
     "images_per_s": number(0)}
 assert list(METRIC_COLUMNS) == METRIC_FIELDS
+HOLDOUT_COLUMNS: dict[str, Callable[[str], Any]] = {"holdout_loss": number(0),
+                                                   "holdout_acc": number(0, 1)}
 
 
 def read_metrics(path: str | os.PathLike, *, epochs: int | None = None) -> list[dict[str, str]]:
@@ -114,7 +122,7 @@ def read_metrics(path: str | os.PathLike, *, epochs: int | None = None) -> list[
     With ``epochs`` (the epoch of the checkpoint being resumed) the file must hold at
     least that many rows, and only those are returned.
     """
-    rows = read_table(path, METRIC_COLUMNS)
+    rows = read_table(path, {**METRIC_COLUMNS, **HOLDOUT_COLUMNS}, optional=HOLDOUT_FIELDS)
     for number_, row in enumerate(rows, start=1):
         if int(row["epoch"]) != number_:
             raise UsageError(f"{path}, line {number_ + 1}: epoch is {row['epoch']}, expected "

@@ -146,17 +146,19 @@ def text(value: str) -> str:
 
 
 def read_table(path: str | os.PathLike, columns: Mapping[str, Callable[[str], Any]], *,
-               row_check: Callable[[dict[str, str]], None] | None = None
-               ) -> list[dict[str, str]]:
+               row_check: Callable[[dict[str, str]], None] | None = None,
+               optional: Iterable[str] = ()) -> list[dict[str, str]]:
     """Read a CSV that this program wrote, checking it before use.
 
     The header must hold exactly ``columns`` (in any order), every line as many values,
     each value must pass its column's check, and each row ``row_check`` (checks raise
     ``ValueError`` naming the problem). Anything else is a one-line :class:`UsageError`
-    naming the file, the line and the problem. Returns the rows as strings, so rewriting
-    them changes nothing.
+    naming the file, the line and the problem. Columns named in ``optional`` may be absent
+    (all of them together, as a file written before they existed). Returns the rows as
+    strings, so rewriting them changes nothing.
     """
     path = Path(path)
+    optional = tuple(optional)
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -164,6 +166,8 @@ def read_table(path: str | os.PathLike, columns: Mapping[str, Callable[[str], An
             if not header:
                 raise UsageError(f"{path} is empty: it has no header line")
             duplicated = sorted({c for c in header if header.count(c) > 1})
+            if optional and not set(optional) & set(header):
+                columns = {k: v for k, v in columns.items() if k not in optional}
             missing = [c for c in columns if c not in header]
             unknown = [c for c in header if c not in columns]
             for problem, names in (("repeats the", duplicated), ("lacks the", missing),

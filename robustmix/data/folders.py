@@ -194,6 +194,11 @@ class FolderSource(DataSource):
             num_workers = 0 if self.n_train < 1000 else min(4, os.cpu_count() or 1)
         self.num_workers = int(num_workers)
 
+    def _split_train(self, held, keep) -> None:
+        train = self._samples["train"]
+        self._samples["holdout"] = [train[int(i)] for i in held]
+        self._samples["train"] = [train[int(i)] for i in keep]
+
     def _loader(self, dataset, batch_size: int, *, sampler=None, drop_last: bool,
                 seed: int, device: torch.device):
         # The generator feeds the loader's base seed, which it draws even when nothing uses

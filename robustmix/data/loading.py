@@ -46,7 +46,7 @@ def _load_digits(image_size: int | None, device: Any) -> TensorSource:
 def load_dataset(spec: str, *, data_dir: str = "data", image_size: int | None = None,
                  download: bool = False, device: Any = "cpu",
                  num_workers: int | None = None, skip_bad_images: bool = False,
-                 skipped: Sequence[str] = (),
+                 skipped: Sequence[str] = (), holdout: int = 0,
                  echo: Callable[[str], None] | None = None) -> DataSource:
     """The dataset named by ``spec``: one of :data:`DATASET_NAMES` or ``imagefolder:PATH``.
 
@@ -58,8 +58,19 @@ def load_dataset(spec: str, *, data_dir: str = "data", image_size: int | None = 
     An image folder is checked first (:mod:`robustmix.data.image_check`): files that cannot
     be decoded are a :class:`BadImagesError`, or with ``skip_bad_images`` are left out;
     ``skipped`` (a run's recorded paths) are left out unchecked. ``echo`` receives the one
-    line that says what was left out.
+    line that says what was left out. ``holdout`` > 0 sets that many training examples
+    aside as the split ``"holdout"`` (:meth:`DataSource.hold_out`, a fixed choice).
     """
+    data = _load(spec, data_dir=data_dir, image_size=image_size, download=download,
+                 device=device, num_workers=num_workers, skip_bad_images=skip_bad_images,
+                 skipped=skipped, echo=echo)
+    if holdout:
+        data.hold_out(holdout)
+    return data
+
+
+def _load(spec: str, *, data_dir, image_size, download, device, num_workers, skip_bad_images,
+          skipped, echo) -> DataSource:
     if image_size is not None and (isinstance(image_size, bool)
                                    or not isinstance(image_size, (int, np.integer))
                                    or image_size < MIN_IMAGE_SIZE):

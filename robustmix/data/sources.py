@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,15 @@ if TYPE_CHECKING:
     from robustmix.data.folders import LazyImages
 
 _CHUNK = 4096                        # images per chunk when resizing or computing statistics
+HOLDOUT_SEED = 2024                  # the held-out slice is the same for every run and seed
+HOLDOUT_RULE = ("the sorted first n of numpy default_rng(2024).permutation(n_train) over the "
+                "data set's training split")
+
+
+def holdout_indices(n_train: int, n: int) -> np.ndarray:
+    """The training examples held out (sorted indices): :data:`HOLDOUT_RULE`, fixed, the
+    same for every run, method and seed, so every run is judged on the same images."""
+    return np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(n_train)[:n])
 
 
 class DataSource:
@@ -40,6 +50,27 @@ class DataSource:
     default_augment: Augment
     skipped: tuple[str, ...] = ()        # image files left out (paths relative to the folder)
     newly_skipped: tuple[str, ...] = ()  # of those, the ones found unreadable by this load
+    n_holdout: int = 0                   # training examples set aside (:meth:`hold_out`)
+    holdout_digest: str = ""             # sha256 of the held-out indices, for config.json
+
+    def hold_out(self, n: int) -> None:
+        """Set ``n`` training examples aside (:func:`holdout_indices`) as the split
+        ``"holdout"``: never in :meth:`train_batches`, evaluated like ``"test"``. Called
+        once, right after loading; ``n_train`` then counts the examples trained on."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not \
+                0 < n < self.n_train:
+            raise UsageError(f"holdout must be an integer in 1..{self.n_train - 1} (the "
+                             f"training images of {self.name}), got {n!r}")
+        if self.n_holdout:
+            raise UsageError(f"{self.name}: a held-out slice was already set aside")
+        held = holdout_indices(self.n_train, int(n))
+        keep = np.setdiff1d(np.arange(self.n_train), held)
+        self._split_train(held, keep)
+        self.n_holdout, self.n_train = int(n), int(keep.size)
+        self.holdout_digest = hashlib.sha256(held.astype(np.int64).tobytes()).hexdigest()
+
+    def _split_train(self, held: np.ndarray, keep: np.ndarray) -> None:
+        raise NotImplementedError
 
     def train_batches(self, rng: np.random.Generator, batch_size: int, device: Any,
                       augment: Augment, shard: tuple[int, int] = (0, 1)
@@ -107,10 +138,10 @@ class DataSource:
         local = batch_size // world
         return slice(rank * local, (rank + 1) * local)
 
-    @staticmethod
-    def _check_split(split: str) -> None:
-        if split not in ("train", "test"):
-            raise UsageError(f"unknown split {split!r}; valid: train, test")
+    def _check_split(self, split: str) -> None:
+        valid = ("train", "test", "holdout") if self.n_holdout else ("train", "test")
+        if split not in valid:
+            raise UsageError(f"unknown split {split!r}; valid: {', '.join(valid)}")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, {self.n_train} train / {self.n_test} "
@@ -165,6 +196,13 @@ class TensorSource(DataSource):
     def tensors(self, split: str) -> tuple[Tensor, Tensor]:
         self._check_split(split)
         return self._x[split], self._y[split]
+
+    def _split_train(self, held: np.ndarray, keep: np.ndarray) -> None:
+        x, y = self._x["train"], self._y["train"]
+        held_t, keep_t = (torch.from_numpy(i).to(x.device) for i in (held, keep))
+        self._x["holdout"], self._y["holdout"] = x[held_t], y[held_t]
+        self._x["train"], self._y["train"] = x[keep_t], y[keep_t]
+        self.mean, self.std = _channel_stats(self._x["train"])  # of the images trained on
 
     def train_batches(self, rng: np.random.Generator, batch_size: int, device: Any,
                       augment: Augment, shard: tuple[int, int] = (0, 1)

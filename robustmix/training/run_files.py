@@ -21,6 +21,7 @@ import torch
 from robustmix.core import distributed, runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.errors import ConfigError, UsageError
+from robustmix.data.sources import HOLDOUT_RULE
 
 
 def _versions() -> dict[str, str]:
@@ -85,7 +86,11 @@ def write_config(out: Path, config: TrainConfig, spec: dict[str, Any], device: t
                     # the image files left out (--skip-bad-images): every later load of
                     # this run leaves out the same ones
                     **({"skipped_images": list(data.skipped)}
-                       if getattr(data, "skipped", None) else {})},
+                       if getattr(data, "skipped", None) else {}),
+                    # the training images set aside to judge convergence (never trained on)
+                    **({"holdout": {"n": data.n_holdout, "rule": HOLDOUT_RULE,
+                                    "sha256": data.holdout_digest}}
+                       if getattr(data, "n_holdout", 0) else {})},
         "augment": None if augment is None else dataclasses.asdict(augment),
         **(extra or {})})
 
@@ -151,7 +156,8 @@ def save_epoch(out: Path, epoch: int, metrics: list[dict[str, Any]], model, opti
     rows = list(metrics)
 
     def write_epoch():
-        runs.write_csv(out / runs.METRICS, rows, runs.METRIC_FIELDS)
+        runs.write_csv(out / runs.METRICS, rows, runs.metric_fields(
+            bool(rows) and "holdout_acc" in rows[0]))
         runs.save_checkpoint(out / runs.CHECKPOINT, checkpoint)
 
     distributed.on_main(write_epoch)

@@ -231,7 +231,14 @@ class Trainer:
             self.model, self.data.eval_batches("test", 2 * config.batch_size, self.device,
                                                shard=(place.rank, place.world)), config.amp)
         stop_unless_finite(self.model, test_loss, epoch, self.out)
-        self.metrics.append(state.close(totals, test_acc, test_loss))
+        row = state.close(totals, test_acc, test_loss)
+        if config.holdout:  # the held-out training images: what convergence is judged on
+            held_acc, held_loss = evaluate(
+                self.model, self.data.eval_batches("holdout", 2 * config.batch_size,
+                                                   self.device, shard=(place.rank, place.world)),
+                config.amp)
+            row.update(holdout_loss=f"{held_loss:.6f}", holdout_acc=f"{held_acc:.6f}")
+        self.metrics.append(row)
 
     def save_epoch(self, epoch: int) -> None:
         """On rank 0: the metrics so far and a checkpoint to resume from after ``epoch``."""
@@ -287,7 +294,7 @@ def _load_data(config: TrainConfig, place: distributed.Place, device: torch.devi
         return load_dataset(config.dataset, data_dir=config.data_dir,
                             image_size=config.image_size, download=download, device=device,
                             skip_bad_images=config.skip_bad_images and skipped is None,
-                            skipped=skipped or (), echo=echo)
+                            skipped=skipped or (), holdout=config.holdout, echo=echo)
 
     try:
         if place.active and config.dataset.startswith("imagefolder:"):

@@ -1,0 +1,42 @@
+"""The power calculation: its simulation against the noncentral t where they must agree,
+Holm's gain over Bonferroni, the flip rate, and the command on a study folder."""
+
+import numpy as np
+import pytest
+
+from evaluations import power
+
+
+def test_one_primary_simulated_power_is_the_noncentral_t():
+    """With one primary, Holm is the plain test, and with 20 runs a group Welch's statistic
+    is a t: simulation and closed form agree to the simulation's binomial error."""
+    pilot = power.Pilot({"vanilla": (0.5, 0.02, 8), "cutmix": (0.515, 0.02, 8)}, "", "")
+    studies = 20000
+    simulated = power.simulate(pilot, 20, 20, studies=studies)["cutmix"]
+    closed = power.bonferroni_nct(pilot, "cutmix", 20, 20)
+    assert 0.5 < closed < 0.9          # in the middle, where a wrong formula shows
+    assert simulated == pytest.approx(closed, abs=4 * np.sqrt(closed * (1 - closed) / studies))
+
+
+def test_holm_finds_more_than_bonferroni_when_the_others_are_real():
+    strong = {m: (0.6, 0.02, 8) for m in ("hmix", "gmix", "stochastic")}
+    pilot = power.Pilot({"vanilla": (0.5, 0.02, 8), "mixup": (0.52, 0.02, 8), **strong},
+                        "", "")
+    simulated = power.simulate(pilot, 10, 5, studies=4000)
+    assert simulated["hmix"] > 0.99
+    assert simulated["mixup"] > power.bonferroni_nct(pilot, "mixup", 10, 5) + 0.1
+    scaled = power.simulate(pilot, 10, 5, studies=4000, scale={"mixup": 0.0})
+    assert scaled["mixup"] < 0.05          # no effect: it holds at most at the level
+
+
+def test_flip_rate():
+    assert power.flip_rate(0.5) == 0.5
+    assert power.flip_rate(1.0) == power.flip_rate(0.0) == 0.0
+    assert power.flip_rate(0.975) == pytest.approx(0.04875)
+
+
+def test_the_command_refuses_a_folder_without_runs(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert power.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no finished run" in err and len(err.strip().splitlines()) == 1
