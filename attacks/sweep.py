@@ -314,7 +314,8 @@ def _checked_labels(model: nn.Module, x: Tensor, y: Tensor, n_classes: int | Non
     if n_classes is None:
         with torch.no_grad():  # the model is in eval mode here
             n_classes = model(x[:1].to(device)).shape[1]
-    return guards.class_labels("y", y, x.shape[0], n_classes), n_classes
+    # labels of any integer type are accepted; the losses want int64
+    return guards.class_labels("y", y, x.shape[0], n_classes).long(), n_classes
 
 
 def _bar(attack: Attack, eps: Eps, n_targets: int, progress: bool):

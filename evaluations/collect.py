@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from attacks.eps import Eps
 from attacks.runner import CSV_FIELDS, read_rows
 from evaluations import convergence
 from robustmix.core import runs
@@ -111,7 +112,9 @@ def robustness_rows(record: RunRecord) -> pd.DataFrame | None:
     frame = record.robustness
     if frame is None or frame.empty:
         return None
-    frame = frame.assign(run=record.name, eps_key=frame["eps_value"].round(9),
+    # ε's key: the float of its exact value (attacks.eps), equal for equal budgets however
+    # they were written, and the same float the declaration's grid uses
+    frame = frame.assign(run=record.name, eps_key=frame["eps"].map(lambda t: Eps(t).value),
                          conditional=frame["robust_acc"] / frame["clean_acc"].where(
                              frame["clean_acc"] > 0))
     frame = frame.sort_values(["n_examples", "robust_acc"], ascending=[False, True],

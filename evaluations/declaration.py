@@ -78,8 +78,9 @@ class Declaration:
         return bool(self.primary_eps)
 
     def grid(self) -> list[tuple[float, str]]:
-        """The declared grid as (eps_key, text): eps_key as the report keys ε (9 digits)."""
-        return [(round(e.value, 9), e.text) for e in parse_eps(self.primary_eps)] \
+        """The declared grid as (eps_key, text): eps_key as the report keys ε (the float of
+        its exact value, :mod:`attacks.eps`)."""
+        return [(e.value, e.text) for e in parse_eps(self.primary_eps)] \
             if self.primary_eps else []
 
 

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from attacks.eps import parse_eps
+from attacks.eps import Eps
 from attacks.runner import read_rows
 from robustmix.core import runs
 
@@ -54,7 +54,7 @@ def architecture(arch: str) -> str:
 
 
 def _same_eps(a: str, b: str) -> bool:
-    return abs(parse_eps(a)[0].value - parse_eps(b)[0].value) <= 1e-9
+    return Eps(a) == Eps(b)   # the one rule: equal exact values (attacks.eps)
 
 
 def _pick(rows: Sequence[Mapping[str, str]], dataset: str) -> Mapping[str, str] | None:

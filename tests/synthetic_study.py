@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from attacks.eps import Eps
 from evaluations.declaration import Declaration
 from evaluations.grouping import Group
 
@@ -92,7 +93,8 @@ def _robust_rows(rng, run: str, method: str, effect: float, grid=EPS) -> list[di
                                           ("apgd", apgd, "APGD"),
                                           ("worst-case", worst, "worst of FGSM, PGD, APGD")):
             rows.append({"run": run, "group": method, "attack": attack, "norm": "linf",
-                         "eps": f"{round(eps * 255)}/255", "eps_key": round(eps, 9),
+                         "eps": f"{round(eps * 255)}/255",
+                         "eps_key": Eps(f"{round(eps * 255)}/255").value,
                          "n_examples": 200, "clean_acc": 1.0, "robust_acc": value,
                          "conditional": value, "evaluation": evaluation,
                          "diagnostics": "passed"})

@@ -230,7 +230,8 @@ def _folder_study(tmp_path, skip: bool):
     out = tmp_path / "study"
     toml.write_text(mini_study(out, methods=("vanilla",),
                                train={"dataset": spec, "epochs": 1, "batch_size": 4,
-                                      "image_size": 8, "skip_bad_images": skip}))
+                                      "image_size": 8, "skip_bad_images": skip,
+                                      "holdout": 0}))
     return toml, out
 
 

@@ -37,10 +37,10 @@ def test_the_primary_statistic_is_the_trapezoid_mean_over_the_grid():
     values, problems = run_values(data, groups[0], "worst-case", grid)
     first = robust[(robust["run"] == "vanilla-s0") & (robust["attack"] == "worst-case")]
     curve = first.sort_values("eps_key")["conditional"].to_numpy()
-    # uniform grid: the average with the two end points half-weighted (ε is keyed to 9
-    # decimals, so the steps are equal to 1e-9 of 4/255: the weights to about 1e-7)
+    # uniform grid: the average with the two end points half-weighted (ε is keyed by the
+    # float of its exact value, so the steps are equal to float rounding: ~1e-15)
     expected = (curve.sum() - (curve[0] + curve[-1]) / 2) / (len(curve) - 1)
-    assert values[0] == pytest.approx(expected, rel=1e-7)
+    assert values[0] == pytest.approx(expected, rel=1e-12)
     assert len(values) == 6 and problems == {"missing": [], "failed": []}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from attacks.eps import Eps
 from attacks.runner import read_rows
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
@@ -73,7 +74,7 @@ def status(run_dir: Path) -> Status:
     held = [float(row["holdout_acc"]) for row in metrics if row.get("holdout_acc")]
     held_loss = [float(row["holdout_loss"]) for row in metrics if row.get("holdout_loss")]
     classes = int(config.get("dataset", {}).get("num_classes") or 10)
-    eps = sorted({(float(r["eps_value"]), r["eps"]) for r in read_rows(run.robustness_path)}) \
+    eps = sorted({Eps(r["eps"]): r["eps"] for r in read_rows(run.robustness_path)}.items()) \
         if run.robustness_path.exists() else []
     verdict = check(held, held_loss, planned, classes)   # on the held-out images
     imported = "imported" in config   # trained elsewhere: no epochs, no curve to judge

@@ -359,7 +359,8 @@ def _train_template(values: Any, source: str) -> tuple[TrainConfig, Options]:
 def load_config(preset: str | None, config_path: str | None) -> StudyConfig:
     """A preset by name, or a TOML file (keys as in the presets; missing keys from the preset
     it names as ``preset = "NAME"``, else from digits). A TOML whose [train] names another
-    data set than that preset's does not inherit the preset's image size (digits' 8×8)."""
+    data set than that preset's does not inherit the preset's image size (digits' 8×8)
+    nor its held-out images (digits' 200)."""
     if config_path is None:
         name = preset or "digits"
         if name not in PRESETS:
@@ -370,8 +371,10 @@ def load_config(preset: str | None, config_path: str | None) -> StudyConfig:
     base = copy.deepcopy(PRESETS.get(name, PRESETS["digits"]))
     train = values.get("train")
     if isinstance(train, dict) and train.get("dataset", base["train"]["dataset"]) != \
-            base["train"]["dataset"] and "image_size" not in train:
-        base["train"].pop("image_size", None)
+            base["train"]["dataset"]:
+        for key in ("image_size", "holdout"):   # both are the preset's data set's sizes
+            if key not in train:
+                base["train"].pop(key, None)
     return StudyConfig.from_dict(_merge(base, values), source=config_path)
 
 
