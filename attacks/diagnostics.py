@@ -8,7 +8,7 @@ counts:
 | check | fails when | threshold |
 |---|---|---|
 | single-step | an iterative attack leaves standing an example that a single-step attack broke (per example) | 0 examples |
-| more-steps | the strongest attack again, with twice its budget and a new seed, breaks examples of a sample of the standing ones (incomplete optimization) | at most ``allowed`` of ``sample`` |
+| restart | the strongest attack again from new random starts (another seed, the same budget) breaks examples of a sample of the standing ones (incomplete optimization) | at most ``allowed`` of ``sample`` |
 | zero-gradients | the input gradient of the cross-entropy is exactly zero or not finite (float32, at the clean input) | 0 examples |
 | saturated-softmax | the float32 softmax is exactly one-hot, so the cross-entropy's gradient vanishes identically | 0 examples |
 | noise | random vertices of the ε-ball (L∞; random directions of length ε for L2) break an example | 0 examples |
@@ -24,7 +24,6 @@ they flag the run instead, and its verdicts say "attack failure suspected".
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -44,13 +43,13 @@ from robustmix.core.errors import ConfigError, UsageError
 
 FIELDS = ["check", "attack", "norm", "eps", "eps_value", "n_examples", "value", "threshold",
           "passed", "detail"]
-CHECKS = ("single-step", "more-steps", "zero-gradients", "saturated-softmax", "noise",
+CHECKS = ("single-step", "restart", "zero-gradients", "saturated-softmax", "noise",
           "transfer", "unbounded", "autoattack")
 DESCRIPTIONS = {  # check -> (fails when, threshold), as the report shows them
     "single-step": ("an iterative attack leaves standing an example a single-step attack "
                     "broke (per example)", "0 examples"),
-    "more-steps": ("the strongest attack again, with twice its budget and a new seed, breaks "
-                   "examples of a sample of those standing", "at most 1 of 8"),
+    "restart": ("the strongest attack again from new random starts (another seed, the same "
+                "budget) breaks examples of a sample of those standing", "at most 1 of 8"),
     "zero-gradients": ("a standing example's input gradient of the cross-entropy is exactly "
                        "zero or not finite (float32)", "0 examples"),
     "saturated-softmax": ("a standing example's float32 softmax is exactly one-hot",
@@ -71,8 +70,8 @@ MASKING = ("zero-gradients", "saturated-softmax", "noise", "transfer", "unbounde
 class DiagnosticSettings:
     """How hard the diagnostics look (their cost: see benchmarks/RESULTS.md)."""
 
-    sample: int = 8            # more-steps: standing examples attacked again per ε
-    allowed: int = 1           # more-steps: how many of them may break
+    sample: int = 8            # restart: standing examples attacked again per ε
+    allowed: int = 1           # restart: how many of them may break
     noise_sample: int = 32     # noise: standing examples tried per ε
     noise_draws: int = 64      # noise: random points per example
     transfer_steps: int = 20   # transfer: PGD steps on the other model
@@ -145,7 +144,7 @@ def strongest(names) -> str:
 
 
 def prober(names) -> str:
-    """The attack that attacks again (more-steps, unbounded): the strongest iterative
+    """The attack that attacks again (restart, unbounded): the strongest iterative
     one of ``names``; PGD where only single-step or gradient-free attacks ran."""
     iterative = [n for n in names if _kind(n)[0] in ("iterative", "ensemble")]
     return strongest(iterative) if iterative else "pgd"
@@ -177,48 +176,36 @@ class Probe:
     n_classes: int
     device: Any
 
-    def attack(self, name: str, eps: Eps, chosen: Tensor, *, harder: bool) -> Tensor:
-        """Standing flags of examples ``chosen`` (a bool mask) after ``name`` at ``eps``,
-        with twice the budget and another seed when ``harder``."""
+    def attack(self, name: str, eps: Eps, chosen: Tensor, *, restart: bool) -> Tensor:
+        """Standing flags of examples ``chosen`` (a bool mask) after ``name`` at ``eps``;
+        from other random starts (the next seed) when ``restart``."""
         where = chosen.nonzero().squeeze(1)
         if where.numel() == 0:
             return torch.zeros(0, dtype=torch.bool)
         options = dict(self.config.options.get(name, {})) if name in self.config.attacks else {}
         config = AttackConfig(attacks=(name,), eps=(eps,), norm=self.config.norm,
                               pgd=self.config.pgd, batch_size=self.config.batch_size,
-                              seed=self.config.seed + (1 if harder else 0),
-                              options={name: _harder(name, options, self.config.pgd)
-                                       if harder else options})
+                              seed=self.config.seed + (1 if restart else 0),
+                              options={name: options})
         result = robustness(self.model, self.x[where], self.y[where], config,
                             indices=self.indices[where], device=self.device,
                             n_classes=self.n_classes)
         return result.robust[(name, eps)]
 
 
-def _harder(name: str, options: dict, pgd_settings: PGDSettings) -> dict:
-    """Twice the budget: iterations for APGD-style attacks, steps and restarts for PGD."""
-    settings = get(name).settings(options)
-    if "n_iter" in settings:
-        return {**options, "n_iter": 2 * int(settings["n_iter"])}
-    if name == "pgd":
-        base = {**dataclasses.asdict(pgd_settings), **options}
-        return {**options, "steps": 2 * base["steps"], "restarts": 2 * base["restarts"]}
-    return options
-
-
-def more_steps(probe: Probe, outcomes: Outcomes, eps: Eps, settings: DiagnosticSettings
-               ) -> Check:
-    """Incomplete optimization: the strongest attack, harder, on a sample of the standing."""
+def restart(probe: Probe, outcomes: Outcomes, eps: Eps, settings: DiagnosticSettings
+            ) -> Check:
+    """Incomplete optimization: the strongest attack again, from other random starts (a
+    restart), on a sample of the standing examples."""
     name = prober(outcomes.by_eps[eps])
     standing = outcomes.worst(eps)
     chosen = _sample(standing, settings.sample, probe.config.seed, eps)
-    after = probe.attack(name, eps, chosen, harder=True)
+    after = probe.attack(name, eps, chosen, restart=True)
     broken = int((~after).sum())
     sampled = int(chosen.sum())
-    return Check("more-steps", name, eps, broken, settings.allowed,
+    return Check("restart", name, eps, broken, settings.allowed,
                  broken <= settings.allowed,
-                 f"twice the budget and a new seed broke {broken} of {sampled} standing "
-                 f"examples")
+                 f"a restart (seed + 1) broke {broken} of {sampled} standing examples")
 
 
 def _sample(flags: Tensor, size: int, seed: int, eps: Eps) -> Tensor:
@@ -280,7 +267,7 @@ def unbounded(probe: Probe, outcomes: Outcomes) -> Check:
     name = prober(outcomes.by_eps[largest])
     d = math.prod(probe.x.shape[1:])
     eps = Eps("1") if probe.config.norm == "linf" else Eps.of(float(f"{math.sqrt(d):.6g}"))
-    after = probe.attack(name, eps, outcomes.worst(largest), harder=False)
+    after = probe.attack(name, eps, outcomes.worst(largest), restart=False)
     n = outcomes.clean.numel()
     accuracy = int(after.sum()) / n if n else 0.0
     chance = 1.0 / probe.n_classes
@@ -302,7 +289,7 @@ def diagnose(probe: Probe, outcomes: Outcomes, settings: DiagnosticSettings,
     for eps in outcomes.by_eps:
         standing = outcomes.worst(eps)
         checks += single_step(outcomes, eps)
-        checks.append(more_steps(probe, outcomes, eps, settings))
+        checks.append(restart(probe, outcomes, eps, settings))
         checks.append(_count_check("zero-gradients", WORST, eps, zero & standing,
                                    "with a zero or non-finite input gradient"))
         checks.append(_count_check("saturated-softmax", WORST, eps, saturated & standing,

@@ -225,7 +225,7 @@ def square_where_masked(run_dir: Path, probe: diag.Probe, grid: list[Eps],
         if echo is not None:
             echo(f"{run.path}: the diagnostics suspect masked gradients at ε = {eps.text}: "
                  f"Square on the {int(chosen.sum())} examples still standing")
-        standing = probe.attack("square", eps, chosen, harder=False)
+        standing = probe.attack("square", eps, chosen, restart=False)
         flags = torch.zeros(n, dtype=torch.bool)
         flags[chosen.nonzero().squeeze(1)] = standing
         robust[("square", eps)] = flags

@@ -224,3 +224,18 @@ def test_cifar_resnet_param_counts_close_to_paper() -> None:
         counts = {d: _n_params(_build(f"resnet{d}", classes=10)) for d in (20, 56, 110)}
     for depth, paper in ((20, 0.27e6), (56, 0.85e6), (110, 1.7e6)):
         assert abs(counts[depth] - paper) <= 0.03 * paper
+
+
+def test_smallcnn_widths_are_one_family() -> None:
+    """smallcnn-W is smallcnn with first width W (smallcnn-32 is smallcnn itself): the
+    same layers, a quarter of the weights at half the width."""
+    from robustmix.models import check_arch
+
+    assert check_arch("smallcnn-32") == "smallcnn" and check_arch("SmallCNN-16") == "smallcnn-16"
+    with pytest.raises(UsageError, match="width must be >= 1"):
+        check_arch("smallcnn-0")
+    full, half = _build("smallcnn"), _build("smallcnn-16")
+    assert [type(m) for m in full.modules()] == [type(m) for m in half.modules()]
+    convs = [[m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)]
+             for net in (full, half)]
+    assert convs == [[32, 64, 128], [16, 32, 64]]

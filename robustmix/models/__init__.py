@@ -6,7 +6,8 @@ model (``Classifier``), never in the data pipeline.
 
 Architectures (see each module for its reference):
 
-- ``smallcnn``: the fast default (``smallcnn.py``).
+- ``smallcnn``: the fast default (``smallcnn.py``); ``smallcnn-W`` with first width W
+  (``smallcnn-16``: a quarter of the arithmetic, the default study's).
 - ``preactresnet18``, ``preactresnet34``, ``preactresnet50`` (``preactresnet.py``).
 - ``wrnDEPTH-WIDTH``, e.g. ``wrn28-10``: Wide ResNet, (DEPTH-4) % 6 == 0 (``wideresnet.py``).
 - ``resnetN`` with N = 6n+2, e.g. ``resnet56``: CIFAR ResNet (``resnet_cifar.py``).
@@ -45,9 +46,11 @@ ARCH_NAMES: tuple[str, ...] = (
 TIMM_PREFIX = "timm:"  # timm:NAME, any timm model (pip install timm), built without weights
 _FIXED_NAMES = ("smallcnn", "preactresnet18", "preactresnet34", "preactresnet50", "resnet50")
 _WRN = re.compile(r"wrn-?(\d+)-(\d+)")
+_SMALLCNN = re.compile(r"smallcnn-(\d+)")
 _RESNET = re.compile(r"resnet(\d+)")
 _VALID = (
-    "valid: smallcnn, preactresnet18, preactresnet34, preactresnet50, "
+    "valid: smallcnn, smallcnn-W (its first width, e.g. smallcnn-16), preactresnet18, "
+    "preactresnet34, preactresnet50, "
     "wrnDEPTH-WIDTH (e.g. wrn28-2), resnetN for CIFAR with N = 6n+2 (e.g. resnet56), resnet50, "
     "timm:NAME"
 )
@@ -68,6 +71,12 @@ def check_arch(name: str) -> str:
     key = name.strip().lower() if isinstance(name, str) else ""
     if key in _FIXED_NAMES:
         return key
+    match = _SMALLCNN.fullmatch(key)
+    if match:
+        width = int(match.group(1))
+        if width < 1:
+            raise UsageError(f"invalid arch {name!r}: smallcnn's width must be >= 1; {_VALID}")
+        return "smallcnn" if width == 32 else f"smallcnn-{width}"
     match = _WRN.fullmatch(key)
     if match:
         depth, width = int(match.group(1)), int(match.group(2))
@@ -204,8 +213,9 @@ def build_model(
     net: nn.Module
     if name.startswith(TIMM_PREFIX):
         net = _timm(name[len(TIMM_PREFIX):], **sizes)
-    elif name == "smallcnn":
-        net = SmallCNN(**sizes)
+    elif name.startswith("smallcnn"):
+        net = SmallCNN(**sizes, width=32 if name == "smallcnn" else
+                       int(name.removeprefix("smallcnn-")))
     elif name.startswith("preactresnet"):
         net = preactresnet(int(name.removeprefix("preactresnet")), **sizes)
     elif name == "resnet50":
