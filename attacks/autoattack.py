@@ -7,7 +7,7 @@ APGD-CE (cross-entropy, 100 iterations, 1 restart), APGD-T (targeted DLR, 100
 iterations, the 9 most likely other classes in turn), FAB-T (targeted, 9 classes) and
 Square (5,000 queries, p_init 0.8), every batch seeded with the fixed seed. ``n_iter``
 and ``targets`` can be changed (the settings column then says so). The ensembles of
-:mod:`attacks.builtin` run them in turn on the points still standing (:mod:`attacks.ensemble`).
+:mod:`robustmix.attacks.builtin` run them in turn on the points still standing (:mod:`robustmix.attacks.ensemble`).
 
 AutoAttack's checks (randomized model, probabilities instead of logits, a dynamic
 defense, too few classes for the targeted attacks, zero gradients of the DLR loss, Square

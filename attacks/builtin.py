@@ -15,10 +15,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from attacks import autoattack
-from attacks.eps import Eps
-from attacks.gradient import PGDSettings, fgsm, pgd
-from attacks.registry import register_attack
+from robustmix.attacks import autoattack
+from robustmix.attacks.eps import Eps
+from robustmix.attacks.gradient import PGDSettings, fgsm, pgd
+from robustmix.attacks.registry import register_attack
 
 AUTOATTACK = "standard (apgd-ce,apgd-t,fab-t,square)"
 

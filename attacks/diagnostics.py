@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks import worst_case
-from attacks.eps import Eps
-from attacks.gradient import PGDSettings, pgd
-from attacks.registry import get
-from attacks.sweep import WORST, AttackConfig, robustness
+from robustmix.attacks import worst_case
+from robustmix.attacks.eps import Eps
+from robustmix.attacks.gradient import PGDSettings, pgd
+from robustmix.attacks.registry import get
+from robustmix.attacks.sweep import WORST, AttackConfig, robustness
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError, UsageError
 
@@ -311,7 +311,7 @@ def diagnose_result(model: nn.Module, x: Tensor, y: Tensor, result, config: Atta
                     indices: Tensor | None = None, n_classes: int | None = None,
                     device="cpu", settings: DiagnosticSettings = DiagnosticSettings()
                     ) -> list[Check]:
-    """The checks of :func:`diagnose` for a :func:`~attacks.sweep.robustness` result (the
+    """The checks of :func:`diagnose` for a :func:`~robustmix.attacks.sweep.robustness` result (the
     Python API's path: any model, no run directory). ``x`` as given to ``robustness``."""
     x = x.float().div(255) if x.dtype == torch.uint8 else x
     by_eps: dict[Eps, dict[str, Tensor]] = {}

@@ -21,9 +21,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from attacks import autoattack
-from attacks.guards import check_adversarial
-from attacks.registry import Attack, ExampleDraws, get
+from robustmix.attacks import autoattack
+from robustmix.attacks.guards import check_adversarial
+from robustmix.attacks.registry import Attack, ExampleDraws, get
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 

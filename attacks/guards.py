@@ -40,7 +40,7 @@ def model_checks(model: nn.Module, x: Tensor, device) -> list[str]:
     dropout left on, and every accuracy is a draw), outputs must be finite, and they must
     be logits: rows in [0, 1] that sum to 1 are probabilities, whose gradients vanish
     where the model is confident, so gradient attacks find less than they should. The
-    model runs in whatever mode the caller set (eval, in :func:`attacks.sweep.robustness`).
+    model runs in whatever mode the caller set (eval, in :func:`robustmix.attacks.sweep.robustness`).
     """
     if x.shape[0] == 0:
         return []

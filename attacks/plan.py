@@ -18,7 +18,7 @@ prints the time it took beside the bound. Passes per example and ε:
 | others | the ``steps`` setting, else 1 (a guess: the line says so) |
 
 The diagnostics add the strongest attack again (a restart) on a few examples per ε, and
-forward passes only for the rest (:mod:`attacks.diagnostics`).
+forward passes only for the rest (:mod:`robustmix.attacks.diagnostics`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.registry import get
-from attacks.sweep import AttackConfig
+from robustmix.attacks.registry import get
+from robustmix.attacks.sweep import AttackConfig
 
 SQUARE_QUERIES = 5000
 

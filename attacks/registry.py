@@ -8,7 +8,7 @@ An attack is a function
 correctly classified examples and ``y`` their labels; ``eps`` is a float, ``norm``
 ``"linf"`` or ``"l2"``; ``settings`` the attack's settings (its defaults updated by the
 user's); ``draws`` (:class:`ExampleDraws`) the batch's randomness. It returns x_adv of x's
-shape. The runner (:mod:`attacks.sweep`) gives every registered attack the same guards
+shape. The runner (:mod:`robustmix.attacks.sweep`) gives every registered attack the same guards
 (x_adv finite, inside the ε-ball and [0, 1], else the run stops as a bug), the ε-sweep,
 the per-example worst case, the attack-failure diagnostics and the report.
 
@@ -16,10 +16,10 @@ An *ensemble* names registered attacks that run in turn on the examples still st
 as AutoAttack runs its four; its progress is saved after every batch, so an interrupted
 evaluation resumes where it stopped.
 
-Attacks are found by name: the built-ins (:mod:`attacks.builtin`), those registered with
+Attacks are found by name: the built-ins (:mod:`robustmix.attacks.builtin`), those registered with
 :func:`register_attack` or through the entry-point group ``robustmix.attacks``, a path
 ``package.module:attr`` to an :class:`Attack` or a perturb function, and
-``torchattacks:NAME`` for torchattacks' classes (:mod:`attacks.torchattacks_adapter`).
+``torchattacks:NAME`` for torchattacks' classes (:mod:`robustmix.attacks.torchattacks_adapter`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attacks.eps import NORMS, Eps
+from robustmix.attacks.eps import NORMS, Eps
 from robustmix.core.errors import ConfigError, UsageError
 
 KINDS = ("single-step", "iterative", "gradient-free", "ensemble")
@@ -156,7 +156,7 @@ def get(name: str) -> Attack:
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name.startswith("torchattacks:"):
-        from attacks.torchattacks_adapter import adapter  # torchattacks is an optional extra
+        from robustmix.attacks.torchattacks_adapter import adapter  # torchattacks is an optional extra
 
         return adapter(name)
     if ":" in name:
@@ -180,7 +180,7 @@ def _from_path(path: str) -> Attack:
         return target
     if not callable(target):
         raise UsageError(f"attack {path}: {attr!r} is a {type(target).__name__}, not a "
-                         "perturb function or an attacks.Attack")
+                         "perturb function or a robustmix.attacks.Attack")
     try:
         inspect.signature(target).bind(None, None, None, 0.0, "linf", {}, None)
     except TypeError:

@@ -1,9 +1,9 @@
 """`robustmix attack` on a run directory: the sweep, the worst case, the diagnostics, the files.
 
 :func:`attack_run` loads a finished run's model and the fixed test subset, runs the
-ε-sweep (:mod:`attacks.sweep`) over it (sharded under torchrun), records every example's
-outcome (:mod:`attacks.worst_case`), recomputes the worst case over every attack ever run
-on those examples, runs the attack-failure diagnostics (:mod:`attacks.diagnostics`) and
+ε-sweep (:mod:`robustmix.attacks.sweep`) over it (sharded under torchrun), records every example's
+outcome (:mod:`robustmix.attacks.worst_case`), recomputes the worst case over every attack ever run
+on those examples, runs the attack-failure diagnostics (:mod:`robustmix.attacks.diagnostics`) and
 writes robustness.csv, robustness_examples.csv and diagnostics.csv, each read once and
 written once. :func:`transfer_run` adds the one check that needs a second model.
 """
@@ -18,13 +18,13 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from attacks import diagnostics as diag
-from attacks.diagnostics import Check, DiagnosticSettings
-from attacks import table, worst_case
-from attacks.eps import Eps, parse_eps  # noqa: F401 (parse_eps: kept for callers)
-from attacks.guards import AttackError, check_adversarial, model_checks  # noqa: F401
-from attacks.registry import get, registered
-from attacks.sweep import (WORST, AttackConfig, ByEps, Result, Row, robustness,  # noqa: F401
+from robustmix.attacks import diagnostics as diag
+from robustmix.attacks.diagnostics import Check, DiagnosticSettings
+from robustmix.attacks import table, worst_case
+from robustmix.attacks.eps import Eps, parse_eps  # noqa: F401 (parse_eps: kept for callers)
+from robustmix.attacks.guards import AttackError, check_adversarial, model_checks  # noqa: F401
+from robustmix.attacks.registry import get, registered
+from robustmix.attacks.sweep import (WORST, AttackConfig, ByEps, Result, Row, robustness,  # noqa: F401
                            worst_label)
 from robustmix.core import distributed, runs
 from robustmix.core.config import TrainConfig
@@ -146,7 +146,7 @@ def store(run_dir: Path, config: AttackConfig, result: Result, old: list[dict],
     """Record the per-example outcomes, recompute the worst cases, diagnose, write.
 
     The worst-case rows are recomputed from every attack ever run on this run at the same
-    norm and on the same examples (:mod:`attacks.worst_case`), so an attack run in a
+    norm and on the same examples (:mod:`robustmix.attacks.worst_case`), so an attack run in a
     separate command is part of them; returns this call's rows with those worst cases
     and their diagnostics.
     """
@@ -334,7 +334,7 @@ def merge_results(parts: Sequence[Result]) -> Result:
     one process attacking them all (FGSM's and PGD's randomness is per example); passes
     add up, seconds are the slowest rank's, and checks are the union.
     """
-    from attacks.guards import check_rows
+    from robustmix.attacks.guards import check_rows
 
     world = len(parts)
     n = sum(part.clean.numel() for part in parts)

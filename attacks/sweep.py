@@ -4,13 +4,13 @@ For each attack the sweep keeps the set of examples still standing. Misclassifie
 examples are never attacked; at each ε only the examples standing at the previous ε are
 attacked, because the ε-balls nest: an example broken at a smaller ε is broken at every
 larger one. For attacks whose randomness is per example (FGSM, PGD, any attack drawing
-from :class:`~attacks.registry.ExampleDraws`), this is exact: the examples counted robust
+from :class:`~robustmix.attacks.registry.ExampleDraws`), this is exact: the examples counted robust
 at ε are those the same attack at ε alone leaves standing, minus those already broken at
 a smaller ε. A ``worst-case`` row per ε counts the examples that every attack left
 standing.
 
-Every attack comes from the registry (:mod:`attacks.registry`) and passes the same guards
-(:mod:`attacks.guards`); every row carries the model checks in its ``checks`` column.
+Every attack comes from the registry (:mod:`robustmix.attacks.registry`) and passes the same guards
+(:mod:`robustmix.attacks.guards`); every row carries the model checks in its ``checks`` column.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from attacks.eps import Eps, check_norm
-from attacks import table
-from attacks.ensemble import run_ensemble
-from attacks.gradient import PassCounter, PGDSettings
-from attacks.guards import check_adversarial, check_rows, model_checks
-from attacks.registry import Attack, ExampleDraws, get
+from robustmix.attacks.eps import Eps, check_norm
+from robustmix.attacks import table
+from robustmix.attacks.ensemble import run_ensemble
+from robustmix.attacks.gradient import PassCounter, PGDSettings
+from robustmix.attacks.guards import check_adversarial, check_rows, model_checks
+from robustmix.attacks.registry import Attack, ExampleDraws, get
 from robustmix.core import checks as guards
 from robustmix.core.errors import ConfigError
 

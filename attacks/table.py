@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from attacks.eps import NORMS, Eps
-from attacks.registry import registered
+from robustmix.attacks.eps import NORMS, Eps
+from robustmix.attacks.registry import registered
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError
 
@@ -105,7 +105,7 @@ def write(path: str | Path, rows: list[dict]) -> None:
 
 
 def as_csv(row, run: str, norm: str) -> dict:
-    """A :class:`attacks.sweep.Row` as a CSV row (every value a string, as read back)."""
+    """A :class:`robustmix.attacks.sweep.Row` as a CSV row (every value a string, as read back)."""
     return {"run": run, "attack": row.attack, "settings": row.settings, "norm": norm,
             "eps": row.eps.text, "eps_value": row.eps.csv_value(),
             "n_examples": str(row.n_examples), "n_attacked": str(row.n_attacked),

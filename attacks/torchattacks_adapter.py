@@ -26,9 +26,9 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from attacks.eps import Eps
-from attacks.gradient import project
-from attacks.registry import Attack, register_attack
+from robustmix.attacks.eps import Eps
+from robustmix.attacks.gradient import project
+from robustmix.attacks.registry import Attack, register_attack
 from robustmix.core.errors import ConfigError
 from robustmix.core.extras import require
 

@@ -17,7 +17,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from attacks.eps import NORMS, Eps
+from robustmix.attacks.eps import NORMS, Eps
 from robustmix.core import runs
 
 EXAMPLES = runs.ROBUSTNESS_EXAMPLES  # the file's name, kept here as an alias

@@ -13,9 +13,9 @@ forward+backward throughput."
   :func:`robustmix.training.trainer.train` into a temporary folder (≈80% clean accuracy, most
   examples broken by 8/255), or the finished run given by ``--run``; evaluated on its test
   split (397 images for digits, or ``--n-examples``).
-- Sweep: :func:`attacks.runner.robustness` with FGSM and PGD (``--pgd-steps``, step ε/4,
+- Sweep: :func:`robustmix.attacks.runner.robustness` with FGSM and PGD (``--pgd-steps``, step ε/4,
   random start) over ``--eps`` (8 values by default). Its passes are counted twice: the
-  ``forward_passes``/``backward_passes`` of its rows, and a :class:`attacks.gradient.PassCounter`
+  ``forward_passes``/``backward_passes`` of its rows, and a :class:`robustmix.attacks.gradient.PassCounter`
   wrapped around the model it is given, which also sees the clean pass and the model
   checks.
 - Independent: for every ε, ``torchattacks.FGSM`` and ``torchattacks.PGD`` (same steps,
@@ -72,7 +72,7 @@ def trained_model(run: str | None, epochs: int, seed: int):
 
 
 def test_split(config: dict, n_examples: int | None, data_dir: str | None):
-    from attacks.runner import select_examples
+    from robustmix.attacks.runner import select_examples
     from robustmix.data import load_dataset
 
     data = load_dataset(config["dataset"], data_dir=data_dir or config.get("data_dir", "data"),
@@ -87,7 +87,7 @@ def independent(model, x, y, eps_values, *, steps: int, batch_size: int, device,
     """Plain torchattacks at every ε on every example; passes counted by PassCounter."""
     import torchattacks
 
-    from attacks.gradient import PassCounter
+    from robustmix.attacks.gradient import PassCounter
 
     counter = PassCounter(model).eval()
     torch.manual_seed(seed)
@@ -116,8 +116,8 @@ def independent(model, x, y, eps_values, *, steps: int, batch_size: int, device,
 def sweep(model, x, y, indices, eps_list, *, steps: int, batch_size: int, device,
           n_classes: int, seed: int) -> dict:
     """robustmix's runner over the ε grid; passes from its rows and from an outer counter."""
-    from attacks import AttackConfig, PGDSettings, robustness
-    from attacks.gradient import PassCounter
+    from robustmix.attacks import AttackConfig, PGDSettings, robustness
+    from robustmix.attacks.gradient import PassCounter
 
     config = AttackConfig(attacks=("fgsm", "pgd"), eps=tuple(eps_list),
                           pgd=PGDSettings(steps=steps), batch_size=batch_size, seed=seed)
@@ -184,7 +184,7 @@ def run(*, epochs: int = 2, run_dir: str | None = None, eps: str = DEFAULT_EPS,
     raw_forward_backward_passes_per_s, raw_forward_passes_per_s, throughput_ratio,
     expected_s, efficiency.
     """
-    from attacks.eps import parse_eps
+    from robustmix.attacks.eps import parse_eps
 
     device = resolve_device(device)
     started = time.perf_counter()

@@ -27,7 +27,7 @@ def run(run_dir: str | None = None, *, repeats: int = 5, n_examples: int | None 
         q_draws: int | None = None) -> dict:
     """Median seconds of the evaluate and corruptions steps on one run, and their ratio
     (the digits preset's settings unless ``n_examples`` / ``q_draws`` say otherwise)."""
-    from evaluations import evaluate_corruptions, evaluate_run
+    from robustmix.evaluations import evaluate_corruptions, evaluate_run
     from robustmix.app.presets import PRESETS
     from robustmix.core.config import TrainConfig
     from robustmix.training.trainer import train

@@ -2,7 +2,7 @@
 on-the-fly corruptions' parameters.
 
     python docs/readme_table.py study        # after `robustmix study`; prints Markdown
-    python docs/readme_table.py corruptions  # evaluations.corruptions.CORRUPTIONS
+    python docs/readme_table.py corruptions  # robustmix.evaluations.corruptions.CORRUPTIONS
 
 Columns: clean test accuracy (mean ± std over seeds, generalization_by_method.csv), the
 runs that converged (runs.csv), then robust accuracy / robust ÷ clean accuracy (mean over
@@ -69,7 +69,7 @@ def verdict_lines(rows: list[dict[str, str]]) -> list[str]:
 
 def corruption_table() -> str:
     """The on-the-fly suite's parameters by severity, from the one dict that applies them."""
-    from evaluations.corruptions import SEVERITIES, parameter_table
+    from robustmix.evaluations.corruptions import SEVERITIES, parameter_table
 
     header = ["corruption", "family", "parameter"] + [str(s) for s in SEVERITIES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

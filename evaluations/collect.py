@@ -6,7 +6,7 @@ losses, the clean test set's ``ece``, ``nll`` and ``brier``, gaps, first-layer n
 input-gradient norms, the profile decay D, ``q.A`` and ``q_relative.A`` per mask
 distribution A, ``corrupted_acc`` (the mean accuracy over the corrupted cells of
 corruptions.csv), ``final_test_acc`` from metrics.csv, and whether the run converged
-(:mod:`evaluations.convergence`, on its held-out training images; None: not judged).
+(:mod:`robustmix.evaluations.convergence`, on its held-out training images; None: not judged).
 
 Robustness rows: one per (run, attack, norm, ε), with ``conditional`` = robust / clean
 accuracy on the same examples: the share of the correctly classified examples that the
@@ -25,9 +25,9 @@ from typing import Any
 
 import pandas as pd
 
-from attacks.eps import Eps
-from attacks.runner import CSV_FIELDS, read_rows
-from evaluations import convergence
+from robustmix.attacks.eps import Eps
+from robustmix.attacks.runner import CSV_FIELDS, read_rows
+from robustmix.evaluations import convergence
 from robustmix.core import runs
 from robustmix.core.runs import FinishedRun
 
@@ -57,7 +57,7 @@ def load_record(info: FinishedRun, name: str) -> RunRecord:
 
 
 def read_robustness(path: Path) -> pd.DataFrame | None:
-    """A run's robustness.csv as a frame, checked first (:func:`attacks.runner.read_rows`):
+    """A run's robustness.csv as a frame, checked first (:func:`robustmix.attacks.runner.read_rows`):
     a file edited by hand into something robustmix attack never writes is a UsageError."""
     if not path.is_file():
         return None
@@ -73,7 +73,7 @@ def read_robustness(path: Path) -> pd.DataFrame | None:
 
 def run_metrics(record: RunRecord) -> dict[str, Any]:
     """The per-run numbers the report compares (NaN when not measured), with whether the
-    run converged (:mod:`evaluations.convergence`) and why not."""
+    run converged (:mod:`robustmix.evaluations.convergence`) and why not."""
     metrics = _metrics(record.info)
     curve = [float(row["test_acc"]) for row in metrics]
     held = [float(row["holdout_acc"]) for row in metrics if row.get("holdout_acc")]
@@ -112,7 +112,7 @@ def robustness_rows(record: RunRecord) -> pd.DataFrame | None:
     frame = record.robustness
     if frame is None or frame.empty:
         return None
-    # ε's key: the float of its exact value (attacks.eps), equal for equal budgets however
+    # ε's key: the float of its exact value (robustmix.attacks.eps), equal for equal budgets however
     # they were written, and the same float the declaration's grid uses
     frame = frame.assign(run=record.name, eps_key=frame["eps"].map(lambda t: Eps(t).value),
                          conditional=frame["robust_acc"] / frame["clean_acc"].where(

@@ -2,7 +2,7 @@
 
 Writes ``RUN_DIR/corruptions.csv`` (atomically): one row per corruption and severity, after a
 ``clean`` row (severity 0), with the examples used, accuracy, ECE, NLL and Brier score
-(:mod:`evaluations.calibration`). Where the images come from:
+(:mod:`robustmix.evaluations.calibration`). Where the images come from:
 
 - **CIFAR-10-C / CIFAR-100-C** when the run's data set is cifar10 / cifar100 and
   ``DATA_DIR/CIFAR-10-C/`` (``CIFAR-100-C/``) exists: ``<corruption>.npy`` of uint8
@@ -12,7 +12,7 @@ Writes ``RUN_DIR/corruptions.csv`` (atomically): one row per corruption and seve
   it: never a silently shorter benchmark); the 4 extras are used when present. Summary:
   the mean accuracy over the 15 × 5 standard cells and the unnormalized mean corruption
   error (100 − that mean, in %), the extras' mean apart.
-- **the on-the-fly suite** (:mod:`evaluations.corruptions`) otherwise, on the device, a
+- **the on-the-fly suite** (:mod:`robustmix.evaluations.corruptions`) otherwise, on the device, a
   generator per corruption and severity seeded from ``seed``.
 """
 
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluations.calibration import calibration
-from evaluations.corruptions import CORRUPTIONS, SEVERITIES, corrupt, generator_for
-from evaluations.generalization import _check_arguments, _check_same_data
+from robustmix.evaluations.calibration import calibration
+from robustmix.evaluations.corruptions import CORRUPTIONS, SEVERITIES, corrupt, generator_for
+from robustmix.evaluations.generalization import _check_arguments, _check_same_data
 from robustmix.core import runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.errors import UsageError
@@ -51,7 +51,7 @@ def evaluate_corruptions(run_dir: str | Path, *, device: str = "auto", batch_siz
                          data_dir: str | None = None) -> dict[str, Any]:
     """Measure one run under corruptions (module docstring); returns the rows and summary.
 
-    Arguments are checked as :func:`evaluations.evaluate_run` checks them, before the run
+    Arguments are checked as :func:`robustmix.evaluations.evaluate_run` checks them, before the run
     is read; an image folder leaves out the files the run left out."""
     device = _check_arguments(run_dir, device=device, seed=seed, n_examples=n_examples,
                               batch_size=batch_size)

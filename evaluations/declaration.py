@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from attacks.eps import parse_eps
+from robustmix.attacks.eps import parse_eps
 from robustmix.core.errors import ConfigError
 
 NORMS = ("linf", "l2")
@@ -79,7 +79,7 @@ class Declaration:
 
     def grid(self) -> list[tuple[float, str]]:
         """The declared grid as (eps_key, text): eps_key as the report keys ε (the float of
-        its exact value, :mod:`attacks.eps`)."""
+        its exact value, :mod:`robustmix.attacks.eps`)."""
         return [(e.value, e.text) for e in parse_eps(self.primary_eps)] \
             if self.primary_eps else []
 

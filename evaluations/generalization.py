@@ -7,13 +7,13 @@ Writes ``RUN_DIR/generalization.json``, ``gradient_profile.csv`` and ``regulariz
 - ``train`` / ``test``: accuracy and mean cross-entropy on the clean (unmixed,
   unaugmented) splits, through :func:`robustmix.models.accuracy.evaluate` (the path training uses);
   ``gap``: accuracy train − test, loss test − train;
-- ``first_layer``: the norms of :mod:`evaluations.first_layer`;
+- ``first_layer``: the norms of :mod:`robustmix.evaluations.first_layer`;
 - ``input_gradient``: mean over the gradient subset of ‖∇ℓ_k‖₂ and ‖∇f_k‖₂
-  (:mod:`evaluations.gradients`; L2 norm per example, then the mean);
-- ``gradient_profile``: the Figure-4 profiles and decay statistic of :mod:`evaluations.profiles`;
-- ``regularizer``: Q_A per mask distribution (:mod:`evaluations.regularizer`);
+  (:mod:`robustmix.evaluations.gradients`; L2 norm per example, then the mean);
+- ``gradient_profile``: the Figure-4 profiles and decay statistic of :mod:`robustmix.evaluations.profiles`;
+- ``regularizer``: Q_A per mask distribution (:mod:`robustmix.evaluations.regularizer`);
 - ``calibration``: the clean test set's ``ece``, ``nll``, ``brier`` and reliability table
-  (:mod:`evaluations.calibration`, where the binning is stated).
+  (:mod:`robustmix.evaluations.calibration`, where the binning is stated).
 
 The gradient parts use the whole test set, or with ``n_examples`` a fixed subset, the same
 for every model and seed and the same as the attack runner's
@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluations.calibration import calibration, predict
-from evaluations.first_layer import first_layer_norms
-from evaluations.gradients import input_gradients, l2_per_example
-from evaluations.profiles import (COLUMNS, DEFINITION, NORMALIZATION, OffsetTable,
+from robustmix.evaluations.calibration import calibration, predict
+from robustmix.evaluations.first_layer import first_layer_norms
+from robustmix.evaluations.gradients import input_gradients, l2_per_example
+from robustmix.evaluations.profiles import (COLUMNS, DEFINITION, NORMALIZATION, OffsetTable,
                                   decay_statistic, profile_rows)
-from evaluations.regularizer import regularizer_table
+from robustmix.evaluations.regularizer import regularizer_table
 from robustmix.core import checks as guards
 from robustmix.core import runs
 from robustmix.core.config import TrainConfig
@@ -115,7 +115,7 @@ def _clean(model, data, split: str, batch_size: int, device) -> dict[str, Any]:
 
 
 def _regularizer(mix, model, images, labels, draws: int, seed: int, device) -> dict:
-    """Q_A per mask distribution (:mod:`evaluations.regularizer`), with the run's settings."""
+    """Q_A per mask distribution (:mod:`robustmix.evaluations.regularizer`), with the run's settings."""
     return regularizer_table(model.first_layer, model.std, images, alpha=mix.alpha,
                              options={mix.mix: mix.options}, draws=draws, seed=seed,
                              device=device, model=model if labels is not None else None,
@@ -183,7 +183,7 @@ def _check_same_data(run, data) -> None:
 
 
 def _checked_examples(model, images, labels, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels checked as :func:`attacks.robustness` checks them (uint8 images
+    """Images and labels checked as :func:`robustmix.attacks.robustness` checks them (uint8 images
     stay uint8: each batch is converted as it moves to the device)."""
     is_uint8 = isinstance(images, torch.Tensor) and images.dtype == torch.uint8
     first = guards.images("images", images[:1] if is_uint8 else images)
@@ -212,7 +212,7 @@ def gradient_measures(model: torch.nn.Module, images: torch.Tensor, labels: torc
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     was_training = model.training
-    model.eval()  # examples must not interact (batch norm), see evaluations.gradients
+    model.eval()  # examples must not interact (batch norm), see robustmix.evaluations.gradients
     try:
         images, labels = _checked_examples(model, images, labels, device)
         return _gradient_measures(model, images, labels, batch_size, device)

@@ -6,7 +6,7 @@ rather than what it learned. When several groups share a method, each name adds 
 settings in which they differ, e.g. ``cutmix (arch=wrn28-2)``.
 
 Summaries over a group's seeds: mean, sample std (ddof 1; undefined for one seed) and n.
-Comparisons between groups are judged in :mod:`evaluations.statistics`.
+Comparisons between groups are judged in :mod:`robustmix.evaluations.statistics`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The report's Markdown table helpers: one table writer and the cell formats every
-section shares (:mod:`evaluations.report`, :mod:`evaluations.report_calibration`,
-:mod:`evaluations.report_predictions`), so that no section module imports another."""
+section shares (:mod:`robustmix.evaluations.report`, :mod:`robustmix.evaluations.report_calibration`,
+:mod:`robustmix.evaluations.report_predictions`), so that no section module imports another."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from evaluations.grouping import summarize
+from robustmix.evaluations.grouping import summarize
 
 
 def md(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from evaluations.grouping import Group
+from robustmix.evaluations.grouping import Group
 from robustmix.core import runs
 from robustmix.core import methods
 from robustmix.core.methods import colour

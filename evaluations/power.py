@@ -1,15 +1,15 @@
 """How many seeds the primary comparisons need: power and flip rate from a pilot study.
 
 Reads the per-run values of the primary statistic (robust ÷ clean accuracy of the
-worst-case rows, the trapezoid mean over the ε grid: :mod:`evaluations.primary`) from a
+worst-case rows, the trapezoid mean over the ε grid: :mod:`robustmix.evaluations.primary`) from a
 study folder, per method: the mean and the seed standard deviation. For each candidate
 allocation (``n0`` vanilla runs, ``n1`` runs of every MSDA) it gives, per primary:
 
 - **power**: the probability that the primary "holds", by simulation of whole studies
   through the report's own test and correction: every group's runs drawn from a normal
   law with the pilot's mean and sd, one vanilla group shared by every comparison (as in a
-  study), Welch's t-test (``scipy.stats.ttest_ind``, as :func:`evaluations.statistics.welch`)
-  and Holm over the primaries (:func:`evaluations.statistics.holm`);
+  study), Welch's t-test (``scipy.stats.ttest_ind``, as :func:`robustmix.evaluations.statistics.welch`)
+  and Holm over the primaries (:func:`robustmix.evaluations.statistics.holm`);
 - an analytic cross-check, ``nct``: the noncentral-t power of Welch's test at the
   Bonferroni level α/K (Holm rejects at least what Bonferroni does) with the
   Welch–Satterthwaite degrees of freedom at the pilot's sds; below the simulation where
@@ -21,7 +21,7 @@ allocation (``n0`` vanilla runs, ``n1`` runs of every MSDA) it gives, per primar
 The target (the README's): at least 80% power at the effects of the clearly robust MSDAs,
 and a flip rate of at most 5% per primary. Run it::
 
-    python -m evaluations.power STUDY_DIR [--grid 12/255,...] [--allocations 4x4,10x5]
+    python -m robustmix.evaluations.power STUDY_DIR [--grid 12/255,...] [--allocations 4x4,10x5]
                                           [--studies 4000] [--scale-effects F|M=F,...]
 
 ``--no-strong`` reads worst-case rows made without the strong attack (a pilot of FGSM and
@@ -42,12 +42,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from evaluations import statistics as st
-from evaluations.collect import load_record, robustness_rows, unique_names
-from evaluations.declaration import Declaration
-from evaluations.grouping import group_runs, summarize
-from evaluations.primary import WORST, primary_grid, run_values
-from evaluations.study_data import Runs
+from robustmix.evaluations import statistics as st
+from robustmix.evaluations.collect import load_record, robustness_rows, unique_names
+from robustmix.evaluations.declaration import Declaration
+from robustmix.evaluations.grouping import group_runs, summarize
+from robustmix.evaluations.primary import WORST, primary_grid, run_values
+from robustmix.evaluations.study_data import Runs
 from robustmix.core import runs
 
 DEFAULT_ALLOCATIONS = ((3, 3), (5, 5), (6, 4), (8, 4), (10, 4), (6, 5), (8, 5), (10, 5),
@@ -185,7 +185,7 @@ def _allocation(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluations.power",
+    parser = argparse.ArgumentParser(prog="python -m robustmix.evaluations.power",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="a study folder (its runs/ are read)")
     parser.add_argument("--grid", default="", help="the primary eps grid (default: where "
@@ -201,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pilot = read_pilot(args.study, grid=args.grid, strong=not args.no_strong)
     except runs.UsageError as err:
-        print(f"python -m evaluations.power: {err}", file=sys.stderr)
+        print(f"python -m robustmix.evaluations.power: {err}", file=sys.stderr)
         return 2
     if "vanilla" not in pilot.stats or len(pilot.stats) < 2:
-        print(f"python -m evaluations.power: {args.study} needs vanilla and an MSDA with the "
+        print(f"python -m robustmix.evaluations.power: {args.study} needs vanilla and an MSDA with the "
               "primary statistic (try --no-strong for a pilot without APGD)", file=sys.stderr)
         return 2
     print("\n".join(report(pilot, args.allocations, studies=args.studies,

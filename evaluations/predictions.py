@@ -2,11 +2,11 @@
 
 Each comparison sets one group (runs equal but for their seed) against another of the
 same family (runs equal but for their MSDA) on one per-run statistic, and is judged by
-:mod:`evaluations.verdicts` (tests in :mod:`evaluations.statistics`). Roles:
+:mod:`robustmix.evaluations.verdicts` (tests in :mod:`robustmix.evaluations.statistics`). Roles:
 
-- **primary** (declared before the data, :mod:`evaluations.declaration`): (b), one per
+- **primary** (declared before the data, :mod:`robustmix.evaluations.declaration`): (b), one per
   MSDA against vanilla on the worst case over every attack, the strong one included
-  (:mod:`evaluations.primary`); Holm over them.
+  (:mod:`robustmix.evaluations.primary`); Holm over them.
 - **secondary**, each prediction its own family under Holm at the declared level:
   (a) gap: the train−test gap (accuracy; loss) of an MSDA is below vanilla's; "no effect"
       only through TOST with the declared margin. No premise gate: the difference test
@@ -38,13 +38,13 @@ from typing import Iterator
 
 import pandas as pd
 
-from evaluations import primary
-from evaluations import statistics as st
-from evaluations.declaration import Declaration
-from evaluations.grouping import Group
-from evaluations.study_data import (NO_VANILLA, Runs, flag_convergence, msda,  # noqa: F401
+from robustmix.evaluations import primary
+from robustmix.evaluations import statistics as st
+from robustmix.evaluations.declaration import Declaration
+from robustmix.evaluations.grouping import Group
+from robustmix.evaluations.study_data import (NO_VANILLA, Runs, flag_convergence, msda,  # noqa: F401
                                     pair_text)
-from evaluations.verdicts import COLUMNS, SECONDARY, Comparison, judge, row  # noqa: F401
+from robustmix.evaluations.verdicts import COLUMNS, SECONDARY, Comparison, judge, row  # noqa: F401
 
 CLAIMS = {
     "b": "(b) MSDA keeps more correctly classified examples standing under attack than vanilla",

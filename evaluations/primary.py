@@ -1,9 +1,9 @@
 """Prediction (b), robustness: the primary comparisons, and every cell as an estimate.
 
-Primary (declared before the data, :mod:`evaluations.declaration`): per MSDA against
+Primary (declared before the data, :mod:`robustmix.evaluations.declaration`): per MSDA against
 vanilla, per run the robust ÷ clean accuracy of the worst-case rows (per example the
 worst over every attack run at that ε, the strong attack included) averaged over the
-declared uniform ε grid (:func:`~evaluations.declaration.grid_mean`); Welch's t-test; Holm
+declared uniform ε grid (:func:`~robustmix.evaluations.declaration.grid_mean`); Welch's t-test; Holm
 over the primaries at the declared level. A comparison is "not measured", with the reason,
 when a run lacks a worst-case row at a grid ε, or its worst case there was made without the
 strong attack (APGD or AutoAttack); "attack failure suspected: CHECK" when a run's
@@ -16,11 +16,11 @@ note says so. Those, and every per-ε, per-attack cell, are exploratory estimate
 
 from __future__ import annotations
 
-from evaluations import statistics as st
-from evaluations.declaration import grid_mean
-from evaluations.grouping import Group
-from evaluations.study_data import flag_convergence, msda, pair_text
-from evaluations.verdicts import EXPLORATORY, PRIMARY, Comparison, Judged, judge, row
+from robustmix.evaluations import statistics as st
+from robustmix.evaluations.declaration import grid_mean
+from robustmix.evaluations.grouping import Group
+from robustmix.evaluations.study_data import flag_convergence, msda, pair_text
+from robustmix.evaluations.verdicts import EXPLORATORY, PRIMARY, Comparison, Judged, judge, row
 from robustmix.core import runs
 
 FAMILY = "(b) primary"

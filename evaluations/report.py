@@ -3,7 +3,7 @@
 Reads each run's config.json, generalization.json (from ``robustmix evaluate``),
 robustness.csv (from ``robustmix attack``) and corruptions.csv (``evaluate --corruptions``); sections whose files are missing are skipped
 and the report says which runs lack what. Runs that differ only in seed are grouped
-(:mod:`evaluations.grouping`) and shown as mean ± std over seeds (n runs). Every file is
+(:mod:`robustmix.evaluations.grouping`) and shown as mean ± std over seeds (n runs). Every file is
 written atomically into ``OUT``; files of an earlier report there that this one does not
 produce are removed, so report.md links exactly the files present.
 """
@@ -19,27 +19,27 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from evaluations import plots
-from evaluations.collect import (RunRecord, load_record, robustness_rows, run_metrics,
+from robustmix.evaluations import plots
+from robustmix.evaluations.collect import (RunRecord, load_record, robustness_rows, run_metrics,
                                  unique_names)
-from evaluations.convergence import CRITERION as CONVERGENCE
-from evaluations.declaration import Declaration
-from evaluations.grouping import Group, group_runs, method_rank, summarize
-from evaluations.markdown import cell as _cell
-from evaluations.markdown import md as _md
-from evaluations.markdown import num as _num
-from evaluations.markdown import pct as _pct
-from evaluations.markdown import robust_cell as _robust_cell
-from evaluations.markdown import yes as _yes
-from evaluations.profiles import DECAY, NORMALIZATION
-from evaluations.regularizer import DEFINITION as Q_DEFINITION
-from evaluations.report_attacks import OUTPUTS as ATTACK_OUTPUTS
-from evaluations.report_attacks import diagnostics_section, overstatement_section
-from evaluations.report_calibration import OUTPUTS as CALIBRATION_OUTPUTS
-from evaluations.robustbench import robustbench_section
-from evaluations.report_calibration import (calibration_section, corruptions_section,
+from robustmix.evaluations.convergence import CRITERION as CONVERGENCE
+from robustmix.evaluations.declaration import Declaration
+from robustmix.evaluations.grouping import Group, group_runs, method_rank, summarize
+from robustmix.evaluations.markdown import cell as _cell
+from robustmix.evaluations.markdown import md as _md
+from robustmix.evaluations.markdown import num as _num
+from robustmix.evaluations.markdown import pct as _pct
+from robustmix.evaluations.markdown import robust_cell as _robust_cell
+from robustmix.evaluations.markdown import yes as _yes
+from robustmix.evaluations.profiles import DECAY, NORMALIZATION
+from robustmix.evaluations.regularizer import DEFINITION as Q_DEFINITION
+from robustmix.evaluations.report_attacks import OUTPUTS as ATTACK_OUTPUTS
+from robustmix.evaluations.report_attacks import diagnostics_section, overstatement_section
+from robustmix.evaluations.report_calibration import OUTPUTS as CALIBRATION_OUTPUTS
+from robustmix.evaluations.robustbench import robustbench_section
+from robustmix.evaluations.report_calibration import (calibration_section, corruptions_section,
                                             summary_section)
-from evaluations.report_predictions import predictions_section
+from robustmix.evaluations.report_predictions import predictions_section
 from robustmix.core import methods, runs
 from robustmix.core.errors import UsageError
 from robustmix.mixing import is_data_dependent, make_sampler, mask_kernel
@@ -70,14 +70,14 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *,
     ``run_dirs`` is an iterable (a list, a tuple, a generator) of finished run directories
     (str or path), all trained on the same data set; ``out_dir`` a str or path, created
     if missing. ``declaration`` is what the study declared before its data (primary ε
-    grid, level, margins; :class:`~evaluations.declaration.Declaration`); None: no
+    grid, level, margins; :class:`~robustmix.evaluations.declaration.Declaration`); None: no
     declaration, the primary grid is derived from the runs and the report says so. A
     single path where a list belongs, or another type, is a TypeError; no runs, a missing
     or unfinished run, or runs of different data sets a
     :class:`~robustmix.core.errors.UsageError`, raised before anything is written.
     """
     if declaration is not None and not isinstance(declaration, Declaration):
-        raise TypeError(f"declaration must be an evaluations.declaration.Declaration or None, "
+        raise TypeError(f"declaration must be a robustmix.evaluations.declaration.Declaration or None, "
                         f"got {type(declaration).__name__}")
     records = _load(_checked_paths(run_dirs, out_dir))
     groups = group_runs([(r.name, r.info.train) for r in records])

@@ -4,7 +4,7 @@
   accuracy minus the worst case's on the same examples (percentage points; 0 when the
   attack found everything any attack found), and per method the mean over its runs.
 - **Attack-failure diagnostics**: per run and ε, what the checks of
-  :mod:`attacks.diagnostics` found on the worst case (``passed`` or the failed checks),
+  :mod:`robustmix.attacks.diagnostics` found on the worst case (``passed`` or the failed checks),
   and every check of every run in one table. A run whose worst case failed a check has
   its robustness verdicts withheld ("attack failure suspected").
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from attacks import diagnostics as checks_module
-from evaluations.grouping import Group, summarize
-from evaluations.plots import attack_order
+from robustmix.attacks import diagnostics as checks_module
+from robustmix.evaluations.grouping import Group, summarize
+from robustmix.evaluations.plots import attack_order
 
 WORST = "worst-case"
 OVERSTATEMENT = "overstatement.csv"

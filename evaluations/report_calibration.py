@@ -9,7 +9,7 @@
 - :func:`corruptions_section`: accuracy and ECE per method and severity from each run's
   ``corruptions.csv`` (mean over the corruptions at a severity, then over seeds).
 
-Each takes the :class:`evaluations.report.ReportContext` and skips itself, saying why,
+Each takes the :class:`robustmix.evaluations.report.ReportContext` and skips itself, saying why,
 where its files are missing; older runs without calibration or corruptions still report.
 """
 
@@ -20,13 +20,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from evaluations import plots
-from evaluations.calibration import BINS, DEFINITION as CALIBRATION_DEFINITION
-from evaluations.corruption_eval import SUITE
-from evaluations.collect import CORRUPTED_SETS
-from evaluations.grouping import summarize
-from evaluations.markdown import cell as _cell
-from evaluations.markdown import md as _md
+from robustmix.evaluations import plots
+from robustmix.evaluations.calibration import BINS, DEFINITION as CALIBRATION_DEFINITION
+from robustmix.evaluations.corruption_eval import SUITE
+from robustmix.evaluations.collect import CORRUPTED_SETS
+from robustmix.evaluations.grouping import summarize
+from robustmix.evaluations.markdown import cell as _cell
+from robustmix.evaluations.markdown import md as _md
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 

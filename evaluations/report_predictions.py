@@ -1,8 +1,8 @@
 """The report's section on the paper's predictions: the primary verdicts first, then the
 secondary ones by family, then the exploratory estimates; and predictions.csv.
 
-Takes the :class:`evaluations.report.ReportContext`; the comparisons and their verdicts
-come from :func:`evaluations.predictions.prediction_table`.
+Takes the :class:`robustmix.evaluations.report.ReportContext`; the comparisons and their verdicts
+come from :func:`robustmix.evaluations.predictions.prediction_table`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from collections import Counter
 
 import pandas as pd
 
-from evaluations import statistics as st
-from evaluations.convergence import NOT_JUDGED
-from evaluations.markdown import md
-from evaluations.predictions import CLAIMS, MIXUP_Q, prediction_table
-from evaluations.primary import CELL_FAMILY
-from evaluations.verdicts import COLUMNS, EXPLORATORY, PRIMARY, SECONDARY
+from robustmix.evaluations import statistics as st
+from robustmix.evaluations.convergence import NOT_JUDGED
+from robustmix.evaluations.markdown import md
+from robustmix.evaluations.predictions import CLAIMS, MIXUP_Q, prediction_table
+from robustmix.evaluations.primary import CELL_FAMILY
+from robustmix.evaluations.verdicts import COLUMNS, EXPLORATORY, PRIMARY, SECONDARY
 from robustmix.core import runs
 
 CONFIRMATORY = ["comparison", "statistic", "measured", "effect", "ci_low", "ci_high",

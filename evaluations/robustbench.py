@@ -23,8 +23,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from attacks.eps import Eps
-from attacks.runner import read_rows
+from robustmix.attacks.eps import Eps
+from robustmix.attacks.runner import read_rows
 from robustmix.core import runs
 
 FOLDER = "robustbench"     # in the report's folder: one <run>.json per run
@@ -54,7 +54,7 @@ def architecture(arch: str) -> str:
 
 
 def _same_eps(a: str, b: str) -> bool:
-    return Eps(a) == Eps(b)   # the one rule: equal exact values (attacks.eps)
+    return Eps(a) == Eps(b)   # the one rule: equal exact values (robustmix.attacks.eps)
 
 
 def _pick(rows: Sequence[Mapping[str, str]], dataset: str) -> Mapping[str, str] | None:
@@ -140,7 +140,7 @@ def file_name(name: str) -> str:
 
 
 def write_model_infos(records: Sequence[Any], out: Path) -> list[str]:
-    """One model_info JSON per run record (:class:`evaluations.collect.RunRecord`) in
+    """One model_info JSON per run record (:class:`robustmix.evaluations.collect.RunRecord`) in
     ``out/robustbench/``, each written atomically; JSONs there of runs not in this report
     are removed. Returns the files written, relative to ``out``."""
     (out / FOLDER).mkdir(parents=True, exist_ok=True)

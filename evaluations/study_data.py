@@ -8,10 +8,10 @@ from typing import Iterator
 
 import pandas as pd
 
-from evaluations import statistics as st
-from evaluations.declaration import Declaration
-from evaluations.grouping import Group, summarize
-from evaluations.verdicts import Comparison
+from robustmix.evaluations import statistics as st
+from robustmix.evaluations.declaration import Declaration
+from robustmix.evaluations.grouping import Group, summarize
+from robustmix.evaluations.verdicts import Comparison
 from robustmix.core import runs
 
 NO_VANILLA = "no vanilla run with the same settings"

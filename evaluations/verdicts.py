@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from evaluations import statistics as st
-from evaluations.grouping import summarize
+from robustmix.evaluations import statistics as st
+from robustmix.evaluations.grouping import summarize
 
 PRIMARY, SECONDARY, EXPLORATORY = "primary", "secondary", "exploratory"
 COLUMNS = ["role", "family", "prediction", "comparison", "statistic", "eps", "measured",

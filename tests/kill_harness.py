@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 import robustmix
-from attacks import diagnostics, worst_case
-from attacks.runner import ROBUSTNESS, STATE_DIR, read_rows
-from evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV
+from robustmix.attacks import diagnostics, worst_case
+from robustmix.attacks.runner import ROBUSTNESS, STATE_DIR, read_rows
+from robustmix.evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV
 from robustmix.core import runs
 
 TRAIN = ["train", "--quiet", "--epochs", "2", "--image-size", "8", "--batch-size", "128",
@@ -49,7 +49,7 @@ THREAD_VARIABLES = ("ROBUSTMIX_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
 TEMPORARY = re.compile(r"\..+\.\d+@[0-9a-f]{8}\.[^./]+\.tmp")
 PRELOAD = ["torch", "torch._dynamo", "numpy", "sklearn.datasets", "sklearn.model_selection",
            "tqdm.auto", "safetensors.torch", "robustmix.app.cli", "robustmix.training.trainer",
-           "robustmix.data", "robustmix.models", "robustmix.mixing", "attacks.runner",
+           "robustmix.data", "robustmix.models", "robustmix.mixing", "robustmix.attacks.runner",
            "pyautoattack"]
 
 # What a forked command runs. __KILL_AT__: the number of the write (a file opened under a
@@ -207,7 +207,7 @@ def check_files(run_dir: Path) -> list[Path]:
         elif path.name in (PROFILE_CSV, REGULARIZER_CSV):
             assert runs.read_csv(path)
         elif path.name == runs.CORRUPTIONS:
-            from evaluations.corruption_eval import COLUMNS
+            from robustmix.evaluations.corruption_eval import COLUMNS
             rows = runs.read_csv(path)
             assert rows and list(rows[0]) == COLUMNS
         else:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from attacks.eps import Eps
-from evaluations.declaration import Declaration
-from evaluations.grouping import Group
+from robustmix.attacks.eps import Eps
+from robustmix.evaluations.declaration import Declaration
+from robustmix.evaluations.grouping import Group
 
 METHODS = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix", "puzzlemix")
 EPS = tuple(k / 255 for k in (12, 16, 20, 24, 28, 32))

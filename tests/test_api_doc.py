@@ -16,7 +16,8 @@ from helpers import one_thread
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 # the packages whose __all__ is the public API; every name in it must be on the page
-EXPORTING = ("robustmix", "robustmix.training", "robustmix.mixing", "attacks", "evaluations")
+EXPORTING = ("robustmix", "robustmix.training", "robustmix.mixing", "robustmix.attacks",
+             "robustmix.evaluations")
 FENCE = re.compile(r"```(\w+)\n(.*?)```", re.S)
 
 
@@ -32,7 +33,7 @@ def entries() -> dict[str, str]:
 
 def resolve(qualified: str):
     """The object a qualified name names, attribute by attribute (a package's attribute wins
-    over a submodule of the same name: ``evaluations.calibration`` is the function)."""
+    over a submodule of the same name: ``robustmix.evaluations.calibration`` is the function)."""
     parts = qualified.split(".")
     obj = importlib.import_module(parts[0])
     for depth, part in enumerate(parts[1:], 2):

@@ -1,4 +1,4 @@
-"""The Python API guards its inputs where they enter (issue 16): ``attacks.robustness``,
+"""The Python API guards its inputs where they enter (issue 16): ``robustmix.attacks.robustness``,
 ``robustmix.mixing.mix`` and ``mask_kernel`` answer a wrong argument with a ConfigError
 (a ValueError) or a TypeError that names it, never an error from deep inside, a blamed
 attack, a silent NaN or a number computed from nonsense."""
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from attacks import AttackConfig, parse_eps, robustness
+from robustmix.attacks import AttackConfig, parse_eps, robustness
 from robustmix import load_model
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.data import load_dataset
@@ -48,7 +48,7 @@ def refuses(error, field, call):
     return str(info.value)
 
 
-# --- attacks.robustness -------------------------------------------------------------------
+# --- robustmix.attacks.robustness -------------------------------------------------------------------
 
 def test_uint8_images_are_converted_like_x_float_over_255(digits):
     x, y = digits
@@ -281,13 +281,13 @@ def tiny_run(tmp_path_factory):
     ("device", {"device": "gpu"}), ("device", {"device": "meta"}),
 ])
 def test_evaluate_run_refuses_bad_arguments_before_reading_anything(tmp_path, field, kwargs):
-    from evaluations import evaluate_run
+    from robustmix.evaluations import evaluate_run
     # a directory that is not a run: the argument is named before the run is looked at
     refuses(ConfigError, field, lambda: evaluate_run(tmp_path, **kwargs))
 
 
 def test_evaluate_run_refuses_wrong_types(tmp_path):
-    from evaluations import evaluate_run
+    from robustmix.evaluations import evaluate_run
     refuses(TypeError, "run_dir", lambda: evaluate_run(3))
     refuses(TypeError, "device", lambda: evaluate_run(tmp_path, device=0))
     with pytest.raises(UsageError, match="no finished run|not found|config.json"):
@@ -295,7 +295,7 @@ def test_evaluate_run_refuses_wrong_types(tmp_path):
 
 
 def test_write_report_refuses_a_single_path_and_other_types(tiny_run, tmp_path):
-    from evaluations import write_report
+    from robustmix.evaluations import write_report
     message = refuses(TypeError, "run_dirs", lambda: write_report(str(tiny_run), tmp_path))
     assert "write_report([" in message   # says how to call it
     refuses(TypeError, "run_dirs", lambda: write_report(tiny_run, tmp_path))
@@ -349,7 +349,7 @@ def evaluate_arguments(draw):
 @settings(FUZZ, max_examples=25)
 @given(kwargs=evaluate_arguments())
 def test_evaluate_run_returns_valid_measurements_or_refuses(tiny_run, kwargs):
-    from evaluations import evaluate_run
+    from robustmix.evaluations import evaluate_run
     try:
         result = evaluate_run(tiny_run, **kwargs)
     except (ConfigError, TypeError):
@@ -370,7 +370,7 @@ def report_arguments(draw, run, tmp):
 
 @pytest.mark.slow
 def test_write_report_writes_a_report_or_refuses(tiny_run, tmp_path):
-    from evaluations import write_report
+    from robustmix.evaluations import write_report
     (tmp_path / "file").write_text("not a directory")
 
     @settings(FUZZ, max_examples=15)
@@ -426,7 +426,7 @@ def measure_inputs(draw):
 @given(measure_inputs())
 def test_wrapped_models_gradients_are_valid_or_refused(args):
     """wrap_model and gradient_measures on random inputs: finite measures or a refusal."""
-    from evaluations import gradient_measures
+    from robustmix.evaluations import gradient_measures
     from robustmix import wrap_model
     x, y, mean, std, batch_size = args
     try:

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
-from attacks import autoattack as autoattack_module
-from attacks import ensemble, runner, sweep
-from attacks.registry import get
-from attacks.gradient import PassCounter
+from robustmix.attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
+from robustmix.attacks import autoattack as autoattack_module
+from robustmix.attacks import ensemble, runner, sweep
+from robustmix.attacks.registry import get
+from robustmix.attacks.gradient import PassCounter
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 

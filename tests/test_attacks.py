@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
-from attacks import autoattack as autoattack_module
-from attacks import runner as runner_module
-from attacks import sweep as sweep_module
-from attacks.eps import Eps
-from attacks.gradient import fgsm, pgd
-from attacks.runner import check_adversarial
+from robustmix.attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
+from robustmix.attacks import autoattack as autoattack_module
+from robustmix.attacks import runner as runner_module
+from robustmix.attacks import sweep as sweep_module
+from robustmix.attacks.eps import Eps
+from robustmix.attacks.gradient import fgsm, pgd
+from robustmix.attacks.runner import check_adversarial
 from robustmix.core.errors import ConfigError, UsageError
 
 from helpers import OneAtATime, two_conv_cnn
@@ -242,7 +242,7 @@ def test_an_example_outside_the_ball_or_the_range_stops_the_run(monkeypatch):
         check_adversarial(x * 2.05, x, 1.1, "linf", "pgd")
 
     # a user's attack passes the same guard as the built-ins
-    from attacks import registry
+    from robustmix.attacks import registry
 
     monkeypatch.setitem(registry._REGISTRY, "too-far", registry.Attack(
         "too-far", lambda model, x, y, eps, norm, settings, draws: x + 2 * eps))
@@ -349,7 +349,7 @@ def mixup_run(tmp_path_factory):
 def test_attack_command_writes_the_csv_and_merges_reruns(mixup_run, capsys):
     import csv
 
-    from attacks.runner import CSV_FIELDS
+    from robustmix.attacks.runner import CSV_FIELDS
     from robustmix.app.cli import main
 
     argv = ["attack", "--quiet", "--run", str(mixup_run), "--eps", "2/255,16/255",
@@ -374,8 +374,8 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
     over both, equal to the worst case of one command that runs both."""
     import shutil
 
-    from attacks import worst_case
-    from attacks.runner import read_rows
+    from robustmix.attacks import worst_case
+    from robustmix.attacks.runner import read_rows
     from robustmix.app.cli import main
 
     apart, together = tmp_path / "apart", tmp_path / "together"
@@ -493,7 +493,7 @@ def test_torchattacks_settings_and_names_are_checked():
 def test_a_missing_torchattacks_is_one_line_naming_the_install(mixup_run, monkeypatch, capsys):
     import sys
 
-    from attacks import registry
+    from robustmix.attacks import registry
     from robustmix.app.cli import main
 
     monkeypatch.setitem(sys.modules, "torchattacks", None)   # as if not installed

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluations.calibration import (BINS, bin_index, brier_score, calibration,
+from robustmix.evaluations.calibration import (BINS, bin_index, brier_score, calibration,
                                      expected_calibration_error, negative_log_likelihood,
                                      predict)
 

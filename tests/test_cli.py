@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from attacks import AttackConfig, PGDSettings
+from robustmix.attacks import AttackConfig, PGDSettings
 from robustmix.app.cli import build_parser
 from robustmix.core import runs
 from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluations import convergence
-from evaluations.collect import load_record, run_metrics
+from robustmix.evaluations import convergence
+from robustmix.evaluations.collect import load_record, run_metrics
 from robustmix.core import runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.errors import ConfigError, UsageError

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluations.corruption_eval import (COLUMNS, STANDARD, check_benchmark,
+from robustmix.evaluations.corruption_eval import (COLUMNS, STANDARD, check_benchmark,
                                          evaluate_corruptions, summarize)
-from evaluations.corruptions import CORRUPTIONS, SEVERITIES
+from robustmix.evaluations.corruptions import CORRUPTIONS, SEVERITIES
 from helpers import assert_one_line_error, run_cli
 from robustmix.core import runs
 from robustmix.core.config import TrainConfig

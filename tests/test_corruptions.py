@@ -6,8 +6,8 @@ trained digits model losing accuracy as the noise grows."""
 import pytest
 import torch
 
-from evaluations import corruptions as C
-from evaluations.corruptions import CORRUPTIONS, SEVERITIES, corrupt, generator_for
+from robustmix.evaluations import corruptions as C
+from robustmix.evaluations.corruptions import CORRUPTIONS, SEVERITIES, corrupt, generator_for
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -10,7 +10,7 @@ from robustmix.app import study
 from robustmix.app.commands import _study_declaration
 from robustmix.app.study_config import load_config, to_toml
 from robustmix.core.errors import ConfigError, UsageError
-from evaluations.declaration import Declaration
+from robustmix.evaluations.declaration import Declaration
 
 from helpers import run_cli
 

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import AttackConfig, parse_eps, robustness
-from attacks.diagnostics import (DiagnosticSettings, Outcomes, diagnose_result, failed_worst,
+from robustmix.attacks import AttackConfig, parse_eps, robustness
+from robustmix.attacks.diagnostics import (DiagnosticSettings, Outcomes, diagnose_result, failed_worst,
                                  gradient_flags, single_step)
-from attacks.eps import Eps
+from robustmix.attacks.eps import Eps
 
 from helpers import one_thread
 
@@ -146,7 +146,7 @@ def test_the_attack_command_writes_every_check_and_transfer_adds_its_own(tmp_pat
     """Two runs attacked in one command: each gets diagnostics.csv with every check at
     every ε, the transfer check from the other run added without losing the others, and
     robustness.csv's diagnostics column filled from them."""
-    from attacks.diagnostics import CHECKS, read
+    from robustmix.attacks.diagnostics import CHECKS, read
     from robustmix.app.cli import main
     from robustmix.core import runs
 
@@ -180,7 +180,7 @@ def test_square_runs_where_the_diagnostics_suspect_masked_gradients(tmp_path, mo
     """A run whose model hides behind a step function: the gradient attacks find little,
     the diagnostics flag zero gradients, and Square (gradient-free) then attacks the
     examples still standing; its breaks lower the worst case, and the flag stays."""
-    from attacks import attack_run, runner
+    from robustmix.attacks import attack_run, runner
     from robustmix.app.cli import main
     from robustmix.models.weights import load_model
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import robustmix
-from attacks import AttackConfig, PGDSettings, parse_eps
-from attacks.runner import ROBUSTNESS, merge_results, read_rows, robustness
+from robustmix.attacks import AttackConfig, PGDSettings, parse_eps
+from robustmix.attacks.runner import ROBUSTNESS, merge_results, read_rows, robustness
 from robustmix.core import distributed, runs
 from robustmix.app.cli import main
 from robustmix.data import Augment, load_dataset
@@ -125,7 +125,7 @@ def test_fewer_examples_than_processes_is_refused_on_every_rank(one_thread_cutmi
                                                                 monkeypatch):
     """With 2 examples and 3 ranks one rank's share would be empty: every rank refuses
     together (a shared error, printed once) before any attack runs."""
-    from attacks import attack_run
+    from robustmix.attacks import attack_run
     monkeypatch.setattr(distributed, "current", lambda: distributed.Place(1, 3))
     config = AttackConfig(attacks=("fgsm",), eps=tuple(parse_eps("8/255")))
     with pytest.raises(UsageError, match="2 test example.* among 3 processes") as info:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from attacks import AttackConfig, PGDSettings
+from robustmix.attacks import AttackConfig, PGDSettings
 from helpers import run_cli
 from robustmix.core.config import MixConfig, TrainConfig
 from robustmix.core.errors import ConfigError, UsageError

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from evaluations import evaluate_run
-from evaluations.generalization import gradient_measures, subset_indices
-from evaluations.profiles import COLUMNS
-from evaluations.regularizer import first_layer_energy, regularizer_table
+from robustmix.evaluations import evaluate_run
+from robustmix.evaluations.generalization import gradient_measures, subset_indices
+from robustmix.evaluations.profiles import COLUMNS
+from robustmix.evaluations.regularizer import first_layer_energy, regularizer_table
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 from robustmix.core.config import TrainConfig
@@ -57,7 +57,7 @@ def closed_form_profiles(maps: np.ndarray) -> dict:
 
 
 def test_gradient_profile_of_a_linear_model_is_the_closed_form_on_its_weights(monkeypatch):
-    from evaluations import generalization
+    from robustmix.evaluations import generalization
 
     monkeypatch.setattr(generalization, "PROFILE_ELEMENTS", 100)  # several passes to merge
     gen = torch.Generator().manual_seed(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from attacks.runner import ROBUSTNESS
+from robustmix.attacks.runner import ROBUSTNESS
 from helpers import assert_one_line_error, run_cli
 from kill_harness import TRAIN, assert_same_training, check_files
 from robustmix.app.cli import main
@@ -74,7 +74,7 @@ def test_an_attack_that_breaks_a_guard_stops_and_writes_nothing(finished, monkey
     is written; the earlier results stay as they were."""
     import dataclasses
 
-    from attacks import AttackError, sweep
+    from robustmix.attacks import AttackError, sweep
 
     @dataclasses.dataclass
     class Planted(sweep.Row):

@@ -63,7 +63,7 @@ def train_line(capsys, not_a_directory, *argv) -> tuple[str, bool]:
 def test_eps_parses_to_sorted_positive_budgets_or_one_line(capsys, text):
     from fractions import Fraction
 
-    from attacks.eps import SNAP_TOLERANCE, parse_eps
+    from robustmix.attacks.eps import SNAP_TOLERANCE, parse_eps
     from robustmix.core.errors import UsageError
 
     missing = "/nonexistent/run"

@@ -138,3 +138,24 @@ def test_a_missing_extra_names_the_pip_install_that_brings_it(monkeypatch):
                     "idna as they are: pip install --no-deps torchattacks)")
     assert extras.require("json", "none", needed_by="x") is sys.modules["json"]
 
+
+
+def test_one_top_level_import_name():
+    """What setuptools installs, found as pyproject.toml says: every package under
+    robustmix, the attacks and evaluations folders among them (through their links), and
+    nothing else at the top level; the old names do not import from an installed robustmix."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    root = Path(__file__).resolve().parent.parent
+    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]
+    packages = find_packages(str(root), include=find["include"])
+    assert {p.split(".")[0] for p in packages} == {"robustmix"}
+    assert {"robustmix.attacks", "robustmix.evaluations"} <= set(packages)
+    for name in ("attacks", "evaluations"):
+        assert (root / "robustmix" / name).resolve() == (root / name).resolve()
+    outside = subprocess.run([sys.executable, "-c", "import attacks"], cwd="/",
+                             capture_output=True, text=True)
+    assert "No module named 'attacks'" in outside.stderr

@@ -253,14 +253,14 @@ def test_an_old_configs_flat_options_are_read_into_options():
     assert cutmix.mix.options == {} and cutmix.mix == MixConfig(mix="cutmix")
     with pytest.raises(ConfigError, match="hmix_r is given twice"):
         TrainConfig.from_dict({"mix": {**OLD_MIX, "options": {"hmix_r": 0.4}}})
-    from evaluations.grouping import flat_settings
+    from robustmix.evaluations.grouping import flat_settings
 
     new = TrainConfig(epochs=2, mix=MixConfig(mix="hmix", options={"hmix_r": 0.3}))
     assert flat_settings({**new.to_dict(), "mix": OLD_MIX}) == flat_settings(new.to_dict())
 
 
 def test_q_draws_each_methods_masks_from_its_name_whoever_else_is_registered():
-    from evaluations.regularizer import draw_pairs, pair_energies, regularizer_table
+    from robustmix.evaluations.regularizer import draw_pairs, pair_energies, regularizer_table
 
     torch.manual_seed(0)
     layer, std = torch.nn.Conv2d(1, 2, 3, padding=1), torch.tensor([0.5])
@@ -277,8 +277,8 @@ def test_q_draws_each_methods_masks_from_its_name_whoever_else_is_registered():
 
 
 def test_groups_and_plots_order_and_colour_a_plugin_like_a_builtin():
-    from evaluations.grouping import group_runs
-    from evaluations.plots import gallery_masks, style
+    from robustmix.evaluations.grouping import group_runs
+    from robustmix.evaluations.plots import gallery_masks, style
 
     robustmix.register_method("aaa", lambda: mixup_mask, colour="#010203")
     trains = [(f"{m}-s0", TrainConfig(mix=MixConfig(mix=m)).to_dict())

@@ -4,7 +4,7 @@ Holm's gain over Bonferroni, the flip rate, and the command on a study folder.""
 import numpy as np
 import pytest
 
-from evaluations import power
+from robustmix.evaluations import power
 
 
 def test_one_primary_simulated_power_is_the_noncentral_t():

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import synthetic_study as ss
-from evaluations import statistics as st
-from evaluations.declaration import Declaration, grid_mean
-from evaluations.predictions import MIXUP_Q, prediction_table
-from evaluations.primary import run_values
-from evaluations.regularizer import regularizer_table
-from evaluations.study_data import Runs
+from robustmix.evaluations import statistics as st
+from robustmix.evaluations.declaration import Declaration, grid_mean
+from robustmix.evaluations.predictions import MIXUP_Q, prediction_table
+from robustmix.evaluations.primary import run_values
+from robustmix.evaluations.regularizer import regularizer_table
+from robustmix.evaluations.study_data import Runs
 
 
 def _study(seed=0, effects=None, n=(6, 4)):

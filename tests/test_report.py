@@ -7,9 +7,9 @@ import shutil
 import matplotlib.image
 import pytest
 
-from evaluations import evaluate_corruptions, evaluate_run, write_report
-from evaluations import statistics as st
-from evaluations.grouping import group_runs
+from robustmix.evaluations import evaluate_corruptions, evaluate_run, write_report
+from robustmix.evaluations import statistics as st
+from robustmix.evaluations.grouping import group_runs
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 from robustmix.mixing import MixConfig

@@ -27,7 +27,7 @@ def test_functions_and_classes_stay_short(module):
 
 
 def test_the_report_has_one_function_per_section():
-    from evaluations import report
+    from robustmix.evaluations import report
 
     for name in ("runs_section", "predictions_section", "robustness_section",
                  "generalization_section", "profile_section", "q_section", "gallery_section"):

@@ -14,10 +14,10 @@ import shutil
 
 import pytest
 
-from attacks.eps import parse_eps
-from attacks.runner import CSV_FIELDS, read_rows
-from evaluations import robustbench as rb
-from evaluations import write_report
+from robustmix.attacks.eps import parse_eps
+from robustmix.attacks.runner import CSV_FIELDS, read_rows
+from robustmix.evaluations import robustbench as rb
+from robustmix.evaluations import write_report
 from robustmix.core import runs
 from robustmix.core.config import TrainConfig
 from robustmix.training.trainer import train

@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-import evaluations.runinfo
-from attacks import runner, worst_case
-from evaluations import evaluate_run, generalization
+import robustmix.evaluations.runinfo
+from robustmix.attacks import runner, worst_case
+from robustmix.evaluations import evaluate_run, generalization
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.data import LazyImages, load_dataset
@@ -48,7 +48,7 @@ def test_every_file_has_one_name_and_one_path(tmp_path):
 def test_the_old_names_are_aliases_of_the_core_ones():
     assert (runner.ROBUSTNESS, runner.STATE_DIR, worst_case.EXAMPLES) == (
         runs.ROBUSTNESS, runs.ATTACK_STATE, runs.ROBUSTNESS_EXAMPLES)
-    info = evaluations.runinfo
+    info = robustmix.evaluations.runinfo
     assert (info.GENERALIZATION, info.PROFILE_CSV, info.REGULARIZER_CSV, info.ROBUSTNESS) == (
         runs.GENERALIZATION, runs.PROFILE_CSV, runs.REGULARIZER_CSV, runs.ROBUSTNESS)
     assert info.open_run is runs.open_run and info.RunInfo is runs.FinishedRun
@@ -108,7 +108,7 @@ def test_readers_round_trip_a_finished_run(finished):
 def test_open_reads_the_config_once_and_keeps_the_run_info(finished):
     opened = runs.RunDir(finished).open()
     assert isinstance(opened, runs.FinishedRun) and isinstance(opened, runs.RunDir)
-    assert opened == runs.open_run(str(finished)) == evaluations.runinfo.open_run(finished)
+    assert opened == runs.open_run(str(finished)) == robustmix.evaluations.runinfo.open_run(finished)
     assert opened.path == finished and opened.config == runs.read_config(finished)
     assert opened.weights_path == finished / runs.WEIGHTS
     assert (opened.mix, opened.seed) == ("cutmix", 0)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from evaluations import statistics as st
-from evaluations.verdicts import Comparison, judge, row
+from robustmix.evaluations import statistics as st
+from robustmix.evaluations.verdicts import Comparison, judge, row
 
 
 def test_welch_matches_its_closed_form_and_scipy():

@@ -1,6 +1,6 @@
 """The error rates of the whole verdict path, on synthetic studies shaped like the real one.
 
-Each study goes through :func:`evaluations.predictions.prediction_table`, the function the
+Each study goes through :func:`robustmix.evaluations.predictions.prediction_table`, the function the
 report calls (premises, the primary statistic over the ε grid, families, Holm, TOST), with
 one vanilla group shared by every comparison and ε and attacks correlated within a run
 (:mod:`synthetic_study`). Shown:
@@ -9,7 +9,7 @@ one vanilla group shared by every comparison and ε and attacks correlated withi
    (5%), for the primaries and for each secondary family;
 2. partial null, real (b) effects and none elsewhere: each secondary family stays at 5%;
 3. power at stated effect sizes: what the primaries find agrees with the power
-   calculation (:mod:`evaluations.power`), two paths that share only the test and Holm.
+   calculation (:mod:`robustmix.evaluations.power`), two paths that share only the test and Holm.
 
 Each bound is a binomial test sized so that a procedure twice as bad (a family-wise rate
 of 10%) fails it with probability at least 95% (checked in closed form in the test), and
@@ -28,11 +28,11 @@ import pytest
 from scipy import stats
 
 import synthetic_study as ss
-from evaluations import power
-from evaluations import statistics as st
-from evaluations.predictions import prediction_table
-from evaluations.primary import WORST, run_values
-from evaluations.study_data import Runs
+from robustmix.evaluations import power
+from robustmix.evaluations import statistics as st
+from robustmix.evaluations.predictions import prediction_table
+from robustmix.evaluations.primary import WORST, run_values
+from robustmix.evaluations.study_data import Runs
 
 SMALL = ("vanilla", "mixup", "cutmix", "hmix")     # (c) needs CutMix and Mixup
 EQUIVALENCE_CLAIMS = {("(c) profile", "mixup vs vanilla")}
@@ -147,7 +147,7 @@ def ss_summary(values):
 def test_power_of_the_primaries_agrees_with_the_power_calculation():
     """Effects near those the power calculation assumed for the digits study (in seed
     sds): the share of studies in which each primary holds, through the report's path,
-    agrees with evaluations.power's simulation from the same means and sds."""
+    agrees with robustmix.evaluations.power's simulation from the same means and sds."""
     d = {"mixup": 1.0, "cutmix": 2.5, "stochastic": 5.0, "hmix": 4.0, "gmix": 2.0,
          "puzzlemix": 3.7}
     effects = ss.Effects(robust=d)

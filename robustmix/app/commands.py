@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from attacks import (AttackConfig, DiagnosticSettings, PGDSettings, parse_attacks, parse_eps,
+from robustmix.attacks import (AttackConfig, DiagnosticSettings, PGDSettings, parse_attacks, parse_eps,
                      transfer_run)
-from attacks.plan import clock, estimate
-from attacks.runner import attack_run, format_table, load_subset
+from robustmix.attacks.plan import clock, estimate
+from robustmix.attacks.runner import attack_run, format_table, load_subset
 from robustmix.app import listing
 from robustmix.app.masks import write_kernel
 from robustmix.core import distributed, methods, runs
@@ -194,7 +194,7 @@ def _run_masks(args: argparse.Namespace) -> int:
               f"({args.draws} masks) to {args.kernel}")
     if args.out is not None:
         # here: the evaluations package loads pandas and scipy (about 1.5 s) on import
-        from evaluations.plots import draw_gallery
+        from robustmix.evaluations.plots import draw_gallery
 
         draw_gallery(args.out, args.size, lam=args.lam, hmix_r=args.hmix_r, seed=args.seed)
         print(f"robustmix masks: wrote the gallery (λ = {args.lam}) to {args.out}")
@@ -266,7 +266,7 @@ def _check_run_dirs(paths: Sequence[str]) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     # here: pandas and scipy (about 1.5 s) load only for the commands that need them
-    from evaluations import evaluate_run
+    from robustmix.evaluations import evaluate_run
 
     run_dirs = _run_dirs(args, "evaluate")
     declare_methods(run_dirs)   # so every model's Q is measured on every method's masks
@@ -291,7 +291,7 @@ def declare_methods(run_dirs: Sequence[str | Path]) -> None:
 
 
 def _evaluate_corruptions(run: str, args: argparse.Namespace) -> None:
-    from evaluations.corruption_eval import evaluate_corruptions
+    from robustmix.evaluations.corruption_eval import evaluate_corruptions
 
     result = evaluate_corruptions(run, device=args.device, batch_size=args.batch_size,
                                   n_examples=args.corruption_examples, seed=args.seed,
@@ -306,7 +306,7 @@ def _evaluate_corruptions(run: str, args: argparse.Namespace) -> None:
 
 def _run_report(args: argparse.Namespace) -> int:
     # here: pandas and scipy (about 1.5 s) load only for the commands that need them
-    from evaluations import write_report
+    from robustmix.evaluations import write_report
 
     run_dirs = _run_dirs(args, "report")
     declaration = _study_declaration(run_dirs)

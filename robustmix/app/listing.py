@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from attacks.eps import Eps
-from attacks.runner import read_rows
+from robustmix.attacks.eps import Eps
+from robustmix.attacks.runner import read_rows
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 
@@ -63,7 +63,7 @@ class Status:
 
 def status(run_dir: Path) -> Status:
     """How far one run got, read from its files (never loads the model)."""
-    from evaluations.convergence import check  # here: the evaluations load pandas
+    from robustmix.evaluations.convergence import check  # here: the evaluations load pandas
 
     run = runs.RunDir(run_dir)
     config = run.read_config()

@@ -1,5 +1,5 @@
 """`robustmix masks --kernel`: the mask kernel c(p) as CSV (the gallery, ``--out``, is drawn by
-:func:`evaluations.plots.draw_gallery`, which the report shares)."""
+:func:`robustmix.evaluations.plots.draw_gallery`, which the report shares)."""
 
 from __future__ import annotations
 

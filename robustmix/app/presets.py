@@ -12,7 +12,7 @@ from robustmix.core.methods import MIX_NAMES
 
 STUDY_METHODS = list(MIX_NAMES)
 
-# What every preset declares before its data ([verdicts]; evaluations.declaration): the
+# What every preset declares before its data ([verdicts]; robustmix.evaluations.declaration): the
 # primary grid is the study's [attack] eps (primary_eps ""), Holm at 5% per family, and
 # the margins of "no effect": (a) half a point of accuracy gap and 0.01 nats of loss gap
 # (vanilla's whole gap on digits was 0.54 pp and 0.013 nats), (c) 0.02 in the decay D
@@ -25,7 +25,7 @@ _DIGITS = {
                    "MSDA (chosen by power), trained to convergence; minutes on a CPU",
     "out": "study",
     "methods": STUDY_METHODS,
-    # seeds by power (python -m evaluations.power, README "How a verdict is reached"):
+    # seeds by power (python -m robustmix.evaluations.power, README "How a verdict is reached"):
     # vanilla enters every primary comparison, so it gets twice the runs of each MSDA
     "seeds": [0, 1, 2, 3, 4],
     "seeds_by_method": {"vanilla": list(range(10))},

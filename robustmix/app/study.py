@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from attacks import DiagnosticSettings, Eps, diagnostics, transfer_run
-from attacks.runner import attack_run, read_rows
-from evaluations import evaluate_corruptions, evaluate_run, write_report
+from robustmix.attacks import DiagnosticSettings, Eps, diagnostics, transfer_run
+from robustmix.attacks.runner import attack_run, read_rows
+from robustmix.evaluations import evaluate_corruptions, evaluate_run, write_report
 from robustmix.app.presets import PAPER, PRESETS  # noqa: F401 (the study's presets)
 from robustmix.app.study_config import StudyConfig, load_config, to_toml  # noqa: F401
 from robustmix.core import methods, runs

@@ -4,7 +4,7 @@ A study is a :class:`StudyConfig`: which methods and seeds (``seeds`` for every 
 ``seeds_by_method`` where a method has its own, e.g. more vanilla runs), a
 :class:`TrainConfig` template (each run sets its method, seed and device), an
 :class:`AttackPlan`, an :class:`EvaluatePlan` and its ``[verdicts]``
-(:class:`~evaluations.declaration.Declaration`: the primary comparisons and the margins
+(:class:`~robustmix.evaluations.declaration.Declaration`: the primary comparisons and the margins
 of "no effect", declared before any data). A TOML file reads into it (:func:`load_config`, checked in one
 place: :meth:`StudyConfig.from_dict`) and it writes back out (:func:`to_toml`). In the TOML
 the ``[train]`` table holds the training settings with the mix settings flat beside them
@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from attacks import AttackConfig, PGDSettings, parse_eps
-from evaluations.declaration import Declaration
+from robustmix.attacks import AttackConfig, PGDSettings, parse_eps
+from robustmix.evaluations.declaration import Declaration
 from robustmix.core import methods, runs
 from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
 from robustmix.core.errors import ConfigError, UsageError
@@ -111,7 +111,7 @@ class AttackPlan:
 
 @dataclass(frozen=True)
 class EvaluatePlan:
-    """``[evaluate]``: the settings of :func:`evaluations.evaluate_run` for every run."""
+    """``[evaluate]``: the settings of :func:`robustmix.evaluations.evaluate_run` for every run."""
 
     n_examples: int = 1000     # 0: the whole test set
     q_draws: int = 512

@@ -54,7 +54,7 @@ def _stats(field: str, values) -> list[float]:
 
 def wrap_model(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> Normalized:
     """``model``, which expects inputs normalized by ``(x - mean) / std`` per channel, as a
-    model of images in [0, 1] (what :func:`attacks.robustness` and the evaluations take).
+    model of images in [0, 1] (what :func:`robustmix.attacks.robustness` and the evaluations take).
 
     ``mean`` and ``std`` hold one number per channel, as the model was trained with (e.g.
     ``(0.4914, 0.4822, 0.4465)`` and ``(0.2470, 0.2435, 0.2616)`` for CIFAR-10); std > 0.
