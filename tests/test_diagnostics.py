@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustmix.attacks import AttackConfig, parse_eps, robustness
-from robustmix.attacks.diagnostics import (DiagnosticSettings, Outcomes, diagnose_result, failed_worst,
-                                 gradient_flags, single_step)
+from robustmix.attacks.diagnostics import (DiagnosticSettings, Outcomes, diagnose_result,
+                                           failed_worst, gradient_flags, single_step)
 from robustmix.attacks.eps import Eps
 
 from helpers import one_thread
@@ -198,3 +198,36 @@ def test_square_runs_where_the_diagnostics_suspect_masked_gradients(tmp_path, mo
     assert by["square"].n_attacked == round(by["pgd"].robust_acc * 16)
     assert by["worst-case"].robust_acc < by["pgd"].robust_acc, "Square broke some"
     assert by["square"].settings.endswith("on the examples every other attack left standing")
+
+
+@pytest.mark.parametrize("standing, broken, flagged", [
+    (100, 1, False),   # 1 of 16 at 100/160 standing: 3.9 points, but within a 5% tail
+    (100, 4, True),    # 4 of 16: 15.6 points, and P(K >= 4 | 16, 5%) = 0.7%
+    (10, 4, True),     # 4 of the 10 standing: 2.5 points, P(K >= 4 | 10, 5%) = 0.1%
+    (10, 3, False),    # 3 of them: beyond the tail (1.2%), but 1.9 points
+    (8, 4, False),     # 4 of 8 standing: 2 points exactly, not more than the tolerance
+])
+def test_the_restart_check_flags_a_material_fall_beyond_a_converged_tail(standing, broken,
+                                                                         flagged):
+    """The restart check's two conditions in closed form: the implied fall of the worst
+    case (share broken of the sample × share standing, in points) above 2, and a count
+    of breaks a 5% tail explains with probability at most 5% (binomial)."""
+    from types import SimpleNamespace
+
+    from robustmix.attacks.diagnostics import restart
+
+    n, eps = 160, Eps("20/255")
+    flags = torch.zeros(n, dtype=torch.bool)
+    flags[:standing] = True
+    outcomes = Outcomes(torch.ones(n, dtype=torch.bool), {eps: {"apgd": flags}})
+
+    def attack(name, at, chosen, *, restart):
+        after = torch.ones(int(chosen.sum()), dtype=torch.bool)
+        after[:broken] = False
+        return after
+
+    probe = SimpleNamespace(attack=attack, config=SimpleNamespace(seed=0))
+    check = restart(probe, outcomes, eps, DiagnosticSettings())
+    sampled = min(16, standing)
+    assert check.value == pytest.approx(100 * standing / n * broken / sampled)
+    assert check.passed == (not flagged)
