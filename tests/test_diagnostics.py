@@ -205,7 +205,7 @@ def test_square_runs_where_the_diagnostics_suspect_masked_gradients(tmp_path, mo
     (100, 4, True),    # 4 of 16: 15.6 points, and P(K >= 4 | 16, 5%) = 0.7%
     (10, 4, True),     # 4 of the 10 standing: 2.5 points, P(K >= 4 | 10, 5%) = 0.1%
     (10, 3, False),    # 3 of them: beyond the tail (1.2%), but 1.9 points
-    (8, 4, False),     # 4 of 8 standing: 2 points exactly, not more than the tolerance
+    (160, 1, False),   # 1 of 16 with every example standing: 6.25 points, within the tail
 ])
 def test_the_restart_check_flags_a_material_fall_beyond_a_converged_tail(standing, broken,
                                                                          flagged):
