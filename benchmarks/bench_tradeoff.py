@@ -35,7 +35,7 @@ from robustmix.core import runs
 from robustmix.evaluations.declaration import grid_mean
 from robustmix.evaluations.grouping import summarize
 
-from benchmarks.common import machine_info
+from benchmarks.common import format_machine, machine_info
 
 
 def primary(run_dir: Path, grid: list[Eps], n: int) -> float:
@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     study = load_config(None, str(args.study / "study.toml"))
     config, n = study.attack.config(), study.attack.n_examples
-    print(machine_info())
+    print(format_machine(machine_info("cpu")))
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for spec in study.methods:

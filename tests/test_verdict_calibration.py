@@ -14,11 +14,11 @@ one vanilla group shared by every comparison and ε and attacks correlated withi
 Each bound is a binomial test sized so that a procedure twice as bad (a family-wise rate
 of 10%) fails it with probability at least 95% (checked in closed form in the test), and
 one at the level fails it with probability at most 0.1% (0.5% in the fast tier). The slack matters: Welch's test
-with 5 against 10 runs is slightly liberal (its size is 1.07-1.08 times the level at the
-levels Holm uses, measured on 200,000 normal samples), so Holm at 5% over the six
-primaries makes 5.3% family-wise (20,000 simulated studies of this generator), within
-the bound and far from 10%. The fast tier runs a smaller study shape, the slow tier the
-study's full shape.
+with few runs per group is slightly liberal (with 5 against 10 runs its size was 1.07-1.08
+times the level at the levels Holm uses, measured on 200,000 normal samples), so Holm at
+5% over the six primaries makes a little over 5% family-wise, within the bound and far
+from 10%. The slow tier runs the default study's shape (its vanilla and MSDA runs, read
+from the digits preset); the fast tier a smaller one.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pytest
 from scipy import stats
 
 import synthetic_study as ss
+from robustmix.app.presets import PRESETS
 from robustmix.evaluations import power
 from robustmix.evaluations import statistics as st
 from robustmix.evaluations.predictions import prediction_table
@@ -35,6 +36,9 @@ from robustmix.evaluations.primary import WORST, run_values
 from robustmix.evaluations.study_data import Runs
 
 SMALL = ("vanilla", "mixup", "cutmix", "hmix")     # (c) needs CutMix and Mixup
+# the default study's shape: its vanilla runs and each MSDA's, as the digits preset has them
+N_VANILLA = len(PRESETS["digits"]["seeds_by_method"]["vanilla"])
+N_MSDA = len(PRESETS["digits"]["seeds"])
 EQUIVALENCE_CLAIMS = {("(c) profile", "mixup vs vanilla")}
 
 
@@ -69,7 +73,7 @@ def run_null(studies: int, methods, eps, effects=None, seed=0) -> tuple[dict[str
     counts: dict[str, int] = {}
     families = set()
     for _ in range(studies):
-        rows = prediction_table(*ss.study(rng, ss.allocation(10, 5, methods), effects,
+        rows = prediction_table(*ss.study(rng, ss.allocation(N_VANILLA, N_MSDA, methods), effects,
                                           eps=eps), declaration)
         families |= {r["family"] for r in rows if r["role"] != "exploratory"}
         for family in false_families(rows):
@@ -120,7 +124,7 @@ def test_no_effect_at_the_margin_is_found_at_most_at_the_level():
     rng = np.random.default_rng(3)
     wrong = 0
     for _ in range(studies):
-        rows = prediction_table(*ss.study(rng, ss.allocation(10, 5, SMALL), effects,
+        rows = prediction_table(*ss.study(rng, ss.allocation(N_VANILLA, N_MSDA, SMALL), effects,
                                           eps=ss.EPS[::2]), ss.declaration(ss.EPS[::2]))
         wrong += any(r["verdict"] == st.EQUIVALENT and r["statistic"].startswith("clean acc")
                      for r in rows)
@@ -155,11 +159,12 @@ def test_power_of_the_primaries_agrees_with_the_power_calculation():
     rng = np.random.default_rng(5)
     holds = dict.fromkeys(d, 0)
     for _ in range(studies):
-        rows = prediction_table(*ss.study(rng, ss.allocation(10, 5), effects), ss.DECLARATION)
+        rows = prediction_table(*ss.study(rng, ss.allocation(N_VANILLA, N_MSDA), effects), ss.DECLARATION)
         for r in rows:
             if r["role"] == "primary" and r["verdict"] == st.HOLDS:
                 holds[r["comparison"].split()[0]] += 1
-    predicted = power.simulate(_pilot_of_the_generator(effects), 10, 5, studies=20000)
+    predicted = power.simulate(_pilot_of_the_generator(effects), N_VANILLA, N_MSDA,
+                               studies=20000)
     for method in d:
         found = holds[method] / studies
         # binomial error of both simulations (4 sds), plus 0.02 for the pilot's mean and sd

@@ -145,6 +145,25 @@ def text(value: str) -> str:
     return value
 
 
+def _header_columns(path: Path, header, columns: Mapping[str, Callable[[str], Any]],
+                    optional: tuple[str, ...]) -> Mapping[str, Callable[[str], Any]]:
+    """The columns a file's header must hold (without ``optional`` ones, when it has none
+    of them), or the UsageError that names what is repeated, lacking or unknown."""
+    if not header:
+        raise UsageError(f"{path} is empty: it has no header line")
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if optional and not set(optional) & set(header):
+        columns = {k: v for k, v in columns.items() if k not in optional}
+    missing = [c for c in columns if c not in header]
+    unknown = [c for c in header if c not in columns]
+    for problem, names in (("repeats the", duplicated), ("lacks the", missing),
+                           ("has the unknown", unknown)):
+        if names:
+            raise UsageError(f"{path} {problem} column{'s' if len(names) > 1 else ''} "
+                             f"{', '.join(map(repr, names))}; expected {','.join(columns)}")
+    return columns
+
+
 def read_table(path: str | os.PathLike, columns: Mapping[str, Callable[[str], Any]], *,
                row_check: Callable[[dict[str, str]], None] | None = None,
                optional: Iterable[str] = ()) -> list[dict[str, str]]:
@@ -163,20 +182,7 @@ def read_table(path: str | os.PathLike, columns: Mapping[str, Callable[[str], An
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames
-            if not header:
-                raise UsageError(f"{path} is empty: it has no header line")
-            duplicated = sorted({c for c in header if header.count(c) > 1})
-            if optional and not set(optional) & set(header):
-                columns = {k: v for k, v in columns.items() if k not in optional}
-            missing = [c for c in columns if c not in header]
-            unknown = [c for c in header if c not in columns]
-            for problem, names in (("repeats the", duplicated), ("lacks the", missing),
-                                   ("has the unknown", unknown)):
-                if names:
-                    raise UsageError(f"{path} {problem} column"
-                                     f"{'s' if len(names) > 1 else ''} "
-                                     f"{', '.join(map(repr, names))}; expected "
-                                     f"{','.join(columns)}")
+            columns = _header_columns(path, header, columns, optional)
             rows = []
             for row in reader:
                 extra = row.pop(None, None) or []
