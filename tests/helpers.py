@@ -115,3 +115,22 @@ def mini_study(out, *, methods=("vanilla", "cutmix"), train=None, attack=None,
         evaluate=dataclasses.replace(base.evaluate,
                                      **{"n_examples": 16, "q_draws": 16, **(evaluate or {})}))
     return to_toml(config)
+
+
+def interrupted_at(load_dataset, epoch=2, step=3):
+    """``load_dataset`` whose training batches raise KeyboardInterrupt at ``step`` of
+    ``epoch`` (counted from 1): a run killed mid-epoch, to resume."""
+    def load_then_break(*args, **kwargs):
+        source = load_dataset(*args, **kwargs)
+        real_batches, calls = source.train_batches, {"epochs": 0}
+
+        def batches(*a, **k):
+            calls["epochs"] += 1
+            for i, batch in enumerate(real_batches(*a, **k)):
+                if calls["epochs"] == epoch and i == step:
+                    raise KeyboardInterrupt
+                yield batch
+
+        source.train_batches = batches
+        return source
+    return load_then_break

@@ -20,6 +20,7 @@ from robustmix.data.sources import holdout_indices
 from robustmix.mixing import MixConfig
 from robustmix.training import trainer as train_module
 from robustmix.training.trainer import Trainer, train
+from helpers import interrupted_at
 
 LN10 = math.log(10)
 SHORT = TrainConfig(image_size=8, epochs=5, lr=0.1, batch_size=64, holdout=200,
@@ -95,22 +96,8 @@ def test_a_run_cut_short_fails_and_says_why(tmp_path):
 def test_resume_with_a_held_out_slice_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     config = dataclasses.replace(SHORT, epochs=2)
     train(config, tmp_path / "whole", progress=False)
-    real_load = train_module.load_dataset
-
-    def load_then_break(*args, **kwargs):
-        source = real_load(*args, **kwargs)
-        real_batches, calls = source.train_batches, {"epochs": 0}
-
-        def batches(*a, **k):
-            calls["epochs"] += 1
-            for step, batch in enumerate(real_batches(*a, **k)):
-                if calls["epochs"] == 2 and step == 3:
-                    raise KeyboardInterrupt
-                yield batch
-        source.train_batches = batches
-        return source
-
-    monkeypatch.setattr(train_module, "load_dataset", load_then_break)
+    monkeypatch.setattr(train_module, "load_dataset",
+                        interrupted_at(train_module.load_dataset))
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "killed", progress=False)
     monkeypatch.undo()

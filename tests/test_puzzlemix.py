@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import interrupted_at
 from robustmix.mixing import puzzlemix as pm
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError, UsageError
@@ -420,24 +421,9 @@ def test_a_killed_puzzlemix_run_resumes_to_the_same_weights(puzzlemix_run, tmp_p
     from robustmix.training.trainer import train
 
     config, reference, _ = puzzlemix_run
-    real_load = data_module.load_dataset
-
-    def load_then_break(*args, **kwargs):
-        source = real_load(*args, **kwargs)
-        real_batches, calls = source.train_batches, {"epochs": 0}
-
-        def batches(*a, **k):
-            calls["epochs"] += 1
-            for step, batch in enumerate(real_batches(*a, **k)):
-                if calls["epochs"] == 2 and step == 3:
-                    raise KeyboardInterrupt
-                yield batch
-
-        source.train_batches = batches
-        return source
-
     killed = tmp_path / "killed"
-    monkeypatch.setattr(train_module, "load_dataset", load_then_break)  # as the loop looks it up
+    monkeypatch.setattr(train_module, "load_dataset",  # as the loop looks it up
+                        interrupted_at(data_module.load_dataset))
     with pytest.raises(KeyboardInterrupt):
         train(config, killed, progress=False)
     monkeypatch.undo()
