@@ -135,14 +135,20 @@ def test_bench_study_reads_inline_and_pooled_log_lines():
     assert bench_study.per_kind(pooled) == {"train": 9.5, "attack": 2.0}
 
 
-@pytest.mark.slow
-def test_bench_study_reads_the_time_of_every_kind_of_step(tmp_path):
+def tiny_study(tmp_path, out):
+    """A one-run study of seconds, its config written to tmp_path/tiny.toml."""
     config = tmp_path / "tiny.toml"
     config.write_text(mini_study(
-        tmp_path / "study", methods=["vanilla"],
+        tmp_path / out, methods=["vanilla"],
         train={"epochs": 1, "image_size": 8, "batch_size": 128},
         attack={"eps": "16/255", "pgd_steps": 1, "n_examples": 8, "autoattack_eps": "16/255",
                 "autoattack_examples": 4}, evaluate={"n_examples": 8, "q_draws": 4}))
+    return config
+
+
+@pytest.mark.slow
+def test_bench_study_reads_the_time_of_every_kind_of_step(tmp_path):
+    config = tiny_study(tmp_path, "study")
     numbers = bench_study.run(tmp_path / "study", ["--config", str(config)])
     assert set(numbers["per_kind_s"]) == {"train", "attack", "autoattack", "evaluate",
                                           "corruptions", "report"}
@@ -168,12 +174,7 @@ def test_bench_corruptions_times_both_steps(tmp_path):
 
 @pytest.mark.slow
 def test_bench_shared_times_the_study_beside_its_own_neighbour_and_stops_it(tmp_path):
-    config = tmp_path / "tiny.toml"
-    config.write_text(mini_study(
-        tmp_path / "unused", methods=["vanilla"],
-        train={"epochs": 1, "image_size": 8, "batch_size": 128},
-        attack={"eps": "16/255", "pgd_steps": 1, "n_examples": 8, "autoattack_eps": "16/255",
-                "autoattack_examples": 4}, evaluate={"n_examples": 8, "q_draws": 4}))
+    config = tiny_study(tmp_path, "unused")
     result = bench_shared.run(tmp_path, ["--config", str(config), "--seeds", "0,1"])
     check_machine(result["machine"])
     for name in ("busy", "quiet"):
