@@ -15,6 +15,7 @@ import pandas as pd
 
 from robustmix.attacks import diagnostics as checks_module
 from robustmix.evaluations.grouping import Group, summarize
+from robustmix.evaluations.markdown import md as _md
 from robustmix.evaluations.plots import attack_order
 
 WORST = "worst-case"
@@ -137,9 +138,3 @@ def _worst_table(ctx) -> list[str]:
         rows.append([run] + [by_eps.get(e, "–") or "not run" for e in columns])
     return ["Worst case per run and ε:", ""] + _md(["run"] + columns, rows)
 
-
-def _md(header, rows) -> list[str]:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-    return (["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(map(cell, row)) + " |" for row in rows] + [""])
