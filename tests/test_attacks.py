@@ -414,12 +414,15 @@ def test_an_old_robustness_file_keeps_its_rows_gains_the_new_ones_and_reports(
     import shutil
 
     from robustmix.attacks import diagnostics as diag
+    from robustmix.attacks import worst_case
     from robustmix.attacks.table import CSV_FIELDS, OLD_FIELDS
     from robustmix.app.cli import main
     from robustmix.core.runs import DIAGNOSTICS
 
     run = tmp_path / "old"
     shutil.copytree(mixup_run, run)
+    for name in ("robustness.csv", worst_case.EXAMPLES, DIAGNOSTICS):  # other tests' attacks
+        (run / name).unlink(missing_ok=True)
     common = ["--quiet", "--run", str(run), "--attacks", "fgsm,pgd", "--pgd-steps", "5",
               "--n-examples", "60"]
     assert main(["attack", "--eps", "4/255", *common]) == 0
