@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("evaluations/report.py", "evaluations/report_calibration.py", "attacks/autoattack.py")
+MODULES = ("evaluations/report.py", "evaluations/report_calibration.py",
+           "evaluations/report_attacks.py", "evaluations/report_mechanism.py",
+           "attacks/autoattack.py")
 
 
 def _definitions(path: Path):
