@@ -176,16 +176,25 @@ def _q_row(ctx, group: Group, mask: str, vanilla: Group | None) -> dict:
             "n": n, "q_relative_mean": rel, "rho_vs_vanilla": rho}
 
 
+Q_SETTINGS = ("alpha", "hmix_r", "switch_prob", "draws", "seed")   # in every file
+
+
 def _q_settings_note(records: list[RunRecord]) -> list[str]:
+    """Whether every run's Q met the same masks: the settings every regularizer record
+    holds, and every method's options (a plugin's too) where all records hold them (files
+    of before the options dict lack them, so they are compared on the settings alone)."""
+    q_of = {r.name: q for r in records if (q := (r.generalization or {}).get("regularizer"))}
+    with_options = all("options" in q for q in q_of.values())
     settings = {}
-    for r in records:
-        q = (r.generalization or {}).get("regularizer")
-        if q:
-            key = tuple((k, q.get(k)) for k in ("alpha", "hmix_r", "switch_prob", "draws",
-                                                 "seed"))
-            settings.setdefault(key, []).append(r.name)
+    for name, q in q_of.items():
+        key = tuple((k, q.get(k)) for k in Q_SETTINGS)
+        if with_options:
+            key += tuple((f"{method}.{k}", v) for method, options in sorted(
+                q["options"].items()) for k, v in sorted(options.items()))
+        settings.setdefault(key, []).append(name)
     if len(settings) <= 1:
-        text = ", ".join(f"{k} = {v}" for k, v in next(iter(settings))) if settings else ""
+        shared = next(iter(settings))[:len(Q_SETTINGS)] if settings else ()
+        text = ", ".join(f"{k} = {v}" for k, v in shared)
         return [f"All runs share the mask settings and draws ({text}): every model met the "
                 "same pairs and masks.", ""]
     parts = "; ".join(f"{', '.join(f'{k}={v}' for k, v in key)}: {', '.join(names)}"
