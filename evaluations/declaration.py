@@ -24,6 +24,10 @@ from robustmix.attacks.eps import parse_eps
 from robustmix.core.errors import ConfigError
 
 NORMS = ("linf", "l2")
+# what counts as a primary replicated by a confirmation on fresh seeds
+# (robustmix.evaluations.confirmation): the same decided verdict at the same level, and
+# with "beyond-bound" the new effect beyond the original interval's end nearer zero too
+REPLICATION = ("same-verdict", "same-verdict-beyond-bound")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Declaration:
       train−test accuracy gap (a fraction: 0.005 = 0.5 pp) and loss gap (nats).
     - ``profile_margin``: (c)'s margin for "Mixup's profile is vanilla's" on the decay D.
     - ``own_mask_comparator``: the model (d) compares each model with on its own mask.
+    - ``replication``: what a confirmation on fresh seeds counts as replicated
+      (``REPLICATION``).
     - ``methods``: the MSDAs with a primary comparison; () in a study means its methods
       but vanilla, and in a report without a declaration every MSDA present. A declared
       method without runs keeps its place in the family, "not measured".
@@ -52,7 +58,9 @@ class Declaration:
     profile_margin: float = 0.02
     own_mask_comparator: str = "mixup"
     methods: tuple[str, ...] = ()
+    replication: str = "same-verdict-beyond-bound"
     source: str = ""                       # where it was declared; "" for none
+    phase: str = ""                        # the study's phase; "" outside a study
 
     def validate(self) -> None:
         if self.primary_eps:
@@ -69,6 +77,9 @@ class Declaration:
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not 0 < value < math.inf:
                 raise ConfigError(name, f"must be a finite number > 0, got {value!r}")
+        if self.replication not in REPLICATION:
+            raise ConfigError("replication", f"must be one of {', '.join(REPLICATION)}, "
+                              f"got {self.replication!r}")
         if not isinstance(self.own_mask_comparator, str) or not self.own_mask_comparator:
             raise ConfigError("own_mask_comparator", "must name a method (e.g. mixup), got "
                               f"{self.own_mask_comparator!r}")

@@ -18,23 +18,16 @@ allocation (``n0`` vanilla runs, ``n1`` runs of every MSDA) it gives, per primar
 - the expected **flip rate** between two independent reruns, 2p(1 − p) for decision
   probability p: how often a rerun of the same study decides the other way.
 
-The target (the README's): at least 80% power at the effects of the clearly robust MSDAs,
-and a flip rate of at most 5% per primary. Run it::
-
-    python -m robustmix.evaluations.power STUDY_DIR [--grid 12/255,...] [--allocations 4x4,10x5]
-                                          [--studies 4000] [--scale-effects F|M=F,...]
-
-``--no-strong`` reads worst-case rows made without the strong attack (a pilot of FGSM and
-PGD only); the APGD worst case is lower, so treat such effects as optimistic unless
-``--scale-effects`` shrinks them. Written as code so that the lead reruns it on the final
-study.
+The target (declared with the study): at least 80% power per primary, within a budget
+of runs; :func:`choose` picks the allocation, and says for each primary that misses the
+target the runs it would need. ``robustmix power STUDY`` runs it on a study's pilot
+(``--no-strong`` reads worst-case rows made without the strong attack: the APGD worst case
+is lower, so treat such effects as optimistic).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +61,10 @@ def read_pilot(folder: str | Path, *, attack: str = WORST, grid: str = "",
                strong: bool = True) -> Pilot:
     """The per-method mean, sd and n of the primary statistic of the runs in
     ``folder/runs`` (each complete run directory)."""
-    paths = sorted(p for p in (Path(folder) / "runs").iterdir() if runs.is_complete(p))
+    folder = Path(folder) / "runs"
+    paths = sorted(p for p in folder.iterdir() if runs.is_complete(p)) if folder.is_dir() else []
     if not paths:
-        raise runs.UsageError(f"{folder}/runs holds no finished run")
+        raise runs.UsageError(f"{folder} holds no finished run")
     infos = [runs.RunDir(p).open() for p in paths]
     records = [load_record(i, n) for i, n in zip(infos, unique_names([i.path for i in infos]))]
     groups = group_runs([(r.name, r.info.train) for r in records])
@@ -97,10 +91,13 @@ def factor(scale: Scale | float, method: str) -> float:
     return scale if isinstance(scale, (int, float)) else scale.get(method, 1.0)
 
 
-def simulate(pilot: Pilot, n0: int, n1: int, *, studies: int = 4000, level: float = st.LEVEL,
-             scale: Scale | float = 1.0, seed: int = 0) -> dict[str, float]:
+def simulate(pilot: Pilot, n0: int, n1: int | dict[str, int], *, studies: int = 4000,
+             level: float = st.LEVEL, scale: Scale | float = 1.0, seed: int = 0
+             ) -> dict[str, float]:
     """P(primary holds) per MSDA, over ``studies`` simulated studies with ``n0`` vanilla
-    and ``n1`` runs per MSDA (each effect multiplied by its ``scale``)."""
+    and ``n1`` runs per MSDA (a number, or one per method), each effect multiplied by its
+    ``scale``: normal runs at the pilot's means and sds, one vanilla group shared by every
+    comparison, Welch's t-test and Holm over the primaries, as the report judges them."""
     rng = np.random.default_rng(seed)
     mean0, sd0, _ = pilot.stats["vanilla"]
     methods = [m for m in pilot.stats if m != "vanilla"]
@@ -108,14 +105,26 @@ def simulate(pilot: Pilot, n0: int, n1: int, *, studies: int = 4000, level: floa
     p_values, effects = [], []
     for method in methods:
         mean, sd, _ = pilot.stats[method]
-        runs_ = rng.normal(mean0 + factor(scale, method) * (mean - mean0), sd, (studies, n1))
+        n = n1[method] if isinstance(n1, dict) else n1
+        runs_ = rng.normal(mean0 + factor(scale, method) * (mean - mean0), sd, (studies, n))
         p_values.append(stats.ttest_ind(runs_, vanilla, axis=1, equal_var=False).pvalue)
         effects.append(runs_.mean(axis=1) - vanilla.mean(axis=1))
-    p_values, effects = np.array(p_values).T, np.array(effects).T
-    holds = np.zeros(len(methods))
-    for p, effect in zip(p_values, effects):
-        holds += np.array(st.holm(p, level).rejected) & (effect > 0)
-    return dict(zip(methods, holds / studies))
+    rejected = holm_rejections(np.array(p_values).T, level)
+    holds = (rejected & (np.array(effects).T > 0)).mean(axis=0)
+    return dict(zip(methods, (float(h) for h in holds)))
+
+
+def holm_rejections(p: np.ndarray, level: float) -> np.ndarray:
+    """Holm's decisions for every row of ``p`` (studies × hypotheses) at once; equal to
+    :func:`robustmix.evaluations.statistics.holm` row by row (a test holds them equal)."""
+    p = np.nan_to_num(p, nan=1.0)
+    m = p.shape[1]
+    order = np.argsort(p, axis=1, kind="stable")
+    ranked = np.take_along_axis(p, order, axis=1)
+    passed = np.cumprod(ranked <= level / (m - np.arange(m)), axis=1).astype(bool)
+    rejected = np.zeros_like(passed)
+    np.put_along_axis(rejected, order, passed, axis=1)
+    return rejected
 
 
 def bonferroni_nct(pilot: Pilot, method: str, n0: int, n1: int, *, level: float = st.LEVEL,
@@ -163,54 +172,73 @@ def report(pilot: Pilot, allocations, *, studies: int, scale: Scale | float) -> 
     return lines
 
 
-def _scale(text: str) -> Scale | float:
-    """``0.5`` (every effect) or ``mixup=0.26,cutmix=0.66`` (per method, others 1)."""
-    try:
-        if "=" not in text:
-            return float(text)
-        return {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or METHOD=FACTOR,..., got "
-                                         f"{text!r}") from None
+def within(k: int, budget: int, least: int = 2) -> list[tuple[int, int]]:
+    """Every allocation (n0 vanilla runs, n1 per MSDA, n0 ≥ n1 ≥ ``least``: vanilla enters
+    every primary) of at most ``budget`` runs for ``k`` MSDAs."""
+    return [(n0, n1) for n1 in range(least, budget) for n0 in range(n1, budget + 1)
+            if n0 + k * n1 <= budget]
 
 
-def _allocation(text: str) -> tuple[int, int]:
-    try:
-        n0, n1 = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N0xN1 (vanilla x each MSDA), got {text!r}")
-    if n0 < 2 or n1 < 2:
-        raise argparse.ArgumentTypeError(f"each group needs at least 2 runs, got {text!r}")
-    return n0, n1
+@dataclass(frozen=True)
+class Choice:
+    """The allocation chosen within a budget, its power per primary, and for each primary
+    below the target the runs per group it would need."""
+
+    n0: int
+    n1: int
+    power: dict[str, float]
+    target: float
+    budget: int
+    needs: dict[str, int | None]     # runs per group (n0 = n1) for the target; None: > 200
+
+    @property
+    def runs(self) -> int:
+        return self.n0 + len(self.power) * self.n1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m robustmix.evaluations.power",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", help="a study folder (its runs/ are read)")
-    parser.add_argument("--grid", default="", help="the primary eps grid (default: where "
-                                                   "every run has a worst-case row)")
-    parser.add_argument("--allocations", type=lambda t: [_allocation(a) for a in t.split(",")],
-                        default=list(DEFAULT_ALLOCATIONS), help="e.g. 4x4,10x5")
-    parser.add_argument("--studies", type=int, default=4000, help="simulated studies")
-    parser.add_argument("--scale-effects", type=_scale, default=1.0,
-                        help="multiply the pilot's effects: 0.5, or mixup=0.26,cutmix=0.66")
-    parser.add_argument("--no-strong", action="store_true",
-                        help="accept worst-case rows made without APGD / AutoAttack")
-    args = parser.parse_args(argv)
-    try:
-        pilot = read_pilot(args.study, grid=args.grid, strong=not args.no_strong)
-    except runs.UsageError as err:
-        print(f"python -m robustmix.evaluations.power: {err}", file=sys.stderr)
-        return 2
-    if "vanilla" not in pilot.stats or len(pilot.stats) < 2:
-        print(f"python -m robustmix.evaluations.power: {args.study} needs vanilla and an MSDA with the "
-              "primary statistic (try --no-strong for a pilot without APGD)", file=sys.stderr)
-        return 2
-    print("\n".join(report(pilot, args.allocations, studies=args.studies,
-                           scale=args.scale_effects)))
-    return 0
+def choose(pilot: Pilot, budget: int, target: float = TARGET_POWER, *, studies: int = 2000,
+           level: float = st.LEVEL) -> Choice:
+    """The allocation within ``budget`` runs that brings the most primaries to ``target``
+    power; among those, the fewest runs, then the highest smallest power of the primaries
+    that reach it. The rule is fixed here, before any confirmatory data."""
+    k = len(pilot.stats) - 1
+    options = within(k, budget)
+    if not options:
+        raise runs.UsageError(f"a budget of {budget} runs cannot give vanilla and each of "
+                              f"the {k} MSDAs two runs ({2 + 2 * k} at least)")
+    best, key = None, None
+    for n0, n1 in options:
+        power = simulate(pilot, n0, n1, studies=studies, level=level)
+        met = [p for p in power.values() if p >= target]
+        rank = (len(met), -(n0 + k * n1), min(met, default=0.0))
+        if key is None or rank > key:
+            best, key = (n0, n1, power), rank
+    n0, n1, power = best
+    needs = {m: _needed(pilot, m, target, level) for m, p in power.items() if p < target}
+    return Choice(n0, n1, power, target, budget, needs)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _needed(pilot: Pilot, method: str, target: float, level: float) -> int | None:
+    """The runs per group (vanilla and this MSDA alike) at which the Bonferroni
+    noncentral-t power (below Holm's) reaches ``target``; None beyond 200."""
+    for n in range(2, 201):
+        if bonferroni_nct(pilot, method, n, n, level=level) >= target:
+            return n
+    return None
+
+
+def choice_lines(choice: Choice) -> list[str]:
+    """What ``robustmix power`` says of its choice, one line per primary."""
+    lines = [f"chosen: {choice.n0} vanilla and {choice.n1} runs per MSDA ({choice.runs} runs, "
+             f"budget {choice.budget}), the most primaries at power >= {choice.target:g}, "
+             "then the fewest runs"]
+    for method, p in choice.power.items():
+        if p >= choice.target:
+            lines.append(f"  {method:<12} power {p:.3f}")
+            continue
+        n = choice.needs.get(method)
+        need = f"about {n} runs per group ({n * (len(choice.power) + 1)} in a study of this " \
+               "shape)" if n else "more than 200 runs per group"
+        lines.append(f"  {method:<12} power {p:.3f}: likely inconclusive; the target needs "
+                     f"{need}")
+    return lines

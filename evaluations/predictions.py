@@ -44,7 +44,8 @@ from robustmix.evaluations.declaration import Declaration
 from robustmix.evaluations.grouping import Group
 from robustmix.evaluations.study_data import (NO_VANILLA, Runs, flag_convergence, msda,  # noqa: F401
                                     pair_text)
-from robustmix.evaluations.verdicts import COLUMNS, SECONDARY, Comparison, judge, row  # noqa: F401
+from robustmix.evaluations.verdicts import (COLUMNS, SECONDARY, Comparison, in_phase,  # noqa: F401
+                                            judge, row)
 
 CLAIMS = {
     "b": "(b) MSDA keeps more correctly classified examples standing under attack than vanilla",
@@ -81,7 +82,7 @@ def prediction_table(groups: list[Group], per_run: pd.DataFrame, robust: pd.Data
                                                             "compares an MSDA with vanilla"))
                        for k in FAMILIES]
     rows = primary.rows(data, CLAIMS["b"])
-    judged = judge(comparisons, declaration.level)
+    judged = judge(in_phase(comparisons, declaration.phase), declaration.level)
     return rows + [row(CLAIMS[j.comparison.key], j) for j in judged]
 
 

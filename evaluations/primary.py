@@ -20,7 +20,8 @@ from robustmix.evaluations import statistics as st
 from robustmix.evaluations.declaration import grid_mean
 from robustmix.evaluations.grouping import Group
 from robustmix.evaluations.study_data import flag_convergence, msda, pair_text
-from robustmix.evaluations.verdicts import EXPLORATORY, PRIMARY, Comparison, Judged, judge, row
+from robustmix.evaluations.verdicts import (EXPLORATORY, PRIMARY, Comparison, Judged, in_phase,
+                                            judge, row)
 from robustmix.core import runs
 
 FAMILY = "(b) primary"
@@ -35,15 +36,18 @@ def rows(data, prediction: str) -> list[dict[str, str]]:
     if data.robust is None:
         missing = [_absent(m, f"no run has {runs.ROBUSTNESS} (run robustmix attack)")
                    for m in data.declaration.methods or (g.method for g, _ in msda(data))]
-        return [row(prediction, j) for j in judge(missing, data.declaration.level)]
+        return [row(prediction, j) for j in judge(in_phase(missing, data.declaration.phase),
+                                                  data.declaration.level)]
     grid, note = primary_grid(data)
     primaries = [build(data, g, base, WORST, grid, note) for g, base in msda(data)]
-    judged = judge(primaries + _undeclared(data), data.declaration.level)
+    phase = data.declaration.phase
+    judged = judge(in_phase(primaries + _undeclared(data), phase), data.declaration.level)
     out = []
     shadows: list[Judged] = []
     for attack in SHADOWS:
         mine = [build(data, g, base, attack, grid, note) for g, base in msda(data)]
-        would = judge(mine + _undeclared(data, attack), data.declaration.level)
+        would = judge(in_phase(mine + _undeclared(data, attack), phase),
+                      data.declaration.level)
         _compare_decisions(judged, would, attack)
         shadows += [_as_estimate(j, attack) for j in would]
     out += [row(prediction, j) for j in judged] + [row(prediction, j) for j in shadows]
@@ -201,7 +205,7 @@ def _as_estimate(j: Judged, attack: str) -> Judged:
     """A shadow comparison shown as an estimate, its would-be decision in the note."""
     c = j.comparison
     c.role = EXPLORATORY
-    if j.test is not None:
+    if j.test is not None and j.p_adjusted is not None:   # none in a pilot: no decisions
         c.notes.append(f"under {attack} alone, with the primaries' test and Holm family, "
                        f"this would be: {j.verdict} (adjusted p {j.p_adjusted:.3g})")
     return Judged(c, j.test)

@@ -209,10 +209,25 @@ def _robustness_frame(records: list[RunRecord], group_of: dict[str, Group]
 # ---------------------------------------------------------------------- the sections, in order
 
 
+PHASES = {  # the study's phase (robustmix.app.protocol), said under the title
+    "pilot": "**Phase: pilot** (exploratory). Every comparison below is an estimate with an "
+             "unadjusted 95% interval and no verdict word: the pilot's spreads choose the "
+             "confirmatory study's seeds (`robustmix power`), so they are not findings.",
+    "confirmatory": "**Phase: confirmatory.** Everything that decides a verdict (methods, "
+                    "seeds, recipe, attack budget and grid, diagnostic rules and thresholds, "
+                    "primaries and margins) was frozen in the study's study.toml, with its "
+                    "SHA-256, before its first run trained.",
+    "confirmation": "**Phase: confirmation.** The declared study again, on seeds no earlier "
+                    "run of its folder used; confirmation.md beside the original report says "
+                    "which primaries replicated, by the declared rule.",
+}
+
+
 def title_section(ctx: ReportContext) -> None:
     d = ctx.dataset
+    phase = PHASES.get(ctx.declaration.phase)
     ctx.lines += [
-        "# robustmix report", "",
+        "# robustmix report", "", *([phase, ""] if phase else []),
         f"{len(ctx.records)} runs in {len(ctx.groups)} groups on {d.get('name')} "
         f"({d.get('channels')}×{d.get('height')}×{d.get('width')}, {d.get('n_train')} train / "
         f"{d.get('n_test')} test images). Runs that differ only in seed form a group, "

@@ -20,6 +20,7 @@ from robustmix.evaluations import statistics as st
 from robustmix.evaluations.grouping import summarize
 
 PRIMARY, SECONDARY, EXPLORATORY = "primary", "secondary", "exploratory"
+PILOT = "pilot"      # a study's exploratory phase (robustmix.app.protocol)
 COLUMNS = ["role", "family", "prediction", "comparison", "statistic", "eps", "measured",
            "test", "effect", "ci_low", "ci_high", "ci_level", "p_value", "p_adjusted",
            "correction", "verdict", "note"]
@@ -77,6 +78,15 @@ def run_test(c: Comparison) -> st.TTest | None:
             return None
         return st.paired(c.a, c.b)
     return st.welch(c.a, c.b)
+
+
+def in_phase(comparisons: list[Comparison], phase: str) -> list[Comparison]:
+    """In a pilot every comparison is an estimate (no verdict word): its numbers choose
+    the confirmatory seeds, so they must not also be read as findings."""
+    if phase == PILOT:
+        for c in comparisons:
+            c.role = EXPLORATORY
+    return comparisons
 
 
 def judge(comparisons: list[Comparison], level: float = st.LEVEL) -> list[Judged]:

@@ -57,13 +57,12 @@ def test_the_declaration_is_written_once_and_a_changed_one_refused(tmp_path):
     study.declare(config)                                  # the same again: nothing to do
     later = dataclasses.replace(config, verdicts=dataclasses.replace(
         config.verdicts, gap_margin_acc=0.02))
-    with pytest.raises(UsageError, match="declares other \\[verdicts\\]"):
+    with pytest.raises(UsageError, match="verdicts.gap_margin_acc = 0.005 there, 0.02 here"):
         study.declare(later)
-    # a study.toml written before [verdicts] existed is rewritten, not refused
-    old = to_toml(config).split("[verdicts]")[0]
-    path.write_text(old)
-    study.declare(later)
-    assert load_config(None, str(path)).verdicts == later.verdicts
+    # the training recipe and the attack budget are frozen with it
+    with pytest.raises(UsageError, match="attack.n_examples"):
+        study.declare(dataclasses.replace(config, attack=dataclasses.replace(
+            config.attack, n_examples=10)))
 
 
 def test_the_report_finds_the_declaration_of_a_studys_runs(tmp_path):

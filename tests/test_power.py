@@ -4,6 +4,7 @@ Holm's gain over Bonferroni, the flip rate, and the command on a study folder.""
 import numpy as np
 import pytest
 
+from helpers import assert_one_line_error, run_cli
 from robustmix.evaluations import power
 
 
@@ -37,6 +38,7 @@ def test_flip_rate():
 
 def test_the_command_refuses_a_folder_without_runs(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
-    assert power.main([str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "holds no finished run" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "power", tmp_path)
+    assert_one_line_error(code, err, "holds no finished run")
+    code, _, err = run_cli(capsys, "power", tmp_path, "--power", "1.5")
+    assert_one_line_error(code, err, "--power", "(0, 1)")

@@ -312,6 +312,13 @@ def _add_study(sub) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is done")
     p.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    phase = p.add_mutually_exclusive_group()
+    phase.add_argument("--pilot", action="store_true",
+                       help="the pilot: every method on the preset's pilot_seeds (or --seeds) "
+                            "in OUT/pilot, exploratory only (no verdicts); then robustmix power")
+    phase.add_argument("--confirm", action="store_true",
+                       help="the declared study in OUT again on fresh seeds (OUT/confirmation); "
+                            "writes OUT/confirmation.md: which primaries replicated")
     _add_threads(p)
     _add_study_fan_out(p)
     p.set_defaults(handler=_command("study"), parser=p)
@@ -342,6 +349,38 @@ def _add_study_fan_out(p: argparse.ArgumentParser) -> None:
                    metavar="N", help="at most N runs at once")
     g.add_argument("--slurm-extra", action="append", default=None, metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. account=myproject (repeatable)")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def _add_power(sub) -> None:
+    p = sub.add_parser("power", help="seeds by power: read a pilot, choose the runs per method",
+                       description="Read a study's pilot (OUT/pilot, after robustmix study "
+                                   "--pilot), simulate whole studies through the report's "
+                                   "test and Holm correction at the pilot's effects and seed "
+                                   "spreads, and choose the runs per method within a budget; "
+                                   "--declare freezes the confirmatory study in OUT/study.toml.")
+    p.add_argument("study", nargs="?", default="study",
+                   help="the study folder (its pilot/ is read; default: study)")
+    p.add_argument("--power", type=_fraction, default=0.8, help="target power per primary "
+                   "(default: %(default)s)")
+    p.add_argument("--budget", type=_positive_int, default=40, metavar="RUNS",
+                   help="most runs the confirmatory study may train (default: %(default)s)")
+    p.add_argument("--studies", type=_positive_int, default=2000,
+                   help="simulated studies per allocation (default: %(default)s)")
+    p.add_argument("--no-strong", action="store_true",
+                   help="accept worst-case rows made without APGD / AutoAttack")
+    p.add_argument("--declare", action="store_true",
+                   help="write OUT/study.toml: the pilot's study on fresh seeds, frozen")
+    p.set_defaults(handler=_command("power"), parser=p)
 
 
 def _add_runs(sub) -> None:
@@ -411,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_report(sub)
     _add_study(sub)
+    _add_power(sub)
     _add_masks(sub)
     _add_runs(sub)
     _add_import(sub)

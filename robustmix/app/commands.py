@@ -380,10 +380,7 @@ def _run_study(args: argparse.Namespace) -> int:
     if args.preset is not None and args.config is not None:
         raise UsageError("give --preset or --config, not both (a TOML config may set "
                          "preset = NAME to start from one)")
-    methods = None if args.methods is None else \
-        tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    config = study.load_config(args.preset, args.config).with_overrides(
-        methods=methods, seeds=args.seeds, out=args.out, device=args.device)
+    config = _study_config(args)
     if args.print_config:
         study.print_config(config)
         return 0
@@ -393,6 +390,55 @@ def _run_study(args: argparse.Namespace) -> int:
         if (code := fan_out.run(config, args)) is not None:
             return code
     study.run_study(config, dry_run=args.dry_run, progress=not args.quiet)
+    return 0
+
+
+def _study_config(args: argparse.Namespace):
+    """The study the command line names: a preset or TOML, or (neither given) the study
+    declared in OUT/study.toml where there is one; as a pilot or a confirmation."""
+    from robustmix.app import protocol, study
+
+    methods = None if args.methods is None else \
+        tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if args.confirm:
+        if methods or args.seeds or args.preset or args.config:
+            raise UsageError("--confirm reruns the declared study as it is: give only --out "
+                             "(and --device, --threads)")
+        out = Path(args.out or study.load_config(None, None).out)
+        return protocol.confirmation_config(out).with_overrides(device=args.device)
+    declared = Path(args.out or study.load_config(args.preset, args.config).out) \
+        / protocol.STUDY_FILE
+    if args.preset is None and args.config is None and not args.pilot and declared.is_file():
+        base = protocol.read_declared(declared)[0]
+    else:
+        base = study.load_config(args.preset, args.config)
+    config = base.with_overrides(methods=methods, out=args.out, device=args.device)
+    if args.pilot:
+        pilot = args.seeds or config.pilot_seeds
+        return protocol.pilot_config(dataclasses.replace(config, pilot_seeds=pilot))
+    return config.with_overrides(seeds=args.seeds)
+
+
+def _run_power(args: argparse.Namespace) -> int:
+    from robustmix.app import protocol
+    from robustmix.evaluations import power
+
+    folder = Path(args.study)
+    source = folder / protocol.PILOT if (folder / protocol.PILOT / "runs").is_dir() else folder
+    pilot = power.read_pilot(source, strong=not args.no_strong)
+    if "vanilla" not in pilot.stats or len(pilot.stats) < 2:
+        raise UsageError(f"{source} needs vanilla and an MSDA with the primary statistic "
+                         "(try --no-strong for a pilot without APGD)")
+    choice = power.choose(pilot, args.budget, args.power, studies=args.studies)
+    print("\n".join(power.report(pilot, [(choice.n0, choice.n1)], studies=args.studies,
+                                 scale=1.0)))
+    print("\n".join(power.choice_lines(choice)))
+    if args.declare:
+        if source == folder:
+            raise UsageError(f"--declare writes {folder}/study.toml from the pilot in "
+                             f"{folder}/{protocol.PILOT}, and there is none there")
+        path = protocol.declare_from_pilot(folder, choice)
+        print(f"robustmix power: declared {path}; next: robustmix study --out {folder}")
     return 0
 
 
@@ -413,6 +459,7 @@ HANDLERS = {
     "evaluate": _one_process(_run_evaluate),
     "report": _one_process(_run_report),
     "study": _one_process(_run_study),
+    "power": _one_process(_run_power),
     "masks": _one_process(_run_masks),
     "runs": _one_process(_run_runs),
     "import": _one_process(_run_import),

@@ -23,8 +23,9 @@ from typing import Callable
 
 from robustmix.attacks import DiagnosticSettings, Eps, diagnostics, transfer_run
 from robustmix.attacks.runner import attack_run, read_rows
-from robustmix.evaluations import evaluate_corruptions, evaluate_run, write_report
+from robustmix.evaluations import confirmation, evaluate_corruptions, evaluate_run, write_report
 from robustmix.app.presets import PAPER, PRESETS  # noqa: F401 (the study's presets)
+from robustmix.app.protocol import STUDY_FILE, declare  # noqa: F401 (the declaration)
 from robustmix.app.study_config import StudyConfig, load_config, to_toml  # noqa: F401
 from robustmix.core import methods, runs
 from robustmix.core.config import TrainConfig
@@ -57,7 +58,7 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
     evaluate = dataclasses.asdict(config.evaluate)
     corruptions = evaluate.pop("corruptions")   # its own step; not in generalization.json
     strong, auto = attack.config(), attack.auto()
-    checks = DiagnosticSettings() if attack.diagnostics else None
+    checks = config.diagnostics if attack.diagnostics else None
     steps: list[Step] = []
     run_dirs = []
     for variant in config.variant_names():
@@ -135,28 +136,6 @@ def _trained(run_dir: Path, config) -> bool:
             raise UsageError(f"{run_dir} was trained with other settings than this study's; "
                              "use another --out, or delete that run directory")
     return run.is_complete()
-
-
-STUDY_FILE = "study.toml"
-
-
-def declare(config: StudyConfig) -> None:
-    """Write OUT/study.toml before the first run trains: the study, its primary comparisons
-    and margins declared before any data. A study.toml whose [verdicts] differ (someone
-    changed them after the runs began) is refused: a declaration is made once."""
-    path = Path(config.out) / STUDY_FILE
-    text = to_toml(config)
-    if path.is_file():
-        before = path.read_text(encoding="utf-8")
-        if before == text:
-            return
-        if "[verdicts]" in before and \
-                load_config(None, str(path)).verdicts != config.verdicts:
-            raise UsageError(f"{path} declares other [verdicts] (primary comparisons, "
-                             "margins) than this study; they were fixed before its runs: "
-                             "use another --out, or restore them")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_text(path, text)
 
 
 def _train(run_dir: Path, config, progress: bool, study: StudyConfig) -> str:
@@ -256,6 +235,9 @@ def _report(run_dirs: list[Path], out: Path, config: StudyConfig) -> str:
         f"the study's {STUDY_FILE}, written before its first run trained"))
     if config.paper in PAPER:
         _append_paper_table(path, run_dirs, config)
+    if config.phase == "confirmation":   # OUT/confirmation: set beside the declared study
+        written = confirmation.write(out.parent, out, config.verdicts.replication)
+        return f"wrote {path} and {written}"
     return f"wrote {path}"
 
 

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from robustmix.attacks import AttackConfig, PGDSettings, parse_eps
+from robustmix.attacks import AttackConfig, DiagnosticSettings, PGDSettings, parse_eps
 from robustmix.evaluations.declaration import Declaration
 from robustmix.core import methods, runs
 from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
@@ -37,6 +37,7 @@ MIX_KEYS = tuple(f.name for f in dataclasses.fields(MixConfig)
 METHODS_ACCEPTED = (f"{', '.join(MIX_NAMES)}, registered plugins or factories' paths "
                     "(package.module:factory)")
 Options = dict[str, dict[str, Any]]   # method name -> its options
+PHASES = ("pilot", "confirmatory", "confirmation")   # README "The three phases"
 STRONG_ATTACKS = ("fgsm", "pgd", "apgd")         # every preset's attacks at every ε
 
 
@@ -146,6 +147,10 @@ class StudyConfig:
     options: Options = field(default_factory=dict)
     seeds_by_method: dict[str, tuple[int, ...]] = field(default_factory=dict)
     verdicts: Declaration = field(default_factory=Declaration)
+    # every rule and threshold of the attack-failure diagnostics, frozen with the rest
+    diagnostics: DiagnosticSettings = field(default_factory=DiagnosticSettings)
+    phase: str = "confirmatory"       # one of PHASES
+    pilot_seeds: tuple[int, ...] = (100, 101, 102)   # every method's, in the pilot
 
     def seeds_of(self, method: str) -> tuple[int, ...]:
         """The seeds of ``method`` (a name or a factory's path): its own list in
@@ -161,7 +166,8 @@ class StudyConfig:
         names = self.verdicts.methods or tuple(
             m for m in (methods.split_spec(spec)[0] for spec in self.methods) if m != "vanilla")
         return dataclasses.replace(self.verdicts, primary_eps=eps, norm=norm, methods=names,
-                                   source=source or self.verdicts.source or "the study")
+                                   source=source or self.verdicts.source or "the study",
+                                   phase=self.phase)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> "StudyConfig":
@@ -174,7 +180,7 @@ class StudyConfig:
                              f"{', '.join(sorted(top))}")
         sections = {}
         for name, plan in (("attack", AttackPlan), ("evaluate", EvaluatePlan),
-                           ("verdicts", Declaration)):
+                           ("verdicts", Declaration), ("diagnostics", DiagnosticSettings)):
             runs.check_fields(values.get(name, {}), plan, source, what=f"[{name}] settings")
             section = {k: tuple(v) if isinstance(v, list) else v
                        for k, v in values.get(name, {}).items()}
@@ -187,6 +193,8 @@ class StudyConfig:
             variants=values.get("variants", {}), description=values.get("description", ""),
             paper=values.get("paper", ""),
             seeds_by_method=_seeds_by_method(values.get("seeds_by_method", {}), source),
+            phase=values.get("phase", "confirmatory"),
+            pilot_seeds=tuple(values.get("pilot_seeds", (100, 101, 102))),
             **sections)
         return config.completed(source)
 
@@ -257,6 +265,13 @@ class StudyConfig:
         _checked(self.attack.validate, "attack", source)
         _checked(self.evaluate.validate, "evaluate", source)
         _checked(self.verdicts.validate, "verdicts", source)
+        _checked(lambda: _check_numbers(self.diagnostics), "diagnostics", source)
+        if self.phase not in PHASES:
+            raise ConfigError("phase", f"must be one of {', '.join(PHASES)}; got "
+                              f"{self.phase!r}", source=source)
+        if not self.pilot_seeds or any(not _count(s, -2**63) for s in self.pilot_seeds):
+            raise ConfigError("pilot_seeds", f"must be a non-empty list of integers; "
+                              f"got {list(self.pilot_seeds)!r}", source=source)
 
     def variant_names(self) -> list[str]:
         return list(self.variants) or [""]
@@ -281,6 +296,20 @@ class StudyConfig:
         if "seeds" in changes:
             changes.setdefault("seeds_by_method", {})
         return dataclasses.replace(self, **changes).completed("command line")
+
+
+def _check_numbers(settings) -> None:
+    """Every field of a settings record has its default's type (bool, int or float) and is
+    not negative: the diagnostics' rules and thresholds as a TOML table may give them."""
+    for f in dataclasses.fields(settings):
+        value, default = getattr(settings, f.name), f.default
+        kind = bool if isinstance(default, bool) else type(default)
+        ok = isinstance(value, bool) if kind is bool else (
+            not isinstance(value, bool) and isinstance(value, (int, float) if kind is float
+                                                       else kind) and value >= 0)
+        if not ok:
+            wanted = "true or false" if kind is bool else f"a non-negative {kind.__name__}"
+            raise ConfigError(f.name, f"must be {wanted}; got {value!r}")
 
 
 def _seeds_by_method(value: Any, source: str) -> dict[str, tuple[int, ...]]:
@@ -366,7 +395,8 @@ def load_config(preset: str | None, config_path: str | None) -> StudyConfig:
         if name not in PRESETS:
             raise UsageError(f"unknown preset '{name}'; valid: {', '.join(PRESETS)}")
         return StudyConfig.from_dict(copy.deepcopy(PRESETS[name]), source=f"preset {name}")
-    values = _read_toml(config_path)
+    values = read_toml(config_path)
+    values.pop("declaration", None)   # its hashes: robustmix.app.protocol checks them
     name = values.pop("preset", "digits")
     base = copy.deepcopy(PRESETS.get(name, PRESETS["digits"]))
     train = values.get("train")
@@ -378,7 +408,7 @@ def load_config(preset: str | None, config_path: str | None) -> StudyConfig:
     return StudyConfig.from_dict(_merge(base, values), source=config_path)
 
 
-def _read_toml(path: str) -> dict[str, Any]:
+def read_toml(path: str) -> dict[str, Any]:
     import tomllib  # standard library from Python 3.11; on 3.10 only --config needs it
 
     try:
@@ -404,9 +434,9 @@ def _merge(base: dict, override: dict) -> dict:
 
 def to_dict(config: StudyConfig) -> dict[str, Any]:
     """The study as its TOML tables hold it (None settings left out: TOML has no null)."""
-    values = {"description": config.description, "out": config.out,
+    values = {"description": config.description, "out": config.out, "phase": config.phase,
               "methods": list(config.methods), "seeds": list(config.seeds),
-              "device": config.device}
+              "pilot_seeds": list(config.pilot_seeds), "device": config.device}
     if config.paper:
         values["paper"] = config.paper
     values["train"] = {k: v for k, v in _flat(config.train).items() if v is not None}
@@ -416,7 +446,8 @@ def to_dict(config: StudyConfig) -> dict[str, Any]:
     values["evaluate"] = dataclasses.asdict(config.evaluate)
     values["seeds_by_method"] = {k: list(v) for k, v in config.seeds_by_method.items()}
     values["verdicts"] = {k: v for k, v in dataclasses.asdict(config.verdicts).items()
-                          if k != "source"}
+                          if k not in ("source", "phase")}
+    values["diagnostics"] = dataclasses.asdict(config.diagnostics)
     if config.variants:
         values["variants"] = config.variants
     return values
