@@ -38,7 +38,6 @@ class Declaration:
     - ``gap_margin_acc`` / ``gap_margin_loss``: (a)'s margin for "no effect" on the
       train−test accuracy gap (a fraction: 0.005 = 0.5 pp) and loss gap (nats).
     - ``profile_margin``: (c)'s margin for "Mixup's profile is vanilla's" on the decay D.
-    - ``own_mask_comparator``: the model (d) compares each model with on its own mask.
     - ``methods``: the MSDAs with a primary comparison; () in a study means its methods
       but vanilla, and in a report without a declaration every MSDA present. A declared
       method without runs keeps its place in the family, "not measured".
@@ -50,7 +49,6 @@ class Declaration:
     gap_margin_acc: float = 0.005
     gap_margin_loss: float = 0.01
     profile_margin: float = 0.02
-    own_mask_comparator: str = "mixup"
     methods: tuple[str, ...] = ()
     source: str = ""                       # where it was declared; "" for none
 
@@ -69,9 +67,6 @@ class Declaration:
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not 0 < value < math.inf:
                 raise ConfigError(name, f"must be a finite number > 0, got {value!r}")
-        if not isinstance(self.own_mask_comparator, str) or not self.own_mask_comparator:
-            raise ConfigError("own_mask_comparator", "must name a method (e.g. mixup), got "
-                              f"{self.own_mask_comparator!r}")
 
     @property
     def declared(self) -> bool:

@@ -135,6 +135,40 @@ def paired(a: Sequence[float], b: Sequence[float]) -> TTest:
     return TTest(float(d.mean()), se, float(d.size - 1), PAIRED, d.size, d.size)
 
 
+def tost_interval(test: TTest, alpha: float) -> tuple[float, float]:
+    """The TOST interval at ``alpha``: the two-sided 1 − 2α interval. It lies inside
+    (−m, m) exactly where TOST rejects |difference| ≥ m at ``alpha``, and wholly beyond
+    [−m, m] exactly where :func:`p_beyond_margin` rejects |difference| ≤ m at ``alpha``."""
+    return test.interval(1 - 2 * alpha)
+
+
+def p_beyond_margin(test: TTest, margin: float) -> float:
+    """p of "|difference| ≤ margin" against "|difference| > margin": the smaller of the
+    one-sided p-values of difference > margin and of difference < −margin.
+
+    Size: the two rejection regions are disjoint, and at |difference| = margin the near
+    one has probability exactly α (the t statistic about the margin is t_df), the far one
+    P(T_df < −t_(1−α) − 2·margin/SE). So the size is α plus a term that vanishes as the
+    margin grows in standard errors, and never above 2α (at margin = 1 SE, df = 5,
+    α = 0.05: about 0.055)."""
+    if test.se == 0:
+        return 0.0 if abs(test.effect) > margin else 1.0
+    above = stats.t.sf((test.effect - margin) / test.se, test.df)
+    below = stats.t.cdf((test.effect + margin) / test.se, test.df)
+    return float(min(above, below))
+
+
+def union_p(tests: Sequence[TTest], claim: str) -> float:
+    """The intersection–union test of "a is below (``claim`` "lower") or above ("higher")
+    every rival": the largest of the pairwise two-sided p-values, 1 where any pairwise
+    effect has the wrong sign (or is 0). It rejects at α only where every pairwise test
+    does, so its size is at most α with no correction for the number of rivals."""
+    if not tests:
+        return 1.0
+    right = [t.effect < 0 if claim == "lower" else t.effect > 0 for t in tests]
+    return 1.0 if not all(right) else max(t.p_value() for t in tests)
+
+
 # ---------------------------------------------------------------------- Holm's procedure
 
 

@@ -37,6 +37,9 @@ MIX_KEYS = tuple(f.name for f in dataclasses.fields(MixConfig)
 METHODS_ACCEPTED = (f"{', '.join(MIX_NAMES)}, registered plugins or factories' paths "
                     "(package.module:factory)")
 Options = dict[str, dict[str, Any]]   # method name -> its options
+# [verdicts] keys of older study.toml files that no rule reads any more (own_mask_comparator:
+# (d) now compares each model with every other), dropped so those studies still load
+RETIRED = ("own_mask_comparator",)
 STRONG_ATTACKS = ("fgsm", "pgd", "apgd")         # every preset's attacks at every ε
 
 
@@ -175,6 +178,8 @@ class StudyConfig:
         sections = {}
         for name, plan in (("attack", AttackPlan), ("evaluate", EvaluatePlan),
                            ("verdicts", Declaration)):
+            if isinstance(values.get(name), dict):   # keys older study.toml files declare
+                values[name] = {k: v for k, v in values[name].items() if k not in RETIRED}
             runs.check_fields(values.get(name, {}), plan, source, what=f"[{name}] settings")
             section = {k: tuple(v) if isinstance(v, list) else v
                        for k, v in values.get(name, {}).items()}
