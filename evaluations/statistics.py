@@ -1,7 +1,7 @@
 """The statistics behind every verdict of a report: the tests, the correction, the words.
 
 A comparison sets the per-run values of one group (an MSDA, one value per seed) against
-those of another (vanilla, or a comparator declared in advance), on one statistic. The
+those of another (vanilla, or another model of its family), on one statistic. The
 unit of replication is the training run: every run of a group is the same recipe with
 another seed, and every run is measured on the same test examples, so seed-to-seed spread
 is the noise a verdict must beat.
@@ -17,15 +17,20 @@ is the noise a verdict must beat.
   error ≤ ``LEVEL``); each prediction is its own family, so real effects in one never
   loosen another. Holm is written here because scipy has no family-wise step-down (its
   ``false_discovery_control`` is Benjamini–Hochberg / –Yekutieli).
-- **Intervals that agree with the correction.** Holm's hypotheses are tested at step
-  levels α/m, α/(m−1), ...; each rejected hypothesis gets the two-sided interval at the
-  level of its own step, and every retained one the interval at the level of the step
-  where the procedure stopped. A rejected comparison's interval then excludes 0 and a
-  retained one's includes it (the t-test and its interval are dual).
+- **Intervals named for what they cover** (:mod:`robustmix.evaluations.verdicts`). Holm's
+  hypotheses are tested at step levels α/m, α/(m−1), ...; a secondary's "Holm-step
+  interval" is the two-sided interval at the level of its own step (rejected) or of the
+  step where the procedure stopped (retained), so a rejected comparison's excludes 0 and a
+  retained one's includes it (the t-test and its interval are dual). The primaries' are
+  simultaneous: Bonferroni at 1 − α/K each (joint coverage ≥ 1 − α). An equivalence
+  verdict's is the TOST interval (1 − 2α).
 - **Verdicts.** "holds" / "does not hold" where the difference is rejected (by the sign of
   the effect), "no effect within ±margin" where the equivalence is rejected, else
-  "inconclusive". A comparison whose premise is absent is not tested and says why; it
-  still counts in its family (as a retained hypothesis), whose size is fixed by the design.
+  "inconclusive"; a claim of equivalence holds where TOST rejects and does not hold only
+  where |difference| ≤ margin is rejected (:func:`p_beyond_margin`). "Below every rival"
+  is an intersection–union test (:func:`union_p`). A comparison whose premise is absent is
+  not tested and says why; it still counts in its family (as a retained hypothesis), whose
+  size is fixed by the design.
 """
 
 from __future__ import annotations

@@ -66,6 +66,19 @@ def test_the_declaration_is_written_once_and_a_changed_one_refused(tmp_path):
     assert load_config(None, str(path)).verdicts == later.verdicts
 
 
+def test_a_study_that_declared_the_retired_own_mask_comparator_still_loads(tmp_path):
+    """(d) compares each model with every other model now; the comparator a study.toml of
+    before declared is read past, and the study declares the same verdicts as before."""
+    config = dataclasses.replace(load_config("digits", None), out=str(tmp_path / "s"))
+    path = tmp_path / "s" / study.STUDY_FILE
+    path.parent.mkdir()
+    path.write_text(to_toml(config).replace("[verdicts]\n",
+                                            '[verdicts]\nown_mask_comparator = "mixup"\n'))
+    assert load_config(None, str(path)).verdicts == config.verdicts
+    study.declare(config)
+    assert "own_mask_comparator" not in path.read_text()
+
+
 def test_the_report_finds_the_declaration_of_a_studys_runs(tmp_path):
     config = dataclasses.replace(load_config("digits", None), out=str(tmp_path / "s"))
     study.declare(config)
