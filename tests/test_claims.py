@@ -138,3 +138,28 @@ def test_a_holm_rejection_at_a_later_step_names_its_interval():
     assert float(rows[1]["ci_low"]) < 0 < float(rows[1]["ci_high"])
     assert "yet the simultaneous interval includes 0" in rows[1]["note"]
     assert "simultaneous interval" not in rows[0]["note"]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_gap_no_effect_path_prints_its_tost_interval_and_agrees_with_it(seed):
+    """(a): "lower" with a margin. A rejected difference decides by its sign; otherwise
+    "no effect" exactly where the printed TOST interval lies inside the margin."""
+    rng = np.random.default_rng(seed)
+    shift, sd = rng.uniform(-0.03, 0.03), rng.uniform(0.002, 0.02)
+    c = Comparison("a", "secondary", "(a)", "m vs vanilla", "gap",
+                   list(shift + sd * rng.normal(size=4)), list(sd * rng.normal(size=6)),
+                   "lower", margin=MARGIN)
+    j, = judge([c])
+    r = row("claim", j)
+    low, high = float(r["ci_low"]), float(r["ci_high"])
+    if r["verdict"] in (st.HOLDS, st.FAILS):    # the difference rejected: its sign decides
+        assert r["verdict"] == (st.HOLDS if j.test.effect < 0 else st.FAILS)
+        assert float(r["p_adjusted"]) <= st.LEVEL
+        assert r["ci_level"].startswith("Holm-step interval") and (high < 0 or low > 0)
+    elif r["verdict"] == st.EQUIVALENT:
+        assert r["ci_level"].startswith("TOST interval") and -MARGIN < low < high < MARGIN
+        assert float(r["p_value"]) == pytest.approx(j.test.p_equivalence(MARGIN), rel=1e-3)
+    else:
+        assert r["verdict"] == st.INCONCLUSIVE and low <= 0 <= high
+        assert not (-MARGIN < st.tost_interval(j.test, j.step_level)[0]
+                    and st.tost_interval(j.test, j.step_level)[1] < MARGIN)
