@@ -42,7 +42,6 @@ class Declaration:
     - ``gap_margin_acc`` / ``gap_margin_loss``: (a)'s margin for "no effect" on the
       train−test accuracy gap (a fraction: 0.005 = 0.5 pp) and loss gap (nats).
     - ``profile_margin``: (c)'s margin for "Mixup's profile is vanilla's" on the decay D.
-    - ``own_mask_comparator``: the model (d) compares each model with on its own mask.
     - ``replication``: what a confirmation on fresh seeds counts as replicated
       (``REPLICATION``).
     - ``methods``: the MSDAs with a primary comparison; () in a study means its methods
@@ -56,7 +55,6 @@ class Declaration:
     gap_margin_acc: float = 0.005
     gap_margin_loss: float = 0.01
     profile_margin: float = 0.02
-    own_mask_comparator: str = "mixup"
     methods: tuple[str, ...] = ()
     replication: str = "same-verdict-beyond-bound"
     source: str = ""                       # where it was declared; "" for none
@@ -80,9 +78,6 @@ class Declaration:
         if self.replication not in REPLICATION:
             raise ConfigError("replication", f"must be one of {', '.join(REPLICATION)}, "
                               f"got {self.replication!r}")
-        if not isinstance(self.own_mask_comparator, str) or not self.own_mask_comparator:
-            raise ConfigError("own_mask_comparator", "must name a method (e.g. mixup), got "
-                              f"{self.own_mask_comparator!r}")
 
     @property
     def declared(self) -> bool:

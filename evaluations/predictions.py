@@ -15,8 +15,12 @@ same family (runs equal but for their MSDA) on one per-run statistic, and is jud
   (c) profile: CutMix's decay D is above Mixup's and vanilla's (flatter profile), and
       Mixup's D equals vanilla's within the declared margin (TOST), the other half of
       the claim; a difference there is reported as against the claim.
-  (d) own mask: on mask A, Q_A / Q_ref of the model trained with A is below that of the
-      comparator model declared in advance (Mixup by default); paired by seed.
+  (d) own mask: on mask A, Q_A / Q_ref of the model trained with A is below that of every
+      other model of its family (vanilla and every other MSDA, Mixup included); paired by
+      seed, an intersection–union test: every pairwise difference negative and
+      significant, p the largest pairwise p (no cost in multiplicity); the effect and
+      interval printed are those against the decisive (largest-p) rival. Where A's model
+      is not the lowest point estimate, (d) cannot hold.
   (e) regularizer: Q_A / Q_ref of the model trained with A is below vanilla's; paired.
   corruption accuracy (higher than vanilla's) and calibration (ECE lower than vanilla's).
 - **exploratory**: every (b) cell per ε and attack, and the primary statistic under FGSM
@@ -34,6 +38,7 @@ that imprint, so (d) and (e) pair by seed; the robustness statistics are not pai
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import pandas as pd
@@ -44,8 +49,8 @@ from robustmix.evaluations.declaration import Declaration
 from robustmix.evaluations.grouping import Group
 from robustmix.evaluations.study_data import (NO_VANILLA, Runs, flag_convergence, msda,  # noqa: F401
                                     pair_text)
-from robustmix.evaluations.verdicts import (COLUMNS, SECONDARY, Comparison, in_phase,  # noqa: F401
-                                            judge, row)
+from robustmix.evaluations.verdicts import (  # noqa: F401
+    COLUMNS, SECONDARY, Comparison, in_phase, judge, row, run_test)
 
 CLAIMS = {
     "b": "(b) MSDA keeps more correctly classified examples standing under attack than vanilla",
@@ -61,6 +66,7 @@ FAMILIES = {"a": "(a) gap", "c": "(c) profile", "d": "(d) own mask", "e": "(e) r
             "corruption": "corruption accuracy", "calibration": "calibration (ECE)"}
 GAPS = (("gap_acc", "clean accuracy gap train - test (pp)", 100.0, "gap_margin_acc"),
         ("gap_loss", "clean loss gap test - train (nats)", 1.0, "gap_margin_loss"))
+UNION = "intersection-union of paired t-tests over seeds: the largest two-sided p"
 MIXUP_Q = ("not testable: Q_mixup / Q_ref = E[(1 - lam)^2] for every model (Mixup's mask "
            "is the same everywhere), so no model can be special on it")
 
@@ -92,13 +98,15 @@ def compare(data: Runs, key: str, ga: Group, gb: Group, statistic: str, metric: 
     """A secondary comparison of ``ga`` with ``gb`` on ``metric``, unconverged runs
     flagged and runs not judged for convergence named."""
     a, b = data.by_seed(ga, metric), data.by_seed(gb, metric)
+    if paired:   # the seeds both have, with a value on both sides: what the test uses
+        common = sorted(s for s in set(a) & set(b)
+                        if math.isfinite(a[s]) and math.isfinite(b[s]))
+        a, b = {s: a[s] for s in common}, {s: b[s] for s in common}
     c = Comparison(key, SECONDARY, FAMILIES[key], comparison or f"{ga.name} vs {gb.name}",
                    statistic, list(a.values()), list(b.values()), claim,
                    measured=pair_text(ga, list(a.values()), gb, list(b.values()), scale),
                    scale=scale, margin=margin, paired=paired)
     if paired:
-        common = sorted(set(a) & set(b))
-        c.a, c.b = [a[s] for s in common], [b[s] for s in common]
         c.notes.append(f"paired over seeds {','.join(map(str, common))}")
     flag_convergence(data, c, ga, gb)
     return c
@@ -146,22 +154,47 @@ def profile(data: Runs) -> Iterator[Comparison]:
 
 # (d)
 def own_mask(data: Runs) -> Iterator[Comparison]:
-    comparator = data.declaration.own_mask_comparator
     for group, _ in msda(data):
         mask = group.method
-        comparison = f"{group.name} vs {comparator} model on the {mask} mask"
+        comparison = f"{group.name} vs every other model on the {mask} mask"
         if mask == "mixup":
             yield missing("d", comparison, MIXUP_Q, counted=False)
             continue
-        if mask == comparator:
+        rivals = [g for g in data.groups if g.family == group.family and g is not group]
+        if not rivals:
+            yield missing("d", comparison, "no other model with the same settings")
             continue
-        rival = data.of_method(group.family, comparator)
-        if rival is None:
-            yield missing("d", comparison, f"no run of the declared comparator {comparator} "
-                                           "with the same settings")
-            continue
-        yield compare(data, "d", group, rival, f"Q_{mask} / Q_ref", f"q_relative.{mask}",
-                      "lower", paired=True, comparison=comparison)
+        yield lowest(data, group, rivals, comparison)
+
+
+def lowest(data: Runs, group: Group, rivals: list[Group], comparison: str) -> Comparison:
+    """(d) for one model: Q_A / Q_ref below every rival's, as one intersection–union test
+    of the paired t-tests; shown as the comparison with the decisive (largest-p) rival.
+    A rival that cannot be tested leaves the claim untested (its premise says why)."""
+    mask = group.method
+    pairs = [compare(data, "d", group, rival, f"Q_{mask} / Q_ref", f"q_relative.{mask}",
+                     "lower", paired=True, comparison=comparison) for rival in rivals]
+    tests = [run_test(c) for c in pairs]
+    names = ", ".join(r.name for r in rivals)
+    for rival, c, test in zip(rivals, pairs, tests):
+        if test is None:
+            c.notes.append(f"against every other model ({names}): {rival.name} could not be "
+                           "compared, so the claim is not tested")
+            return c
+    own = [t.p_value() if t.effect < 0 else 1.0 for t in tests]
+    k = max(range(len(tests)), key=lambda i: (own[i], tests[i].effect))
+    decisive = pairs[k]
+    decisive.p, decisive.test_name = st.union_p(tests, "lower"), UNION
+    pairwise = ", ".join(f"{r.name} {t.effect:+.3g} (p {t.p_value():.3g})"
+                         for r, t in zip(rivals, tests))
+    decisive.notes.append(f"against every other model, paired differences: {pairwise}; "
+                          f"decisive rival {rivals[k].name} (the effect and interval shown)")
+    below = [f"{r.name} (paired p {t.p_value():.3g})" for r, t in zip(rivals, tests)
+             if t.effect >= 0]
+    if below:
+        decisive.notes.append(f"not the lowest on its own mask: {', '.join(below)} at or "
+                              "below it, so the claim cannot hold")
+    return decisive
 
 
 # (e)

@@ -1,7 +1,7 @@
 """The statistics behind every verdict of a report: the tests, the correction, the words.
 
 A comparison sets the per-run values of one group (an MSDA, one value per seed) against
-those of another (vanilla, or a comparator declared in advance), on one statistic. The
+those of another (vanilla, or another model of its family), on one statistic. The
 unit of replication is the training run: every run of a group is the same recipe with
 another seed, and every run is measured on the same test examples, so seed-to-seed spread
 is the noise a verdict must beat.
@@ -17,15 +17,20 @@ is the noise a verdict must beat.
   error ≤ ``LEVEL``); each prediction is its own family, so real effects in one never
   loosen another. Holm is written here because scipy has no family-wise step-down (its
   ``false_discovery_control`` is Benjamini–Hochberg / –Yekutieli).
-- **Intervals that agree with the correction.** Holm's hypotheses are tested at step
-  levels α/m, α/(m−1), ...; each rejected hypothesis gets the two-sided interval at the
-  level of its own step, and every retained one the interval at the level of the step
-  where the procedure stopped. A rejected comparison's interval then excludes 0 and a
-  retained one's includes it (the t-test and its interval are dual).
+- **Intervals named for what they cover** (:mod:`robustmix.evaluations.verdicts`). Holm's
+  hypotheses are tested at step levels α/m, α/(m−1), ...; a secondary's "Holm-step
+  interval" is the two-sided interval at the level of its own step (rejected) or of the
+  step where the procedure stopped (retained), so a rejected comparison's excludes 0 and a
+  retained one's includes it (the t-test and its interval are dual). The primaries' are
+  simultaneous: Bonferroni at 1 − α/K each (joint coverage ≥ 1 − α). An equivalence
+  verdict's is the TOST interval (1 − 2α).
 - **Verdicts.** "holds" / "does not hold" where the difference is rejected (by the sign of
   the effect), "no effect within ±margin" where the equivalence is rejected, else
-  "inconclusive". A comparison whose premise is absent is not tested and says why; it
-  still counts in its family (as a retained hypothesis), whose size is fixed by the design.
+  "inconclusive"; a claim of equivalence holds where TOST rejects and does not hold only
+  where |difference| ≤ margin is rejected (:func:`p_beyond_margin`). "Below every rival"
+  is an intersection–union test (:func:`union_p`). A comparison whose premise is absent is
+  not tested and says why; it still counts in its family (as a retained hypothesis), whose
+  size is fixed by the design.
 """
 
 from __future__ import annotations
@@ -133,6 +138,40 @@ def paired(a: Sequence[float], b: Sequence[float]) -> TTest:
     d = x - y   # scipy.stats.ttest_rel(x, y) written out (a test holds them equal)
     se = float(d.std(ddof=1) / math.sqrt(d.size))
     return TTest(float(d.mean()), se, float(d.size - 1), PAIRED, d.size, d.size)
+
+
+def tost_interval(test: TTest, alpha: float) -> tuple[float, float]:
+    """The TOST interval at ``alpha``: the two-sided 1 − 2α interval. It lies inside
+    (−m, m) exactly where TOST rejects |difference| ≥ m at ``alpha``, and wholly beyond
+    [−m, m] exactly where :func:`p_beyond_margin` rejects |difference| ≤ m at ``alpha``."""
+    return test.interval(1 - 2 * alpha)
+
+
+def p_beyond_margin(test: TTest, margin: float) -> float:
+    """p of "|difference| ≤ margin" against "|difference| > margin": the smaller of the
+    one-sided p-values of difference > margin and of difference < −margin.
+
+    Size: the two rejection regions are disjoint, and at |difference| = margin the near
+    one has probability exactly α (the t statistic about the margin is t_df), the far one
+    P(T_df < −t_(1−α) − 2·margin/SE). So the size is α plus a term that vanishes as the
+    margin grows in standard errors, and never above 2α (at margin = 1 SE, df = 5,
+    α = 0.05: about 0.055)."""
+    if test.se == 0:
+        return 0.0 if abs(test.effect) > margin else 1.0
+    above = stats.t.sf((test.effect - margin) / test.se, test.df)
+    below = stats.t.cdf((test.effect + margin) / test.se, test.df)
+    return float(min(above, below))
+
+
+def union_p(tests: Sequence[TTest], claim: str) -> float:
+    """The intersection–union test of "a is below (``claim`` "lower") or above ("higher")
+    every rival": the largest of the pairwise two-sided p-values, 1 where any pairwise
+    effect has the wrong sign (or is 0). It rejects at α only where every pairwise test
+    does, so its size is at most α with no correction for the number of rivals."""
+    if not tests:
+        return 1.0
+    right = [t.effect < 0 if claim == "lower" else t.effect > 0 for t in tests]
+    return 1.0 if not all(right) else max(t.p_value() for t in tests)
 
 
 # ---------------------------------------------------------------------- Holm's procedure

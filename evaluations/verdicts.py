@@ -1,14 +1,21 @@
 """Judging comparisons family by family: the test of each, Holm within each family, the
-verdict and an interval that agrees with it.
+verdict and an interval named for what it covers.
 
 A :class:`Comparison` carries its role (primary, secondary or exploratory), its family and
 its claim: "lower" or "higher" (a − b < 0 or > 0), or "equivalent" (|a − b| < margin).
-Within a confirmatory family every comparison contributes its hypotheses: "no
-difference" for every claim, and with a margin "|difference| ≥ margin" (TOST) too. Holm
-runs over all of them at the declared level; the family's size is fixed by the design, so
-a comparison that cannot be tested (no value, one seed, an unconverged run, a suspected
-attack failure) counts as a retained hypothesis. Exploratory comparisons are estimates:
-the effect with an unadjusted 95% interval, labelled so, and no verdict word.
+Within a confirmatory family every comparison contributes its hypotheses: for "lower" /
+"higher" "no difference", and with a margin "|difference| ≥ margin" (TOST) too; for
+"equivalent" the TOST hypothesis and "|difference| ≤ margin" (its refutation: the
+difference lies beyond the margin). Holm runs over all of them at the declared level; the
+family's size is fixed by the design, so a comparison that cannot be tested (no value, one
+seed, an unconverged run, a suspected attack failure) counts as a retained hypothesis.
+A comparison may carry its own p (an intersection–union test over several rivals, (d)).
+
+Intervals: a primary's is simultaneous (Bonferroni, 1 − level/K each over the K primaries
+of its family: joint coverage ≥ 1 − level), while the decision stays Holm's; a secondary's
+is the interval at its Holm step's level (a "Holm-step interval"); an equivalence verdict
+prints the TOST interval (1 − 2α, α its Holm step level). Exploratory comparisons are
+estimates: the effect with an unadjusted 95% interval, labelled so, and no verdict word.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ class Comparison:
     premise: tuple[str, str] | None = None   # (verdict, why) of a comparison not tested
     notes: list[str] = field(default_factory=list)
     counted: bool = True           # False: not testable by design, outside the family
+    p: float | None = None         # its own p (an intersection–union test), else the t-test's
+    test_name: str = ""            # the name of that test, else the t-test's
 
 
 @dataclass
@@ -58,6 +67,9 @@ class Judged:
     step_level: float | None = None
     correction: str = ""
     notes: list[str] = field(default_factory=list)
+    decisive: str = "difference"   # the hypothesis whose p, level and interval are printed
+    simultaneous: int = 0          # a primary: the K of its Bonferroni intervals
+    level: float = st.LEVEL
 
 
 def run_test(c: Comparison) -> st.TTest | None:
@@ -102,14 +114,20 @@ def judge(comparisons: list[Comparison], level: float = st.LEVEL) -> list[Judged
 
 
 def hypotheses(j: Judged) -> list[tuple[str, float]]:
-    """(kind, p) of a comparison: the difference, and the equivalence where it has a
-    margin; p = 1 (retained) where it could not be tested."""
+    """(kind, p) of a comparison: "difference" (its own p where it has one) and, with a
+    margin, "equivalence" (TOST); for an equivalence claim "equivalence" and "beyond"
+    (|difference| ≤ margin refuted). p = 1 (retained) where it could not be tested."""
     c, test = j.comparison, j.test
-    kinds = ["difference"] + (["equivalence"] if c.margin is not None else [])
+    if c.claim == "equivalent":
+        kinds = ["equivalence", "beyond"]
+    else:
+        kinds = ["difference"] + (["equivalence"] if c.margin is not None else [])
     if test is None:
         return [(kind, 1.0) for kind in kinds]
-    return [(kind, test.p_value() if kind == "difference" else test.p_equivalence(c.margin))
-            for kind in kinds]
+    p = {"difference": lambda: test.p_value() if c.p is None else c.p,
+         "equivalence": lambda: test.p_equivalence(c.margin),
+         "beyond": lambda: st.p_beyond_margin(test, c.margin)}
+    return [(kind, p[kind]()) for kind in kinds]
 
 
 def _judge_family(members: list[Judged], level: float) -> None:
@@ -127,32 +145,56 @@ def _judge_family(members: list[Judged], level: float) -> None:
                                                       result.adjusted, result.step_level):
         by.setdefault(id(j), {})[kind] = (rejected, adjusted, step)
     for j in members:
-        j.correction = correction
+        j.correction, j.level = correction, level
+        j.simultaneous = len(entries) if j.comparison.role == PRIMARY else 0
         outcome = by[id(j)]
-        j.p_adjusted, j.step_level = outcome["difference"][1], outcome["difference"][2]
         if j.test is None:
             j.verdict = j.comparison.premise[0] if j.comparison.premise else st.NOT_MEASURED
-            continue
-        j.verdict = _verdict(j, outcome)
+        else:
+            j.verdict = _verdict(j, outcome)
+        j.decisive = j.decisive if j.decisive in outcome else next(iter(outcome))
+        j.p_adjusted, j.step_level = outcome[j.decisive][1], outcome[j.decisive][2]
 
 
 def _verdict(j: Judged, outcome: dict[str, tuple[bool, float, float]]) -> str:
     c, test = j.comparison, j.test
-    differs = outcome["difference"][0]
-    equivalent = "equivalence" in outcome and outcome["equivalence"][0]
-    if "equivalence" in outcome:
-        j.notes.append(f"TOST of |difference| ≥ {_g(c.margin * c.scale)}: p = "
-                       f"{_g(test.p_equivalence(c.margin))}, Holm-adjusted "
-                       f"{_g(outcome['equivalence'][1])}")
     if c.claim == "equivalent":
-        if equivalent:
-            if differs:
-                j.notes.append("the difference is not 0, but lies within the margin")
-            return st.HOLDS
-        return st.FAILS if differs else st.INCONCLUSIVE
-    if differs:
+        return _equivalence(j, outcome)
+    if "equivalence" in outcome:
+        j.notes.append(_tost_note(j, outcome))
+    if outcome["difference"][0]:
         return st.decide(test.effect, True, c.claim)
-    return st.EQUIVALENT if equivalent else st.INCONCLUSIVE
+    if "equivalence" in outcome and outcome["equivalence"][0]:
+        j.decisive = "equivalence"
+        return st.EQUIVALENT
+    return st.INCONCLUSIVE
+
+
+def _equivalence(j: Judged, outcome: dict[str, tuple[bool, float, float]]) -> str:
+    """"holds" where TOST rejects |d| ≥ m (the TOST interval inside (−m, m)), "does not
+    hold" where |d| ≤ m is rejected (the interval wholly beyond [−m, m]), else
+    "inconclusive"."""
+    c, test = j.comparison, j.test
+    margin = _g(c.margin * c.scale)
+    j.notes += [_tost_note(j, outcome),
+                f"test of |difference| ≤ {margin} (refuted only beyond the margin): p = "
+                f"{_g(st.p_beyond_margin(test, c.margin))}, Holm-adjusted "
+                f"{_g(outcome['beyond'][1])}"]
+    if outcome["equivalence"][0]:
+        j.decisive = "equivalence"
+        return st.HOLDS
+    if outcome["beyond"][0]:
+        j.decisive = "beyond"
+        return st.FAILS
+    j.decisive = "equivalence"
+    return st.INCONCLUSIVE
+
+
+def _tost_note(j: Judged, outcome: dict[str, tuple[bool, float, float]]) -> str:
+    c = j.comparison
+    return (f"TOST of |difference| ≥ {_g(c.margin * c.scale)}: p = "
+            f"{_g(j.test.p_equivalence(c.margin))}, Holm-adjusted "
+            f"{_g(outcome['equivalence'][1])}")
 
 
 def row(prediction: str, j: Judged) -> dict[str, str]:
@@ -169,21 +211,47 @@ def row(prediction: str, j: Judged) -> dict[str, str]:
         if c.role == EXPLORATORY and c.premise:
             why = f"{c.premise[0]}: {why}"
         out["note"] = "; ".join([n for n in (why, *notes) if n])
-        if c.role != EXPLORATORY:
-            out["p_adjusted"] = ""
         return out
-    confidence = st.CONFIDENCE if c.role == EXPLORATORY else 1 - j.step_level
-    low, high = test.interval(confidence)
-    out.update(test=test.test, effect=_g(test.effect * c.scale), ci_low=_g(low * c.scale),
-               ci_high=_g(high * c.scale))
-    if c.role == EXPLORATORY:
-        out["ci_level"] = UNADJUSTED
-    else:
-        out.update(ci_level=f"{confidence:.4g} (Holm step level)", p_value=_g(test.p_value()),
-                   p_adjusted=_g(j.p_adjusted), verdict=j.verdict)
+    (low, high), label, extra = interval(j)
+    out.update(test=c.test_name or test.test, effect=_g(test.effect * c.scale),
+               ci_low=_g(low * c.scale), ci_high=_g(high * c.scale), ci_level=label)
+    if c.role != EXPLORATORY:
+        out.update(p_value=_g(_raw_p(j)), p_adjusted=_g(j.p_adjusted), verdict=j.verdict)
     df = f"df = {test.df:.3g}" if math.isfinite(test.df) else "no spread"
-    out["note"] = "; ".join([df, *notes, *j.notes])
+    out["note"] = "; ".join([df, *notes, *j.notes, *extra])
     return out
+
+
+def interval(j: Judged) -> tuple[tuple[float, float], str, list[str]]:
+    """The printed interval of a tested comparison, its label, and a note where a primary's
+    Holm decision and its simultaneous interval disagree about 0."""
+    test = j.test
+    if j.comparison.role == EXPLORATORY:
+        return test.interval(st.CONFIDENCE), UNADJUSTED, []
+    if j.decisive in ("equivalence", "beyond"):
+        alpha = j.step_level
+        return (st.tost_interval(test, alpha),
+                f"TOST interval, 1−2α = {1 - 2 * alpha:.4g} (α: Holm step level)", [])
+    if j.simultaneous:
+        k = j.simultaneous
+        low, high = test.interval(1 - j.level / k)
+        label = f"simultaneous {1 - j.level:.0%} (Bonferroni over {k})"
+        rejected = j.p_adjusted is not None and j.p_adjusted <= j.level
+        extra = [f"rejected by Holm (step level {j.step_level:.4g}), yet the simultaneous "
+                 "interval includes 0 (Holm's later steps test at a laxer level than "
+                 "Bonferroni's)"] if rejected and low <= 0 <= high else []
+        return (low, high), label, extra
+    confidence = 1 - j.step_level
+    return test.interval(confidence), f"Holm-step interval (level {confidence:.4g})", []
+
+
+def _raw_p(j: Judged) -> float:
+    c, test = j.comparison, j.test
+    if j.decisive == "equivalence":
+        return test.p_equivalence(c.margin)
+    if j.decisive == "beyond":
+        return st.p_beyond_margin(test, c.margin)
+    return test.p_value() if c.p is None else c.p
 
 
 def _g(value: float | None) -> str:

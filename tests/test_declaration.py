@@ -8,7 +8,7 @@ import pytest
 
 from robustmix.app import study
 from robustmix.app.commands import _study_declaration
-from robustmix.app.study_config import load_config, to_toml
+from robustmix.app.study_config import load_config
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.evaluations.declaration import Declaration
 

@@ -12,7 +12,7 @@ import torch
 import synthetic_study as ss
 from robustmix.evaluations import statistics as st
 from robustmix.evaluations.declaration import Declaration, grid_mean
-from robustmix.evaluations.predictions import MIXUP_Q, prediction_table
+from robustmix.evaluations.predictions import MIXUP_Q, UNION, prediction_table
 from robustmix.evaluations.primary import run_values
 from robustmix.evaluations.regularizer import regularizer_table
 from robustmix.evaluations.study_data import Runs
@@ -153,17 +153,58 @@ def test_own_mask_and_regularizer_pair_by_seed_and_leave_mixup_out():
     effects = ss.Effects(secondary={"cutmix": {"q_relative.cutmix": -2.0}})
     groups, per_run, robust = _study(effects=effects, n=(6, 6))
     rows = _rows(groups, per_run, robust)
-    for family in ("(d) own mask", "(e) regularizer"):
+    for family, test in (("(d) own mask", UNION), ("(e) regularizer", st.PAIRED)):
         mine = _by(rows, family)
         mixup = next(r for c, r in mine.items() if c.startswith("mixup"))
         assert mixup["verdict"] == st.NOT_TESTABLE and mixup["note"] == MIXUP_Q
         tested = [r for r in mine.values() if r["test"]]
-        assert len(tested) == 5 and all(r["test"] == st.PAIRED for r in tested)
+        assert len(tested) == 5 and all(r["test"] == test for r in tested)
         assert all(r["correction"] == "Holm over 5 hypotheses, family-wise 0.05"
                    for r in tested)
         assert "paired over seeds 0,1,2,3,4,5" in tested[0]["note"]
     cutmix = _by(rows, "(e) regularizer")["cutmix vs vanilla on the cutmix mask"]
     assert cutmix["verdict"] == st.HOLDS
+
+
+def _own_mask(effects, seed=0, n=(6, 4)):
+    groups, per_run, robust = _study(seed, ss.Effects(secondary=effects), n)
+    rows = _by(_rows(groups, per_run, robust), "(d) own mask")
+    return rows["cutmix vs every other model on the cutmix mask"], per_run
+
+
+def test_own_mask_second_lowest_never_holds():
+    """The CutMix model far below vanilla and four MSDAs on the CutMix mask, but the HMix
+    model lower still: (d) cannot hold for CutMix, and its note names HMix."""
+    for seed in range(10):
+        cutmix, _ = _own_mask({"cutmix": {"q_relative.cutmix": -8.0},
+                               "hmix": {"q_relative.cutmix": -10.0}}, seed)
+        assert cutmix["verdict"] == st.INCONCLUSIVE and cutmix["p_value"] == "1"
+        assert "not the lowest on its own mask: hmix (paired p" in cutmix["note"]
+        assert "decisive rival hmix" in cutmix["note"]
+        assert cutmix["measured"].startswith("cutmix ") and " vs hmix " in cutmix["measured"]
+
+
+def test_own_mask_clearly_lowest_holds_and_its_p_is_the_largest_pairwise_p():
+    cutmix, per_run = _own_mask({"cutmix": {"q_relative.cutmix": -8.0},
+                                 "gmix": {"q_relative.cutmix": -4.0}})
+    assert cutmix["verdict"] == st.HOLDS
+    q = {m: part.set_index("seed")["q_relative.cutmix"] for m, part in per_run.groupby("group")}
+    pairwise = {m: st.paired(q["cutmix"], q[m].reindex(q["cutmix"].index))
+                for m in q if m != "cutmix"}
+    assert all(t.effect < 0 for t in pairwise.values())
+    largest = max(pairwise, key=lambda m: pairwise[m].p_value())
+    assert largest == "gmix" and f"decisive rival {largest}" in cutmix["note"]
+    assert float(cutmix["p_value"]) == pytest.approx(pairwise[largest].p_value(), rel=1e-3)
+    assert float(cutmix["effect"]) == pytest.approx(pairwise[largest].effect, rel=1e-3)
+    # the paired seeds are the ones counted: 4 of vanilla's 6
+    assert "(n=4)" in cutmix["measured"] and "(n=6)" not in cutmix["measured"]
+
+
+def test_paired_measured_text_counts_the_pairs_the_test_uses():
+    groups, per_run, robust = _study()
+    rows = _by(_rows(groups, per_run, robust), "(e) regularizer")
+    hmix = rows["hmix vs vanilla on the hmix mask"]
+    assert hmix["measured"].count("(n=4)") == 2 and "paired over seeds 0,1,2,3" in hmix["note"]
 
 
 def test_normalized_q_does_not_depend_on_the_scale_of_the_first_layer():

@@ -127,7 +127,7 @@ def test_predictions_of_runs_without_held_out_data_or_strong_attack(study):
     assert gap["verdict"] == st.ONE_SEED
     assert "convergence not judged (no held-out data): 3 runs" in gap["note"]
     assert ("(c)", "cutmix vs mixup", "") in by and \
-        ("(d)", "cutmix vs mixup model on the cutmix mask", "") in by
+        ("(d)", "cutmix vs every other model on the cutmix mask", "") in by
     text = report.read_text()
     assert "not declared before the data" in text and "Holm" in text
     assert "| cutmix-s0 | cutmix | 0 |" in text and "not judged (no held-out data)" in text

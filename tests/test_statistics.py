@@ -78,10 +78,10 @@ def test_holm_by_hand():
 
 @pytest.mark.parametrize("seed", range(20))
 def test_intervals_agree_with_the_correction(seed):
-    """Through judge(): a comparison rejected by Holm has an interval that excludes 0,
-    one retained has an interval that includes it, in any family."""
+    """Through judge(): a secondary comparison rejected by Holm has a Holm-step interval
+    that excludes 0, one retained has one that includes it, in any family."""
     rng = np.random.default_rng(seed)
-    comparisons = [Comparison("b", "primary", "f", f"m{i}", "s",
+    comparisons = [Comparison("b", "secondary", "f", f"m{i}", "s",
                               list(rng.normal(rng.uniform(0, 3), 1, 4)),
                               list(rng.normal(0, 1, 6)), "higher") for i in range(6)]
     rows = [row("claim", j) for j in judge(comparisons)]
@@ -90,7 +90,8 @@ def test_intervals_agree_with_the_correction(seed):
         decided = r["verdict"] in (st.HOLDS, st.FAILS)
         assert decided == (float(r["p_adjusted"]) <= st.LEVEL)
         assert decided == (low > 0 or high < 0), r
-        assert float(r["ci_level"].split()[0]) >= 1 - st.LEVEL
+        assert r["ci_level"].startswith("Holm-step interval (level ")
+        assert float(r["ci_level"].split()[-1].rstrip(")")) >= 1 - st.LEVEL
 
 
 def test_decide_by_the_sign_of_a_rejected_difference():

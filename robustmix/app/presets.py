@@ -18,7 +18,7 @@ STUDY_METHODS = list(MIX_NAMES)
 # (vanilla's whole gap on digits was 0.54 pp and 0.013 nats), (c) 0.02 in the decay D
 # (about half of CutMix's excess over vanilla, 0.040, in the study of 2026-11-30).
 VERDICTS = {"primary_eps": "", "norm": "linf", "level": 0.05, "gap_margin_acc": 0.005,
-            "gap_margin_loss": 0.01, "profile_margin": 0.02, "own_mask_comparator": "mixup"}
+            "gap_margin_loss": 0.01, "profile_margin": 0.02}
 
 _DIGITS = {
     "description": "every MSDA on the embedded digits (8×8), 6 vanilla and 4 seeds per "
