@@ -156,3 +156,13 @@ def test_pilot_power_declaration_study_and_confirmation_end_to_end(tmp_path, cap
     assert "Confirmation on fresh seeds" in text and (out / confirmation.CSV).is_file()
     again = protocol.read_declared(out / "confirmation" / protocol.STUDY_FILE)[0]
     assert not set(again.seeds) & (set(declared.seeds) | {50, 51})
+
+
+def test_a_confirmatory_study_may_not_reuse_the_pilots_seeds(tmp_path):
+    config = _digits(tmp_path)
+    protocol.declare(protocol.pilot_config(config))
+    reusing = dataclasses.replace(config, seeds=(config.pilot_seeds[0], 900),
+                                  seeds_by_method={})
+    with pytest.raises(UsageError, match="trained the pilot"):
+        protocol.declare(reusing)
+    protocol.declare(dataclasses.replace(reusing, seeds=(900, 901)))

@@ -103,8 +103,22 @@ def declare(config: StudyConfig, **extra: Any) -> None:
             raise UsageError(f"{path} froze this study before its runs ({changed}); a "
                              "declaration is made once: use another --out, or restore it")
         return
+    _check_fresh(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_text(path, declared_text(config, **extra))
+
+
+def _check_fresh(config: StudyConfig) -> None:
+    """A confirmatory study may not reuse its pilot's seeds: the pilot chose its design."""
+    pilot_file = Path(config.out) / PILOT / STUDY_FILE
+    if config.phase != "confirmatory" or not pilot_file.is_file():
+        return
+    reused = set(read_declared(pilot_file)[0].pilot_seeds) & {
+        s for m in config.methods for s in config.seeds_of(m)}
+    if reused:
+        raise UsageError(f"seeds {', '.join(map(str, sorted(reused)))} trained the pilot in "
+                         f"{pilot_file.parent}; a confirmatory study takes seeds the pilot "
+                         "did not use (robustmix power --declare chooses them)")
 
 
 # ------------------------------------------------------------------------------ seeds
