@@ -13,6 +13,7 @@ from scipy import special, stats
 
 from robustmix.evaluations import error_rates as er
 from robustmix.evaluations import statistics as st
+from robustmix.evaluations.report_predictions import _per_study_error
 from robustmix.evaluations.verdicts import SECONDARY, Comparison
 
 
@@ -156,3 +157,37 @@ def test_the_per_study_rate_is_deterministic_and_counts_every_family():
         sum(first.rate(f).count for f in first.false)
     low, high = first.rate().interval()
     assert low <= first.rate().rate <= high
+
+
+class Context:
+    """What ``_per_study_error`` uses of a report's context."""
+
+    def __init__(self, groups, per_run, robust, declaration):
+        self.groups, self.per_run, self.robust = groups, per_run, robust
+        self.declaration, self.lines, self.frames = declaration, [], {}
+
+    def csv(self, name, frame):
+        self.frames[name] = frame
+
+    def paragraph(self, text):
+        self.lines.append(text)
+
+    def link(self, name, what):
+        self.lines.append(f"[{name}]({name})")
+
+
+def test_the_report_states_the_per_study_error_and_writes_it():
+    import synthetic_study as ss
+    ctx = Context(*ss.study(np.random.default_rng(0), ss.allocation(4, 3)), ss.DECLARATION)
+    _per_study_error(ctx)
+    frame = ctx.frames["error_rates.csv"]
+    assert list(frame.columns) == er.CSV_COLUMNS
+    assert frame["family"].iloc[-1] == "any secondary family"
+    assert set(frame["family"].iloc[:-1]) == {"(a) gap", "(c) profile", "(d) own mask",
+                                              "(e) regularizer", "corruption accuracy",
+                                              "calibration (ECE)"}
+    rates = frame["rate"].to_numpy()
+    assert rates[:-1].max() <= rates[-1] <= rates[:-1].sum()
+    assert (frame["ci_low"] <= frame["rate"]).all() and (frame["rate"] <= frame["ci_high"]).all()
+    assert f"{rates[-1]:.1%}" in ctx.lines[0] and "Per-study error" in ctx.lines[0]
+    assert ctx.lines[1] == "[error_rates.csv](error_rates.csv)"
