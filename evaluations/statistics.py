@@ -8,7 +8,9 @@ is the noise a verdict must beat.
 
 - **Tests.** Welch's unequal-variance t-test (as ``scipy.stats.ttest_ind`` with
   ``equal_var=False``: Welch–Satterthwaite degrees of freedom) on the two groups' own
-  values; or, where the runs of one seed share their initial weights and the statistic
+  values (for the secondary predictions its df capped at n − 1 of the group dominating the
+  standard error, :func:`welch_capped`, which holds their families' level at 4 against 6
+  runs); or, where the runs of one seed share their initial weights and the statistic
   keeps that imprint (the first-layer regularizer Q), the paired t-test over the seeds
   both groups have (as ``scipy.stats.ttest_rel``). The statistics are written out (tests
   hold them equal to scipy's) and the t distribution is scipy's. Two-sided. A claim of "no effect" is tested for what it
