@@ -189,11 +189,11 @@ def test_no_effect_at_the_margin_is_found_at_most_at_the_level():
     assert wrong <= limit
 
 
-def _pilot_of_the_generator(effects: ss.Effects, runs_per_method: int = 400) -> power.Pilot:
+def _pilot_of_the_generator(effects: ss.Effects, runs_per_method: int = 2000) -> power.Pilot:
     """The primary statistic's mean and sd per method, from many synthetic runs."""
     rng = np.random.default_rng(11)
     groups, per_run, robust = ss.study(rng, ss.allocation(runs_per_method, runs_per_method),
-                                       effects)
+                                       effects, tails=None)
     data = Runs(groups, per_run, robust, ss.DECLARATION)
     table = {g.method: ss_summary(run_values(data, g, WORST, ss.DECLARATION.grid())[0])
              for g in groups}
@@ -209,7 +209,8 @@ def ss_summary(values):
 def test_power_of_the_primaries_agrees_with_the_power_calculation():
     """Effects near those the power calculation assumed for the digits study (in seed
     sds): the share of studies in which each primary holds, through the report's path,
-    agrees with robustmix.evaluations.power's simulation from the same means and sds."""
+    agrees with robustmix.evaluations.power's simulation from the same means and sds.
+    Normal seeds: the power calculation's model (heavy tails would change both)."""
     d = {"mixup": 1.0, "cutmix": 2.5, "stochastic": 5.0, "hmix": 4.0, "gmix": 2.0,
          "puzzlemix": 3.7}
     effects = ss.Effects(robust=d)
@@ -217,7 +218,8 @@ def test_power_of_the_primaries_agrees_with_the_power_calculation():
     rng = np.random.default_rng(5)
     holds = dict.fromkeys(d, 0)
     for _ in range(studies):
-        rows = prediction_table(*ss.study(rng, ss.allocation(N_VANILLA, N_MSDA), effects), ss.DECLARATION)
+        rows = prediction_table(*ss.study(rng, ss.allocation(N_VANILLA, N_MSDA), effects,
+                                          tails=None), ss.DECLARATION)
         for r in rows:
             if r["role"] == "primary" and r["verdict"] == st.HOLDS:
                 holds[r["comparison"].split()[0]] += 1
@@ -226,7 +228,8 @@ def test_power_of_the_primaries_agrees_with_the_power_calculation():
     for method in d:
         found = holds[method] / studies
         # binomial error of both simulations (4 sds), plus 0.02 for the pilot's mean and sd
-        # estimated from 400 runs and the statistic's slight non-normality (min of attacks)
+        # estimated from 2,000 runs (CutMix's sd is 0.036: 400 runs left its mean 3 se off)
+        # and the statistic's slight non-normality (min of attacks)
         tolerance = 4 * np.sqrt(found * (1 - found) / studies + 1e-6) + 0.02
         assert found == pytest.approx(predicted[method], abs=tolerance), method
     assert holds["stochastic"] / studies > 0.95 and holds["mixup"] / studies < 0.5
