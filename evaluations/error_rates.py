@@ -98,6 +98,12 @@ def beta(mean: float, sd: float) -> tuple[float, float]:
     return mean * size, (1 - mean) * size
 
 
+def bounded_fits(mean: float, sd: float) -> bool:
+    """Whether ``draw`` can give a statistic in (0, 1) this mean and sd, heavy tails too."""
+    wide = WIDE * sd / math.sqrt(1 - CONTAMINATION + CONTAMINATION * WIDE ** 2)
+    return 0 < mean < 1 and 0 < max(sd, wide) < math.sqrt(mean * (1 - mean))
+
+
 def noise(rng: np.random.Generator, shape, df: int | None = TAIL_DF) -> np.ndarray:
     """Unit-variance draws: standardized t with ``df`` (heavy tails) or normal (None)."""
     if df is None:
@@ -315,7 +321,8 @@ def from_comparisons(comparisons, test: str = "capped df", null: bool = True) ->
     paired test (sd of the per-seed differences) for the paired ones. ``null``: the groups
     of one statistic share the mean of their means (no effect anywhere). A group is one
     arm per statistic (vanilla enters each comparison of its statistic with the same
-    runs); a statistic whose values all lie in (0, 1) is drawn bounded."""
+    runs); a statistic whose values all lie in (0, 1) is drawn bounded where its mean and
+    sd allow (``bounded_fits``), else unbounded."""
     counted = [c for c in comparisons if c.counted]
     samples: dict[tuple, np.ndarray] = {}
     for c in counted:
@@ -336,9 +343,10 @@ def _hypothesis(c, samples, bounded, centre, test: str, null: bool) -> Hypothesi
         values = samples[(c.statistic, tuple(st.finite(side)))]
         key = f"{c.statistic}: group {list(samples).index((c.statistic, tuple(values)))}"
         ok = values.size >= 2 and values.std(ddof=1) > 0
-        arms.append(Arm(key, centre[c.statistic] if null else float(values.mean()) if ok else 0.0,
-                        float(values.std(ddof=1)) if ok else 0.0, int(values.size),
-                        bounded[c.statistic] and ok))
+        mean = centre[c.statistic] if null else float(values.mean()) if ok else 0.0
+        sd = float(values.std(ddof=1)) if ok else 0.0
+        arms.append(Arm(key, mean, sd, int(values.size),
+                        bounded[c.statistic] and ok and bounded_fits(mean, sd)))
     tested = c.premise is None and all(a.sd > 0 for a in arms)
     sd_diff = 0.0
     if c.paired and tested:

@@ -101,6 +101,17 @@ def test_heavy_tails_are_heavier_than_normal():
     assert np.sum(np.abs(normal) > 4) < 30
 
 
+def test_a_statistic_too_spread_for_its_bounds_is_drawn_unbounded_not_refused():
+    # one run far off: sd 0.149 about a shared null mean of 0.039, whose widest Beta has
+    # sd sqrt(0.039 * 0.961) = 0.19: the contaminated seeds (3 x 0.149 / 1.34) do not fit
+    near_zero = [Comparison("calibration", SECONDARY, "ECE", "m vs vanilla", "ECE",
+                            [0.001, 0.002, 0.003, 0.3],
+                            [0.001, 0.0012, 0.0015, 0.0018, 0.0011, 0.002], "lower")]
+    (h,) = er.from_comparisons(near_zero)
+    assert not er.bounded_fits(h.a.mean, h.a.sd) and not h.a.bounded and h.b.bounded
+    assert er.secondary_error(near_zero, studies=100).rate().studies == 100
+
+
 def test_an_impossible_bounded_statistic_is_refused():
     with pytest.raises(ValueError, match="cannot have mean"):
         er.beta(0.01, 0.2)
