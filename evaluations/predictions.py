@@ -76,12 +76,7 @@ def prediction_table(groups: list[Group], per_run: pd.DataFrame, robust: pd.Data
     """Rows (``COLUMNS``) of the predictions table: every comparison, by role and family."""
     declaration = declaration or Declaration()
     data = Runs(groups, per_run, robust, declaration)
-    comparisons = [*gap(data), *profile(data), *own_mask(data), *regularizer(data),
-                   *versus_vanilla(data, "corruption", "corrupted_acc",
-                                   "mean accuracy over the corrupted test cells (%)", "higher",
-                                   100.0),
-                   *versus_vanilla(data, "calibration", "ece", "ECE of the clean test set",
-                                   "lower", 1.0)]
+    comparisons = secondary_comparisons(data)
     if not any(g.method != "vanilla" for g in groups):
         comparisons = [Comparison(k, SECONDARY, FAMILIES[k], "", "", [], [], "lower",
                                   premise=(st.NOT_MEASURED, "no MSDA run: every prediction "
@@ -90,6 +85,15 @@ def prediction_table(groups: list[Group], per_run: pd.DataFrame, robust: pd.Data
     rows = primary.rows(data, CLAIMS["b"])
     judged = judge(in_phase(comparisons, declaration.phase), declaration.level)
     return rows + [row(CLAIMS[j.comparison.key], j) for j in judged]
+
+
+def secondary_comparisons(data: Runs) -> list[Comparison]:
+    """Every secondary comparison of the study, untested (the families' hypotheses)."""
+    return [*gap(data), *profile(data), *own_mask(data), *regularizer(data),
+            *versus_vanilla(data, "corruption", "corrupted_acc",
+                            "mean accuracy over the corrupted test cells (%)", "higher", 100.0),
+            *versus_vanilla(data, "calibration", "ece", "ECE of the clean test set", "lower",
+                            1.0)]
 
 
 def compare(data: Runs, key: str, ga: Group, gb: Group, statistic: str, metric: str,

@@ -11,11 +11,14 @@ from collections import Counter
 
 import pandas as pd
 
+from robustmix.evaluations import error_rates
 from robustmix.evaluations import statistics as st
 from robustmix.evaluations.convergence import NOT_JUDGED
 from robustmix.evaluations.markdown import md
-from robustmix.evaluations.predictions import CLAIMS, MIXUP_Q, prediction_table
+from robustmix.evaluations.predictions import (CLAIMS, MIXUP_Q, prediction_table,
+                                               secondary_comparisons)
 from robustmix.evaluations.primary import CELL_FAMILY
+from robustmix.evaluations.study_data import Runs
 from robustmix.evaluations.verdicts import COLUMNS, EXPLORATORY, PRIMARY, SECONDARY
 from robustmix.core import runs
 
@@ -35,7 +38,9 @@ def how_text(ctx) -> str:
         "worst case over every attack run at each ε (APGD / AutoAttack included), per run "
         "the robust ÷ clean accuracy averaged over the declared ε grid (the trapezoid mean "
         "over [ε_min, ε_max]: the same integral on any grid over that interval). Each "
-        "comparison: Welch's t-test on the groups' per-run values (one per seed), or where "
+        "comparison: Welch's t-test on the groups' per-run values (one per seed; for the "
+        "secondaries its df capped at n − 1 of the group that dominates the standard error, "
+        "which holds their level at a few runs with unequal variances), or where "
         "the runs of one seed share their initial weights and the statistic keeps that "
         "imprint (Q, for (d) and (e)) the paired t-test over seeds. Every family (the "
         "primaries; each secondary prediction) has its own Holm correction at a "
@@ -76,6 +81,7 @@ def predictions_section(ctx) -> None:
     else:
         ctx.paragraph(f"None: no run has {runs.ROBUSTNESS} (run `robustmix attack`).")
     _secondary(ctx, [r for r in rows if r["role"] == SECONDARY])
+    _per_study_error(ctx)
     _exploratory(ctx, [r for r in rows if r["role"] == EXPLORATORY])
     ctx.link("predictions.csv", "every comparison with its role, family, correction, "
                                 "effect, interval (and its level), p and adjusted p")
@@ -99,6 +105,18 @@ def _secondary(ctx, rows: list[dict[str, str]]) -> None:
                       "layer cancels (both are quadratic in W). For Mixup it is E[(1 − λ)²] "
                       "whatever the weights, so Mixup's (d) and (e) are not testable and "
                       "are not counted in their families.")
+
+
+def _per_study_error(ctx) -> None:
+    """The simulated chance of a false secondary verdict somewhere, and error_rates.csv."""
+    data = Runs(ctx.groups, ctx.per_run, ctx.robust, ctx.declaration)
+    outcome = error_rates.secondary_error(secondary_comparisons(data),
+                                          level=ctx.declaration.level)
+    if outcome is not None:
+        ctx.csv("error_rates.csv", pd.DataFrame(error_rates.table(outcome),
+                                                columns=error_rates.CSV_COLUMNS))
+        ctx.paragraph(error_rates.statement(outcome))
+        ctx.link("error_rates.csv", "each secondary family's simulated false-study rate")
 
 
 def _exploratory(ctx, rows: list[dict[str, str]]) -> None:

@@ -3,32 +3,77 @@
 One vanilla group and six MSDA groups with the seeds per method of an allocation; per run
 every measurement the predictions read: the per-run metrics of (a), (c), (d), (e),
 corruptions and calibration, and robustness rows for FGSM, PGD, APGD and the worst case
-at every ε of a uniform grid. Robustness is correlated as in a study: a run's own level
-shifts every ε and attack together, ε adds a falling curve, and the attacks are nested
-(worst ≤ APGD ≤ PGD ≤ FGSM). Effects are in units of the seed standard deviation of each
-statistic, so "a real effect of size d" means the same thing for every prediction.
+at every ε of the digits preset's grid. Each method's statistics have the seed sd the
+committed study measured (docs/study/predictions.csv, as its "measured" texts print them,
+2-3 significant digits), so variances differ between groups as much as there (ECE: ~85
+times); under the null every method of a statistic shares one mean (the mean of the
+measured method means). Seeds are heavy-tailed (Student's t with 3 df, scaled to the sd;
+``tails=None``: normal), and a statistic in (0, 1) is drawn in (0, 1), skewed towards its
+near bound (:func:`robustmix.evaluations.error_rates.draw`). Robustness is correlated as
+in a study: a run's own level shifts every ε and attack together, ε adds a falling curve,
+and the attacks are nested (worst ≤ APGD ≤ PGD ≤ FGSM). Effects are in units of each
+method's own seed sd, so "a real effect of size d" means the same for every prediction.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from robustmix.app.presets import PRESETS
 from robustmix.attacks.eps import Eps
+from robustmix.evaluations import error_rates as er
 from robustmix.evaluations.declaration import Declaration
 from robustmix.evaluations.grouping import Group
 
 METHODS = ("vanilla", "mixup", "cutmix", "stochastic", "hmix", "gmix", "puzzlemix")
-EPS = tuple(k / 255 for k in (12, 16, 20, 24, 28, 32))
-GRID = ",".join(f"{k}/255" for k in (12, 16, 20, 24, 28, 32))
-# per-run statistics: (column, mean, seed sd); a Q column per mask
-SECONDARY = {"gap_acc": (0.005, 0.002), "gap_loss": (0.013, 0.003),
-             "profile_decay": (0.6, 0.01), "corrupted_acc": (0.78, 0.01),
-             "ece": (0.05, 0.01), **{f"q_relative.{m}": (0.4, 0.004) for m in METHODS}}
-ROBUST_SD = 0.02          # the seed sd of a run's robust / clean level
-CELL_SD = 0.01            # what each (ε, attack) cell adds on top, per run
+GRID = PRESETS["digits"]["attack"]["eps"]                  # the preset's current grid
+EPS = tuple(Eps(text).value for text in GRID.split(","))
+STUDY = Path(__file__).resolve().parents[1] / "docs" / "study"
+TAILS = er.TAIL_DF
+Q_RHO = 0.9       # a seed's imprint on Q (q_matrix.csv's rho_vs_vanilla: 0.81-0.93)
+CELL_SD = 0.01    # what each (ε, attack) cell adds on top of a run's level, per run
+# the predictions' statistic texts -> (per-run column, the scale they are printed at)
+COLUMNS = {"clean accuracy gap train - test (pp)": ("gap_acc", 100.0),
+           "clean loss gap test - train (nats)": ("gap_loss", 1.0),
+           "profile decay D (higher: flatter)": ("profile_decay", 1.0),
+           "mean accuracy over the corrupted test cells (%)": ("corrupted_acc", 100.0),
+           "ECE of the clean test set": ("ece", 1.0)}
+UNBOUNDED = {"gap_acc", "gap_loss"}   # differences: negative values happen
+_PAIR = re.compile(r"(\S+) (-?[\d.e+-]+) ± ([\d.e+-]+) \(n=(\d+)\)")
+
+
+def measured(folder: Path = STUDY) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per statistic column ("robust" for the primary), per method, (mean, seed sd) in the
+    statistic's own units, read from the "measured" texts of a study's predictions.csv."""
+    rows = pd.read_csv(folder / "predictions.csv", keep_default_na=False)
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for r in rows[rows["role"] != "exploratory"].to_dict("records"):
+        column, scale = _column(r["statistic"], r["role"])
+        for name, mean, sd, _ in _PAIR.findall(r["measured"]) if column else ():
+            out.setdefault(column, {})[name] = (float(mean) / scale, float(sd) / scale)
+    return out
+
+
+def _column(statistic: str, role: str) -> tuple[str | None, float]:
+    if role == "primary":
+        return "robust", 100.0
+    if statistic.startswith("Q_"):
+        return "q_relative." + statistic[2:].split(" ")[0], 1.0
+    return COLUMNS.get(statistic, (None, 1.0))
+
+
+MEASURED = measured()
+# per column: (the null mean shared by every method, {method: seed sd})
+SECONDARY = {column: (float(np.mean([m for m, _ in by.values()])),
+                      {k: sd for k, (_, sd) in by.items()})
+             for column, by in MEASURED.items() if column != "robust"}
+ROBUST = MEASURED["robust"]
+ROBUST_SD = ROBUST["vanilla"][1]
 
 
 @dataclass
@@ -50,41 +95,55 @@ def declaration(eps=EPS) -> Declaration:
 
 
 def study(rng: np.random.Generator, seeds: dict[str, int], effects: Effects | None = None,
-          eps=EPS) -> tuple[list[Group], pd.DataFrame, pd.DataFrame]:
+          eps=EPS, tails=TAILS) -> tuple[list[Group], pd.DataFrame, pd.DataFrame]:
     """(groups, per-run frame, robustness frame) of one synthetic study of the methods
-    in ``seeds`` (vanilla first), at the ε of ``eps``."""
+    in ``seeds`` (vanilla first), at the ε of ``eps``; seeds drawn with ``tails``
+    (Student's t df, None: normal)."""
     effects = effects or Effects()
     methods = list(seeds)
     groups = [Group(m, m, {"mix.mix": m}, "digits", [f"{m}-s{s}" for s in range(seeds[m])])
               for m in methods]
-    init = {s: rng.normal(0, 1) for s in range(max(seeds.values()))}   # a seed's imprint
+    init = {s: er.noise(rng, 1, tails)[0] for s in range(max(seeds.values()))}  # a seed's imprint
     per_run, robust = [], []
     for method in methods:
         for seed in range(seeds[method]):
             run = f"{method}-s{seed}"
-            per_run.append(_metrics(rng, run, method, seed, init[seed], effects))
-            robust += _robust_rows(rng, run, method, effects.robust.get(method, 0.0), eps)
+            per_run.append(_metrics(rng, run, method, seed, init[seed], effects, tails))
+            robust += _robust_rows(rng, run, method, effects.robust.get(method, 0.0), eps,
+                                   tails)
     return groups, pd.DataFrame(per_run), pd.DataFrame(robust)
 
 
-def _metrics(rng, run: str, method: str, seed: int, imprint: float, effects: Effects) -> dict:
+def robust_sd(method: str) -> float:
+    """The seed sd of a method's primary statistic (vanilla's for a method not measured)."""
+    return ROBUST.get(method, ROBUST["vanilla"])[1]
+
+
+def _metrics(rng, run: str, method: str, seed: int, imprint: float, effects: Effects,
+             tails) -> dict:
     row = {"run": run, "group": method, "method": method, "seed": seed, "converged": True,
            "convergence": ""}
-    for column, (mean, sd) in SECONDARY.items():
-        shift = effects.secondary.get(method, {}).get(column, 0.0)
+    for column, (mean, sds) in SECONDARY.items():
+        sd = sds.get(method, float(np.median(list(sds.values()))))
+        mean = mean + sd * effects.secondary.get(method, {}).get(column, 0.0)
         if column.startswith("q_relative."):   # Q keeps the seed's initialization: paired
-            value = mean + sd * (0.7 * imprint + np.sqrt(1 - 0.49) * rng.normal() + shift)
+            e = er.noise(rng, 1, tails)[0]
+            row[column] = mean + sd * (Q_RHO * imprint + np.sqrt(1 - Q_RHO ** 2) * e)
         else:
-            value = mean + sd * (rng.normal() + shift)
-        row[column] = value
+            arm = er.Arm(column, mean, sd, 1, column not in UNBOUNDED)
+            row[column] = float(er.draw(rng, arm, 1, mean, tails)[0, 0])
     return row
 
 
-def _robust_rows(rng, run: str, method: str, effect: float, grid=EPS) -> list[dict]:
-    level = ROBUST_SD * (rng.normal() + effect)
+def _robust_rows(rng, run: str, method: str, effect: float, grid=EPS, tails=TAILS) -> list[dict]:
+    # the run's level: its method's measured sd less what the cells add to a grid mean
+    sd = robust_sd(method)
+    level = np.sqrt(max(sd ** 2 - (CELL_SD / 2) ** 2, (sd / 2) ** 2)) * er.noise(rng, 1, tails)[0]
+    level += sd * effect
+    centre = ROBUST["vanilla"][0] + 0.01 + 2.5 * np.mean(grid)   # vanilla's grid mean
     rows = []
     for eps in grid:
-        base = 0.95 - 2.5 * eps + level
+        base = centre - 2.5 * eps + level
         fgsm = base + 0.10 + CELL_SD * rng.normal()
         pgd = min(fgsm, base + 0.05 + CELL_SD * rng.normal())
         apgd = min(pgd, base + CELL_SD * rng.normal())

@@ -187,3 +187,16 @@ def test_bench_shared_times_the_study_beside_its_own_neighbour_and_stops_it(tmp_
     with pytest.raises(ProcessLookupError):
         os.kill(result["neighbour_pid"], 0)
     assert "busy / quiet" in bench_shared.format_results(result, [])
+
+
+@pytest.mark.slow
+def test_bench_calibration_prints_a_table_per_family_and_candidate(capsys):
+    from benchmarks import bench_calibration
+    bench_calibration.main(["--studies", "40", "--path-studies", "2"])
+    out = capsys.readouterr().out
+    families = ["(a) gap", "(c) profile", "(d) own mask", "(e) regularizer",
+                "corruption accuracy", "calibration (ECE)", "(b) primary"]
+    assert all(f"\n{family}: studies with a false verdict" in out for family in families)
+    rows = [line for line in out.splitlines() if line.startswith("| t, 3 df |")]
+    assert len(rows) == len(bench_calibration.CANDIDATES) * (len(families) + 1)
+    assert out.count("prediction_table, ") == 2 and "capped" in out.splitlines()[0]

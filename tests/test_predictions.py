@@ -57,12 +57,12 @@ def test_the_grid_mean_does_not_depend_on_the_spacing():
 def test_a_worst_case_without_the_strong_attack_is_not_measured():
     groups, per_run, robust = _study()
     weak = (robust["run"] == "vanilla-s2") & (robust["attack"] == "worst-case") & \
-        (robust["eps"] == "16/255")
+        (robust["eps"] == "20/255")
     robust.loc[weak, "evaluation"] = "worst of FGSM, PGD"
     primary = _by(_rows(groups, per_run, robust), "(b) primary")
     for r in primary.values():
         assert r["verdict"] == st.NOT_MEASURED
-        assert "worst case at eps 16/255 was made without the strong attack" in r["note"]
+        assert "worst case at eps 20/255 was made without the strong attack" in r["note"]
         assert "vanilla-s2" in r["note"]
     # an older file has no evaluation column: the attacks run at that ε tell
     robust["evaluation"] = ""
@@ -150,7 +150,7 @@ def test_profile_claim_has_both_halves():
 
 
 def test_own_mask_and_regularizer_pair_by_seed_and_leave_mixup_out():
-    effects = ss.Effects(secondary={"cutmix": {"q_relative.cutmix": -2.0}})
+    effects = ss.Effects(secondary={"cutmix": {"q_relative.cutmix": -4.0}})
     groups, per_run, robust = _study(effects=effects, n=(6, 6))
     rows = _rows(groups, per_run, robust)
     for family, test in (("(d) own mask", UNION), ("(e) regularizer", st.PAIRED)):

@@ -252,3 +252,10 @@ def test_runs_measured_before_calibration_and_damaged_tables(study, tmp_path):
     runs.atomic_write_text(old / runs.CORRUPTIONS, "corruption,severity\nfog,x\n")
     with pytest.raises(UsageError, match="corruptions.csv: not a corruptions table"):
         write_report([old], tmp_path / "out")
+
+
+def test_no_per_study_error_where_no_secondary_can_be_tested(study):
+    """One run per MSDA: nothing to test, so no simulated rate (see test_error_rates)."""
+    _, out, report = study
+    assert not (out / "error_rates.csv").exists()
+    assert "Per-study error" not in report.read_text()

@@ -26,6 +26,31 @@ def test_welch_matches_its_closed_form_and_scipy():
     assert result.interval(0.9) == pytest.approx((interval.low, interval.high), rel=1e-9)
 
 
+def test_welch_capped_is_welchs_statistic_with_the_dominant_groups_df_at_most():
+    spread, tight = [1.0, 2.0, 4.0, 7.0], [0.5, 0.7, 0.6, 0.9, 0.4, 0.8]
+    welch, capped = st.welch(spread, tight), st.welch_capped(spread, tight)
+    assert (capped.effect, capped.se) == (welch.effect, welch.se) and capped.df == 3
+    t = abs(welch.effect) / welch.se
+    assert capped.p_value() == pytest.approx(2 * stats.t.sf(t, 3), rel=1e-12)
+    assert capped.test == st.WELCH_CAPPED != welch.test
+    # the six-run group dominates: its n - 1 = 5 (below Welch-Satterthwaite's here)
+    wide6 = [0.0, 3.0, 6.0, 9.0, 12.0, 15.0]
+    narrow = [1.0, 1.1, 0.9, 1.05]
+    assert st.welch_capped(narrow, wide6).df == 5 < st.welch(narrow, wide6).df
+    # never above Welch-Satterthwaite: ten runs dominating two (s²/n 0.92 against 0.49)
+    ten, two = list(np.linspace(0, 9, 10)), [4.3, 5.7]
+    assert st.welch_capped(ten, two).df == st.welch(ten, two).df < 9
+    assert st.welch_capped([2.0, 2.0], [1.0, 1.0]).p_value() == 0.0
+
+
+def test_secondary_comparisons_use_the_capped_test_and_primaries_welch():
+    a, b = [1.0, 2.0, 4.0, 7.0], [0.5, 0.7, 0.6, 0.9, 0.4, 0.8]
+    secondary = Comparison("c", "secondary", "f", "x vs y", "s", a, b, "higher")
+    primary = Comparison("b", "primary", "g", "x vs y", "s", a, b, "higher")
+    tests = {j.comparison.role: j.test.test for j in judge([secondary, primary])}
+    assert tests == {"secondary": st.WELCH_CAPPED, "primary": st.WELCH}
+
+
 def test_paired_matches_scipy_and_uses_the_pairs():
     a, b = [1.0, 2.1, 2.9, 4.2], [0.8, 2.0, 2.5, 4.0]
     result = st.paired(a, b)
