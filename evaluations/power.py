@@ -8,7 +8,7 @@ allocation (``n0`` vanilla runs, ``n1`` runs of every MSDA) it gives, per primar
 - **power**: the probability that the primary "holds", by simulation of whole studies
   through the report's own test and correction: every group's runs drawn from a normal
   law with the pilot's mean and sd, one vanilla group shared by every comparison (as in a
-  study), Welch's t-test (``scipy.stats.ttest_ind``, as :func:`robustmix.evaluations.statistics.welch`)
+  study), Welch's statistic with capped df (:func:`robustmix.evaluations.statistics.welch_capped`)
   and Holm over the primaries (:func:`robustmix.evaluations.statistics.holm`);
 - an analytic cross-check, ``nct``: the noncentral-t power of Welch's test at the
   Bonferroni level α/K (Holm rejects at least what Bonferroni does) with the
@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from robustmix.evaluations import error_rates
 from robustmix.evaluations import statistics as st
 from robustmix.evaluations.collect import load_record, robustness_rows, unique_names
 from robustmix.evaluations.declaration import Declaration
@@ -97,7 +98,8 @@ def simulate(pilot: Pilot, n0: int, n1: int | dict[str, int], *, studies: int = 
     """P(primary holds) per MSDA, over ``studies`` simulated studies with ``n0`` vanilla
     and ``n1`` runs per MSDA (a number, or one per method), each effect multiplied by its
     ``scale``: normal runs at the pilot's means and sds, one vanilla group shared by every
-    comparison, Welch's t-test and Holm over the primaries, as the report judges them."""
+    comparison, Welch's statistic with capped df and Holm over the primaries, as the report
+    judges them."""
     rng = np.random.default_rng(seed)
     mean0, sd0, _ = pilot.stats["vanilla"]
     methods = [m for m in pilot.stats if m != "vanilla"]
@@ -107,7 +109,7 @@ def simulate(pilot: Pilot, n0: int, n1: int | dict[str, int], *, studies: int = 
         mean, sd, _ = pilot.stats[method]
         n = n1[method] if isinstance(n1, dict) else n1
         runs_ = rng.normal(mean0 + factor(scale, method) * (mean - mean0), sd, (studies, n))
-        p_values.append(stats.ttest_ind(runs_, vanilla, axis=1, equal_var=False).pvalue)
+        p_values.append(error_rates.welch_capped(runs_, vanilla)[0])   # the primaries' test
         effects.append(runs_.mean(axis=1) - vanilla.mean(axis=1))
     rejected = holm_rejections(np.array(p_values).T, level)
     holds = (rejected & (np.array(effects).T > 0)).mean(axis=0)
@@ -135,6 +137,7 @@ def bonferroni_nct(pilot: Pilot, method: str, n0: int, n1: int, *, level: float 
     k = len(pilot.stats) - 1
     v1, v0 = sd ** 2 / n1, sd0 ** 2 / n0
     df = (v1 + v0) ** 2 / (v1 ** 2 / (n1 - 1) + v0 ** 2 / (n0 - 1))
+    df = min(df, (n1 if v1 >= v0 else n0) - 1)     # capped as the primaries' test is
     delta = factor(scale, method) * (mean - mean0) / math.sqrt(v1 + v0)
     critical = stats.t.ppf(1 - level / (2 * k), df)
     near = float(stats.nct.sf(critical, df, abs(delta)))

@@ -43,12 +43,14 @@ def test_welch_capped_is_welchs_statistic_with_the_dominant_groups_df_at_most():
     assert st.welch_capped([2.0, 2.0], [1.0, 1.0]).p_value() == 0.0
 
 
-def test_secondary_comparisons_use_the_capped_test_and_primaries_welch():
+def test_confirmatory_comparisons_use_the_capped_test_and_estimates_welch():
     a, b = [1.0, 2.0, 4.0, 7.0], [0.5, 0.7, 0.6, 0.9, 0.4, 0.8]
-    secondary = Comparison("c", "secondary", "f", "x vs y", "s", a, b, "higher")
-    primary = Comparison("b", "primary", "g", "x vs y", "s", a, b, "higher")
-    tests = {j.comparison.role: j.test.test for j in judge([secondary, primary])}
-    assert tests == {"secondary": st.WELCH_CAPPED, "primary": st.WELCH}
+    made = [Comparison("c", role, role, "x vs y", "s", a, b, "higher")
+            for role in ("secondary", "primary", "exploratory")]
+    tests = {j.comparison.role: j.test for j in judge(made)}
+    assert tests["secondary"].test == tests["primary"].test == st.WELCH_CAPPED
+    assert tests["exploratory"].test == st.WELCH
+    assert tests["primary"].df == 3 < tests["exploratory"].df, "the 4 runs dominate"
 
 
 def test_paired_matches_scipy_and_uses_the_pairs():
