@@ -46,11 +46,25 @@ def render(study: str | Path, false_secondary: str | None = None) -> str:
         raise UsageError(f"{study} has no {', '.join(absent)}: give a study folder with its "
                          "report's tables (robustmix study, or robustmix report)")
     rows = read_csv(study / "predictions.csv")
+    false_secondary = false_secondary or _false_secondary(study)
     lines = ["### Results by method", ""] + results_table(study) + primary_lines(rows)
     lines += overstatement_lines(study)
     lines += diagnostics_lines(study) + secondary_lines(rows, false_secondary)
     lines += ["Verdict counts:", ""] + verdict_lines(rows)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _false_secondary(study: Path) -> str | None:
+    """The report's simulated chance of a false secondary verdict in a study of this shape
+    (error_rates.csv's "any" row), with its interval; None where the report wrote none."""
+    path = study / "error_rates.csv"
+    if not path.is_file():
+        return None
+    row = next((r for r in read_csv(path) if r["family"].startswith("any")), None)
+    if row is None:
+        return None
+    return (f"{float(row['rate']):.1%} [{float(row['ci_low']):.1%}, "
+            f"{float(row['ci_high']):.1%}] of {row['studies']} simulated studies")
 
 
 def _pm(mean: str, std: str) -> str:

@@ -134,8 +134,12 @@ def test_pilot_power_declaration_study_and_confirmation_end_to_end(tmp_path, cap
     """The three phases on a miniature digits study, from the command line."""
     toml = tmp_path / "mini.toml"
     out = tmp_path / "s"
-    toml.write_text(mini_study(out, attack={"autoattack": "", "eps": "16/255,32/255"},
-                               train={"epochs": 1}))
+    # the flow, not the verdicts: FGSM and PGD only (so power reads --no-strong), no
+    # diagnostics, few examples
+    toml.write_text(mini_study(out, attack={"autoattack": "", "eps": "16/255,32/255",
+                                            "attacks": ("fgsm", "pgd"), "n_examples": 12,
+                                            "diagnostics": False},
+                               train={"epochs": 1}, evaluate={"corruptions": False}))
     toml.write_text(to_toml(dataclasses.replace(load_config(None, str(toml)),
                                                 pilot_seeds=(50, 51))))
     code, said, err = run_cli(capsys, "study", "--config", toml, "--pilot", "--quiet")
@@ -143,7 +147,7 @@ def test_pilot_power_declaration_study_and_confirmation_end_to_end(tmp_path, cap
     report = (out / "pilot" / "report.md").read_text()
     assert "Phase: pilot" in report and "| holds |" not in report
     code, said, err = run_cli(capsys, "power", out, "--budget", "6", "--studies", "50",
-                              "--declare")
+                              "--no-strong", "--declare")
     assert code == 0 and "declared" in said, err
     declared, table = protocol.read_declared(out / protocol.STUDY_FILE)
     assert table["pilot_sha256"] and declared.phase == "confirmatory"
