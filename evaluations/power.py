@@ -85,6 +85,24 @@ def read_pilot(folder: str | Path, *, attack: str = WORST, grid: str = "",
     return Pilot(table, ",".join(text for _, text in chosen), attack)
 
 
+def planning_sd(pilot: Pilot, confidence: float = 0.8) -> Pilot:
+    """The pilot with every method's sd replaced by the pooled seed sd of all its methods
+    at its upper ``confidence`` limit (chi-square, the pooled df), the sd to plan on.
+
+    A pilot of two or three seeds per method measures each method's spread with one or two
+    degrees of freedom: half the time far below the truth, and a plan on it is then badly
+    underpowered. Pooling the methods' variances and taking the upper confidence limit
+    (Browne 1995) plans on a spread the confirmatory study is unlikely to exceed."""
+    parts = [(sd ** 2, n - 1) for _, sd, n in pilot.stats.values() if n > 1]
+    df = sum(d for _, d in parts)
+    if not df:
+        return pilot
+    pooled = math.sqrt(sum(v * d for v, d in parts) / df)
+    upper = pooled * math.sqrt(df / stats.chi2.ppf(1 - confidence, df))
+    return Pilot({m: (mean, upper, n) for m, (mean, _, n) in pilot.stats.items()},
+                 pilot.grid, pilot.attack)
+
+
 Scale = dict[str, float]   # per method, the factor its pilot effect is multiplied by
 
 

@@ -42,3 +42,15 @@ def test_the_command_refuses_a_folder_without_runs(tmp_path, capsys):
     assert_one_line_error(code, err, "holds no finished run")
     code, _, err = run_cli(capsys, "power", tmp_path, "--power", "1.5")
     assert_one_line_error(code, err, "--power", "(0, 1)")
+
+
+def test_the_plan_uses_the_pooled_sd_at_its_upper_confidence_limit():
+    from scipy import stats
+
+    pilot = power.Pilot({"vanilla": (0.4, 0.03, 3), "hmix": (0.5, 0.04, 3),
+                         "mixup": (0.45, 0.0, 3)}, "", "worst-case")
+    plan = power.planning_sd(pilot, confidence=0.8)
+    pooled = np.sqrt((0.03 ** 2 + 0.04 ** 2 + 0.0) / 3)        # equal df: the mean variance
+    upper = pooled * np.sqrt(6 / stats.chi2.ppf(0.2, 6))
+    assert all(np.isclose(sd, upper) for _, sd, _ in plan.stats.values())
+    assert upper > pooled and plan.stats["hmix"][0] == 0.5, "means kept, spread raised"

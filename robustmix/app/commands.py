@@ -429,9 +429,13 @@ def _run_power(args: argparse.Namespace) -> int:
     if "vanilla" not in pilot.stats or len(pilot.stats) < 2:
         raise UsageError(f"{source} needs vanilla and an MSDA with the primary statistic "
                          "(try --no-strong for a pilot without APGD)")
-    choice = power.choose(pilot, args.budget, args.power, studies=args.studies)
-    print("\n".join(power.report(pilot, [(choice.n0, choice.n1)], studies=args.studies,
-                                 scale=1.0)))
+    print("\n".join(power.report(pilot, [], studies=0, scale=1.0)[:len(pilot.stats) + 2]))
+    plan = power.planning_sd(pilot)
+    print(f"planned on every method's sd = {100 * next(iter(plan.stats.values()))[1]:.2f} "
+          "points: the pilot's pooled seed sd at its upper 80% confidence limit")
+    choice = power.choose(plan, args.budget, args.power, studies=args.studies)
+    print("\n".join(power.report(plan, [(choice.n0, choice.n1)], studies=args.studies,
+                                 scale=1.0)[len(plan.stats) + 2:]))
     print("\n".join(power.choice_lines(choice)))
     if args.declare:
         if source == folder:
