@@ -34,6 +34,8 @@ def disagreement(model: nn.Module, x: Tensor, indices: Tensor, *, seed: int, dir
     directions in which the autograd derivative and the central difference disagree.
     The draws depend on (``seed``, the example's test-set index) alone."""
     shares = []
+    if x.shape[0] == 0:
+        return torch.zeros(0)
     for xb, ib in zip(x.split(batch_size), indices.split(batch_size)):
         shares.append(_batch(model, xb.to(device), ib, seed, directions, step, tolerance,
                              roundings))
