@@ -72,9 +72,9 @@ class DiagnosticSettings:
     confirm_seed: int = 2      # restart: seed offset of the confirming restart
     noise_sample: int = 32     # noise: standing examples tried per ε
     noise_draws: int = 64      # noise: random points per example
-    noise_allowed: int = 2     # noise: breaks (of the sample) tolerated before it withholds
+    noise_allowed: int = 1     # noise: breaks (of the sample) tolerated before it withholds
     transfer_steps: int = 20   # transfer: PGD steps on the other model
-    transfer_allowed: int = 2  # transfer: breaks tolerated before it withholds
+    transfer_allowed: int = 3  # transfer: breaks tolerated before it withholds
     consistency_sample: int = 32       # shattered: standing examples per ε
     consistency_directions: int = 8    # shattered: random ±1 directions per example
     consistency_step: float = 1e-3     # shattered: h of the central difference
