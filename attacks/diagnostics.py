@@ -3,23 +3,27 @@
 After Carlini et al. 2019 ("On Evaluating Adversarial Robustness"), Pintor et al. 2022
 ("Indicators of Attack Failure") and AutoAttack's own checks. For every ε of a run's grid
 they look at the examples the worst case leaves standing, the ones a robustness number
-counts:
+counts. Every rule and threshold is a field of :class:`DiagnosticSettings` (a study
+freezes them in its declaration); :func:`descriptions` writes the table the report shows
+from those fields.
 
-| check | fails when | threshold |
-|---|---|---|
-| single-step | an iterative attack leaves standing an example that a single-step attack broke (per example) | 0 examples |
-| restart | the strongest attack again from new random starts (another seed, the same budget) on a sample of the standing examples breaks so many that the worst case would fall by more than ``tolerance`` points, and more than a converged attack's tail (``tail``, 5%) could explain (one-sided binomial test at 5%): incomplete optimization | 2 points |
-| zero-gradients | the input gradient of the cross-entropy is exactly zero or not finite (float32, at the clean input) | 0 examples |
-| saturated-softmax | the float32 softmax is exactly one-hot, so the cross-entropy's gradient vanishes identically | 0 examples |
-| noise | random vertices of the ε-ball (L∞; random directions of length ε for L2) break an example | 0 examples |
-| transfer | PGD run on another model of the study breaks an example | 0 examples |
-| unbounded | at ε = 1 (L∞) or √(C·H·W) (L2), where any image is reachable, the strongest attack leaves more than chance standing | 1 / classes |
-| autoattack | AutoAttack's or the model's own checks (randomness, probabilities as outputs, zero gradients of the DLR loss, too few classes, Square beating the gradient attacks) raised a message | 0 messages |
+Two kinds of check:
 
-Exact zeros are the float32 facts they say: a softmax is one-hot only when every other
-logit trails by more than about 103 (exp underflows), so no trained model meets it by
-chance. The examples the diagnostics' own attacks break are not added to the worst case:
-they flag the run instead, and its verdicts say "attack failure suspected".
+- **Reporting only** (single-step): a weaker attack broke what a stronger one left
+  standing. The per-example worst case already counts that break, so the check reports it
+  on the stronger attack's row and withholds nothing.
+- **Withholding** (restart once confirmed, zero-gradients, saturated-softmax, noise,
+  transfer, unbounded, shattered-gradients, autoattack): the worst case itself is in doubt,
+  and the worst-case row of robustness.csv names the check ("attack failure suspected").
+
+Every example that a check's own attack breaks (the restart, the noise draws, the transfer
+attack; Square where a check flags, :mod:`robustmix.attacks.runner`) is a real adversarial
+example: it is recorded in robustness_examples.csv under the check's name (``restart``,
+``noise``, ``transfer``), so the worst case is the lowest known, and the check still
+reports what it found. Exact zeros are float32 facts: a softmax is one-hot only when every
+other logit trails by more than about 103 (exp underflows), so no trained model meets it
+by chance. The false-alarm rates and detection rates behind the defaults:
+benchmarks/RESULTS.md ("The diagnostics' operating characteristic").
 """
 
 from __future__ import annotations
@@ -45,41 +49,103 @@ from robustmix.core.errors import ConfigError, UsageError
 FIELDS = ["check", "attack", "norm", "eps", "eps_value", "n_examples", "value", "threshold",
           "passed", "detail"]
 CHECKS = ("single-step", "restart", "zero-gradients", "saturated-softmax", "noise",
-          "transfer", "unbounded", "autoattack")
-DESCRIPTIONS = {  # check -> (fails when, threshold), as the report shows them
-    "single-step": ("an iterative attack leaves standing an example a single-step attack "
-                    "broke (per example)", "0 examples"),
-    "restart": ("the strongest attack again from new random starts (another seed, the same "
-                "budget) on 16 sampled standing examples breaks so many that the worst case "
-                "would fall by more than the tolerance, more than a 5% tail explains "
-                "(binomial test at 5%)", "2 points"),
-    "zero-gradients": ("a standing example's input gradient of the cross-entropy is exactly "
-                       "zero or not finite (float32)", "0 examples"),
-    "saturated-softmax": ("a standing example's float32 softmax is exactly one-hot",
-                          "0 examples"),
-    "noise": ("random vertices of the ε-ball (64 per example) break a standing example",
-              "0 of 32"),
-    "transfer": ("PGD-20 run on another run's model breaks a standing example", "0 examples"),
-    "unbounded": ("at ε = 1 (L∞) or √(C·H·W) (L2) the strongest attack leaves more than "
-                  "chance standing", "1 / classes"),
-    "autoattack": ("AutoAttack's or the model's own checks raised a message", "0 messages"),
-}
-assert tuple(DESCRIPTIONS) == CHECKS
+          "transfer", "unbounded", "shattered-gradients", "autoattack")
+REPORTING = ("single-step",)               # reported on the attack's row, never withhold
 GATES_ALL = ("unbounded",)                 # a per-run failure: every ε's worst case
-MASKING = ("zero-gradients", "saturated-softmax", "noise", "transfer", "unbounded")
+MASKING = ("zero-gradients", "saturated-softmax", "noise", "transfer", "unbounded",
+           "shattered-gradients")
+CHECK_ATTACKS = ("restart", "noise", "transfer")  # their breaks' rows in the examples file
 
 
 @dataclass(frozen=True)
 class DiagnosticSettings:
-    """How hard the diagnostics look (their cost: see benchmarks/RESULTS.md)."""
+    """Every rule and threshold of the diagnostics (their cost and operating
+    characteristic: benchmarks/RESULTS.md). Scalars only: a study freezes
+    ``dataclasses.asdict`` of it in its declaration."""
 
     sample: int = 16           # restart: standing examples attacked again per ε
     tolerance: float = 2.0     # restart: the fall of the worst case it may imply (points)
     tail: float = 0.05         # restart: the share a converged attack's restart may break
+    tail_level: float = 0.05   # restart: level of the one-sided binomial test against tail
+    escalate_at: int = 1       # restart: breaks in the sample that send it to every standing
+    restart_seed: int = 1      # restart: seed offset of the restart (and of its rerun)
+    confirm_seed: int = 2      # restart: seed offset of the confirming restart
     noise_sample: int = 32     # noise: standing examples tried per ε
     noise_draws: int = 64      # noise: random points per example
+    noise_allowed: int = 1     # noise: breaks (of the sample) tolerated before it withholds
     transfer_steps: int = 20   # transfer: PGD steps on the other model
-    square: bool = True        # Square (gradient-free) where the checks suspect masking
+    transfer_allowed: int = 3  # transfer: breaks tolerated before it withholds
+    consistency_sample: int = 32       # shattered: standing examples per ε
+    consistency_directions: int = 8    # shattered: random ±1 directions per example
+    consistency_step: float = 1e-3     # shattered: h of the central difference
+    consistency_tolerance: float = 0.3  # shattered: disagreement of a direction, × |gradient|
+    consistency_roundings: float = 1024.0  # shattered: float32 roundings an output carries
+    consistency_majority: float = 0.5  # shattered: an example disagrees in more than this share
+    consistency_share: float = 0.5     # shattered: share of checked examples that may disagree
+    unbounded_chance: float = 1.0      # unbounded: standing share allowed, × 1 / classes
+    square: bool = True        # Square (gradient-free) at every ε where a check flags
+
+    def __post_init__(self):
+        counts = ("sample", "escalate_at", "noise_sample", "noise_draws", "transfer_steps",
+                  "consistency_sample", "consistency_directions")
+        for name in counts:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"diagnostics.{name}",
+                                  f"must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("tail", "tail_level", "consistency_share", "consistency_majority"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"diagnostics.{name}",
+                                  f"must be in (0, 1), got {getattr(self, name)!r}")
+        for name in ("tolerance", "consistency_step", "consistency_tolerance",
+                     "consistency_roundings", "unbounded_chance", "noise_allowed",
+                     "transfer_allowed"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"diagnostics.{name}",
+                                  f"must be >= 0, got {getattr(self, name)!r}")
+
+
+def descriptions(s: DiagnosticSettings = DiagnosticSettings()) -> dict[str, tuple[str, str]]:
+    """check -> (fails when, threshold), as the report shows them, from the settings."""
+    h = f"{s.consistency_step:g}"
+    return {
+        "single-step": ("an iterative attack leaves standing an example a single-step attack "
+                        "broke (per example); reported on that attack's row, never withholds: "
+                        "the worst case counts the break", "0 examples"),
+        "restart": (f"the strongest attack from new random starts (seed + {s.restart_seed}) "
+                    f"on {s.sample} sampled standing examples; where it breaks at least "
+                    f"{s.escalate_at}, on every standing example; then from seed + "
+                    f"{s.confirm_seed} on a fresh sample, whose breaks must show (one-sided "
+                    f"binomial test at {s.tail_level:.0%}) a restart breaking more than both a "
+                    f"converged attack's {s.tail:.0%} tail and the share of the standing "
+                    f"examples that would lower the worst case by {s.tolerance:g} points. Every "
+                    "break counts in the worst case", f"{s.tolerance:g} points"),
+        "zero-gradients": ("a standing example's input gradient of the cross-entropy is exactly "
+                           "zero or not finite (float32)", "0 examples"),
+        "saturated-softmax": ("a standing example's float32 softmax is exactly one-hot",
+                              "0 examples"),
+        "noise": (f"random vertices of the ε-ball ({s.noise_draws} per example, "
+                  f"{s.noise_sample} standing examples) break more than {s.noise_allowed}; "
+                  "its breaks count in the worst case", f"{s.noise_allowed} examples"),
+        "transfer": (f"PGD-{s.transfer_steps} run on a model of another recipe breaks more "
+                     f"than {s.transfer_allowed} standing examples; its breaks count in the "
+                     "worst case", f"{s.transfer_allowed} examples"),
+        "unbounded": ("at ε = 1 (L∞) or √(C·H·W) (L2) the strongest attack leaves standing "
+                      f"more than {s.unbounded_chance:g} × chance",
+                      f"{s.unbounded_chance:g} / classes"),
+        "shattered-gradients": (
+            f"at the clean input (within {h} of it) the autograd derivative along "
+            f"{s.consistency_directions} random ±1 directions disagrees with a central "
+            f"difference (h = {h}) by more than {s.consistency_tolerance:g} × the gradient's "
+            f"L2 norm, plus {s.consistency_roundings:g} float32 roundings, in more than "
+            f"{s.consistency_majority:.0%} of the directions, for more than "
+            f"{s.consistency_share:.0%} of {s.consistency_sample} sampled standing examples",
+            f"{s.consistency_share:.0%} of examples"),
+        "autoattack": ("AutoAttack's or the model's own checks raised a message",
+                       "0 messages"),
+    }
+
+
+DESCRIPTIONS = descriptions()  # the defaults' table (kept for callers)
 
 
 @dataclass(frozen=True)
@@ -91,6 +157,12 @@ class Check:
     threshold: float
     passed: bool
     detail: str
+    suspect: bool = False   # passed, yet found something: Square still attacks there
+
+    @property
+    def flagged(self) -> bool:
+        """Whether the check found anything (failed, or passed with a suspicion)."""
+        return not self.passed or self.suspect
 
     def as_csv(self, norm: str, n: int) -> dict[str, Any]:
         return {"check": self.check, "attack": self.attack, "norm": norm,
@@ -108,7 +180,8 @@ def _count_check(name: str, attack: str, eps: Eps, flags: Tensor, what: str) -> 
 @dataclass
 class Outcomes:
     """Per-example outcomes of every attack run on a subset at one norm: the clean flags,
-    and per ε each attack's standing flags (the worst over its settings)."""
+    and per ε each attack's standing flags (the worst over its settings). The checks'
+    own attacks (:data:`CHECK_ATTACKS`) add theirs with :meth:`add`."""
 
     clean: Tensor
     by_eps: dict[Eps, dict[str, Tensor]]
@@ -133,8 +206,23 @@ class Outcomes:
             standing &= flags
         return standing
 
+    def add(self, attack: str, eps: Eps, broken: Tensor) -> int:
+        """Record examples ``broken`` (a bool mask) by a check's ``attack`` at ``eps``;
+        returns how many of them the worst case counted standing."""
+        new = int((broken & self.worst(eps)).sum())
+        here = self.by_eps[eps]
+        here[attack] = here.get(attack, self.clean.clone()) & ~broken
+        return new
+
+    def found(self) -> list[tuple[str, Eps, Tensor]]:
+        """(check attack, ε, standing flags) of every check attack on record."""
+        return [(name, eps, flags & self.clean) for eps, here in self.by_eps.items()
+                for name, flags in here.items() if name in CHECK_ATTACKS]
+
 
 def _kind(name: str) -> tuple[str, int]:
+    if name in CHECK_ATTACKS:
+        return "check", 0
     try:
         attack = get(name)
         return attack.kind, attack.strength
@@ -144,6 +232,7 @@ def _kind(name: str) -> tuple[str, int]:
 
 def strongest(names) -> str:
     """The strongest of the attacks ``names`` (by the registry's strength, then name)."""
+    names = [n for n in names if n not in CHECK_ATTACKS] or list(names)
     return max(sorted(names), key=lambda name: _kind(name)[1])
 
 
@@ -155,7 +244,8 @@ def prober(names) -> str:
 
 
 def single_step(outcomes: Outcomes, eps: Eps) -> list[Check]:
-    """Iterative attacks must break whatever a single-step attack broke, per example."""
+    """Iterative attacks should break whatever a single-step attack broke, per example:
+    reported on the iterative attack's row; the worst case already counts the break."""
     here = outcomes.by_eps[eps]
     single = [a for a in here if _kind(a)[0] == "single-step"]
     if not single:
@@ -164,7 +254,8 @@ def single_step(outcomes: Outcomes, eps: Eps) -> list[Check]:
     for name in single:
         broken |= outcomes.clean & ~here[name]
     return [_count_check("single-step", name, eps, broken & here[name],
-                         f"against {name} that {'/'.join(single)} broke")
+                         f"against {name} that {'/'.join(single)} broke (counted in the "
+                         "worst case)")
             for name in here if _kind(name)[0] in ("iterative", "ensemble")]
 
 
@@ -180,41 +271,89 @@ class Probe:
     n_classes: int
     device: Any
 
-    def attack(self, name: str, eps: Eps, chosen: Tensor, *, restart: bool) -> Tensor:
-        """Standing flags of examples ``chosen`` (a bool mask) after ``name`` at ``eps``;
-        from other random starts (the next seed) when ``restart``."""
+    def attack(self, name: str, eps: Eps, chosen: Tensor, *, offset: int = 0) -> Tensor:
+        """Standing flags of examples ``chosen`` (a bool mask) after ``name`` at ``eps``,
+        from the random starts of seed + ``offset``."""
         where = chosen.nonzero().squeeze(1)
         if where.numel() == 0:
             return torch.zeros(0, dtype=torch.bool)
         options = dict(self.config.options.get(name, {})) if name in self.config.attacks else {}
         config = AttackConfig(attacks=(name,), eps=(eps,), norm=self.config.norm,
                               pgd=self.config.pgd, batch_size=self.config.batch_size,
-                              seed=self.config.seed + (1 if restart else 0),
-                              options={name: options})
+                              seed=self.config.seed + offset, options={name: options})
         result = robustness(self.model, self.x[where], self.y[where], config,
                             indices=self.indices[where], device=self.device,
                             n_classes=self.n_classes)
         return result.robust[(name, eps)]
 
 
+def _broken(chosen: Tensor, after: Tensor) -> Tensor:
+    """A mask of the examples of ``chosen`` that ``after`` (their standing flags) broke."""
+    broken = torch.zeros_like(chosen)
+    broken[chosen.nonzero().squeeze(1)] = ~after
+    return broken
+
+
+@dataclass
+class _Round:
+    chosen: Tensor
+    broken: int
+    sampled: int
+    fall: float
+    beyond: bool
+
+    def text(self, offset: int) -> str:
+        return (f"a restart (seed + {offset}) broke {self.broken} of {self.sampled} sampled "
+                f"standing examples: the worst case would fall by about {self.fall:.2g} "
+                f"points ({'beyond' if self.beyond else 'within'} the rule)")
+
+
+def _restart_round(probe: Probe, outcomes: Outcomes, eps: Eps, name: str, offset: int,
+                   settings: DiagnosticSettings) -> _Round:
+    """One restart on a sample of the standing examples; its breaks are recorded."""
+    standing = outcomes.worst(eps)
+    chosen = _sample(standing, settings.sample, probe.config.seed + offset, eps)
+    broken = _broken(chosen, probe.attack(name, eps, chosen, offset=offset))
+    outcomes.add("restart", eps, broken)
+    count, sampled = int(broken.sum()), int(chosen.sum())
+    share = int(standing.sum()) / standing.numel() if standing.numel() else 0.0
+    fall = 100.0 * share * count / sampled if sampled else 0.0
+    return _Round(chosen, count, sampled, fall, beyond(count, sampled, share, settings))
+
+
+def beyond(broken: int, sampled: int, share: float, settings: DiagnosticSettings) -> bool:
+    """Whether ``broken`` of ``sampled`` standing examples (a ``share`` of the subset
+    standing) is evidence that a restart breaks more than a converged attack's tail and
+    more than the rate that would lower the worst case by ``tolerance`` points: one-sided
+    binomial test at ``tail_level`` against the larger of the two rates."""
+    if broken == 0 or sampled == 0 or share == 0:
+        return False
+    rate = min(1.0, max(settings.tail, settings.tolerance / (100.0 * share)))
+    return bool(stats.binom.sf(broken - 1, sampled, rate) <= settings.tail_level)
+
+
 def restart(probe: Probe, outcomes: Outcomes, eps: Eps, settings: DiagnosticSettings
             ) -> Check:
-    """Incomplete optimization: the strongest attack again, from other random starts (a
-    restart), on a sample of the standing examples."""
+    """Incomplete optimization, confirmed by more effort: the strongest attack from other
+    random starts on a sample of the standing examples; where it breaks ``escalate_at``
+    or more, the same restart on every standing example, then a restart from other starts
+    again on a fresh sample, whose breaks must be evidence of a material fall
+    (:func:`beyond`) for the check to fail. Every break is recorded (the ``restart``
+    attack of the examples file)."""
     name = prober(outcomes.by_eps[eps])
-    standing = outcomes.worst(eps)
-    chosen = _sample(standing, settings.sample, probe.config.seed, eps)
-    after = probe.attack(name, eps, chosen, restart=True)
-    broken, sampled = int((~after).sum()), int(chosen.sum())
-    share = int(standing.sum()) / standing.numel() if standing.numel() else 0.0
-    fall = 100.0 * share * broken / sampled if sampled else 0.0
-    # more than a converged attack's tail: P(K >= broken | sampled, tail) at most 5%
-    beyond = broken > 0 and stats.binom.sf(broken - 1, sampled, settings.tail) <= 0.05
-    return Check("restart", name, eps, fall, settings.tolerance,
-                 not (fall > settings.tolerance and beyond),
-                 f"a restart (seed + 1) broke {broken} of {sampled} sampled standing examples: "
-                 f"the worst case would fall by about {fall:.2g} points "
-                 f"({'more' if beyond else 'no more'} than a {settings.tail:.0%} tail explains)")
+    first = _restart_round(probe, outcomes, eps, name, settings.restart_seed, settings)
+    detail = first.text(settings.restart_seed)
+    if first.broken < settings.escalate_at:
+        return Check("restart", name, eps, first.fall, settings.tolerance, True, detail)
+    rest = outcomes.worst(eps) & ~first.chosen   # the sample's were restarted already
+    more = outcomes.add("restart", eps, _broken(rest, probe.attack(
+        name, eps, rest, offset=settings.restart_seed)))
+    second = _restart_round(probe, outcomes, eps, name, settings.confirm_seed, settings)
+    detail += (f"; the same restart on the other {int(rest.sum())} standing examples broke "
+               f"{more} more (counted in the worst case); then "
+               f"{second.text(settings.confirm_seed)}")
+    return Check("restart", name, eps, second.fall, settings.tolerance, not second.beyond,
+                 detail, suspect=True)
 
 
 def _sample(flags: Tensor, size: int, seed: int, eps: Eps) -> Tensor:
@@ -245,21 +384,26 @@ def gradient_flags(model: nn.Module, x: Tensor, y: Tensor, device, batch_size: i
 
 
 def noise(probe: Probe, outcomes: Outcomes, eps: Eps, settings: DiagnosticSettings) -> Check:
-    """Random points of the ε-ball must not break what the white-box attacks did not."""
+    """Random points of the ε-ball must not break (many of) what the white-box attacks did
+    not; the examples they break are recorded (the ``noise`` attack)."""
     chosen = _sample(outcomes.worst(eps), settings.noise_sample, probe.config.seed, eps)
     where = chosen.nonzero().squeeze(1)
-    broken = torch.zeros(where.numel(), dtype=torch.bool)
-    for k, index in enumerate(where.tolist()):
+    broken = torch.zeros_like(chosen)
+    for index in where.tolist():
         x = probe.x[index].to(probe.device)
         delta = _random_points(x.shape, settings.noise_draws, eps.value, probe.config.norm,
                                np.random.default_rng([probe.config.seed, 12,
                                                       int(probe.indices[index])]))
         with torch.no_grad():
             logits = probe.model((x + delta.to(probe.device)).clamp(0, 1))
-        broken[k] = bool((logits.argmax(1) != probe.y[index].to(probe.device)).any())
-    return Check("noise", WORST, eps, int(broken.sum()), 0, not bool(broken.any()),
-                 f"{int(broken.sum())} of {where.numel()} standing examples broken by "
-                 f"{settings.noise_draws} random points each")
+        broken[index] = bool((logits.argmax(1) != probe.y[index].to(probe.device)).any())
+    outcomes.add("noise", eps, broken)
+    count = int(broken.sum())
+    return Check("noise", WORST, eps, count, settings.noise_allowed,
+                 count <= settings.noise_allowed,
+                 f"{count} of {where.numel()} standing examples broken by "
+                 f"{settings.noise_draws} random points each (counted in the worst case)",
+                 suspect=count > 0)
 
 
 def _random_points(shape, draws: int, eps: float, norm: str, rng) -> Tensor:
@@ -270,24 +414,59 @@ def _random_points(shape, draws: int, eps: float, norm: str, rng) -> Tensor:
     return torch.from_numpy(eps * direction.reshape(draws, *shape)).float()
 
 
-def unbounded(probe: Probe, outcomes: Outcomes) -> Check:
+def unbounded(probe: Probe, outcomes: Outcomes, settings: DiagnosticSettings) -> Check:
     """Where any image is reachable the strongest attack must reach chance."""
     largest = max(outcomes.by_eps)
     name = prober(outcomes.by_eps[largest])
     d = math.prod(probe.x.shape[1:])
     eps = Eps("1") if probe.config.norm == "linf" else Eps.of(float(f"{math.sqrt(d):.6g}"))
-    after = probe.attack(name, eps, outcomes.worst(largest), restart=False)
+    after = probe.attack(name, eps, outcomes.worst(largest))
     n = outcomes.clean.numel()
     accuracy = int(after.sum()) / n if n else 0.0
-    chance = 1.0 / probe.n_classes
+    chance = settings.unbounded_chance / probe.n_classes
     return Check("unbounded", name, eps, accuracy, chance, accuracy <= chance,
                  f"{int(after.sum())} of {n} examples stand at ε = {eps.text} "
-                 f"(chance: {chance:.3g})")
+                 f"(allowed: {chance:.3g})")
+
+
+def shattered(probe: Probe, outcomes: Outcomes, settings: DiagnosticSettings
+              ) -> list[Check]:
+    """Per ε: the share of sampled standing examples whose autograd gradient disagrees
+    with a central difference (:mod:`robustmix.attacks.consistency`) in most directions."""
+    from robustmix.attacks.consistency import disagreement
+
+    chosen = {eps: _sample(outcomes.worst(eps), settings.consistency_sample,
+                           probe.config.seed, eps) for eps in outcomes.by_eps}
+    union = torch.zeros_like(outcomes.clean)
+    for flags in chosen.values():
+        union |= flags
+    where = union.nonzero().squeeze(1)
+    shares = disagreement(probe.model, probe.x[where], probe.indices[where],
+                          seed=probe.config.seed, directions=settings.consistency_directions,
+                          step=settings.consistency_step,
+                          tolerance=settings.consistency_tolerance,
+                          roundings=settings.consistency_roundings, device=probe.device,
+                          batch_size=probe.config.batch_size)
+    bad = torch.zeros_like(union)
+    bad[where] = shares > settings.consistency_majority
+    checks = []
+    for eps, flags in chosen.items():
+        count, checked = int((bad & flags).sum()), int(flags.sum())
+        share = count / checked if checked else 0.0
+        checks.append(Check(
+            "shattered-gradients", WORST, eps, share, settings.consistency_share,
+            share <= settings.consistency_share,
+            f"{count} of {checked} sampled standing examples have a gradient that disagrees "
+            f"with a central difference (h = {settings.consistency_step:g}) in more than "
+            f"{settings.consistency_majority:.0%} of {settings.consistency_directions} "
+            "directions", suspect=count > 0))
+    return checks
 
 
 def diagnose(probe: Probe, outcomes: Outcomes, settings: DiagnosticSettings,
              messages: dict[tuple[str, Eps], list[str]]) -> list[Check]:
-    """Every check but transfer (:func:`transfer`), for every ε of ``outcomes``."""
+    """Every check but transfer (:func:`transfer`), for every ε of ``outcomes``; the
+    breaks of the checks' own attacks are added to ``outcomes``."""
     clean = outcomes.clean.nonzero().squeeze(1)
     zero = torch.zeros_like(outcomes.clean)
     saturated = torch.zeros_like(outcomes.clean)
@@ -296,20 +475,23 @@ def diagnose(probe: Probe, outcomes: Outcomes, settings: DiagnosticSettings,
     zero[clean], saturated[clean] = z, s
     checks = []
     for eps in outcomes.by_eps:
-        standing = outcomes.worst(eps)
         checks += single_step(outcomes, eps)
         checks.append(restart(probe, outcomes, eps, settings))
+        checks.append(noise(probe, outcomes, eps, settings))
+        standing = outcomes.worst(eps)
         checks.append(_count_check("zero-gradients", WORST, eps, zero & standing,
                                    "with a zero or non-finite input gradient"))
         checks.append(_count_check("saturated-softmax", WORST, eps, saturated & standing,
                                    "whose float32 softmax is one-hot"))
-        checks.append(noise(probe, outcomes, eps, settings))
         for attack in outcomes.by_eps[eps]:
+            if attack in CHECK_ATTACKS:
+                continue
             said = messages.get((attack, eps), [])
             checks.append(Check("autoattack", attack, eps, len(said), 0, not said,
                                 "; ".join(said) or "no message"))
     if outcomes.by_eps:
-        checks.append(unbounded(probe, outcomes))
+        checks += shattered(probe, outcomes, settings)
+        checks.append(unbounded(probe, outcomes, settings))
     return checks
 
 
@@ -318,7 +500,9 @@ def diagnose_result(model: nn.Module, x: Tensor, y: Tensor, result, config: Atta
                     device="cpu", settings: DiagnosticSettings = DiagnosticSettings()
                     ) -> list[Check]:
     """The checks of :func:`diagnose` for a :func:`~robustmix.attacks.sweep.robustness` result (the
-    Python API's path: any model, no run directory). ``x`` as given to ``robustness``."""
+    Python API's path: any model, no run directory). ``x`` as given to ``robustness``.
+    The examples the checks' attacks break are in :func:`diagnose`'s outcomes; here
+    only the checks are returned (``robustmix attack`` records the breaks)."""
     x = x.float().div(255) if x.dtype == torch.uint8 else x
     by_eps: dict[Eps, dict[str, Tensor]] = {}
     for (name, eps), standing in result.robust.items():
@@ -347,24 +531,46 @@ def failed_worst(checks: list[Check]) -> dict[Eps, list[str]]:
             if attack == WORST}
 
 
+def flagged_eps(checks: list[Check]) -> list[Eps]:
+    """The ε of the grid where a check found something about the worst case (every ε
+    where a per-run check did): where Square attacks what still stands. A single-step
+    break counts where the strongest attack missed it, not where only a weaker one did."""
+    grid = sorted({c.eps for c in checks if c.check not in GATES_ALL})
+    if any(c.flagged for c in checks if c.check in GATES_ALL):
+        return grid
+    found = []
+    for eps in grid:
+        here = [c for c in checks if c.eps == eps and c.check not in GATES_ALL]
+        attacks = {c.attack for c in here if c.attack != WORST}
+        top = strongest(attacks) if attacks else WORST
+        if any(c.flagged for c in here if c.check not in REPORTING or c.attack == top):
+            found.append(eps)
+    return found
+
+
 def transfer(target: nn.Module, source: nn.Module, source_name: str, x: Tensor, y: Tensor,
              indices: Tensor, outcomes: Outcomes, config: AttackConfig, device,
              settings: DiagnosticSettings) -> list[Check]:
-    """PGD run on ``source`` must not break what the white-box attacks left standing."""
+    """PGD run on ``source`` must not break (many of) what the white-box attacks left
+    standing; the examples it breaks are added to ``outcomes`` (the ``transfer`` attack)."""
     checks = []
     pgd_settings = PGDSettings(steps=settings.transfer_steps)
     for eps in outcomes.by_eps:
         where = outcomes.worst(eps).nonzero().squeeze(1)
-        broken = 0
+        broken = torch.zeros_like(outcomes.clean)
         for batch in where.split(config.batch_size):
             xb, yb = x[batch].to(device), y[batch].to(device)
             x_adv, _ = pgd(source, xb, yb, indices[batch], eps.value, config.norm,
                            pgd_settings, config.seed, early_exit=False)
             with torch.no_grad():
-                broken += int((target(x_adv).argmax(1) != yb).sum())
-        checks.append(Check("transfer", WORST, eps, broken, 0, broken == 0,
-                            f"PGD-{settings.transfer_steps} on {source_name} broke {broken} "
-                            f"of {where.numel()} standing examples"))
+                broken[batch] = (target(x_adv).argmax(1) != yb).cpu()
+        outcomes.add("transfer", eps, broken)
+        count = int(broken.sum())
+        checks.append(Check("transfer", WORST, eps, count, settings.transfer_allowed,
+                            count <= settings.transfer_allowed,
+                            f"PGD-{settings.transfer_steps} on {source_name} broke {count} "
+                            f"of {where.numel()} standing examples (counted in the worst "
+                            "case)", suspect=count > 0))
     return checks
 
 
@@ -384,10 +590,12 @@ def read(path) -> list[dict[str, str]]:
 def failures(rows: list[dict[str, str]], norm: str, n: int) -> dict[tuple[str, Eps], list[str]]:
     """What robustness.csv's ``diagnostics`` column says per (attack, ε).
 
-    An attack's row: the failed checks on that attack there, and those on the examples
-    the worst case leaves standing (masked gradients concern every attack at that ε). The
-    ``worst-case`` row: the failed checks on the strongest attack, on the worst case
-    itself, the model's and AutoAttack's messages, and a per-run failure (unbounded).
+    An attack's row: the failed checks on that attack there (single-step included), and
+    those on the examples the worst case leaves standing (masked gradients concern every
+    attack at that ε). The ``worst-case`` row: only the failed checks that put the worst
+    case itself in doubt: those on the worst case, the strongest attack's (but for the
+    reporting-only :data:`REPORTING`), the model's and AutoAttack's messages, and a
+    per-run failure (unbounded).
     """
     mine = [r for r in rows if r["norm"] == norm and int(r["n_examples"]) == n]
     failed = [r for r in mine if r["passed"] == "no"]
@@ -404,8 +612,9 @@ def failures(rows: list[dict[str, str]], norm: str, n: int) -> dict[tuple[str, E
         for attack in attacks:
             own = result.get((attack, eps), [])
             result[(attack, eps)] = list(dict.fromkeys(own + masked))
-        gating = [r["check"] for r in here if r["passed"] == "no" and
-                  (r["attack"] in (top, WORST) or r["check"] == "autoattack")]
+        gating = [r["check"] for r in here if r["passed"] == "no"
+                  and r["check"] not in REPORTING
+                  and (r["attack"] in (top, WORST) or r["check"] == "autoattack")]
         result[(WORST, eps)] = list(dict.fromkeys(gating + per_run))
     return result
 

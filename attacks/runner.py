@@ -112,14 +112,9 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     def write() -> None:
         probe = diag.Probe(subset.model, subset.x, subset.y, subset.indices, config,
                            subset.n_classes, device) if checks is not None else None
-        rows, merged = _store(run.path, config, result, old, probe, checks)
-        masked = masked_eps(rows)
-        if probe is not None and checks.square and masked and \
-                not {"square", "autoattack"} & set(config.attacks):
-            extra, merged = square_where_masked(run.path, probe, masked, checks, merged,
-                                                echo=print if progress else None)
-            rows = _refreshed([r for r in rows if r.attack != WORST], merged) + extra
-        final["rows"] = rows
+        rows, merged, found = _store(run.path, config, result, old, probe, checks)
+        final["rows"] = _escalate(run.path, probe, checks, found, rows, merged,
+                                  echo=print if progress else None)
         runs.remove_stale_temporaries(state_dir)
         if state_dir.is_dir() and not any(state_dir.iterdir()):
             state_dir.rmdir()
@@ -155,24 +150,64 @@ def store(run_dir: Path, config: AttackConfig, result: Result, old: list[dict],
 
 def _store(run_dir: Path, config: AttackConfig, result: Result, old: list[dict],
            probe: diag.Probe | None, settings: DiagnosticSettings | None
-           ) -> tuple[list[Row], list[dict]]:
-    """:func:`store`, and the rows of robustness.csv as written."""
+           ) -> tuple[list[Row], list[dict], list[Check]]:
+    """:func:`store`, the rows of robustness.csv as written, and the checks made."""
     run, norm, n = runs.RunDir(run_dir), config.norm, result.clean.numel()
     attacked = [row for row in result.rows if row.attack != WORST]
     examples = worst_case.record(
         run.robustness_examples_path, norm, result.clean,
         [(r.attack, r.settings, r.eps, result.robust[(r.attack, r.eps)]) for r in attacked])
-    rows = attacked + _worst_rows(examples, norm, n, old, attacked)
+    checks: list[Check] = []
     if probe is not None:
         outcomes = diag.Outcomes.from_rows(examples, norm, n)
         checks = diag.diagnose(probe, outcomes, settings, _messages(old, attacked, norm, n))
+        examples = _record_found(run, norm, outcomes, settings)
         _write_diagnostics(run, norm, n, checks, keep=("transfer",))
+    rows = attacked + _worst_rows(examples, norm, n, old, attacked)
     csv_rows = [table.as_csv(row, str(run_dir), norm) for row in rows]
     merged = table.merge(old, csv_rows, drop=lambda row: row["attack"] == WORST and
                          row["norm"] == norm and row["n_examples"] == str(n))
     merged = _with_diagnostics(run, merged, norm, n)
     table.write(run.robustness_path, merged)
-    return _refreshed(rows, merged, str(run_dir), norm), merged
+    return _refreshed(rows, merged, str(run_dir), norm), merged, checks
+
+
+def _record_found(run: runs.RunDir, norm: str, outcomes: diag.Outcomes,
+                  settings: DiagnosticSettings) -> list[dict]:
+    """Put the checks' own attacks' outcomes (restart, noise, transfer) into the examples
+    file, each as one row per ε whose unattacked examples stand; returns every row."""
+    found = outcomes.found()
+    return worst_case.record(run.robustness_examples_path, norm, outcomes.clean,
+                             [(name, _CHECK_SETTINGS[name](settings), eps, standing)
+                              for name, eps, standing in found])
+
+
+# The settings column of the checks' attacks' rows: fixed per settings, so that a check
+# made again replaces its row (whose flags include the earlier breaks: Outcomes.add).
+_CHECK_SETTINGS = {
+    "restart": lambda s: (f"the strongest attack from seed + {s.restart_seed} (and + "
+                          f"{s.confirm_seed}) on sampled standing examples"),
+    "noise": lambda s: f"{s.noise_draws} random vertices of the eps-ball per example",
+    "transfer": lambda s: f"PGD-{s.transfer_steps} on a model of another recipe",
+}
+
+
+def _escalate(run_dir: Path, probe: diag.Probe | None, settings: DiagnosticSettings | None,
+              checks: list[Check], rows: list[Row], merged: list[dict], echo=None
+              ) -> list[Row]:
+    """Square where any check flagged (and Square has not run there); the rows with the
+    worst cases that include it."""
+    if probe is None or not settings.square or \
+            {"square", "autoattack"} & set(probe.config.attacks):
+        return rows
+    norm, n = probe.config.norm, str(probe.indices.numel())
+    done = {Eps(r["eps"]) for r in worst_case.read(runs.RunDir(run_dir).robustness_examples_path)
+            if r["attack"] == "square" and r["norm"] == norm and r["n_examples"] == n}
+    flagged = [eps for eps in diag.flagged_eps(checks) if eps not in done]
+    if not flagged:
+        return rows
+    extra, merged = square_where_flagged(run_dir, probe, flagged, settings, merged, echo=echo)
+    return _refreshed([r for r in rows if r.attack != WORST], merged) + extra
 
 
 def _refreshed(rows: list[Row], merged: list[dict], run: str = "", norm: str = "") -> list[Row]:
@@ -183,34 +218,9 @@ def _refreshed(rows: list[Row], merged: list[dict], run: str = "", norm: str = "
         table.row_key(table.as_csv(row, run, norm)), row.diagnostics)) for row in rows]
 
 
-def masked_eps(rows: list[Row]) -> list[Eps]:
-    """The ε where the worst case failed a check that points at masked gradients: a
-    zero or saturated gradient, or an unbounded attack short of chance; or noise or
-    transfer breaking what an iterative attack left standing (after FGSM alone, that
-    says only that FGSM is weak)."""
-    found = []
-    for row in rows:
-        if row.attack != WORST:
-            continue
-        failed = set(row.diagnostics.removeprefix("failed: ").split(","))
-        iterative = any(r.eps == row.eps and _kind(r.attack) in ("iterative", "ensemble")
-                        for r in rows if r.attack != WORST)
-        if failed & {"zero-gradients", "saturated-softmax", "unbounded"} or \
-                (iterative and failed & {"noise", "transfer"}):
-            found.append(row.eps)
-    return found
-
-
-def _kind(name: str) -> str:
-    try:
-        return get(name).kind
-    except Exception:  # a plugin that is gone
-        return "iterative"
-
-
-def square_where_masked(run_dir: Path, probe: diag.Probe, grid: list[Eps],
-                        settings: DiagnosticSettings, old: list[dict], echo=None
-                        ) -> tuple[list[Row], list[dict]]:
+def square_where_flagged(run_dir: Path, probe: diag.Probe, grid: list[Eps],
+                         settings: DiagnosticSettings, old: list[dict], echo=None
+                         ) -> tuple[list[Row], list[dict]]:
     """Square, the gradient-free attack, at each ε of ``grid`` on the examples every other
     attack left standing there; its rows join the worst case and the diagnostics run
     again. Returns its rows with the new worst cases, and robustness.csv's rows."""
@@ -223,8 +233,8 @@ def square_where_masked(run_dir: Path, probe: diag.Probe, grid: list[Eps],
     for eps in grid:
         chosen = outcomes.worst(eps)
         if echo is not None:
-            echo(f"{run.path}: the diagnostics suspect masked gradients at ε = {eps.text}: "
-                 f"Square on the {int(chosen.sum())} examples still standing")
+            echo(f"{run.path}: a diagnostic flagged ε = {eps.text}: Square (gradient-free) "
+                 f"on the {int(chosen.sum())} examples still standing")
         standing = probe.attack("square", eps, chosen, restart=False)
         flags = torch.zeros(n, dtype=torch.bool)
         flags[chosen.nonzero().squeeze(1)] = standing
@@ -234,7 +244,7 @@ def square_where_masked(run_dir: Path, probe: diag.Probe, grid: list[Eps],
                         outcomes.clean.float().mean().item(), flags.float().mean().item(),
                         0.0, 0, 0, [], get("square").label))
     result = Result(rows, outcomes.clean, ByEps(robust))
-    return _store(run.path, config, result, old, probe, settings)
+    return _store(run.path, config, result, old, probe, settings)[:2]
 
 
 def _worst_rows(examples: list[dict], norm: str, n: int, old: list[dict],
@@ -256,6 +266,10 @@ def _worst_rows(examples: list[dict], norm: str, n: int, old: list[dict],
 def _label(names: list[str]) -> str:
     known = []
     for name in names:
+        if name in diag.CHECK_ATTACKS:  # a check's own attack: named last
+            known.append(dataclasses.replace(get("pgd"), name=name, evaluation=name,
+                                             strength=0))
+            continue
         try:
             known.append(get(name))
         except Exception:  # a plugin that is gone: its name stands for itself
@@ -307,23 +321,33 @@ def transfer_run(run_dir: str | Path, source_dir: str | Path, config: AttackConf
                  device="cpu", n_examples: int | None = None, data_dir: str | None = None,
                  settings: DiagnosticSettings | None = None) -> list[Check]:
     """The transfer check of ``run_dir`` with PGD run on ``source_dir``'s model, on the
-    examples every attack on record left standing; merged into diagnostics.csv and
-    robustness.csv's diagnostics column."""
+    examples every attack on record left standing; merged into diagnostics.csv. The
+    examples it breaks join the worst case (robustness.csv's worst-case rows are
+    recomputed), and Square attacks where it flagged."""
+    settings = settings or DiagnosticSettings()
     target = load_subset(run_dir, device, n_examples, data_dir, False, echo=None)
     source = load_model(source_dir).to(device).eval()
-    run, n = target.run, target.indices.numel()
+    run, n, norm = target.run, target.indices.numel(), config.norm
     examples = worst_case.read(run.robustness_examples_path)
-    outcomes = diag.Outcomes.from_rows(examples, config.norm, n)
+    outcomes = diag.Outcomes.from_rows(examples, norm, n)
     if not outcomes.by_eps:
-        raise UsageError(f"{run.path}: no attack on {n} examples at norm {config.norm} "
+        raise UsageError(f"{run.path}: no attack on {n} examples at norm {norm} "
                          "to check by transfer; run robustmix attack first")
     target.model.eval()
     checks = diag.transfer(target.model, source, Path(source_dir).name, target.x, target.y,
-                           target.indices, outcomes, config, device,
-                           settings or DiagnosticSettings())
-    _write_diagnostics(run, config.norm, n, checks, keep=tuple(diag.CHECKS))
-    rows = read_rows(run.robustness_path) if run.robustness_path.exists() else []
-    table.write(run.robustness_path, _with_diagnostics(run, rows, config.norm, n))
+                           target.indices, outcomes, config, device, settings)
+    examples = _record_found(run, norm, outcomes, settings)
+    _write_diagnostics(run, norm, n, checks, keep=tuple(diag.CHECKS))
+    old = read_rows(run.robustness_path) if run.robustness_path.exists() else []
+    worst = [table.as_csv(row, str(run.path), norm)
+             for row in _worst_rows(examples, norm, n, old, [])]
+    mine = lambda row: row["attack"] == WORST and row["norm"] == norm and \
+        row["n_examples"] == str(n)  # noqa: E731
+    merged = _with_diagnostics(run, table.merge(old, worst, drop=mine), norm, n)
+    table.write(run.robustness_path, merged)
+    probe = diag.Probe(target.model, target.x, target.y, target.indices, config,
+                       target.n_classes, device)
+    _escalate(run.path, probe, settings, checks, [], merged)
     return checks
 
 

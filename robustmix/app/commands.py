@@ -244,7 +244,9 @@ def _run_attack(args: argparse.Namespace) -> int:
              f"(estimated: at most {clock(bounds[run])}), everything "
              f"{clock(time.perf_counter() - started)}")
     if checks is not None and len(run_dirs) > 1 and not place.active:
-        for run, source in zip(run_dirs, run_dirs[1:] + run_dirs[:1]):
+        sources = _transfer_sources(run_dirs)
+        for run in run_dirs:
+            source = sources[run]
             found = transfer_run(run, source, config, device=device,
                                  n_examples=args.n_examples, data_dir=args.data_dir,
                                  settings=checks)
@@ -252,6 +254,20 @@ def _run_attack(args: argparse.Namespace) -> int:
             _say(f"robustmix attack: transfer from {source} to {run}: "
                  + (f"{len(failed)} ε flagged" if failed else "passed"))
     return 0
+
+
+def _transfer_sources(run_dirs: list[str]) -> dict[str, str]:
+    """Per run, a run of another recipe to transfer from (vanilla for an MSDA, an MSDA for
+    vanilla; the same seed first): study.transfer_sources on the runs' own configs."""
+    from robustmix.app.study import transfer_sources
+
+    described = []
+    for run in run_dirs:
+        train = runs.RunDir(run).read_config().get("train", {})
+        mix = train.get("mix", {})   # a MixConfig's dict; a bare name in older files
+        name = mix.get("mix", "vanilla") if isinstance(mix, dict) else str(mix)
+        described.append((run, name == "vanilla", "", str(train.get("seed", ""))))
+    return transfer_sources(described)
 
 
 def _check_run_dirs(paths: Sequence[str]) -> None:

@@ -92,16 +92,46 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
 
 def _transfer_steps(run_dirs: list[Path], config, device: str, n_examples: int,
                     checks: DiagnosticSettings) -> list[Step]:
-    """Each run checked by transfer from the next (the same method's next seed; the
-    last seed from the next method's first): after every run is attacked."""
+    """Each run checked by transfer from a run of another recipe (:func:`transfer_sources`):
+    after every run is attacked."""
     steps = []
-    for run_dir, source in zip(run_dirs, run_dirs[1:] + run_dirs[:1]):
+    sources = transfer_sources([(d, *_recipe(d.name, run_dirs)) for d in run_dirs])
+    for run_dir in run_dirs:
+        source = sources[run_dir]
         steps.append(Step(
             "transfer", run_dir, run_dir.name,
             lambda d=run_dir, s=source: _transferred(d, s, config, n_examples),
             lambda d=run_dir, s=source: _transfer(d, s, config, device, n_examples, checks),
             final=True))
     return steps
+
+
+def _recipe(name: str, run_dirs: list[Path]) -> tuple[bool, str, str]:
+    """(vanilla?, variant, seed) of a study run's name ``[VARIANT-]METHOD-sSEED``; an MSDA
+    run's variant is the longest of the vanilla runs' variants its name starts with."""
+    prefix, _, seed = name.rpartition("-s")
+    if prefix == "vanilla" or prefix.endswith("-vanilla"):
+        return True, prefix.removesuffix("vanilla").removesuffix("-"), seed
+    variants = {_recipe(d.name, [])[1] for d in run_dirs
+                if d.name.rpartition("-s")[0].endswith("vanilla")}
+    matching = [v for v in variants if v and prefix.startswith(v + "-")]
+    return False, max(matching, key=len, default=""), seed
+
+
+def transfer_sources(runs_: list[tuple]) -> dict:
+    """Per run, the run whose model the transfer check attacks it from: one trained with a
+    different recipe. ``runs_``: (key, vanilla?, variant, seed) in the study's order. An
+    MSDA run's source is the vanilla run of its variant and seed, else its variant's first
+    vanilla run; a vanilla run's the first MSDA run of its variant and seed, else its
+    variant's first MSDA run; failing those, any run of the other recipe, and where there
+    is none (every run vanilla, or none), the next run."""
+    found = {}
+    for index, (key, vanilla, variant, seed) in enumerate(runs_):
+        other = [r for r in runs_ if r[1] != vanilla]
+        ranked = [r for r in other if r[2] == variant and r[3] == seed] + \
+            [r for r in other if r[2] == variant] + other
+        found[key] = ranked[0][0] if ranked else runs_[(index + 1) % len(runs_)][0]
+    return found
 
 
 def _transferred(run_dir: Path, source: Path, config, n_examples: int) -> bool:
