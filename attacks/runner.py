@@ -235,7 +235,7 @@ def square_where_flagged(run_dir: Path, probe: diag.Probe, grid: list[Eps],
         if echo is not None:
             echo(f"{run.path}: a diagnostic flagged ε = {eps.text}: Square (gradient-free) "
                  f"on the {int(chosen.sum())} examples still standing")
-        standing = probe.attack("square", eps, chosen, restart=False)
+        standing = probe.attack("square", eps, chosen)
         flags = torch.zeros(n, dtype=torch.bool)
         flags[chosen.nonzero().squeeze(1)] = standing
         robust[("square", eps)] = flags
