@@ -104,13 +104,18 @@ def estimate(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, n_cla
              device) -> Estimate:
     """The bound on an attack command's time on (x, y) (see the module)."""
     per_pass = seconds_per_pass(model, x, y, device, config.batch_size)
+    return bound(config, n_classes, per_pass, x.shape[0])
+
+
+def bound(config: AttackConfig, n_classes: int, per_pass: float, n: int) -> Estimate:
+    """The bound on attacking ``n`` examples at ``per_pass`` seconds per example and pass."""
     total, guessed = 0.0, []
     for name in config.attacks:
         count, known = passes(name, config.settings_for(name), n_classes)
         total += count * len(config.eps)
         if not known:
             guessed.append(name)
-    return Estimate(total * per_pass * x.shape[0], per_pass, total, tuple(guessed))
+    return Estimate(total * per_pass * n, per_pass, total, tuple(guessed))
 
 
 def clock(seconds: float) -> str:

@@ -32,7 +32,7 @@ from robustmix.attacks.ensemble import run_ensemble
 from robustmix.attacks.gradient import PassCounter, PGDSettings
 from robustmix.attacks.guards import check_adversarial, check_rows, model_checks
 from robustmix.attacks.registry import Attack, ExampleDraws, get
-from robustmix.core import checks as guards
+from robustmix.core import checks as guards, threads
 from robustmix.core.errors import ConfigError
 
 WORST = "worst-case"
@@ -205,6 +205,7 @@ class _Sweep:
         standing, rows = clean.clone(), []
         clean_acc = clean.float().mean().item() if clean.numel() else 0.0
         for eps in self.config.eps:
+            threads.recheck(f"{attack.name} {eps.text}")   # a neighbour may have come or gone
             targets = standing.nonzero().squeeze(1)
             start = time.perf_counter()
             before = (self.model.forwards, self.model.backwards)

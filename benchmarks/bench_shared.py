@@ -2,17 +2,25 @@
 
 Run by hand, from the repository root, on an otherwise quiet machine:
 
-    python -m benchmarks.bench_shared [--methods a,b] [--seeds 0,1] [--keep]
+    python -m benchmarks.bench_shared [--methods a,b] [--seeds 0,1] [--at S] [--keep]
 
 It runs `robustmix study --quiet` (the digits preset, every method and seed unless
-``--methods``/``--seeds`` narrow it; ``--methods vanilla,cutmix --seeds 0`` is a few-minute
-subset) twice into fresh directories, both with robustmix's automatic thread choice
-(``ROBUSTMIX_THREADS`` and ``OMP_NUM_THREADS`` are removed from the study's environment):
-first beside one CPU-bound neighbour, a busy loop in a subprocess that this benchmark
-starts before the study and stops after it, then on the machine as it is. It prints both
-times, the thread line each study printed, the neighbour's CPU time, and the ratio
-busy / quiet. Issue 27's target: at most 2 on 2 cores. The busy run goes first, so file
-caches warmed by the first run favour the quiet one: the ratio errs high, not low.
+``--methods``/``--seeds`` narrow it; ``--methods vanilla,cutmix --seeds 102`` is a
+few-minute subset) four times into fresh directories, all with robustmix's automatic
+thread choice (``ROBUSTMIX_THREADS`` and ``OMP_NUM_THREADS`` are removed from the study's
+environment), beside one CPU-bound neighbour (a busy loop in a subprocess):
+
+- ``busy``: the neighbour runs from before the study to its end;
+- ``arrives``: the neighbour starts ``--at`` seconds after the study (issue 33: the thread
+  count is checked again before every step and every ε, so the study gives it a core);
+- ``leaves``: the neighbour runs from before the study and stops ``--at`` seconds in (the
+  study takes the core back);
+- ``quiet``: no neighbour.
+
+It prints each time, its ratio to the quiet one (issue 33's target: at most 2 on 2 cores),
+the thread counts the study's steps ran with (its steps.csv), and the neighbour's CPU
+time. The quiet run goes last, so file caches warmed by the first runs favour it: the
+ratios err high, not low.
 """
 
 from __future__ import annotations
@@ -24,11 +32,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from benchmarks import bench_study
 from benchmarks.common import format_machine, machine_info
+from robustmix.core import runs
 
 CHOICES = ("ROBUSTMIX_THREADS", "OMP_NUM_THREADS")   # removed: the automatic choice is measured
 BUSY_LOOP = "while True:\n    pass\n"
@@ -54,32 +64,68 @@ def stop_neighbour(neighbour: subprocess.Popen) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(folder: Path, extra: list[str] | None = None) -> dict:
-    """The study into ``folder``/busy beside a neighbour, then into ``folder``/quiet."""
-    env = automatic_env()
-    neighbour = start_neighbour()
+SCENARIOS = ("busy", "arrives", "leaves", "quiet")
+
+
+def run_scenario(name: str, folder: Path, extra: list[str], at: float) -> dict:
+    """One study into ``folder``/``name`` beside the neighbour the scenario names."""
+    env, neighbour, timer = automatic_env(), None, None
+    box: dict[str, subprocess.Popen] = {}
+    if name in ("busy", "leaves"):
+        neighbour = box["n"] = start_neighbour()
+    if name == "arrives":
+        timer = threading.Timer(at, lambda: box.setdefault("n", start_neighbour()))
+    if name == "leaves":
+        timer = threading.Timer(at, lambda: box.update(cpu=stop_neighbour(neighbour)))
+    if timer is not None:
+        timer.start()
     try:
-        busy = bench_study.run(folder / "busy", extra, env=env)
+        numbers = bench_study.run(folder / name, extra, env=env)
     finally:
-        neighbour_cpu_s = stop_neighbour(neighbour)
-    quiet = bench_study.run(folder / "quiet", extra, env=env)
-    return {"machine": machine_info("cpu"), "busy": busy, "quiet": quiet,
-            "neighbour_cpu_s": neighbour_cpu_s, "neighbour_pid": neighbour.pid,
-            "ratio": busy["total_s"] / quiet["total_s"]}
+        if timer is not None:
+            timer.cancel()
+            timer.join()
+        if "n" in box and "cpu" not in box:
+            box["cpu"] = stop_neighbour(box["n"])
+    numbers["neighbour_cpu_s"] = box.get("cpu", 0.0)
+    numbers["step_threads"] = step_threads(folder / name)
+    return numbers
+
+
+def step_threads(out: Path) -> dict[str, int]:
+    """How many steps ran with each sequence of thread counts (OUT/steps.csv)."""
+    counts: dict[str, int] = {}
+    for row in runs.read_csv(out / "steps.csv"):
+        counts[row["threads"]] = counts.get(row["threads"], 0) + 1
+    return counts
+
+
+def run(folder: Path, extra: list[str] | None = None, at: float = 60.0) -> dict:
+    """Every scenario in turn, the quiet one last; each one's ratio to the quiet time."""
+    result = {"machine": machine_info("cpu"), "at_s": at}
+    for name in SCENARIOS:
+        result[name] = run_scenario(name, folder, extra or [], at)
+    quiet = result["quiet"]["total_s"]
+    result["ratios"] = {name: result[name]["total_s"] / quiet for name in SCENARIOS[:-1]}
+    return result
 
 
 def format_results(result: dict, extra: list[str]) -> str:
     lines = [format_machine(result["machine"]),
              f"default study {' '.join(extra) or '(every method and seed)'}, automatic threads"]
-    for name in ("quiet", "busy"):
+    told = {"busy": " beside one busy-loop process", "quiet": "",
+            "arrives": f" with a busy loop from {result['at_s']:g} s in",
+            "leaves": f" with a busy loop until {result['at_s']:g} s in"}
+    for name in SCENARIOS:
         numbers = result[name]
-        beside = " beside one busy-loop process" if name == "busy" else ""
         load = numbers["load_before"]
         load = "unknown" if load is None else " ".join(f"{x:.2f}" for x in load)
-        lines.append(f"  {name:<5} {numbers['total_s'] / 60:6.2f} min{beside} "
-                     f"(load average before: {load})\n        {numbers['threads']}")
-    lines.append(f"  neighbour used {result['neighbour_cpu_s']:.0f} CPU-s")
-    lines.append(f"  busy / quiet = {result['ratio']:.2f} (target: at most 2)")
+        ratio = f" = {result['ratios'][name]:.2f} × quiet" if name != "quiet" else ""
+        threads = ", ".join(f"{k}: {v}" for k, v in numbers["step_threads"].items())
+        lines.append(f"  {name:<7} {numbers['total_s'] / 60:6.2f} min{ratio}{told[name]} "
+                     f"(load before: {load}; neighbour {numbers['neighbour_cpu_s']:.0f} CPU-s)"
+                     f"\n          {numbers['threads']}\n          steps by threads: {threads}")
+    lines.append("  target: at most 2 × quiet for every scenario")
     return "\n".join(lines)
 
 
@@ -87,13 +133,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=None, help="pass --methods to the study")
     parser.add_argument("--seeds", default=None, help="pass --seeds to the study")
+    parser.add_argument("--at", type=float, default=60.0,
+                        help="seconds into the study the neighbour arrives or leaves")
     parser.add_argument("--keep", action="store_true", help="keep the studies' folders")
     args = parser.parse_args()
     extra = ([] if args.methods is None else ["--methods", args.methods]) + \
         ([] if args.seeds is None else ["--seeds", args.seeds])
     folder = Path(tempfile.mkdtemp(prefix="bench-shared-"))
     try:
-        print(format_results(run(folder, extra), extra))
+        print(format_results(run(folder, extra, args.at), extra))
     finally:
         if args.keep:
             print(f"studies kept in {folder}")

@@ -263,3 +263,26 @@ def choice_lines(choice: Choice) -> list[str]:
         lines.append(f"  {method:<12} power {p:.3f}: likely inconclusive; the target needs "
                      f"{need}")
     return lines
+
+
+def detectable(n0: int, n1: int, k: int, *, target: float = TARGET_POWER,
+               level: float = st.LEVEL, studies: int = 4000) -> float:
+    """The smallest effect, in seed standard deviations, that one primary detects with
+    probability ``target`` when the study has ``n0`` vanilla runs, ``n1`` runs of each of
+    ``k`` MSDAs, and the other ``k - 1`` have no effect (Holm's hardest case: its first
+    step, Bonferroni): by bisection over :func:`simulate` on common random numbers, so
+    power rises with the effect and the bisection is exact to 0.01 sd."""
+    def power(effect: float) -> float:
+        stats_ = {"vanilla": (0.0, 1.0, n0), "msda": (effect, 1.0, n1)}
+        stats_ |= {f"null{i}": (0.0, 1.0, n1) for i in range(k - 1)}
+        return simulate(Pilot(stats_, "", WORST), n0, n1, studies=studies, level=level)["msda"]
+
+    low, high = 0.0, 1.0
+    while power(high) < target:
+        low, high = high, 2 * high
+        if high > 1e3:
+            return math.inf
+    while high - low > 0.01:
+        middle = (low + high) / 2
+        low, high = (middle, high) if power(middle) < target else (low, middle)
+    return high

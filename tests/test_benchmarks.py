@@ -6,7 +6,6 @@ mix of the baseline pipeline forms the labels its images imply.
 """
 
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from benchmarks import (bench_attack, bench_corruptions, bench_mixing,  # noqa: 
                         bench_puzzlemix, bench_shared, bench_study, bench_train)
 from benchmarks.common import format_machine, summarize_us  # noqa: E402
 from helpers import mini_study  # noqa: E402
+from robustmix.core import runs  # noqa: E402
 from robustmix.mixing import DATA_FREE_MIX_NAMES  # noqa: E402
 
 
@@ -175,18 +175,21 @@ def test_bench_corruptions_times_both_steps(tmp_path):
 @pytest.mark.slow
 def test_bench_shared_times_the_study_beside_its_own_neighbour_and_stops_it(tmp_path):
     config = tiny_study(tmp_path, "unused")
-    result = bench_shared.run(tmp_path, ["--config", str(config), "--seeds", "0,1"])
+    result = bench_shared.run(tmp_path, ["--config", str(config), "--seeds", "0,1"], at=3.0)
     check_machine(result["machine"])
-    for name in ("busy", "quiet"):
+    for name in bench_shared.SCENARIOS:
         assert positive(result[name]["total_s"])
         assert (tmp_path / name / "report.md").is_file()
         # the automatic choice, though this test chose 1 thread for itself
         assert result[name]["threads"].endswith("--threads N or ROBUSTMIX_THREADS=N to choose")
-    assert result["ratio"] == pytest.approx(result["busy"]["total_s"] / result["quiet"]["total_s"])
-    assert positive(result["neighbour_cpu_s"])   # it ran, and was reaped by the benchmark
-    with pytest.raises(ProcessLookupError):
-        os.kill(result["neighbour_pid"], 0)
-    assert "busy / quiet" in bench_shared.format_results(result, [])
+        steps = sum(result[name]["step_threads"].values())
+        assert steps == len(runs.read_csv(tmp_path / name / "steps.csv")) > 0
+        if name != "quiet":
+            assert result["ratios"][name] == pytest.approx(
+                result[name]["total_s"] / result["quiet"]["total_s"])
+    assert positive(result["busy"]["neighbour_cpu_s"])   # it ran, and was reaped
+    assert result["quiet"]["neighbour_cpu_s"] == 0.0
+    assert "target: at most 2" in bench_shared.format_results(result, [])
 
 
 @pytest.mark.slow

@@ -116,7 +116,7 @@ def study_results(out: Path) -> dict:
                            for row in rows_without_wall_clock(run_dir / ROBUSTNESS)],
             "generalization": {k: v for k, v in runs.read_json(run_dir / GENERALIZATION).items()
                                if k not in WALL_CLOCK | PATHS}}
-    for path in sorted(out.glob("*.csv")):
+    for path in sorted(p for p in out.glob("*.csv") if p.name != "steps.csv"):  # a log
         results[path.name] = [{k: v for k, v in row.items() if k not in WALL_CLOCK | PATHS}
                               for row in runs.read_csv(path)]
     for name in ("report.md", "study.toml", "robust_accuracy_linf.png", "mask_gallery.png"):

@@ -34,7 +34,7 @@ def write_config(base: Path, out: Path) -> Path:
 def tables(folder: Path) -> dict[str, list[dict]]:
     """Every CSV under ``folder`` (recursively) without its wall-clock and path columns."""
     result = {}
-    for path in sorted(folder.rglob("*.csv")):
+    for path in sorted(p for p in folder.rglob("*.csv") if p.name != "steps.csv"):  # a log
         with path.open(newline="") as handle:
             result[str(path.relative_to(folder))] = [
                 {k: v for k, v in row.items() if k not in VOLATILE} for row in csv.DictReader(handle)]

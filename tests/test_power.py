@@ -54,3 +54,22 @@ def test_the_plan_uses_the_pooled_sd_at_its_upper_confidence_limit():
     upper = pooled * np.sqrt(6 / stats.chi2.ppf(0.2, 6))
     assert all(np.isclose(sd, upper) for _, sd, _ in plan.stats.values())
     assert upper > pooled and plan.stats["hmix"][0] == 0.5, "means kept, spread raised"
+
+
+@pytest.mark.slow
+def test_the_presets_state_what_their_seed_counts_detect():
+    """The seed sds each preset's description states are the power calculation's."""
+    from robustmix.app.presets import DETECTABLE
+
+    for (n0, n1), stated in DETECTABLE.items():
+        assert power.detectable(n0, n1, 6) == pytest.approx(stated, abs=0.06), (n0, n1)
+
+
+@pytest.mark.slow
+def test_more_seeds_detect_smaller_effects_and_one_primary_alone_needs_less():
+    few, more = power.detectable(4, 4, 3, studies=1000), power.detectable(8, 8, 3, studies=1000)
+    assert 0 < more < few
+    assert power.detectable(8, 8, 1, studies=1000) < more   # no Holm correction to pay
+    # one primary, many runs: the z-test's (1.96 + 0.84) * sqrt(2 / n) sds
+    assert power.detectable(200, 200, 1, studies=2000) == pytest.approx(
+        2.80 * (2 / 200) ** 0.5, rel=0.1)

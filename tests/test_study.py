@@ -29,9 +29,10 @@ def stamps(out: Path) -> dict[str, int]:
 
 
 def tables(out: Path) -> dict[str, list[dict]]:
-    """The report's CSV tables without wall-clock columns."""
+    """The report's CSV tables without wall-clock columns (steps.csv is the log of how the
+    study ran: its time and threads)."""
     result = {}
-    for path in sorted(out.glob("*.csv")):
+    for path in sorted(p for p in out.glob("*.csv") if p.name != study.STEPS_FILE):
         rows = list(csv.DictReader(path.open()))
         result[path.name] = [{k: v for k, v in row.items() if k not in TIMING_COLUMNS}
                              for row in rows]
@@ -68,6 +69,10 @@ def test_a_miniature_study_produces_every_report_file(finished):
         assert (run_dir / "generalization.json").is_file()
     saved = tomllib.loads((out / "study.toml").read_text())
     assert saved["methods"] == ["vanilla", "cutmix"] and saved["train"]["epochs"] == 2
+    logged = runs.read_csv(out / study.STEPS_FILE)   # every step, its threads and time
+    assert len(logged) == 13 and all(int(n) >= 1 for r in logged for n in r["threads"].split())
+    planned = [r for r in logged if r["kind"] in ("train", "attack", "autoattack")]
+    assert len(planned) == 6 and all(float(r["planned_seconds"]) > 0 for r in planned)
 
 
 @pytest.mark.slow

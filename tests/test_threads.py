@@ -247,3 +247,88 @@ def test_train_resume_with_other_threads_says_so(capsys, tmp_path):
     assert "was started with 1 torch thread(s) and resumes with 2" in printed
     assert json.loads((out / runs.CONFIG).read_text())["threads"] == 1   # as it started
     assert runs.is_complete(out)
+
+
+# ------------------------------------------------------------------ checking again (issue 33)
+
+
+def test_an_automatic_count_follows_a_neighbour_that_comes_and_goes(two_torch_threads):
+    start = threads.choose(cores=2, busy=0.0, env=NO_CHOICE, flag=None, cap=2)
+    governor = threads.Governor(start)
+    assert governor.recheck("attack fgsm 8/255", busy=1.0) == 1 == torch.get_num_threads()
+    assert governor.recheck("attack pgd 8/255", busy=1.0) == 1
+    assert governor.recheck("attack apgd 8/255", busy=0.0) == 2 == torch.get_num_threads()
+    assert [where for where, _, _ in governor.changes] == ["attack fgsm 8/255",
+                                                           "attack apgd 8/255"]
+    assert governor.since_mark == [2, 1, 2]
+    governor.mark()
+    assert governor.since_mark == [2]
+
+
+def test_a_count_chosen_at_a_busy_start_grows_back_to_the_free_cores(two_torch_threads):
+    start = threads.choose(cores=2, busy=1.0, env=NO_CHOICE, flag=None, cap=2)
+    assert start.threads == 1 and start.most == 2
+    torch.set_num_threads(1)
+    assert threads.Governor(start).recheck("train x", busy=0.2) == 2
+
+
+@pytest.mark.parametrize("env, flag", [({threads.ENV: "2"}, None), ({}, 2), ({threads.OMP: "2"}, None)])
+def test_a_count_the_user_chose_is_never_changed(two_torch_threads, monkeypatch, env, flag):
+    choice = threads.choose(cores=2, busy=None, env=env, flag=flag)
+    before = threads.apply(choice)
+    try:
+        monkeypatch.setattr(threads, "others_ready", lambda *a, **k: 2.0)
+        threads.recheck("attack fgsm 8/255")
+        assert torch.get_num_threads() == 2 and threads.used() == [2]
+    finally:
+        threads.release()
+        torch.set_num_threads(before)
+
+
+def test_recheck_applies_where_the_choice_was_automatic(two_torch_threads, monkeypatch):
+    before = threads.apply(threads.choose(cores=2, busy=0.0, env=NO_CHOICE, flag=None, cap=2))
+    try:
+        monkeypatch.setattr(threads, "others_ready", lambda *a, **k: 1.0)
+        threads.mark()
+        threads.recheck("attack fgsm 8/255")
+        assert torch.get_num_threads() == 1 and threads.used() == [2, 1]
+    finally:
+        threads.release()
+        torch.set_num_threads(before)
+    threads.recheck("after release")   # no governor: nothing changes
+    assert torch.get_num_threads() == before
+
+
+def test_threads_ready_to_run_are_read_from_proc(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3 4\nprocs_running 5\nprocs_blocked 0\n")
+    assert threads.procs_running(str(stat)) == 5
+    assert threads.procs_running(str(tmp_path / "none")) is None
+    tasks = tmp_path / "task"
+    for tid, state in [(10, "R"), (11, "S"), (12, "R"), (13, "D")]:
+        (tasks / str(tid)).mkdir(parents=True)
+        (tasks / str(tid) / "stat").write_text(f"{tid} (py thon) {state} 1 2 3\n")
+    assert threads.own_running(str(tasks)) == 2
+    monkeypatch.setattr(threads, "procs_running", lambda: 5)
+    monkeypatch.setattr(threads, "own_running", lambda: 2)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    # 3 others on a 4-core machine, 2 of whose cores are ours: 1.5 against ours
+    assert threads.others_ready([0, 1], reads=3, gap=0.0) == 1.5
+    assert threads.others_ready(None, reads=1, gap=0.0) == 3.0
+
+
+def test_this_process_is_seen_running_itself():
+    assert threads.own_running() >= 1
+    assert threads.procs_running() is None or threads.procs_running() >= 1
+
+
+def test_an_attack_checks_the_count_again_before_every_eps(monkeypatch):
+    from helpers import two_conv_cnn
+    from robustmix.attacks import AttackConfig, robustness
+
+    seen = []
+    monkeypatch.setattr(threads, "recheck", seen.append)
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6) % 10
+    config = AttackConfig(attacks=("fgsm", "pgd"), eps=("1/255", "2/255", "4/255"))
+    robustness(two_conv_cnn(), x, y, config)
+    assert seen == [f"{a} {e}/255" for a in ("fgsm", "pgd") for e in (1, 2, 4)]

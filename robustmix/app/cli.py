@@ -522,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (module := sys.modules.get("robustmix.core.distributed")) is not None:
             module.leave()
         if before is not None:   # a caller in this process (a test) keeps its own count
+            sys.modules["robustmix.core.threads"].release()
             sys.modules["robustmix.core.threads"].set_count(before)
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from robustmix.attacks import DiagnosticSettings, Eps, diagnostics, transfer_run
 from robustmix.attacks.runner import attack_run, read_rows
@@ -27,7 +27,8 @@ from robustmix.evaluations import confirmation, evaluate_corruptions, evaluate_r
 from robustmix.app.presets import PAPER, PRESETS  # noqa: F401 (the study's presets)
 from robustmix.app.protocol import STUDY_FILE, declare  # noqa: F401 (the declaration)
 from robustmix.app.study_config import StudyConfig, load_config, to_toml  # noqa: F401
-from robustmix.core import methods, runs
+from robustmix.app import study_plan
+from robustmix.core import methods, runs, threads
 from robustmix.core.config import TrainConfig
 from robustmix.core.devices import resolve_device
 from robustmix.core.errors import UsageError
@@ -45,6 +46,7 @@ class Step:
     done: Callable[[], bool]
     action: Callable[[], str]
     final: bool = False   # needs every run's earlier steps: run after them, by the parent
+    settings: Any = None  # train: its TrainConfig; attack: (AttackConfig, n, TrainConfig)
 
 
 def _run_name(variant: str, method: str, seed: int) -> str:
@@ -70,12 +72,14 @@ def plan(config: StudyConfig, *, progress: bool = True) -> list[Step]:
                 train = config.run_config(variant, method, seed)
                 steps.append(Step("train", run_dir, label,
                                   lambda d=run_dir, t=train: _trained(d, t),
-                                  lambda d=run_dir, t=train: _train(d, t, progress, config)))
+                                  lambda d=run_dir, t=train: _train(d, t, progress, config),
+                                  settings=train))
                 steps.append(_attack_step("attack", run_dir, label, strong, device,
-                                          attack.n_examples, progress, checks))
+                                          attack.n_examples, progress, checks, train))
                 if auto is not None and attack.autoattacks(seed):
                     steps.append(_attack_step("autoattack", run_dir, label, auto, device,
-                                              attack.autoattack_examples, progress, checks))
+                                              attack.autoattack_examples, progress, checks,
+                                              train))
                 steps.append(Step("evaluate", run_dir, label,
                                   lambda d=run_dir: _evaluated(d, evaluate),
                                   lambda d=run_dir: _evaluate(d, evaluate, device)))
@@ -177,12 +181,14 @@ def _train(run_dir: Path, config, progress: bool, study: StudyConfig) -> str:
 
 
 def _attack_step(kind: str, run_dir: Path, label: str, config, device: str, n_examples: int,
-                 progress: bool, checks: DiagnosticSettings | None) -> Step:
+                 progress: bool, checks: DiagnosticSettings | None, train: TrainConfig
+                 ) -> Step:
     """A step that runs one attack configuration; done when robustness.csv holds its rows
     (and, with ``checks``, their diagnostics)."""
     return Step(kind, run_dir, label,
                 lambda: _attacked(run_dir, config, n_examples, checks is not None),
-                lambda: _attack(run_dir, config, device, n_examples, progress, checks))
+                lambda: _attack(run_dir, config, device, n_examples, progress, checks),
+                settings=(config, n_examples, train))
 
 
 def _attack_key(config) -> set[tuple]:
@@ -331,19 +337,52 @@ def run_study(config: StudyConfig, *, dry_run: bool = False, progress: bool = Tr
         more = f" (and {len(missing) - 1} more: see --dry-run)" if len(missing) > 1 else ""
         raise UsageError(f"the study's data is not ready: {missing[0]}{more}")
     started = time.perf_counter()
+    planned = study_plan.plan_times(pending, resolve_device(config.device))
+    echo(study_plan.plan_line(pending, planned))
+    took = _run_steps(pending, planned, Path(config.out), echo)
+    echo(f"robustmix study: {config.out} done in {_clock(time.perf_counter() - started)}; "
+         f"report: {Path(config.out) / 'report.md'}")
+    if (line := study_plan.took_line(pending, planned,
+                                     {i: t for i, t in took.items() if i in planned})):
+        echo(line)
+    return steps
+
+
+def _run_steps(pending: list[Step], planned: dict[int, float], out: Path,
+               echo: Callable[[str], None]) -> dict[int, float]:
+    """Run the steps in turn, the thread count checked before each (a neighbour may have
+    come or gone) and recorded with its time in OUT/steps.csv; the seconds each took."""
+    started, took = time.perf_counter(), {}
     spent: dict[str, list[float]] = {}
     for number, step in enumerate(pending, 1):
+        threads.mark()
+        threads.recheck(f"{step.kind} {step.label}")
         elapsed = time.perf_counter() - started
         echo(f"[{number}/{len(pending)}] {step.kind} {step.label} "
              f"(elapsed {_clock(elapsed)}{_eta(spent, pending[number - 1:])})")
         step_start = time.perf_counter()
         summary = step.action()
-        took = time.perf_counter() - step_start
-        spent.setdefault(step.kind, []).append(took)
-        echo(f"    {summary} ({took:.1f} s)")
-    echo(f"robustmix study: {config.out} done in {_clock(time.perf_counter() - started)}; "
-         f"report: {Path(config.out) / 'report.md'}")
-    return steps
+        took[number - 1] = time.perf_counter() - step_start
+        spent.setdefault(step.kind, []).append(took[number - 1])
+        _record(out, step, took[number - 1], planned.get(number - 1))
+        echo(f"    {summary} ({took[number - 1]:.1f} s)")
+    return took
+
+
+STEPS_FILE = "steps.csv"
+STEP_FIELDS = ["kind", "label", "threads", "seconds", "planned_seconds"]
+
+
+def _record(out: Path, step: Step, seconds: float, planned: float | None) -> None:
+    """Add the step to OUT/steps.csv: the torch thread counts it ran with (in order, where
+    a neighbour changed them), its seconds and its plan's."""
+    path = out / STEPS_FILE
+    rows = runs.read_csv(path) if path.is_file() else []
+    rows.append({"kind": step.kind, "label": step.label,
+                 "threads": " ".join(str(n) for n in threads.used()),
+                 "seconds": f"{seconds:.1f}",
+                 "planned_seconds": "" if planned is None else f"{planned:.1f}"})
+    runs.write_csv(path, rows, STEP_FIELDS)
 
 
 def finish(config: StudyConfig) -> str:

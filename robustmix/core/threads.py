@@ -16,6 +16,17 @@ The one-minute load average (the fallback elsewhere) lags by most of a minute bo
 and counts every core of the machine. The sample costs 0.2 s, paid only by the commands
 that compute (``--help`` and a mistyped flag answer before it).
 
+Checked again as the work goes on (issue 33): a neighbour that starts after the command
+would otherwise stall it for the rest of its run. Where the choice was automatic,
+:func:`recheck` decides again before every step of a study and before every ε of an
+attack, from the threads other processes have ready to run on our cores at that moment
+(/proc/stat's ``procs_running`` less our own running threads, the mean of a few reads a
+few ms apart). That is demand, not CPU time: a neighbour at nice 19 gets little CPU
+beside our threads yet stalls them at every barrier, and a CPU-time sample taken while we
+compute counts our own spinning threads. A training run keeps the count it started with
+(its weights' last bits depend on it; config.json records it). :func:`used` lists the
+counts in force since the last :func:`mark`, so a study records them per step.
+
 No torch at module level: :func:`choose` is a pure function; :func:`apply` imports torch.
 """
 
@@ -46,6 +57,7 @@ class Choice:
     cores: int
     busy: float | None = None
     measure: str | None = None
+    most: int | None = None   # auto: the most it may take (all free), for checks later
 
     def line(self) -> str:
         """The one line that says the choice and how to change it."""
@@ -83,9 +95,9 @@ def choose(*, cores: int, busy: float | None, env: Mapping[str, str], flag: int 
             return Choice(_count(name, env[name]), name, cores)
     most = max(1, min(cores, cap) if cap else cores)
     if busy is None:
-        return Choice(most, "auto", cores)
+        return Choice(most, "auto", cores, most=most)
     free = math.floor(cores - busy + 0.5)
-    return Choice(max(1, min(most, free)), "auto", cores, busy, measure)
+    return Choice(max(1, min(most, free)), "auto", cores, busy, measure, most)
 
 
 def _count(name: str, text: str) -> int:
@@ -162,12 +174,126 @@ def decide(flag: int | None, env: Mapping[str, str] | None = None) -> Choice:
 
 
 def apply(choice: Choice) -> int:
-    """Set torch's intra-op threads to the choice; returns the count it had before."""
+    """Set torch's intra-op threads to the choice; returns the count it had before. An
+    automatic choice is checked again by :func:`recheck` from now on; any other is kept."""
     import torch
 
+    global _GOVERNOR
     before = torch.get_num_threads()
     set_count(choice.threads)
+    _GOVERNOR = Governor(choice) if choice.source == "auto" else None
     return before
+
+
+# ----------------------------------------------------------------------- checking again
+
+RECHECK_READS = 8        # reads of /proc/stat per check ...
+RECHECK_GAP_S = 0.002    # ... this far apart: 16 ms a check
+
+
+def own_running(task_dir: str = "/proc/self/task") -> int:
+    """How many of this process's threads are running or ready to run (state R)."""
+    count = 0
+    try:
+        tasks = os.listdir(task_dir)
+    except OSError:
+        return 1
+    for task in tasks:
+        try:
+            with open(os.path.join(task_dir, task, "stat"), encoding="ascii") as stat:
+                text = stat.read()
+        except OSError:   # the thread ended
+            continue
+        count += text[text.rindex(")") + 2:].startswith("R")
+    return max(count, 1)   # this thread is running, reading
+
+
+def procs_running(path: str = "/proc/stat") -> int | None:
+    """The threads running or ready to run on the whole machine; None without /proc/stat."""
+    try:
+        with open(path, encoding="ascii") as stat:
+            for line in stat:
+                if line.startswith("procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def others_ready(cpus: list[int] | None, reads: int = RECHECK_READS,
+                 gap: float = RECHECK_GAP_S) -> float | None:
+    """The mean number of other processes' threads ready to run, counted against our
+    cores (the machine's count times our share of its cores); None where unknown."""
+    counts = []
+    for index in range(reads):
+        total = procs_running()
+        if total is None:
+            return None
+        counts.append(max(0, total - own_running()))
+        if index + 1 < reads:
+            time.sleep(gap)
+    every = os.cpu_count() or 1
+    mine = len(cpus) if cpus is not None else every
+    return sum(counts) / len(counts) * min(1.0, mine / every)
+
+
+class Governor:
+    """Decides an automatic thread count again when asked (:func:`recheck`) and keeps the
+    counts in force (:func:`used`)."""
+
+    def __init__(self, start: Choice) -> None:
+        self.cpus = usable_cores()
+        self.cores, self.cap = start.cores, start.most or start.threads
+        self.current = start.threads
+        self.since_mark = [start.threads]
+        self.changes: list[tuple[str, int, float]] = []   # (where, threads, busy)
+
+    def recheck(self, where: str, busy: float | None = None) -> int:
+        busy = others_ready(self.cpus) if busy is None else busy
+        if busy is None:
+            return self.current
+        choice = choose(cores=self.cores, busy=busy, env={}, flag=None, cap=self.cap)
+        if choice.threads != self.current:
+            set_count(choice.threads)
+            self.current = choice.threads
+            self.changes.append((where, choice.threads, busy))
+            self.since_mark.append(choice.threads)
+        return self.current
+
+    def mark(self) -> None:
+        self.since_mark = [self.current]
+
+
+_GOVERNOR: Governor | None = None
+
+
+def recheck(where: str) -> None:
+    """Decide the thread count again, where it was chosen automatically (a no-op where
+    the user chose it, or where no command chose it: a library caller keeps its own)."""
+    if _GOVERNOR is not None:
+        _GOVERNOR.recheck(where)
+
+
+def mark() -> None:
+    """Start a new record of the counts in force (a study calls it before each step)."""
+    if _GOVERNOR is not None:
+        _GOVERNOR.mark()
+
+
+def used() -> list[int]:
+    """The thread counts in force since the last :func:`mark`, in order (the current count
+    alone where none was chosen automatically)."""
+    if _GOVERNOR is not None:
+        return list(_GOVERNOR.since_mark)
+    import torch
+
+    return [torch.get_num_threads()]
+
+
+def release() -> None:
+    """Stop checking again (the command is over)."""
+    global _GOVERNOR
+    _GOVERNOR = None
 
 
 def set_count(threads: int) -> None:
