@@ -9,8 +9,9 @@ The section (between ``START`` and ``END`` in the README): the results table (cl
 accuracy, runs converged, the primary statistic, robust / robust ÷ clean accuracy at the
 cells of ``CELLS``); the primary verdicts with their effect, interval (labelled with what
 it covers, from predictions.csv), adjusted p and verdict; how much the weaker attacks
-overstate; which attack-failure checks failed; one sentence per secondary family; and the
-verdict counts. Each secondary sentence states the simulated chance that a study with no
+overstate; which attack-failure checks failed; one sentence per secondary family; the
+verdict counts; and, where ``robustmix study --confirm`` has run, whether each primary
+replicated on fresh seeds (confirmation.csv). Each secondary sentence states the simulated chance that a study with no
 secondary effect carries at least one false secondary verdict: ``false_secondary`` where
 given, else the ``RATE_COLUMN`` of predictions.csv where the report wrote one, else "not
 computed". Tables are written by the report's own table writer.
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 
 from robustmix.core.errors import UsageError
 from robustmix.core.files import read_csv
+from robustmix.evaluations import confirmation
 from robustmix.evaluations.markdown import md
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
@@ -50,8 +53,24 @@ def render(study: str | Path, false_secondary: str | None = None) -> str:
     lines = ["### Results by method", ""] + results_table(study) + primary_lines(rows)
     lines += overstatement_lines(study)
     lines += diagnostics_lines(study) + secondary_lines(rows, false_secondary)
-    lines += ["Verdict counts:", ""] + verdict_lines(rows)
+    lines += ["Verdict counts:", ""] + verdict_lines(rows) + [""]
+    lines += confirmation_lines(study)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def confirmation_lines(study: Path) -> list[str]:
+    """Whether the primaries replicated on fresh seeds (``robustmix study --confirm``'s
+    confirmation.csv, judged by the rule study.toml declares); nothing where it has not
+    run."""
+    path = study / confirmation.CSV
+    if not path.is_file():
+        return []
+    declared = study / "study.toml"
+    verdicts = tomllib.loads(declared.read_text(encoding="utf-8")).get("verdicts", {}) \
+        if declared.is_file() else {}
+    rule = verdicts.get("replication", "same-verdict-beyond-bound")
+    body = confirmation.markdown(read_csv(path), rule, "confirmation")[2:]
+    return ["### On fresh seeds: does each primary replicate?", ""] + body + [""]
 
 
 def _false_secondary(study: Path) -> str | None:

@@ -80,3 +80,27 @@ def test_write_replaces_only_the_section(tmp_path, capsys):
     assert findings.main([str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "has no predictions.csv" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_confirmation_joins_the_section_once_it_has_run(tmp_path):
+    from robustmix.evaluations import confirmation
+
+    study, rows = _folder(tmp_path)
+    assert "On fresh seeds" not in findings.render(study)
+    again = [dict(r) for r in rows]   # the same verdicts on "fresh seeds", hmix's effect halved
+    for r in again:
+        if r["comparison"].startswith("hmix"):
+            r["effect"] = str(float(r["effect"]) / 2)
+    (study / "confirmation").mkdir()
+    pd.DataFrame(again, columns=COLUMNS).to_csv(study / "confirmation" / "predictions.csv",
+                                                index=False)
+    confirmation.write(study, study / "confirmation", "same-verdict-beyond-bound")
+    written = [r for r in confirmation.compare(rows, again, "same-verdict-beyond-bound")]
+    text = findings.render(study)
+    assert "### On fresh seeds: does each primary replicate?" in text
+    held = sum(r["replicated"] == "yes" for r in written)
+    assert f"`same-verdict-beyond-bound`: {held} of the" in text
+    part = text.split("On fresh seeds", 1)[1]
+    for r in written:
+        line = next(x for x in part.splitlines() if x.startswith(f"| {r['comparison']} |"))
+        assert line.rstrip(" |").endswith(r["why"])
