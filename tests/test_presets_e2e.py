@@ -7,6 +7,9 @@ examples, methods and seeds; :data:`SIZES`), checks that the file differs from t
 those keys alone, and runs ``robustmix study --config`` in this process. torchvision's md5
 check still runs on the pickles: the test swaps the official checksums for those of the
 files it wrote (and the published image counts for its own), the tables the checks read.
+
+The attacked test examples are of classes no run trained on (_test_labels): an attack
+searches only the examples a model gets right, minutes each on a CPU.
 """
 
 from __future__ import annotations
@@ -173,8 +176,8 @@ def _write_cifar(root: Path, name: str, rng: np.random.Generator
 
 
 def _use_our_checksums(monkeypatch, dataset: str, root: Path) -> None:
-    """torchvision's md5 table for the data set, each file's md5 that of the file written
-    here; and the image counts check_available expects, ours."""
+    """torchvision's md5 table for the data set (CIFAR10's or CIFAR100's class attributes),
+    each file's md5 that of the file written here; torchvision still checks every file."""
     cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
     folder = root / cls.base_folder
 
@@ -229,7 +232,8 @@ def _write_folder(root: Path, name: str, rng: np.random.Generator) -> None:
 
 
 def _check_never_trained_on(spec: str, data_dir: str, name: str) -> None:
-    """The loader holds out exactly the classes the attacked examples have."""
+    """As the loader reads the data: the attacked examples' classes are held out, and
+    no held-out class is in the training images."""
     data = load_dataset(spec, data_dir=data_dir, image_size=8,
                         holdout=SIZES[name]["train"]["holdout"])
     attacked = runs.test_subset(data.n_test, SIZES[name]["attack"]["n_examples"])
@@ -245,9 +249,10 @@ def _run(path: Path) -> None:
     assert main(["study", "--quiet", "--threads", "1", "--config", str(path)]) == 0
 
 
-def _cifar_study(tmp_path: Path, monkeypatch, name: str) -> tuple[Path, np.ndarray]:
-    """The CIFAR preset ``name`` run on its synthetic data; its output folder and the
-    identity corruption."""
+def _cifar_study(tmp_path: Path, monkeypatch, name: str
+                 ) -> tuple[Path, str, np.ndarray, np.ndarray]:
+    """The CIFAR preset ``name`` run on its synthetic data: its output folder, the
+    identity corruption and the test images and labels."""
     dataset = PRESETS[name]["train"]["dataset"]
     monkeypatch.chdir(tmp_path)
     root = tmp_path / PRESETS[name]["train"]["data_dir"]
@@ -261,7 +266,7 @@ def _cifar_study(tmp_path: Path, monkeypatch, name: str) -> tuple[Path, np.ndarr
     identity = _write_corruptions(root, dataset, x_test, y_test)
     _fewer_puzzlemix_kernel_draws(monkeypatch)
     _run(_study_file(tmp_path, name))
-    return tmp_path / PRESETS[name]["out"], identity
+    return tmp_path / PRESETS[name]["out"], identity, x_test, y_test
 
 
 def _fewer_puzzlemix_kernel_draws(monkeypatch) -> None:
@@ -293,7 +298,8 @@ def _check_robustbench(out: Path, name: str) -> None:
         card = json.loads((out / "robustbench" / f"{run}.json").read_text())
         rows = _csv(out / "runs" / run / "robustness.csv")
         assert card["dataset"] == preset["train"]["dataset"].lower()
-        assert card["architecture"] in ("PreActResNet-18", "ResNet-50")
+        assert card["architecture"] == {"preactresnet18": "PreActResNet-18",
+                                        "resnet50": "ResNet-50"}[preset["train"]["arch"]]
         assert card["threat_model"] == "Linf" and card["leaderboard"] is False
         auto = [r for r in rows if r["attack"] == "autoattack"]
         if attack["autoattack"]:
@@ -309,26 +315,54 @@ def _check_robustbench(out: Path, name: str) -> None:
             assert "no full standard AutoAttack ran" in card["leaderboard_note"]
 
 
-def _check_corruptions(out: Path, name: str, identity: str) -> None:
+def _check_corruptions(out: Path, name: str, identity: str, x_test: np.ndarray,
+                       y_test: np.ndarray) -> None:
     """Per run, every cell of the -C benchmark from its files: the 15 standard corruptions
-    and the extra at 5 severities after the clean row; the identity corruption's accuracy
-    is the clean accuracy at every severity."""
+    and the extra at 5 severities after the clean row, on the evaluated examples; the clean
+    accuracy is the run's model's on those (measured here), and so is the identity
+    corruption's at every severity."""
     dataset = PRESETS[name]["train"]["dataset"]
-    n = str(SIZES[name]["evaluate"]["n_examples"])
+    n = SIZES[name]["evaluate"]["n_examples"]
+    evaluated = runs.test_subset(len(y_test), n)
     for run in _run_names(out):
         rows = _csv(out / "runs" / run / "corruptions.csv")
         clean, *cells = rows
         assert (clean["corruption"], clean["severity"], clean["source"]) == ("clean", "0",
                                                                              "test set")
+        assert float(clean["accuracy"]) == pytest.approx(
+            _accuracy(out / "runs" / run, x_test[evaluated], y_test[evaluated]), abs=1e-7)
         assert [(r["corruption"], int(r["severity"])) for r in cells] == \
             [(c, s) for c in (*STANDARD, EXTRA[0]) for s in range(1, 6)]
         assert {r["source"] for r in cells} == {BENCHMARKS[dataset]}
-        assert {r["n_examples"] for r in rows} == {n}
+        assert {r["n_examples"] for r in rows} == {str(n)}
         assert [r["set"] for r in cells] == ["standard"] * 75 + ["extra"] * 5
         same = [r["accuracy"] for r in cells if r["corruption"] == identity]
         assert same == [clean["accuracy"]] * 5
     report = (out / "report.md").read_text()
     assert f"Images: {BENCHMARKS[dataset]} (the 15 standard corruptions" in report
+
+
+def _accuracy(run_dir: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    """The run's model's accuracy on uint8 (N, H, W, C) images."""
+    import torch
+
+    from robustmix.models.weights import load_model
+
+    with torch.no_grad():
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        predicted = load_model(run_dir).eval()(x).argmax(1).numpy()
+    return float(np.mean(predicted == labels))
+
+
+def _check_attacks(out: Path, name: str) -> None:
+    """Every run met the preset's attacks at every ε of its grid, on the examples asked."""
+    attack = {**PRESETS[name]["attack"], **SIZES[name]["attack"]}
+    wanted = {(a, eps, str(attack["n_examples"])) for a in attack["attacks"]
+              for eps in attack["eps"].split(",")}
+    for run in _run_names(out):
+        rows = _csv(out / "runs" / run / "robustness.csv")
+        assert wanted <= {(r["attack"], r["eps"], r["n_examples"]) for r in rows}, run
+        assert all(float(r["robust_acc"]) <= float(r["clean_acc"]) for r in rows), run
 
 
 def _check_autoattack_rows(out: Path, name: str) -> None:
@@ -373,17 +407,19 @@ def _check_paper_table(out: Path, name: str) -> None:
 
 
 def test_cifar10_robustness(tmp_path, monkeypatch):
-    out, identity = _cifar_study(tmp_path, monkeypatch, "cifar10-robustness")
+    out, *corrupted = _cifar_study(tmp_path, monkeypatch, "cifar10-robustness")
+    _check_attacks(out, "cifar10-robustness")
     _check_autoattack_rows(out, "cifar10-robustness")
-    _check_corruptions(out, "cifar10-robustness", identity)
+    _check_corruptions(out, "cifar10-robustness", *corrupted)
     _check_robustbench(out, "cifar10-robustness")
     assert not (out / "paper_comparison.csv").exists()
 
 
 def test_cifar100_table2(tmp_path, monkeypatch):
-    out, identity = _cifar_study(tmp_path, monkeypatch, "cifar100-table2")
+    out, *corrupted = _cifar_study(tmp_path, monkeypatch, "cifar100-table2")
+    _check_attacks(out, "cifar100-table2")
     _check_autoattack_rows(out, "cifar100-table2")
-    _check_corruptions(out, "cifar100-table2", identity)
+    _check_corruptions(out, "cifar100-table2", *corrupted)
     _check_robustbench(out, "cifar100-table2")
     _check_paper_table(out, "cifar100-table2")
 
@@ -403,5 +439,6 @@ def test_imagenet100_scenarios(tmp_path, monkeypatch):
         variant = run.rsplit("-", 2)[0]
         assert config["train"]["crop_scale"] == PRESETS[name]["variants"][variant]["crop_scale"]
         assert not (out / "runs" / run / "corruptions.csv").exists()
+    _check_attacks(out, name)
     _check_robustbench(out, name)
     _check_paper_table(out, name)
