@@ -332,8 +332,9 @@ def from_comparisons(comparisons, test: str = "capped df", null: bool = True) ->
     bounded = {s: all(v.size and v.min() > 0 and v.max() < 1
                       for (name, _), v in samples.items() if name == s)
                for s, _ in samples}
-    centre = {s: float(np.mean([v.mean() for (name, _), v in samples.items()
-                                if name == s and v.size])) for s, _ in samples}
+    means = {s: [v.mean() for (name, _), v in samples.items() if name == s and v.size]
+             for s, _ in samples}   # none where no run measured the statistic
+    centre = {s: float(np.mean(m)) if m else math.nan for s, m in means.items()}
     return [_hypothesis(c, samples, bounded, centre, test, null) for c in counted]
 
 

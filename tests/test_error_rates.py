@@ -6,6 +6,7 @@ per-study rate is deterministic."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -202,3 +203,14 @@ def test_the_report_states_the_per_study_error_and_writes_it():
     assert (frame["ci_low"] <= frame["rate"]).all() and (frame["rate"] <= frame["ci_high"]).all()
     assert f"{rates[-1]:.1%}" in ctx.lines[0] and "Per-study error" in ctx.lines[0]
     assert ctx.lines[1] == "[error_rates.csv](error_rates.csv)"
+
+
+def test_a_statistic_no_run_measured_is_untested_without_a_warning():
+    # imagenet100-scenarios (no vanilla): a statistic with no finite value on either side
+    # has no shared null mean; numpy's mean of nothing warned "Mean of empty slice"
+    empty = [Comparison("calibration", SECONDARY, "ECE", "m vs n", "ECE",
+                        [math.nan], [math.nan], "lower")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (h,) = er.from_comparisons(empty)
+        assert not h.tested and er.secondary_error(empty) is None

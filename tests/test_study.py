@@ -138,6 +138,18 @@ def test_every_preset_runs_the_strong_attack_at_every_eps_on_every_run(name):
     assert attacked == {s.label for s in steps if s.kind == "train"}, "every run"
 
 
+@pytest.mark.parametrize("name", [n for n in study.PRESETS if study.PRESETS[n].get("paper")])
+def test_every_run_of_a_paper_preset_finds_its_row_of_the_paper_table(name):
+    """The runs' names ([VARIANT-]METHOD-sSEED, a variant's name with dashes: large-crop)
+    map onto the paper table's keys (METHOD or VARIANT/METHOD), one each, every key."""
+    config = study.load_config(name, None)
+    labels = [s.label for s in study.plan(config, progress=False) if s.kind == "train"]
+    keys = [study._paper_key(label, config.variant_names()) for label in labels]
+    assert sorted(set(keys)) == sorted(study.PAPER[config.paper]["rows"])
+    assert len(keys) == len(set(keys)) * len(config.seeds)
+    assert study._paper_key("a-b-mixup-s3", ["a", "a-b"]) == "a-b/mixup"   # longest first
+
+
 def test_a_config_on_other_data_does_not_inherit_the_digits_image_size(tmp_path):
     path = tmp_path / "cifar.toml"
     path.write_text('[train]\ndataset = "cifar10"\n')

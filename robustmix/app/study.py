@@ -277,13 +277,22 @@ def _report(run_dirs: list[Path], out: Path, config: StudyConfig) -> str:
     return f"wrote {path}"
 
 
+def _paper_key(run_name: str, variants: list[str]) -> str:
+    """The paper table's key of a study run ``[VARIANT-]METHOD-sSEED``: ``VARIANT/METHOD``
+    (a variant's name may hold dashes: ``large-crop``), or ``METHOD`` without variants."""
+    name = run_name.rsplit("-s", 1)[0]
+    for variant in sorted(variants, key=len, reverse=True):
+        if variant and name.startswith(variant + "-"):
+            return f"{variant}/{name[len(variant) + 1:]}"
+    return name
+
+
 def _append_paper_table(report: Path, run_dirs: list[Path], config: StudyConfig) -> None:
     """Set the study's clean test accuracies beside the paper's numbers."""
     paper = PAPER[config.paper]
     measured: dict[str, list[float]] = {}
     for run_dir in run_dirs:
-        name = run_dir.name.rsplit("-s", 1)[0]
-        key = name.replace("-", "/", 1) if config.variants else name
+        key = _paper_key(run_dir.name, config.variant_names())
         rows = runs.read_metrics(run_dir / runs.METRICS)
         measured.setdefault(key, []).append(100 * float(rows[-1]["test_acc"]))
     lines = ["", f"## Beside the paper: {paper['title']}", "",
