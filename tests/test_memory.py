@@ -1,0 +1,120 @@
+"""Memory said before it is spent: the decision, the measurement, and the refusal of a
+train or attack command that cannot fit, before it writes anything."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from robustmix.core import memory as mem
+from robustmix.core.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+# ---------------------------------------------------------------------------- the decision
+
+
+def test_the_largest_batch_is_the_last_one_whose_peak_is_within_the_memory():
+    assert mem.largest_batch(per_example=100, fixed=1_000, available=10_000) == 90
+    assert mem.largest_batch(per_example=100, fixed=1_000, available=10_099) == 90
+    assert mem.largest_batch(per_example=100, fixed=1_000, available=10_100) == 91
+    assert mem.largest_batch(per_example=100, fixed=1_000, available=1_099) == 0
+    assert mem.largest_batch(per_example=100, fixed=20_000, available=10_000) == 0
+    # exactly 20 examples' room, where floating division gives 19.999...
+    assert mem.largest_batch(per_example=610766.4, fixed=0, available=12215328) == 20
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64, 500])
+def test_an_estimate_fits_at_its_largest_batch_and_not_one_above(batch):
+    found = mem.Estimate("cpu", batch, per_example=1234.5, fixed=50_000, data=7_000,
+                         available=400_000)
+    largest = found.largest_batch()
+    assert largest == math.floor((400_000 - 57_000) / 1234.5)
+    assert mem.Estimate("cpu", largest, 1234.5, 50_000, 7_000, 400_000).fits
+    assert not mem.Estimate("cpu", largest + 1, 1234.5, 50_000, 7_000, 400_000).fits
+    assert found.fits == (batch <= largest)
+
+
+def test_the_largest_image_size_scales_the_activations_and_data_by_area():
+    # at 32 px: 100 examples of 1,000 bytes and 20,000 bytes of images; at 16 px a quarter
+    found = mem.Estimate("cpu", 100, per_example=1_000, fixed=5_000, data=20_000,
+                         available=5_000 + (100_000 + 20_000) // 4, image_size=32)
+    assert not found.fits
+    assert found.largest_image_size() == 16
+    assert found.largest_image_size(step=1) == 16
+    roomier = mem.Estimate("cpu", 100, 1_000, 5_000, 20_000, 5_000 + 120_000 // 4 - 1, image_size=32)
+    assert roomier.largest_image_size(step=1) == 15
+
+
+def test_unknown_memory_never_refuses():
+    found = mem.Estimate("mps", 10 ** 6, per_example=10 ** 9, fixed=0, available=None)
+    assert found.fits and mem.refusal(found, {"batch_size": 1}) is None
+
+
+def test_the_refusal_is_one_line_with_the_estimate_what_is_available_and_the_knob():
+    found = mem.Estimate("cpu", 128, per_example=200 * 2 ** 20, fixed=2 ** 30, data=0,
+                         available=10 * 2 ** 30, image_size=224,
+                         parts=(("weights", 2 ** 30),))
+    error = mem.refusal(found, {"batch_size": 46, "image_size": 0})
+    assert isinstance(error, ConfigError) and error.field == "batch_size"
+    text = str(error)
+    assert "\n" not in text
+    assert text.startswith("batch_size 128 needs about 26.0 GiB on cpu")
+    assert "10.0 GiB available" in text and "weights 1.00 GiB" in text
+    assert "batch_size 46 would fit" in text and "image_size" not in text
+    assert mem.NO_CHECK in text and error.mentions == ("batch_size", "image_size")
+    nothing = mem.refusal(found, {"batch_size": 0})
+    assert "not even one example fits" in str(nothing)
+
+
+def test_the_check_can_be_switched_off(monkeypatch):
+    found = mem.Estimate("cpu", 10, per_example=10, fixed=0, available=1)
+    monkeypatch.setenv(mem.NO_CHECK, "1")
+    mem.refuse_unless_fits(found, {"batch_size": 0})
+    monkeypatch.setenv(mem.NO_CHECK, "0")
+    with pytest.raises(ConfigError, match="not even one example"):
+        mem.refuse_unless_fits(found, {"batch_size": 0})
+
+
+# ---------------------------------------------------------------------------- free memory
+
+
+def _write(folder, **files):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name.replace("_", ".", 1)).write_text(text)
+
+
+def test_the_cpu_has_the_least_of_memavailable_and_the_cgroups_rooms(tmp_path):
+    proc, root = tmp_path / "proc", tmp_path / "cgroup"
+    _write(proc, meminfo="MemTotal: 1000 kB\nMemAvailable: 900 kB\n")
+    _write(proc / "self", cgroup="0::/job/step\n")
+    assert mem.cpu_available(proc, root) == 900 * 1024            # no cgroup files at all
+    # v2: the step's limit leaves 300 kB (+ 100 kB of reclaimable cache); the job's 50 kB
+    _write(root / "job" / "step", memory_max="600000", memory_current="400000",
+           memory_stat="anon 1\ninactive_file 100000\n")
+    assert mem.cpu_available(proc, root) == 300_000
+    _write(root / "job", memory_max="1000000", memory_current="950000")
+    assert mem.cpu_available(proc, root) == 50_000
+    _write(root / "job", memory_max="max", memory_current="950000")
+    assert mem.cpu_available(proc, root) == 300_000
+
+
+def test_a_cgroup_v1_limit_counts_and_an_unset_one_does_not(tmp_path):
+    proc, root = tmp_path / "proc", tmp_path / "cgroup"
+    _write(proc, meminfo="MemAvailable: 4000 kB\n")
+    _write(proc / "self", cgroup="5:cpu:/\n4:memory:/box\n0::/\n")
+    _write(root / "memory" / "box", memory_limit_in_bytes="9223372036854771712",
+           memory_usage_in_bytes="10")
+    assert mem.cpu_available(proc, root) == 4000 * 1024
+    _write(root / "memory" / "box", memory_limit_in_bytes="3000000",
+           memory_usage_in_bytes="2000000", memory_stat="total_inactive_file 500\n")
+    assert mem.cpu_available(proc, root) == 1_000_500
+
+
+def test_this_machine_reports_some_free_memory():
+    free = mem.available_bytes(torch.device("cpu"))
+    assert free is None or free > 0
