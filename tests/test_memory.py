@@ -7,9 +7,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from robustmix.core import memory as mem
 from robustmix.core.errors import ConfigError
+from robustmix.models import build_model
+from robustmix.models.memory import measure, saved_bytes
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -118,3 +121,49 @@ def test_a_cgroup_v1_limit_counts_and_an_unset_one_does_not(tmp_path):
 def test_this_machine_reports_some_free_memory():
     free = mem.available_bytes(torch.device("cpu"))
     assert free is None or free > 0
+
+
+# ---------------------------------------------------------------------------- measurement
+
+
+def test_the_count_equals_the_saved_tensors_of_a_tiny_model_by_hand():
+    # conv (saves its input; its weight is the model's), relu (saves its output, which the
+    # linear layer saves again as a view: one storage), linear (saves that view and its weight)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 3))
+    for n in (1, 5):
+        x = torch.rand(n, 1, 8, 8)
+        image, activation, logits = n * 64 * 4, n * 4 * 64 * 4, n * 3 * 4
+        assert saved_bytes(model, x) == image + activation + 2 * activation + 2 * logits
+        attacked = x.clone().requires_grad_(True)
+        assert saved_bytes(model.eval(), attacked) == image + 3 * activation + 2 * logits
+        model.train()
+
+
+def test_the_bytes_per_example_do_not_depend_on_the_batch_measured():
+    model = build_model("preactresnet18", num_classes=10, in_channels=3, mean=(0.5,) * 3,
+                        std=(0.25,) * 3)
+    per = [measure(model, (3, 16, 16), "cpu", train=True, examples=n).per_example
+           for n in (2, 4, 8)]
+    # only batch norm's per-channel statistics do not grow with the batch
+    assert max(per) / min(per) < 1.01, per
+
+
+@pytest.mark.parametrize("arch", ["smallcnn", "preactresnet18", "resnet20"])
+def test_a_conv_nets_activations_grow_with_the_images_area(arch):
+    model = build_model(arch, num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    small, large = (measure(model, (3, side, side), "cpu", train=True).per_example
+                    for side in (16, 32))
+    assert large / small == pytest.approx(4.0, rel=0.02), (small, large)
+
+
+def test_measuring_leaves_the_model_and_the_random_numbers_as_they_were():
+    model = build_model("smallcnn", num_classes=10, in_channels=1, mean=(0.5,), std=(0.25,))
+    model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    measure(model, (1, 16, 16), "cpu", train=True)
+    assert not model.training
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
