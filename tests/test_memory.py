@@ -4,11 +4,13 @@ train or attack command that cannot fit, before it writes anything."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
+from helpers import assert_one_line_error, run_cli
 from robustmix.core import memory as mem
 from robustmix.core.errors import ConfigError
 from robustmix.models import build_model
@@ -167,3 +169,43 @@ def test_measuring_leaves_the_model_and_the_random_numbers_as_they_were():
     assert not model.training
     assert torch.equal(torch.random.get_rng_state(), rng)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------- the commands
+
+
+def _pretend_free(monkeypatch, free):
+    """The machine has ``free`` bytes besides what the run holds (for every check)."""
+    monkeypatch.setattr(mem, "available_bytes", lambda device: free)
+
+
+def _train_estimate(argv):
+    from robustmix.app.cli import build_parser
+    from robustmix.app.commands import _train_config
+    from robustmix.training.memory import estimate_run
+
+    return estimate_run(_train_config(build_parser().parse_args(argv)))
+
+
+def test_train_that_cannot_fit_is_refused_in_one_line_and_writes_nothing(
+        capsys, monkeypatch, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--quiet", "--epochs", "1", "--out", str(out)]
+    _pretend_free(monkeypatch, 0)
+    found = _train_estimate(argv)  # available: only what the run holds itself
+    # room for exactly 16 of the 64 examples
+    _pretend_free(monkeypatch, math.ceil(found.fixed + found.data + 16 * found.per_example)
+                  - found.available)
+    code, _, err = run_cli(capsys, *argv)
+    line = assert_one_line_error(code, err, "robustmix train: error: --batch-size 64 needs "
+                                 "about", " MiB available", mem.NO_CHECK)
+    assert re.search(r": --batch-size 16 (or --image-size \d+ )?would fit", line), line
+    assert not out.exists()
+
+
+def test_train_runs_anyway_when_the_check_is_off(capsys, monkeypatch, tmp_path):
+    _pretend_free(monkeypatch, 0)
+    monkeypatch.setenv(mem.NO_CHECK, "1")
+    code, _, err = run_cli(capsys, "train", "--quiet", "--epochs", "1", "--out",
+                           tmp_path / "run")
+    assert code == 0, err
