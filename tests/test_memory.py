@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, one_thread, run_cli
 from robustmix.core import memory as mem
 from robustmix.core.errors import ConfigError
 from robustmix.models import build_model
@@ -209,3 +209,33 @@ def test_train_runs_anyway_when_the_check_is_off(capsys, monkeypatch, tmp_path):
     code, _, err = run_cli(capsys, "train", "--quiet", "--epochs", "1", "--out",
                            tmp_path / "run")
     assert code == 0, err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from robustmix.app.cli import main
+
+    out = tmp_path_factory.mktemp("memory") / "run"
+    with one_thread():
+        assert main(["train", "--quiet", "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def test_attack_that_cannot_fit_is_refused_in_one_line_and_writes_nothing(
+        finished_run, capsys, monkeypatch):
+    from robustmix.attacks import memory as attack_memory
+    from robustmix.attacks.runner import load_subset
+    from robustmix.attacks.sweep import AttackConfig
+
+    before = sorted(p.name for p in finished_run.iterdir())
+    subset = load_subset(finished_run, torch.device("cpu"), 100, None, False, echo=None)
+    _pretend_free(monkeypatch, 0)
+    found = attack_memory.estimate(subset.model, tuple(subset.x.shape[1:]), 100,
+                                   AttackConfig(batch_size=50), "cpu")
+    _pretend_free(monkeypatch, math.ceil(found.fixed + found.data + 20 * found.per_example)
+                  - found.available)
+    code, _, err = run_cli(capsys, "attack", "--quiet", "--run", finished_run, "--attacks",
+                           "fgsm", "--n-examples", 100, "--batch-size", 50)
+    assert_one_line_error(code, err, "robustmix attack: error: --batch-size 50 needs about",
+                          "available: --batch-size 20 would fit", mem.NO_CHECK)
+    assert sorted(p.name for p in finished_run.iterdir()) == before
