@@ -46,12 +46,12 @@ def estimate(model: nn.Module, shape: tuple[int, int, int], n_examples: int,
     held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())
                if t.device.type == device.type)
     free = mem.available_bytes(device)
+    kernels = found.step_bytes + mem.KERNELS.get(device.type, 0)
     return mem.Estimate(
         device=str(device), batch_size=batch, per_example=per_example,
-        fixed=weights + found.step_bytes, data=examples,
+        fixed=weights + kernels, data=examples,
         available=None if free is None else free + held + examples * loaded,
-        parts=(("weights", weights), ("kernel workspace", found.step_bytes),
-               ("attacked examples", examples)))
+        parts=(("weights", weights), ("kernels", kernels), ("attacked examples", examples)))
 
 
 def check(model: nn.Module, x: torch.Tensor, config: AttackConfig, device) -> None:

@@ -50,7 +50,8 @@ def test_the_largest_image_size_scales_the_activations_and_data_by_area():
     assert not found.fits
     assert found.largest_image_size() == 16
     assert found.largest_image_size(step=1) == 16
-    roomier = mem.Estimate("cpu", 100, 1_000, 5_000, 20_000, 5_000 + 120_000 // 4 - 1, image_size=32)
+    roomier = mem.Estimate("cpu", 100, 1_000, 5_000, 20_000, 5_000 + 120_000 // 4 - 1,
+                           image_size=32)
     assert roomier.largest_image_size(step=1) == 15
 
 

@@ -25,20 +25,33 @@ from robustmix.core.errors import ConfigError
 NO_CHECK = "ROBUSTMIX_NO_MEMORY_CHECK"
 GIB = 2 ** 30
 
-# What the measured activations are multiplied by, per device type, and why.
+# What the measured activations are multiplied by (SAFETY), what is added once (KERNELS),
+# per device type, and why.
 # CPU: the activations are counted (the tensors autograd saves, plus two gradients in
-# flight), not observed. Observed as the process's peak resident memory over one cold
-# training step (forward, backward, SGD) less the weights' gradients and momentum, the
-# count fell short by the same share at every batch and image size tried: PreActResNet-18
-# 1.21 x at 32 px (batch 32 and 128) and 1.27 x at 224 px (batch 4), SmallCNN 1.23 x,
-# attacks' input gradients 1.26 x -- the backward pass's kernels (oneDNN's reordered copies
-# of a layer's input and gradient) and the C allocator's free-but-kept blocks. 1.3 covers
-# every one of them.
+# flight), not observed. Observed (``python -m benchmarks.bench_memory``): the growth of a
+# fresh process's peak resident memory over one training step (forward, backward, SGD, one
+# thread; the weights' gradients and momentum taken off), as a multiple of the count:
+#   PreActResNet-18   32 px, batch 32 / 128            1.29 / 1.19
+#   PreActResNet-18  224 px, batch 2 / 4 / 8 / 16      1.29 / 1.27 / 1.12 / 0.94
+#   SmallCNN         224 px, batch 2 / 16              1.44 / 0.85
+#   WRN-28-2          32 px, batch 32 / 128 / 256      1.32 / 1.35 / 1.09
+#   ResNet-56         32 px, batch 128                 1.57
+#   an attack's input gradient, PreActResNet-18, 32 px batch 128 / 224 px batch 4: 1.32 / 1.26
+# and the same step run again differed by up to a fifth (ResNet-56 at 128: 1.32 in an
+# earlier run; WRN-28-2 at 128: 1.50). The excess is the backward pass's kernels (oneDNN's
+# copies of a layer's input and gradient, its generated code and scratchpads: a part that
+# does not grow with the batch, 25-100 MB here) and the C allocator's free-but-kept blocks:
+# glibc keeps freed blocks under its mmap threshold (at most 32 MiB) in its heap, where
+# the backward pass's different order of sizes leaves them fragmented, so small tensors
+# (CIFAR-sized layers) cost the most and 224 px batches the least. 1.6 x the count plus
+# 128 MiB is above every step observed (closest: ResNet-56 at batch 128, 999 MiB for 855),
+# and at most 2.0 x it (large batches at 224 px, small batches where the 128 MiB weighs).
 # CUDA: the caching allocator's peak is measured itself, backward and workspaces included;
 # what it reserves beyond that is its rounding of blocks (to 512 B, large ones into 2 MiB
 # segments) and fragmentation between steps. 1.15 allows for that; it was not measured on
-# a GPU here.
-SAFETY = {"cpu": 1.3, "cuda": 1.15}
+# a GPU here. The CUDA context was made before the free memory is read.
+SAFETY = {"cpu": 1.6, "cuda": 1.15}
+KERNELS = {"cpu": 128 * 2 ** 20, "cuda": 0}
 
 
 @dataclass(frozen=True)

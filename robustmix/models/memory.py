@@ -13,7 +13,9 @@ example that the pass keeps alive, which the caller scales to its batch size
   autograd saves for the backward pass (``torch.autograd.graph.saved_tensors_hooks``, each
   storage once, the weights' and buffers' left out), plus the gradients in flight during
   the backward pass, at most two tensors the size of the largest saved one (an operation's
-  incoming and outgoing gradient). No backward pass is run.
+  incoming and outgoing gradient), and two the size of the logits (the loss's). No
+  backward pass is run. The kernels' and the allocator's own memory beyond the count is
+  allowed for in :mod:`robustmix.core.memory` (``SAFETY``, ``KERNELS``).
 
 The pass leaves the model as it found it: the batch-norm statistics it updated are put
 back and the random number generators are forked, so a run measured trains exactly as one

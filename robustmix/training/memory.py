@@ -52,14 +52,15 @@ def estimate(config: TrainConfig, data, model: nn.Module, device: torch.device,
                        + (world > 1))
     data_bytes = data.held_bytes() if _on(data, device) else 0
     free = mem.available_bytes(device)
+    kernels = found.step_bytes + mem.KERNELS.get(device.type, 0)
     return mem.Estimate(
         device=str(device), batch_size=config.batch_size // world, processes=world,
         per_example=per_example,
-        fixed=weights + state + found.step_bytes, data=data_bytes,
+        fixed=weights + state + kernels, data=data_bytes,
         available=None if free is None else free + _held(model, device) + data_bytes,
         image_size=data.height if data.height == data.width else None,
         parts=(("weights", weights), ("gradients and optimizer state", state),
-               ("kernel workspace", found.step_bytes), ("data", data_bytes)))
+               ("kernels", kernels), ("data", data_bytes)))
 
 
 def _on(data, device: torch.device) -> bool:
