@@ -240,3 +240,31 @@ def test_attack_that_cannot_fit_is_refused_in_one_line_and_writes_nothing(
     assert_one_line_error(code, err, "robustmix attack: error: --batch-size 50 needs about",
                           "available: --batch-size 20 would fit", mem.NO_CHECK)
     assert sorted(p.name for p in finished_run.iterdir()) == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_estimate_is_above_the_peak_of_real_training_steps(tmp_path):
+    import itertools
+
+    import numpy as np
+
+    from robustmix.core.config import TrainConfig
+    from robustmix.training import memory as train_memory
+    from robustmix.training.trainer import Trainer, train_step
+
+    config = TrainConfig(arch="preactresnet18", image_size=32, batch_size=64, device="cuda")
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.setup()
+    trainer.prepare_step()
+    found = train_memory.estimate(trainer.config, trainer.data, trainer.model, trainer.device)
+    rng = np.random.default_rng(0)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    batches = trainer.data.train_batches(rng, config.batch_size, trainer.device, trainer.augment)
+    for x, y in itertools.islice(batches, 3):
+        train_step(trainer.net, trainer.optimizer, trainer.mixer, x, y, rng, lr=0.1,
+                   config=trainer.config, num_classes=trainer.data.num_classes,
+                   memory_format=trainer.memory_format, saliency_fn=trainer.saliency_fn)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()   # weights, data, state and activations
+    assert peak <= found.needed <= 3 * peak, (peak, found)
