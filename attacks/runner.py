@@ -20,7 +20,7 @@ from torch import Tensor
 
 from robustmix.attacks import diagnostics as diag
 from robustmix.attacks.diagnostics import Check, DiagnosticSettings
-from robustmix.attacks import table, worst_case
+from robustmix.attacks import memory, table, worst_case
 from robustmix.attacks.eps import Eps, parse_eps  # noqa: F401 (parse_eps: kept for callers)
 from robustmix.attacks.guards import AttackError, check_adversarial, model_checks  # noqa: F401
 from robustmix.attacks.registry import get, registered
@@ -83,7 +83,8 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     attack runs, so a damaged one costs no time. An image folder leaves out the files the
     run left out, and with ``skip_bad_images`` those that cannot be decoded now. With
     ``diagnostics`` (True, or the DiagnosticSettings to use) the attack-failure checks run
-    after the sweep and write diagnostics.csv.
+    after the sweep and write diagnostics.csv. An attack whose estimated peak memory does
+    not fit ``device`` is refused first (:mod:`robustmix.attacks.memory`).
     """
     checks = _settings(diagnostics)
     place = distributed.current()
@@ -91,6 +92,7 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     old = read_rows(run.robustness_path) if run.robustness_path.exists() else []
     subset = load_subset(run_dir, device, n_examples, data_dir, skip_bad_images,
                          echo=print if place.is_main else None)
+    memory.check(subset.model, subset.x, config, device)  # before anything is written
     if subset.indices.numel() < place.world:  # every rank knows both: they refuse together
         raise distributed.shared_error(
             f"{subset.indices.numel()} test example(s) cannot be shared among {place.world} "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -471,11 +472,21 @@ def _in_flags(err: UsageError, parser: argparse.ArgumentParser,
     """
     if not isinstance(err, ConfigError) or err.source is not None:
         return str(err)
-    flag = _FLAGS.get(err.field, "--" + err.field.replace("_", "-"))
+    flag = _flag(err.field)
     flags = {option for action in parser._actions for option in action.option_strings}
     if flag not in flags and err.field in (mix_options or {}):   # a plugin's option
         return f"--mix-option {err.field} {err.problem}"
-    return f"{flag} {err.problem}" if flag in flags else str(err)
+    if flag not in flags:
+        return str(err)
+    problem = err.problem
+    for field in getattr(err, "mentions", ()):   # other settings the problem names
+        if _flag(field) in flags:
+            problem = re.sub(rf"(?<![\w-]){re.escape(field)}\b", _flag(field), problem)
+    return f"{flag} {problem}"
+
+
+def _flag(field: str) -> str:
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def _computes(args: argparse.Namespace) -> bool:

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from robustmix.attacks import (AttackConfig, DiagnosticSettings, PGDSettings, parse_attacks, parse_eps,
                      transfer_run)
+from robustmix.attacks import memory as attack_memory
 from robustmix.attacks.plan import clock, estimate
 from robustmix.attacks.runner import attack_run, format_table, load_subset
 from robustmix.app import listing
@@ -220,6 +221,8 @@ def _plan(run_dirs: list[str], config: AttackConfig, args: argparse.Namespace,
     for run in run_dirs:
         subset = load_subset(run, device, args.n_examples, args.data_dir,
                              args.skip_bad_images, echo=None)
+        # refused here, before the timed pass at the attack's batch size would run out
+        attack_memory.check(subset.model, subset.x, config, device)
         found = estimate(subset.model, subset.x, subset.y, config, subset.n_classes, device)
         bounds[run] = found.seconds
         _say("robustmix attack: " + found.line(run, config, subset.indices.numel()))

@@ -114,6 +114,11 @@ class DataSource:
         index = torch.from_numpy(indices).to(images.device)
         return images[index], labels[index]
 
+    def held_bytes(self) -> int:
+        """The bytes of images and labels this source holds in memory (on ``device``, for
+        a tensor source); 0 for one that reads its files batch by batch."""
+        return 0
+
     def batches_per_epoch(self, batch_size: int) -> int:
         """Number of batches :meth:`train_batches` yields (drop_last)."""
         return self.n_train // batch_size
@@ -196,6 +201,9 @@ class TensorSource(DataSource):
     def tensors(self, split: str) -> tuple[Tensor, Tensor]:
         self._check_split(split)
         return self._x[split], self._y[split]
+
+    def held_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self._x.values(), *self._y.values()))
 
     def _split_train(self, held: np.ndarray, keep: np.ndarray) -> None:
         x, y = self._x["train"], self._y["train"]

@@ -51,7 +51,7 @@ from robustmix.mixing.registry import resolved
 from robustmix.models import build_model, check_arch
 from robustmix.mixing.puzzlemix import saliency_of
 from robustmix.models.accuracy import evaluate
-from robustmix.training import run_files, tensorboard
+from robustmix.training import memory, run_files, tensorboard
 from robustmix.training.progress import EpochProgress, stop_unless_finite
 from robustmix.training.run_files import prepare_run_dir  # noqa: F401  (the app imports it here)
 
@@ -133,7 +133,9 @@ class Trainer:
         self.board: tensorboard.Board | None = None
 
     def setup(self) -> None:
-        """Check the settings against the processes, then load data, model and optimizer."""
+        """Check the settings against the processes, then load data, model and optimizer, and
+        refuse a run whose estimated peak memory does not fit the device
+        (:mod:`robustmix.training.memory`)."""
         config, place = self.config, self.place
         if config.tensorboard:
             tensorboard.require()
@@ -145,6 +147,8 @@ class Trainer:
                                                                  place)
         self.optimizer, self.mixer, self.saliency_fn = _build_optimizer(config, self.model,
                                                                         self.data)
+        # before anything is written: a run that cannot fit is refused, not killed later
+        memory.check(config, self.data, self.model, device)
         self.rng = np.random.default_rng(config.seed)
 
     def _recorded_skips(self) -> tuple[str, ...] | None:
