@@ -8,7 +8,9 @@ import pytest
 from robustmix.app import study, study_plan
 from robustmix.app.study_config import AttackPlan
 from robustmix.attacks.plan import passes
+from robustmix.core import memory as mem
 from robustmix.core import runs
+from robustmix.core.errors import ConfigError
 from robustmix.core.config import MixConfig, TrainConfig
 
 SHAPE = study_plan.Shape(n_train=1000, n_evaluated=400, n_test=300, n_classes=10,
@@ -57,11 +59,12 @@ def test_the_plan_and_the_end_say_each_kind_beside_its_plan():
 def test_plan_times_measures_each_model_shape_once(monkeypatch):
     measured = []
 
-    def fake(train, device, batch_size):
+    def fake(train, device, batch_size, data=None):
         measured.append((train.arch, batch_size))
         return SHAPE
 
     monkeypatch.setattr(study_plan, "measure", fake)
+    monkeypatch.setattr(study_plan, "load", lambda train: None)
     steps = _steps()
     planned = study_plan.plan_times(steps, "cpu")
     assert sorted(planned) == [0, 1, 2] and measured == [("smallcnn", 256)]
@@ -78,3 +81,29 @@ def test_each_step_is_recorded_with_its_threads_and_times(tmp_path, monkeypatch)
                      "seconds": "12.3", "planned_seconds": "20.0"},
                     {"kind": "report", "label": "report", "threads": "2 1",
                      "seconds": "1.0", "planned_seconds": ""}]
+
+
+def _estimate(available, batch=64):
+    return mem.Estimate(device="cpu", batch_size=batch, per_example=2 ** 20, fixed=2 ** 30,
+                        available=available, image_size=8)
+
+
+def test_the_plan_says_each_kinds_largest_peak_and_refuses_one_that_cannot_fit(monkeypatch):
+    monkeypatch.setattr(study_plan, "load", lambda train: None)
+    monkeypatch.setattr(study_plan.attack_memory, "estimate_run",
+                        lambda *a, **k: _estimate(8 * 2 ** 30, 256))
+    monkeypatch.setattr(study_plan.train_memory, "estimate_run",
+                        lambda *a, **k: _estimate(8 * 2 ** 30))
+    largest = study_plan.plan_memory(_steps(), "cpu")
+    assert set(largest) == {"train", "attack"} and largest["attack"].batch_size == 256
+    line = study_plan.memory_line(largest)
+    assert line.startswith("robustmix study: memory: training about 1.06 GiB at batch size 64")
+    assert "attacks about 1.25 GiB at batch size 256" in line and "8.00 GiB available" in line
+    # 1 GiB fixed + 1 MiB an example: 64 examples do not fit in 1 GiB + 20 MiB, 20 do
+    monkeypatch.setattr(study_plan.train_memory, "estimate_run",
+                        lambda *a, **k: _estimate(2 ** 30 + 20 * 2 ** 20))
+    with pytest.raises(ConfigError, match=r"batch_size 20 .*would fit") as refused:
+        study_plan.plan_memory(_steps(), "cpu")
+    assert refused.value.field == "batch_size"
+    monkeypatch.setenv(mem.NO_CHECK, "1")
+    assert study_plan.plan_memory(_steps(), "cpu")["train"].fits is False

@@ -346,8 +346,13 @@ def run_study(config: StudyConfig, *, dry_run: bool = False, progress: bool = Tr
         more = f" (and {len(missing) - 1} more: see --dry-run)" if len(missing) > 1 else ""
         raise UsageError(f"the study's data is not ready: {missing[0]}{more}")
     started = time.perf_counter()
-    planned = study_plan.plan_times(pending, resolve_device(config.device))
+    device, loaded = resolve_device(config.device), {}
+    memory = study_plan.plan_memory(pending, device, loaded)   # one that cannot fit: refused
+    planned = study_plan.plan_times(pending, device, loaded)
+    loaded.clear()
     echo(study_plan.plan_line(pending, planned))
+    if memory:
+        echo(study_plan.memory_line(memory))
     took = _run_steps(pending, planned, Path(config.out), echo)
     echo(f"robustmix study: {config.out} done in {_clock(time.perf_counter() - started)}; "
          f"report: {Path(config.out) / 'report.md'}")

@@ -13,7 +13,12 @@ weights cost what trained ones do; the data set is loaded once per shape for its
   as if every example stood at every ε.
 
 Evaluation, corruptions, the transfer checks and the report are in neither: the plan says
-so. At the end, :func:`took_lines` sets each kind's time beside its plan.
+so. At the end, :func:`took_line` sets each kind's time beside its plan.
+
+Memory too: the peak of the largest training run and of the largest attack
+(:func:`robustmix.training.memory.estimate_run`, :func:`robustmix.attacks.memory.estimate_run`:
+one tiny measured batch), and what the device has. A study a run of which cannot fit is
+refused before its first step, in the line the run itself would refuse with.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from dataclasses import dataclass
 
 import torch
 
+from robustmix.attacks import memory as attack_memory
 from robustmix.attacks.plan import bound, clock, seconds_per_pass
+from robustmix.core import memory as mem
 from robustmix.core.config import TrainConfig
 from robustmix.data import load_dataset
 from robustmix.mixing import Mixer
 from robustmix.models import build_model
+from robustmix.training import memory as train_memory
 
 BOUND_KINDS = {"train": "about", "attack": "at most", "autoattack": "at most"}
 MEASURED_BATCH = 16   # examples in the measured pass: a model at its full batch may not fit
@@ -43,10 +51,15 @@ class Shape:
     per_example: float
 
 
-def measure(train: TrainConfig, device, batch_size: int) -> Shape:
-    """Load ``train``'s data for its sizes and time one pass of an untrained model."""
-    data = load_dataset(train.dataset, data_dir=train.data_dir, image_size=train.image_size,
+def load(train: TrainConfig):
+    """``train``'s data set, on the CPU: its sizes, and the memory estimates' data."""
+    return load_dataset(train.dataset, data_dir=train.data_dir, image_size=train.image_size,
                         holdout=train.holdout, skip_bad_images=train.skip_bad_images)
+
+
+def measure(train: TrainConfig, device, batch_size: int, data=None) -> Shape:
+    """Time one pass of an untrained model of ``train``'s shape (``data``: its data set)."""
+    data = load(train) if data is None else data
     model = build_model(train.arch, num_classes=data.num_classes, in_channels=data.channels,
                         mean=data.mean, std=data.std).to(device)
     n = min(batch_size, MEASURED_BATCH)
@@ -78,20 +91,77 @@ def step_seconds(step, shape: Shape) -> float:
     return attack_seconds(config, n_examples, shape)
 
 
-def plan_times(steps: list, device) -> dict[int, float]:
+def _train_of(step) -> TrainConfig:
+    return step.settings if step.kind == "train" else step.settings[2]
+
+
+def plan_times(steps: list, device, loaded: dict | None = None) -> dict[int, float]:
     """Planned seconds of the train, attack and autoattack steps among ``steps``, by
-    position; each model shape measured once."""
+    position; each model shape measured once (``loaded``: data sets already loaded, by
+    :func:`data_of`'s key, shared with :func:`plan_memory`)."""
+    loaded = {} if loaded is None else loaded
     shapes: dict[tuple, Shape] = {}
     planned = {}
     for index, step in enumerate(steps):
         if step.kind not in BOUND_KINDS:
             continue
-        train = step.settings if step.kind == "train" else step.settings[2]
+        train = _train_of(step)
         key = (train.dataset, train.data_dir, train.image_size, train.arch, train.holdout)
         if key not in shapes:
-            shapes[key] = measure(train, device, _largest_batch(steps))
+            shapes[key] = measure(train, device, _largest_batch(steps), data_of(train, loaded))
         planned[index] = step_seconds(step, shapes[key])
     return planned
+
+
+def data_of(train: TrainConfig, loaded: dict):
+    """The data set of ``train``, from ``loaded`` or loaded into it."""
+    key = (train.dataset, train.data_dir, train.image_size, train.holdout)
+    if key not in loaded:
+        loaded[key] = load(train)
+    return loaded[key]
+
+
+def plan_memory(steps: list, device, loaded: dict | None = None) -> dict[str, mem.Estimate]:
+    """The largest estimated peak of the training runs and of the attacks among ``steps``
+    ("train", "attack"); raises the refusal of the first that cannot fit (unless memory
+    checks are off), before any step runs."""
+    loaded = {} if loaded is None else loaded
+    largest: dict[str, mem.Estimate] = {}
+    seen = set()
+    for step in (s for s in steps if s.kind in BOUND_KINDS):
+        train = _train_of(step)
+        kind = "train" if step.kind == "train" else "attack"
+        config = None if kind == "train" else step.settings[0]
+        key = (kind, train.dataset, train.image_size, train.arch, train.batch_size,
+               config.batch_size if config else 0)
+        if key in seen:
+            continue
+        seen.add(key)
+        found = _estimate(step, train, device, data_of(train, loaded))
+        if kind not in largest or found.needed > largest[kind].needed:
+            largest[kind] = found
+    return largest
+
+
+def _estimate(step, train: TrainConfig, device, data) -> mem.Estimate:
+    if step.kind == "train":
+        found = train_memory.estimate_run(train, device=device, data=data)
+        error = mem.refusal(found, train_memory.knobs(train, found))
+    else:
+        config, n_examples, _ = step.settings
+        found = attack_memory.estimate_run(train, config, n_examples or None, device=device,
+                                           data=data)
+        error = mem.refusal(found, {"batch_size": found.largest_batch()})
+    if error is not None and mem.checking():
+        raise error
+    return found
+
+
+def memory_line(largest: dict[str, mem.Estimate]) -> str:
+    """The plan's memory line: each kind's largest estimated peak, and what is available."""
+    words = {"train": "training", "attack": "attacks"}
+    parts = [f"{words[kind]} {found.summary()}" for kind, found in largest.items()]
+    return "robustmix study: memory: " + "; ".join(parts) if parts else ""
 
 
 def _largest_batch(steps: list) -> int:
