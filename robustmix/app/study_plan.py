@@ -186,7 +186,7 @@ def plan_line(steps: list, planned: dict[int, float]) -> str:
         parts.append(f"training about {clock(totals['train'])}")
     if "attack" in totals:
         parts.append(f"attacks at most {clock(totals['attack'])} (as if every example "
-                     "stood at every ε)")
+                     "stood at every ε; the diagnostics' reruns not in it)")
     rest = sum(1 for s in steps if s.kind not in BOUND_KINDS)
     note = f"; {rest} other steps (evaluate, corruptions, transfer, report) not in it" \
         if rest else ""
