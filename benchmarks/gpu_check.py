@@ -300,6 +300,8 @@ def _child(name: str, setting: Setting, function: Callable | None = None) -> Non
     with open(out / "logs" / f"{name}.log", "w") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # whatever sys.stdout was
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
     torch.set_num_threads(setting.threads)
     device = torch.device(setting.device)
     if device.type == "cuda":
@@ -845,7 +847,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def setting_from(args: argparse.Namespace) -> Setting:
     """The checks' setting from the command line; a UsageError for bad input."""
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as err:  # torch.device's refusal of a name it does not know
+        raise UsageError(f"--device takes auto, cpu, cuda or cuda:N, got {args.device!r} "
+                         f"({str(err).splitlines()[0]})") from None
     if not args.timeout_scale > 0:
         raise UsageError(f"--timeout-scale must be > 0, got {args.timeout_scale}")
     choice = threads.decide(args.threads)
@@ -865,7 +871,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     try:
-        setting, names = setting_from(args), selected(args.only)
+        names = selected(args.only)
+        setting = setting_from(args)
     except UsageError as err:
         print(f"gpu_check: {err}", file=sys.stderr)
         return 2
