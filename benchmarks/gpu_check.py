@@ -848,8 +848,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto",
-                        help="cuda or cuda:N (the GPU checks), cpu (every check at toy size), "
-                             "auto (default: CUDA when there)")
+                        help="cuda or cuda:N (the GPU checks; ddp and study use GPUs 0 and "
+                             "1), cpu (every check at toy size), auto (default: cuda:0 when "
+                             "there)")
     parser.add_argument("--out", default="gpu-check", help="folder for gpu_check.json/.md")
     parser.add_argument("--only", default=None, metavar="CHECK,CHECK",
                         help=f"some of {', '.join(CHECKS)} (attacks and autoattack bring model)")
@@ -871,6 +872,10 @@ def setting_from(args: argparse.Namespace) -> Setting:
     except RuntimeError as err:  # torch.device's refusal of a name it does not know
         raise UsageError(f"--device takes auto, cpu, cuda or cuda:N, got {args.device!r} "
                          f"({str(err).splitlines()[0]})") from None
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)   # torch.cuda.set_device needs the index
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: {torch.cuda.device_count()} GPU(s) visible")
     if not args.timeout_scale > 0:
         raise UsageError(f"--timeout-scale must be > 0, got {args.timeout_scale}")
     choice = threads.decide(args.threads)

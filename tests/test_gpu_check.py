@@ -126,6 +126,24 @@ def test_bad_input_is_one_line_and_exit_2(argv, fragment, tmp_path, capsys):
     assert not (tmp_path / "out").exists(), "nothing written before the input is judged"
 
 
+@pytest.mark.parametrize("name, expected", [("cuda", "cuda:0"), ("auto", "cuda:0"),
+                                            ("cuda:1", "cuda:1"), ("cuda:2", None)])
+def test_a_gpu_is_named_with_its_index_and_must_be_there(name, expected, tmp_path,
+                                                          monkeypatch):
+    """The checks call torch.cuda.set_device, which refuses a device without an index."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    args = gpu_check.parse(["--device", name, "--out", str(tmp_path), "--threads", "3"])
+    if expected is None:
+        with pytest.raises(UsageError, match="--device cuda:2: 2 GPU"):
+            gpu_check.setting_from(args)
+        return
+    setting = gpu_check.setting_from(args)
+    assert (setting.device, setting.toy, setting.threads) == (expected, False, 3)
+    assert setting.compile_backend == "inductor" and setting.sizes("train")["arch"] == \
+        "preactresnet18"
+
+
 def test_an_out_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert gpu_check.main(["--out", str(tmp_path / "file"), "--device", "cpu"]) == 2
