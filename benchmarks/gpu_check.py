@@ -1,6 +1,6 @@
 """The GPU check: what this project needs from a card, in one command of at most 8 minutes.
 
-    python -m benchmarks.gpu_check --out gpu-check              # the GPU (cuda:0; 2 GPUs where there)
+    python -m benchmarks.gpu_check --out gpu-check              # cuda:0 (and cuda:1 where there)
     python -m benchmarks.gpu_check --device cpu --out /tmp/gc   # every check at toy size
     python -m benchmarks.gpu_check --only train,compile         # some checks
 
@@ -190,7 +190,8 @@ def agreement(a: Mapping[Any, torch.Tensor], b: Mapping[Any, torch.Tensor]) -> d
     """Per key, the fraction of examples whose flags are equal in ``a`` and ``b`` (1.0 for
     none). Both must have the same keys and, per key, flags of the same shape."""
     if set(a) != set(b):
-        raise ValueError(f"the two results name different keys: {sorted(map(str, set(a) ^ set(b)))}")
+        differ = sorted(map(str, set(a) ^ set(b)))
+        raise ValueError(f"the two results name different keys: {differ}")
     fractions = {}
     for key, flags in a.items():
         other = b[key]
@@ -845,8 +846,9 @@ def _cpu_seconds_in_all() -> float:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check",
-                                     description=__doc__.splitlines()[0])
+    from robustmix.app.cli import _Parser  # argparse, its errors one line and exit 2
+
+    parser = _Parser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto",
                         help="cuda or cuda:N (the GPU checks; ddp and study use GPUs 0 and "
                              "1), cpu (every check at toy size), auto (default: cuda:0 when "

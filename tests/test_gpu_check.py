@@ -144,6 +144,14 @@ def test_a_gpu_is_named_with_its_index_and_must_be_there(name, expected, tmp_pat
         "preactresnet18"
 
 
+def test_a_malformed_option_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main(["--threads", "many"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--threads: invalid int value: 'many'" in err
+
+
 def test_an_out_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert gpu_check.main(["--out", str(tmp_path / "file"), "--device", "cpu"]) == 2
