@@ -406,7 +406,7 @@ def _model(arch: str, data, device: torch.device, *, autocast_stand_in: bool = T
 
 
 def _precision(device: torch.device) -> str:
-    return "bf16 autocast, channels_last" + (" (CPU stand-ins)" if device.type == "cpu" else "")
+    return "bf16 autocast, channels_last" + (", CPU stand-ins" if device.type == "cpu" else "")
 
 
 def _positive(numbers: Mapping[str, float]) -> list[str]:
@@ -460,7 +460,7 @@ def check_train(setting: Setting) -> dict[str, Any]:
             "summary": f"{s['arch']}, batch {s['batch_size']}, {MIX}: robustmix "
                        f"{rates['robustmix_images_per_s']:,.0f} images/s ({_precision(device)}), "
                        f"DataLoader pipeline {rates['dataloader_images_per_s']:,.0f} (fp32, "
-                       f"{s['workers']} workers): {speedup:.2f}×{goal}"}
+                       f"{s['workers']} worker(s)): {speedup:.2f}×{goal}"}
 
 
 def _compiler_missing(backend: str, device: torch.device) -> str | None:
