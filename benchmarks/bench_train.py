@@ -159,14 +159,23 @@ def timm_style_mix(x: torch.Tensor, y: torch.Tensor, mix: str, rng: np.random.Ge
 
 
 def robustmix_steps(data: TensorSource, model, mix: str, *, batch_size: int, steps: int,
-                    warmup: int, device: torch.device, seed: int = 0) -> float:
-    """Seconds for ``steps`` steps of robustmix's training loop (after ``warmup`` steps)."""
+                    warmup: int, device: torch.device, seed: int = 0,
+                    channels_last: bool | None = None,
+                    compile_backend: str | None = None) -> float:
+    """Seconds for ``steps`` steps of robustmix's training loop (after ``warmup`` steps).
+
+    ``channels_last`` None follows the trainer (channels_last on CUDA only);
+    ``compile_backend`` steps through ``torch.compile(model, backend=...)``, as the trainer's
+    ``--compile`` does (compilation happens in the first, untimed, steps).
+    """
     config = TrainConfig(arch=model.arch, mix=MixConfig(mix=mix), batch_size=batch_size,
                          lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
                          epochs=max(1, -(-(steps + warmup) * batch_size // data.n_train)))
-    memory_format = torch.channels_last if config.channels_last and device.type == "cuda" \
-        else torch.preserve_format
+    if channels_last is None:
+        channels_last = config.channels_last and device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     model = model.to(device=device, memory_format=memory_format)
+    net = torch.compile(model, backend=compile_backend) if compile_backend else model
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
     mixer = Mixer(config.mix)
@@ -182,7 +191,7 @@ def robustmix_steps(data: TensorSource, model, mix: str, *, batch_size: int, ste
         if step == warmup:
             watch.start()
         x, y = next(batches)
-        loss, logits, target = train_step(model, optimizer, mixer, x, y, rng,
+        loss, logits, target = train_step(net, optimizer, mixer, x, y, rng,
                                           lr=learning_rate(config, step, steps_per_epoch),
                                           config=config, num_classes=data.num_classes,
                                           memory_format=memory_format)
@@ -229,6 +238,25 @@ def mixing_alone_us(data: TensorSource, mix: str, *, batch_size: int, device: to
                                    repeats=repeats, warmup=max(2, repeats // 10)))
 
 
+def mixing_shares(data: TensorSource, make_model, mixes, *, batch_size: int, steps: int,
+                  warmup: int, mix_repeats: int, device: torch.device, seed: int = 0,
+                  **step_options) -> dict[str, dict[str, float]]:
+    """Per MSDA: the Mixer call alone (µs, median and IQR of ``mix_repeats`` calls) against
+    the mean step of :func:`robustmix_steps` on a fresh ``make_model()``, and its share.
+    ``step_options`` go to :func:`robustmix_steps`."""
+    shares = {}
+    for name in mixes:
+        seconds = robustmix_steps(data, make_model(), name, batch_size=batch_size, steps=steps,
+                                  warmup=warmup, device=device, seed=seed, **step_options)
+        alone = mixing_alone_us(data, name, batch_size=batch_size, device=device,
+                                repeats=mix_repeats, seed=seed)
+        step_s = seconds / steps
+        shares[name] = {"mix_us": alone["median_us"], "mix_iqr_us": alone["iqr_us"],
+                        "step_ms": 1e3 * step_s, "images_per_s": batch_size / step_s,
+                        "share": alone["median_us"] * 1e-6 / step_s}
+    return shares
+
+
 # --------------------------------------------------------------------------- the benchmark
 
 
@@ -273,17 +301,9 @@ def run(*, steps: int | None = None, warmup: int | None = None,
         return build_model(chosen["arch"], num_classes=NUM_CLASSES, in_channels=3,
                            mean=data.mean, std=data.std)
 
-    shares = {}
-    for name in mixes:
-        seconds = robustmix_steps(data, fresh_model(), name, batch_size=batch,
-                                  steps=chosen["steps"], warmup=chosen["warmup"], device=device,
-                                  seed=seed)
-        alone = mixing_alone_us(data, name, batch_size=batch, device=device,
-                                repeats=chosen["mix_repeats"], seed=seed)
-        step_s = seconds / chosen["steps"]
-        shares[name] = {"mix_us": alone["median_us"], "mix_iqr_us": alone["iqr_us"],
-                        "step_ms": 1e3 * step_s, "images_per_s": batch / step_s,
-                        "share": alone["median_us"] * 1e-6 / step_s}
+    shares = mixing_shares(data, fresh_model, mixes, batch_size=batch, steps=chosen["steps"],
+                           warmup=chosen["warmup"], mix_repeats=chosen["mix_repeats"],
+                           device=device, seed=seed)
     loader = baseline_loader(data_dir, chosen["n"], batch, chosen["workers"], device)
     baseline_s = baseline_steps(loader, fresh_model(), mix, steps=chosen["steps"],
                                 warmup=chosen["warmup"], device=device, seed=seed)
