@@ -113,6 +113,7 @@ def test_each_signature_on_the_page_is_the_codes(qualified):
         f"write this in docs/api.md:\n{signature_text(short, obj)}"
 
 
+@pytest.mark.slow
 def test_the_examples_run_as_one_notebook(tmp_path, monkeypatch):
     """Every ```python block, in order, in one namespace, in an empty folder."""
     monkeypatch.chdir(tmp_path)

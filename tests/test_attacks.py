@@ -369,6 +369,7 @@ def test_attack_command_writes_the_csv_and_merges_reruns(mixup_run, capsys):
     assert len(list(csv.DictReader((mixup_run / "robustness.csv").open()))) == len(rows)
 
 
+@pytest.mark.slow
 def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path, capsys):
     """FGSM in one command, PGD in another: the worst-case row is the per-example minimum
     over both, equal to the worst case of one command that runs both."""
@@ -409,6 +410,7 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
     assert {attack for attack, _ in flags} == set(named.split(",")), "no worst-case rows"
 
 
+@pytest.mark.slow
 def test_an_old_robustness_file_keeps_its_rows_gains_the_new_ones_and_reports(
         mixup_run, tmp_path, capsys):
     """A run attacked before robustness.csv had its ``evaluation`` and ``diagnostics``

@@ -135,6 +135,7 @@ def test_an_image_that_goes_bad_after_the_check_is_one_line(tmp_path, workers):
 # ---------------------------------------------------------------------------- the commands
 
 
+@pytest.mark.slow
 def test_train_attack_evaluate_refuse_before_work_then_skip(capsys, tmp_path):
     spec = write_folder(tmp_path / "data")
     out = tmp_path / "run"
@@ -164,6 +165,7 @@ def test_train_attack_evaluate_refuse_before_work_then_skip(capsys, tmp_path):
     assert code == 0 and "complete; nothing to do" in printed
 
 
+@pytest.mark.slow
 def test_a_file_gone_bad_after_training_refuses_attack_and_evaluate(capsys, tmp_path):
     spec = write_folder(tmp_path / "data", bad=False)
     out = tmp_path / "run"

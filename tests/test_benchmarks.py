@@ -90,6 +90,7 @@ def test_timm_style_mix_labels_match_the_pixels_taken(mix):
     assert torch.allclose(mixed.mean(dim=(1, 2, 3)), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bench_attack_counts_passes_of_both_ways():
     pytest.importorskip("torchattacks", reason="compares with plain torchattacks, an extra")
     steps, eps = 2, "2/255,8/255"

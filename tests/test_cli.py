@@ -131,6 +131,7 @@ def test_bad_masks_input_is_one_line_and_exit_2(capsys, tmp_path, argv, fragment
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_installed_command_runs_as_a_module(tmp_path):
     result = subprocess.run([sys.executable, "-m", "robustmix", "masks", "--size", "4",
                              "--mix", "cutmix", "--draws", "10", "--kernel",

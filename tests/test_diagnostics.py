@@ -107,6 +107,7 @@ def test_a_normal_model_raises_no_flag_on_its_worst_case(digits):
         [c for c in checks if not c.passed]
 
 
+@pytest.mark.slow
 def test_a_saturated_softmax_is_flagged_and_only_the_dlr_attack_sees_through_it(digits):
     net, x, y = digits
     plain, _ = evaluate(net, x, y)
@@ -125,6 +126,7 @@ def test_a_saturated_softmax_is_flagged_and_only_the_dlr_attack_sees_through_it(
             assert "saturated-softmax" in names and "zero-gradients" in names, (eps, names)
 
 
+@pytest.mark.slow
 def test_a_non_differentiable_input_step_is_flagged(digits):
     net, x, y = digits
     stepped = nn.Sequential(RoundInput(), net).eval()

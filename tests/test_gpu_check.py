@@ -196,6 +196,7 @@ def gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+@pytest.mark.slow
 def test_each_check_is_recorded_as_it_ended_and_an_overrun_is_killed_whole(tmp_path):
     setting = gpu_check.Setting("cpu", 1, "aot_eager", str(tmp_path), toy=True)
     for folder in ("logs", "checks", "work"):

@@ -43,6 +43,7 @@ def attack_rows(run):
             for row in read_rows(run / runs.ROBUSTNESS)]
 
 
+@pytest.mark.slow
 def test_imported_weights_give_the_runs_own_numbers(trained, tmp_path, capsys):
     weights = plain_checkpoint(load_model(trained), tmp_path / "mine.pt")
     imported = tmp_path / "imported"

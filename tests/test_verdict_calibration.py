@@ -89,6 +89,7 @@ SECONDARY = {"(a) gap", "(c) profile", "(d) own mask", "(e) regularizer",
              "corruption accuracy", "calibration (ECE)"}
 
 
+@pytest.mark.slow
 def test_all_null_small_study_keeps_every_family_at_its_level():
     studies = 500
     limit = bound(studies, st.LEVEL, miss=0.005)
