@@ -36,6 +36,8 @@ from robustmix.evaluations.report_mechanism import gallery_section, profile_sect
 from robustmix.evaluations.robustbench import robustbench_section
 from robustmix.evaluations.report_calibration import (calibration_section, corruptions_section,
                                             summary_section)
+from robustmix.evaluations.report_paper import OUTPUTS as PAPER_OUTPUTS
+from robustmix.evaluations.report_paper import PaperTable, paper_section
 from robustmix.evaluations.report_predictions import predictions_section
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
@@ -45,7 +47,7 @@ OUTPUTS = ("runs.csv", "generalization_by_method.csv", "robustness_by_method.csv
            "robust_accuracy_linf.png", "robust_accuracy_l2.png",
            "robust_given_clean_linf.png", "robust_given_clean_l2.png", "generalization.png",
            "predictions.csv", REPORT, *CALIBRATION_OUTPUTS, *ATTACK_OUTPUTS,
-           *MECHANISM_OUTPUTS)
+           *MECHANISM_OUTPUTS, *PAPER_OUTPUTS)
 GENERALIZATION_METRICS = (  # column, header, percent
     ("test_acc", "test acc (%)", True), ("train_acc", "clean train acc (%)", True),
     ("gap_acc", "acc gap train-test (pp)", True), ("gap_loss", "loss gap test-train", False),
@@ -57,14 +59,17 @@ GENERALIZATION_METRICS = (  # column, header, percent
 
 
 def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *,
-                 declaration: Declaration | None = None) -> Path:
+                 declaration: Declaration | None = None,
+                 paper: PaperTable | None = None) -> Path:
     """Write ``OUT/report.md`` with its CSV tables and PNG plots; returns its path.
 
     ``run_dirs`` is an iterable (a list, a tuple, a generator) of finished run directories
     (str or path), all trained on the same data set; ``out_dir`` a str or path, created
     if missing. ``declaration`` is what the study declared before its data (primary ε
     grid, level, margins; :class:`~robustmix.evaluations.declaration.Declaration`); None: no
-    declaration, the primary grid is derived from the runs and the report says so. A
+    declaration, the primary grid is derived from the runs and the report says so.
+    ``paper`` (:class:`~robustmix.evaluations.report_paper.PaperTable`) adds a section that
+    sets the runs' clean test accuracies beside a paper's table. A
     single path where a list belongs, or another type, is a TypeError; no runs, a missing
     or unfinished run, or runs of different data sets a
     :class:`~robustmix.core.errors.UsageError`, raised before anything is written.
@@ -90,6 +95,7 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path, *,
     q_section(ctx)
     gallery_section(ctx)
     robustbench_section(ctx)   # OUT/robustbench/<run>.json, its own stale files removed
+    paper_section(ctx, paper)
     return _finish(ctx)
 
 

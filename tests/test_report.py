@@ -259,3 +259,29 @@ def test_no_per_study_error_where_no_secondary_can_be_tested(study):
     _, out, report = study
     assert not (out / "error_rates.csv").exists()
     assert "Per-study error" not in report.read_text()
+
+
+def test_a_paper_table_sets_each_methods_mean_beside_the_papers_number(study, tmp_path):
+    """The section's mean ± std over seeds is each run's final test accuracy from its
+    metrics.csv; a key no run has says "not run"; a report without a paper removes the
+    stale paper_comparison.csv."""
+    from robustmix.evaluations.report_paper import PaperTable
+    root, _, _ = study
+    out = tmp_path / "with-paper"
+    paper = PaperTable("a paper's table", {"vanilla": 90.0, "mixup": 80.0, "gmix": 70.0})
+    text = write_report([root / name for name in RUNS], out, paper=paper).read_text()
+    final = {name: 100 * float(runs.read_metrics(root / name / "metrics.csv")[-1]["test_acc"])
+             for name in RUNS}
+    vanilla = [final["vanilla-s0"], final["vanilla-s1"]]
+    mean, std = sum(vanilla) / 2, abs(vanilla[0] - vanilla[1]) / math.sqrt(2)
+    rows = {row["method"]: row for row in runs.read_csv(out / "paper_comparison.csv")}
+    assert set(rows) == {"vanilla", "mixup"}
+    assert float(rows["vanilla"]["measured_mean"]) == pytest.approx(mean, abs=1e-4)
+    assert float(rows["vanilla"]["measured_std"]) == pytest.approx(std, abs=1e-4)
+    assert rows["mixup"]["n"] == "1" and float(rows["mixup"]["paper"]) == 80.0
+    assert "## Beside the paper: a paper's table" in text
+    assert f"| vanilla | 90.00 | {mean:.2f} ± {std:.2f} (2) | {mean - 90:+.2f} |" in text
+    assert "| gmix | 70.00 | not run | - |" in text
+    write_report([root / name for name in RUNS], out)
+    assert not (out / "paper_comparison.csv").exists()
+    assert "Beside the paper" not in (out / "report.md").read_text()

@@ -8,6 +8,7 @@ import pytest
 
 from robustmix.app import study
 from robustmix.core import runs
+from robustmix.evaluations.report_paper import paper_key
 from robustmix.app.cli import main
 
 from helpers import mini_study, run_cli
@@ -144,10 +145,10 @@ def test_every_run_of_a_paper_preset_finds_its_row_of_the_paper_table(name):
     map onto the paper table's keys (METHOD or VARIANT/METHOD), one each, every key."""
     config = study.load_config(name, None)
     labels = [s.label for s in study.plan(config, progress=False) if s.kind == "train"]
-    keys = [study._paper_key(label, config.variant_names()) for label in labels]
+    keys = [paper_key(label, config.variant_names()) for label in labels]
     assert sorted(set(keys)) == sorted(study.PAPER[config.paper]["rows"])
     assert len(keys) == len(set(keys)) * len(config.seeds)
-    assert study._paper_key("a-b-mixup-s3", ["a", "a-b"]) == "a-b/mixup"   # longest first
+    assert paper_key("a-b-mixup-s3", ["a", "a-b"]) == "a-b/mixup"   # longest first
 
 
 def test_a_config_on_other_data_does_not_inherit_the_digits_image_size(tmp_path):

@@ -14,7 +14,6 @@ its presets are in :mod:`robustmix.app.presets` (``robustmix study --preset NAME
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Callable
 from robustmix.attacks import DiagnosticSettings, Eps, diagnostics, transfer_run
 from robustmix.attacks.runner import attack_run, read_rows
 from robustmix.evaluations import confirmation, evaluate_corruptions, evaluate_run, write_report
+from robustmix.evaluations.report_paper import PaperTable
 from robustmix.app.presets import PAPER, PRESETS  # noqa: F401 (the study's presets)
 from robustmix.app.protocol import STUDY_FILE, declare  # noqa: F401 (the declaration)
 from robustmix.app.study_config import StudyConfig, load_config, to_toml  # noqa: F401
@@ -267,55 +267,14 @@ def _report(run_dirs: list[Path], out: Path, config: StudyConfig) -> str:
     declare(config)
     # the source names the study's own file, not its path: a study moved or rerun in
     # another folder writes the same tables
+    paper = PaperTable(**PAPER[config.paper], variants=tuple(config.variant_names())) \
+        if config.paper in PAPER else None
     path = write_report(run_dirs, out, declaration=config.declaration(
-        f"the study's {STUDY_FILE}, written before its first run trained"))
-    if config.paper in PAPER:
-        _append_paper_table(path, run_dirs, config)
+        f"the study's {STUDY_FILE}, written before its first run trained"), paper=paper)
     if config.phase == "confirmation":   # OUT/confirmation: set beside the declared study
         written = confirmation.write(out.parent, out, config.verdicts.replication)
         return f"wrote {path} and {written}"
     return f"wrote {path}"
-
-
-def _paper_key(run_name: str, variants: list[str]) -> str:
-    """The paper table's key of a study run ``[VARIANT-]METHOD-sSEED``: ``VARIANT/METHOD``
-    (a variant's name may hold dashes: ``large-crop``), or ``METHOD`` without variants."""
-    name = run_name.rsplit("-s", 1)[0]
-    for variant in sorted(variants, key=len, reverse=True):
-        if variant and name.startswith(variant + "-"):
-            return f"{variant}/{name[len(variant) + 1:]}"
-    return name
-
-
-def _append_paper_table(report: Path, run_dirs: list[Path], config: StudyConfig) -> None:
-    """Set the study's clean test accuracies beside the paper's numbers."""
-    paper = PAPER[config.paper]
-    measured: dict[str, list[float]] = {}
-    for run_dir in run_dirs:
-        key = _paper_key(run_dir.name, config.variant_names())
-        rows = runs.read_metrics(run_dir / runs.METRICS)
-        measured.setdefault(key, []).append(100 * float(rows[-1]["test_acc"]))
-    lines = ["", f"## Beside the paper: {paper['title']}", "",
-             "| method | paper | this study (mean ± std over seeds) | difference |",
-             "|---|---|---|---|"]
-    csv_rows = []
-    for key, reference in paper["rows"].items():
-        values = measured.get(key)
-        if not values:
-            lines.append(f"| {key} | {reference:.2f} | not run | - |")
-            continue
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) \
-            if len(values) > 1 else float("nan")
-        lines.append(f"| {key} | {reference:.2f} | {mean:.2f} ± {std:.2f} ({len(values)}) | "
-                     f"{mean - reference:+.2f} |")
-        csv_rows.append({"method": key, "paper": reference, "measured_mean": f"{mean:.4f}",
-                         "measured_std": f"{std:.4f}", "n": len(values)})
-    lines += ["", "The paper's recipes are not published beside its code; differences of a "
-              "point or two are expected from the recipe alone.", ""]
-    runs.write_csv(report.parent / "paper_comparison.csv", csv_rows,
-                   ["method", "paper", "measured_mean", "measured_std", "n"])
-    runs.atomic_write_text(report, report.read_text(encoding="utf-8") + "\n".join(lines))
 
 
 # ------------------------------------------------------------------------------ running
