@@ -131,13 +131,13 @@ def _mix_config(args: argparse.Namespace, *, strict: bool = True) -> MixConfig:
     MixConfig(mix=name, factory=factory, alpha=args.alpha).validate()   # --mix, --alpha
     method = load_method(name, factory)          # a plugin's options are known from here
     options = {}
-    for key in LEGACY_OPTIONS:
+    for key, (owner, _) in methods.BUILTIN_OPTIONS.items():   # the generated flags
         value = getattr(args, key, None)
         if value is not None and key in method.options:
             options[key] = value
         elif value is not None and strict:
-            raise UsageError(f"--{key.replace('_', '-')} is an option of "
-                             f"{_owner(key)}, not of {name}")
+            raise UsageError(f"--{key.replace('_', '-')} is an option of {owner}, "
+                             f"not of {name}")
     for key, text in args.options.items():
         if key in options:
             raise UsageError(f"--mix-option {key} repeats --{key.replace('_', '-')}")
@@ -145,11 +145,6 @@ def _mix_config(args: argparse.Namespace, *, strict: bool = True) -> MixConfig:
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(MixConfig)
               if f.name not in ("mix", "options", "factory")}
     return resolved(MixConfig(mix=name, factory=factory, options=options, **fields))
-
-
-def _owner(option: str) -> str:
-    return next(m.name for m in map(methods.get, methods.MIX_NAMES)
-                if option in (m.options or {}))
 
 
 def _option_value(key: str, text: str, default):
