@@ -22,7 +22,7 @@ from robustmix.attacks.runner import attack_run, format_table, load_subset
 from robustmix.app import listing
 from robustmix.app.masks import write_kernel
 from robustmix.core import distributed, methods, runs
-from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
+from robustmix.core.config import MixConfig, TrainConfig
 from robustmix.core.devices import resolve_device
 from robustmix.core.errors import UsageError
 from robustmix.mixing.registry import load_method, resolved
@@ -299,7 +299,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def declare_methods(run_dirs: Sequence[str | Path]) -> None:
     """Register the methods that runs name by their factory's path, before any is used."""
     for run in run_dirs:
-        mix = MixConfig.upgrade(runs.read_config(run)["train"].get("mix", {}))
+        mix = runs.read_config(run)["train"].get("mix", {})
         if isinstance(mix, dict) and isinstance(mix.get("factory"), str):
             methods.get(mix.get("mix"), mix["factory"])
 

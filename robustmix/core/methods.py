@@ -144,7 +144,6 @@ DATA_FREE_MIX_NAMES = tuple(n for n, m in _REGISTRY.items() if not m.data_depend
 # every built-in option -> (its method, its Option), in the registry's order
 BUILTIN_OPTIONS = {key: (m.name, spec) for m in _REGISTRY.values()
                    for key, spec in m.specs.items()}
-BUILTIN_OPTIONS_OF = {name: tuple(m.options) for name, m in _REGISTRY.items()}
 _entry_points_read = False
 
 
