@@ -1,5 +1,9 @@
 """The MSDA registry: every method's name, colour, options and where its sampler comes from.
 
+A method's record holds all of its facts: each option's default, help and range
+(:class:`Option`; the command line's flags and every check of a value are made from them)
+and its colour. Nothing else lists a built-in's option names.
+
 The library finds its own methods here, and a user's the same way: a method is a name and
 a *factory*, a callable ``factory(**options)`` that returns the mask sampler
 (:class:`robustmix.mixing.MaskSampler`, or a :class:`robustmix.mixing.DataDependentSampler`).
