@@ -17,15 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from robustmix.core import methods
-from robustmix.core.config import MixConfig
 
 IGNORED_KEYS = ("seed", "device", "data_dir", "download", "log_interval", "amp", "channels_last")
 
 
 def flat_settings(train: dict[str, Any]) -> dict[str, Any]:
     """The train config as one flat dict, mix settings and the method's options as
-    ``mix.NAME``; ignored keys dropped. Old and new run directories of one setting give
-    the same dict (:func:`mix_settings`)."""
+    ``mix.NAME`` (:func:`mix_settings`); ignored keys dropped."""
     flat = {}
     for key, value in train.items():
         if key in IGNORED_KEYS:
@@ -38,10 +36,9 @@ def flat_settings(train: dict[str, Any]) -> dict[str, Any]:
 
 
 def mix_settings(mix: dict[str, Any]) -> dict[str, Any]:
-    """A run's ``mix`` section, as written before the registry or since, as one flat dict:
-    the options beside the other settings (an option never takes a MixConfig field's name),
-    only the run's own method's, and no ``factory`` for a built-in."""
-    values = dict(MixConfig.upgrade(mix))
+    """A run's ``mix`` section as one flat dict: the options beside the other settings (an
+    option never takes a MixConfig field's name), and no ``factory`` for a built-in."""
+    values = dict(mix)
     options = values.pop("options", None) or {}
     if values.get("factory") is None:
         values.pop("factory", None)

@@ -13,8 +13,8 @@ import pytest
 from robustmix.attacks import AttackConfig, PGDSettings
 from robustmix.app.cli import build_parser
 from robustmix.core import runs
-from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
-from robustmix.core.methods import BUILTIN_OPTIONS
+from robustmix.core import methods
+from robustmix.core.config import MixConfig, TrainConfig
 
 from helpers import assert_one_line_error, run_cli
 
@@ -159,16 +159,50 @@ def test_train_flags_are_the_config_fields_with_the_config_defaults():
         assert options[field.name] == getattr(config, field.name), field.name
 
 
-def test_each_builtin_option_has_a_flag_whose_default_is_the_registrys():
-    """--hmix-r etc. set the method's options; unset (None), the registry's default holds,
-    and the help says which it is."""
+# The built-ins' option flags as users type them today: generated from the registry, they
+# must stay these (flag, method, value given, value in TrainConfig.mix.options).
+TODAYS_FLAGS = [
+    (["--switch-prob", "0.25"], "stochastic", {"switch_prob": 0.25}),
+    (["--hmix-r", "0.3"], "hmix", {"hmix_r": 0.3}),
+    (["--puzzle-beta", "0.7"], "puzzlemix", {"puzzle_beta": 0.7}),
+    (["--puzzle-gamma", "0"], "puzzlemix", {"puzzle_gamma": 0.0}),
+    (["--puzzle-eta", "2"], "puzzlemix", {"puzzle_eta": 2.0}),
+    (["--no-puzzle-transport"], "puzzlemix", {"puzzle_transport": False}),
+    (["--puzzle-transport"], "puzzlemix", {"puzzle_transport": True}),
+]
+DEFAULTS = {"stochastic": {"switch_prob": 0.5}, "hmix": {"hmix_r": 0.5},
+            "puzzlemix": {"puzzle_beta": 1.2, "puzzle_gamma": 0.5, "puzzle_eta": 0.2,
+                          "puzzle_transport": True}}
+
+
+@pytest.mark.parametrize("flags, method, given", TODAYS_FLAGS)
+def test_each_generated_option_flag_sets_its_methods_options_as_before(flags, method, given):
+    from robustmix.app.commands import _train_config
+
+    config = _train_config(build_parser().parse_args(["train", "--mix", method, *flags]))
+    assert config.mix.options == {**DEFAULTS[method], **given}
+    unset = _train_config(build_parser().parse_args(["train", "--mix", method]))
+    assert unset.mix.options == DEFAULTS[method] == MixConfig(mix=method).options
+
+
+def test_the_generated_option_flags_are_todays_with_range_and_default_in_their_help():
+    """--hmix-r etc. are generated from the registry: unset (None), the registry's default
+    holds, and the help says the default and the range."""
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     actions = {a.dest: a for a in sub.choices["train"]._actions if a.option_strings}
-    for name, default in BUILTIN_OPTIONS.items():
+    assert set(methods.BUILTIN_OPTIONS) == {key for options in DEFAULTS.values()
+                                            for key in options}
+    for name, (method, spec) in methods.BUILTIN_OPTIONS.items():
+        assert actions[name].option_strings[0] == "--" + name.replace("_", "-")
         assert actions[name].default is None, name
-        assert f"(default: {default})" in actions[name].help, name
-    assert set(LEGACY_OPTIONS) == set(BUILTIN_OPTIONS)
+        assert spec.default == DEFAULTS[method][name]
+        assert actions[name].help.startswith(f"{method}: {spec.help}"), name
+        assert actions[name].help.endswith(f"(default: {spec.default})"), name
+    assert ", in [0, 1] (default: 0.5)" in actions["hmix_r"].help
+    assert ", finite, >= 0 (default: 1.2)" in actions["puzzle_beta"].help
+    assert set(_options("masks")) >= {"switch_prob", "hmix_r"}
+    assert not set(_options("masks")) & {"puzzle_beta", "puzzle_transport"}   # data-free only
 
 
 def test_a_builtin_option_flag_and_mix_option_give_the_same_config(capsys, tmp_path):

@@ -206,7 +206,7 @@ def test_a_study_runs_a_plugin_with_its_options_and_prints_them_back(tmp_path, m
     module = plugin(tmp_path, monkeypatch, CONSTANT)
     path = tmp_path / "study.toml"
     path.write_text(f'methods = ["vanilla", "hmix", "{module}:constant"]\n'
-                    "[train]\nhmix_r = 0.25\n[train.options.constant]\nweight = 0.75\n")
+                    "[train.options.hmix]\nhmix_r = 0.25\n[train.options.constant]\nweight = 0.75\n")
     config = study.load_config(None, str(path))
     assert config.options == {"hmix": {"hmix_r": 0.25}, "constant": {"weight": 0.75}}
     run = config.run_config("", f"{module}:constant", 0)
@@ -228,7 +228,7 @@ def test_a_study_runs_a_plugin_with_its_options_and_prints_them_back(tmp_path, m
     ('[train.options.hmix]\nradius = 0.3', "train.options.hmix 'radius' is not an option"),
     ('[train.options.hmix]\nhmix_r = 2.0', "train.options.hmix.hmix_r must lie in [0, 1]"),
     ('[train.options.nosuch]\nx = 1', "train.options.nosuch must be a table of the options"),
-    ('[train]\nhmix_r = 0.3\n[train.options.hmix]\nhmix_r = 0.4', "hmix_r is given twice"),
+    ('[train]\nhmix_r = 0.3', "hmix_r is an option of hmix: give it in [train.options.hmix]"),
     ('[train]\noptions = 3', "options must be a table of tables"),
     ('[train]\nfactory = "a:b"', "[train] cannot set factory"),
     ('methods = ["hmix", "x.y:hmix"]', "methods name hmix twice"),
@@ -238,27 +238,6 @@ def test_bad_options_in_a_study_are_one_line(capsys, tmp_path, text, fragment):
     path.write_text('methods = ["vanilla", "hmix"]\n' * ("methods" not in text) + text + "\n")
     code, _, err = run_cli(capsys, "study", "--config", path, "--out", tmp_path / "s")
     assert_one_line_error(code, err, fragment)
-
-
-# An old run directory's config.json (written at commit 5c8b86e, before the registry): the
-# built-ins' options stand flat beside mix, for every method.
-OLD_MIX = {"alpha": 1.0, "hmix_r": 0.3, "lam_per": "batch", "mix": "hmix", "mix_prob": 1.0,
-           "pairing": "flip", "puzzle_beta": 1.2, "puzzle_eta": 0.2, "puzzle_gamma": 0.5,
-           "puzzle_transport": True, "switch_prob": 0.5}
-
-
-def test_an_old_configs_flat_options_are_read_into_options():
-    old = TrainConfig.from_dict({"epochs": 2, "mix": OLD_MIX})
-    assert old.mix == MixConfig(mix="hmix", options={"hmix_r": 0.3})
-    assert old == TrainConfig(epochs=2, mix=MixConfig(mix="hmix", options={"hmix_r": 0.3}))
-    cutmix = TrainConfig.from_dict({"mix": {**OLD_MIX, "mix": "cutmix"}})
-    assert cutmix.mix.options == {} and cutmix.mix == MixConfig(mix="cutmix")
-    with pytest.raises(ConfigError, match="hmix_r is given twice"):
-        TrainConfig.from_dict({"mix": {**OLD_MIX, "options": {"hmix_r": 0.4}}})
-    from robustmix.evaluations.grouping import flat_settings
-
-    new = TrainConfig(epochs=2, mix=MixConfig(mix="hmix", options={"hmix_r": 0.3}))
-    assert flat_settings({**new.to_dict(), "mix": OLD_MIX}) == flat_settings(new.to_dict())
 
 
 def test_q_draws_each_methods_masks_from_its_name_whoever_else_is_registered():

@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from robustmix.core.errors import ConfigError, UsageError
-from robustmix.core.methods import BUILTIN_OPTIONS, MIX_NAMES
+from robustmix.core.methods import BUILTIN_OPTIONS, DATA_FREE_MIX_NAMES, MIX_NAMES
 
 MIX_HELP = (f"the MSDA: {', '.join(MIX_NAMES)}, a registered plugin's name, or a factory's "
             "path package.module:factory")
@@ -102,26 +102,18 @@ def _add_train_augmentation(p: argparse.ArgumentParser) -> None:
                         "(--mix MODULE:FACTORY names it after the factory)")
 
 
-# the built-ins' options, each its own flag (they set the method's options); default None:
-# the method's own default, from the registry (robustmix.core.methods)
-_OPTION_HELP = {
-    "switch_prob": "stochastic: probability of CutMix rather than Mixup",
-    "hmix_r": "hmix: box area fraction r of the partner's share",
-    "puzzle_beta": "puzzlemix: label smoothness beta of the graph cut",
-    "puzzle_gamma": "puzzlemix: data smoothness gamma across block boundaries",
-    "puzzle_eta": "puzzlemix: weight eta of the prior that keeps the mask mean near lambda",
-    "puzzle_transport": "puzzlemix: move salient blocks out from under the partner",
-}
-
-
-def _add_method_options(g, names=tuple(_OPTION_HELP)) -> None:
-    """Each built-in option's flag, and ``--mix-option KEY=VALUE`` for any method's."""
+def _add_method_options(g, names=tuple(BUILTIN_OPTIONS)) -> None:
+    """A flag per built-in option, generated from its registry record (robustmix.core.methods:
+    help, range, default; the flag's default None leaves the method's own), and
+    ``--mix-option KEY=VALUE`` for any method's."""
     for name in names:
-        default = BUILTIN_OPTIONS[name]
+        method, spec = BUILTIN_OPTIONS[name]
         flag = "--" + name.replace("_", "-")
-        kind = argparse.BooleanOptionalAction if isinstance(default, bool) else None
-        g.add_argument(flag, **({"action": kind} if kind else {"type": type(default)}),
-                       default=None, help=f"{_OPTION_HELP[name]} (default: {default})")
+        kind = argparse.BooleanOptionalAction if isinstance(spec.default, bool) else None
+        text = f"{method}: {spec.help}" + (f", {spec.range_text()}" if spec.range_text() else "")
+        g.add_argument(flag, **({"action": kind} if kind else {"type": type(spec.default)}),
+                       default=None,
+                       help=f"{text} (default: {spec.default})".replace("%", "%%"))
     g.add_argument("--mix-option", dest="options", action=_KeyValues, default={},
                    metavar="KEY=VALUE", help="an option of the method (repeatable), e.g. "
                                              "decay_power=3 for a plugin's")
@@ -212,7 +204,8 @@ def _add_masks(sub) -> None:
     p.add_argument("--draws", type=_positive_int, default=4096,
                    help="masks drawn to estimate c(p)")
     p.add_argument("--alpha", type=float, default=1.0, help="λ ~ Beta(α, α)")
-    _add_method_options(p, ("switch_prob", "hmix_r"))
+    _add_method_options(p, tuple(key for key, (method, _) in BUILTIN_OPTIONS.items()
+                                 if method in DATA_FREE_MIX_NAMES))   # the kernel's methods
     p.add_argument("--lam", type=float, default=0.65, help="λ of the gallery (default: 0.65)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="FILE.png", help="write the gallery")

@@ -22,7 +22,7 @@ from robustmix.attacks.runner import attack_run, format_table, load_subset
 from robustmix.app import listing
 from robustmix.app.masks import write_kernel
 from robustmix.core import distributed, methods, runs
-from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
+from robustmix.core.config import MixConfig, TrainConfig
 from robustmix.core.devices import resolve_device
 from robustmix.core.errors import UsageError
 from robustmix.mixing.registry import load_method, resolved
@@ -131,13 +131,13 @@ def _mix_config(args: argparse.Namespace, *, strict: bool = True) -> MixConfig:
     MixConfig(mix=name, factory=factory, alpha=args.alpha).validate()   # --mix, --alpha
     method = load_method(name, factory)          # a plugin's options are known from here
     options = {}
-    for key in LEGACY_OPTIONS:
+    for key, (owner, _) in methods.BUILTIN_OPTIONS.items():   # the generated flags
         value = getattr(args, key, None)
         if value is not None and key in method.options:
             options[key] = value
         elif value is not None and strict:
-            raise UsageError(f"--{key.replace('_', '-')} is an option of "
-                             f"{_owner(key)}, not of {name}")
+            raise UsageError(f"--{key.replace('_', '-')} is an option of {owner}, "
+                             f"not of {name}")
     for key, text in args.options.items():
         if key in options:
             raise UsageError(f"--mix-option {key} repeats --{key.replace('_', '-')}")
@@ -145,11 +145,6 @@ def _mix_config(args: argparse.Namespace, *, strict: bool = True) -> MixConfig:
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(MixConfig)
               if f.name not in ("mix", "options", "factory")}
     return resolved(MixConfig(mix=name, factory=factory, options=options, **fields))
-
-
-def _owner(option: str) -> str:
-    return next(m.name for m in map(methods.get, methods.MIX_NAMES)
-                if option in (m.options or {}))
 
 
 def _option_value(key: str, text: str, default):
@@ -304,7 +299,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def declare_methods(run_dirs: Sequence[str | Path]) -> None:
     """Register the methods that runs name by their factory's path, before any is used."""
     for run in run_dirs:
-        mix = MixConfig.upgrade(runs.read_config(run)["train"].get("mix", {}))
+        mix = runs.read_config(run)["train"].get("mix", {})
         if isinstance(mix, dict) and isinstance(mix.get("factory"), str):
             methods.get(mix.get("mix"), mix["factory"])
 

@@ -9,8 +9,7 @@ of "no effect", declared before any data). A TOML file reads into it (:func:`loa
 place: :meth:`StudyConfig.from_dict`) and it writes back out (:func:`to_toml`). In the TOML
 the ``[train]`` table holds the training settings with the mix settings flat beside them
 (``alpha``, ``mix_prob``, ...), as ``robustmix train`` spells them as flags, and each
-method's options in its own table, ``[train.options.hmix]`` (``hmix_r = 0.5``; the
-built-ins' options may also stand flat in ``[train]``, as they did before the registry).
+method's options in its own table, ``[train.options.hmix]`` (``hmix_r = 0.5``).
 ``methods`` lists registered names or factories' paths (``examples.fmix:fmix``).
 """
 
@@ -25,7 +24,7 @@ from typing import Any
 from robustmix.attacks import AttackConfig, DiagnosticSettings, PGDSettings, parse_eps
 from robustmix.evaluations.declaration import Declaration
 from robustmix.core import methods, runs
-from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
+from robustmix.core.config import MixConfig, TrainConfig
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.core.methods import MIX_NAMES
 from robustmix.app.presets import PRESETS
@@ -348,21 +347,19 @@ def _flat(train: TrainConfig) -> dict[str, Any]:
 
 
 def _split_options(values: dict[str, Any], source: str) -> Options:
-    """Take the options out of [train] (or a variant): its ``options`` table of tables, and
-    the built-ins' options spelled flat (``hmix_r = 0.5``), under their method's name."""
+    """Take the options out of [train] (or a variant): its ``options`` table of tables, one
+    per method; a built-in's option spelled flat (``hmix_r = 0.5``) is refused, with its
+    table."""
     table = values.pop("options", {})
     if not isinstance(table, dict) or any(not isinstance(v, dict) for v in table.values()):
         raise UsageError(f"{source}: options must be a table of tables, one per method: "
                          "[train.options.hmix] hmix_r = 0.5")
-    options = {name: dict(given) for name, given in table.items()}
-    for key in LEGACY_OPTIONS:
-        if key in values:
-            owner = next(m for m in MIX_NAMES if key in methods.BUILTIN_OPTIONS_OF[m])
-            if options.setdefault(owner, {}).setdefault(key, values[key]) != values[key]:
-                raise UsageError(f"{source}: {key} is given twice, flat and in "
-                                 f"[train.options.{owner}]")
-            values.pop(key)
-    return options
+    for key in values:
+        if key in methods.BUILTIN_OPTIONS:
+            owner = methods.BUILTIN_OPTIONS[key][0]
+            raise UsageError(f"{source}: {key} is an option of {owner}: give it in "
+                             f"[train.options.{owner}]")
+    return {name: dict(given) for name, given in table.items()}
 
 
 def _train_config(values: dict[str, Any], source: str) -> TrainConfig:

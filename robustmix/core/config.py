@@ -5,8 +5,8 @@
 The MSDA names come from the registry, :mod:`robustmix.core.methods`, below the samplers,
 so that configuration, command line and study agree on them without importing the mixing
 code. Every default lives here once: the flags of ``robustmix train`` are these fields with
-these defaults (a test holds the parser to them); each method's options and their defaults
-live in its registry entry.
+these defaults (a test holds the parser to them); each method's options, their defaults,
+help and ranges live in its registry entry, and the flags for them are generated from it.
 """
 
 from __future__ import annotations
@@ -74,34 +74,6 @@ class MixConfig:
         if not 0.0 <= self.mix_prob <= 1.0:
             raise ConfigError("mix_prob", f"must lie in [0, 1], got {self.mix_prob}")
         methods.check_options(self.mix, self.options)
-
-    @staticmethod
-    def upgrade(values: dict[str, Any]) -> dict[str, Any]:
-        """A ``mix`` section as config.json holds it, in today's form.
-
-        Run directories written before the registry (commit 5c8b86e and earlier) hold the
-        built-ins' options flat beside ``mix`` (``hmix_r``, ``switch_prob``, ``puzzle_*``),
-        for every method: they move into ``options``, those of the run's own method only
-        (the others never had an effect).
-        """
-        if not isinstance(values, dict) or not set(values) & set(LEGACY_OPTIONS):
-            return values
-        values = dict(values)
-        legacy = {key: values.pop(key) for key in LEGACY_OPTIONS if key in values}
-        name = values.get("mix", "vanilla")
-        own = methods.BUILTIN_OPTIONS_OF.get(name, ()) if isinstance(name, str) else ()
-        options = dict(values.get("options") or {})
-        for key, value in legacy.items():
-            if key in own and options.setdefault(key, value) != value:
-                raise ConfigError(key, f"is given twice, as {key} and in options")
-        values["options"] = options
-        return values
-
-
-# The built-ins' options as flat fields of MixConfig, before the registry: still read from
-# old run directories (MixConfig.upgrade), a study's [train] and train's flags.
-LEGACY_OPTIONS = ("switch_prob", "hmix_r", "puzzle_beta", "puzzle_gamma", "puzzle_eta",
-                  "puzzle_transport")
 
 
 @dataclass(frozen=True)
@@ -192,8 +164,6 @@ class TrainConfig:
         """Rebuild from ``to_dict`` output; unknown keys or wrong types are refused."""
         values = dict(values)
         try:
-            if "mix" in values:   # an old run directory's flat options, into options
-                values["mix"] = MixConfig.upgrade(values["mix"])
             tables.check_fields(values, cls, source, what="training settings")
             mix_values = values.pop("mix", {})
             for key in ("crop_scale", "milestones"):

@@ -1,5 +1,9 @@
 """The MSDA registry: every method's name, colour, options and where its sampler comes from.
 
+A method's record holds all of its facts: each option's default, help and range
+(:class:`Option`; the command line's flags and every check of a value are made from them)
+and its colour. Nothing else lists a built-in's option names.
+
 The library finds its own methods here, and a user's the same way: a method is a name and
 a *factory*, a callable ``factory(**options)`` that returns the mask sampler
 (:class:`robustmix.mixing.MaskSampler`, or a :class:`robustmix.mixing.DataDependentSampler`).
@@ -44,6 +48,40 @@ OptionValue = bool | int | float | str | None
 
 
 @dataclass(frozen=True)
+class Option:
+    """One option of an MSDA: its default, what it does, and the numbers it accepts.
+
+    ``low``/``high`` bound a number (either may be None: unbounded on that side, though
+    never infinite or NaN once bounded); the command line's help and every check of the
+    option's value come from here.
+    """
+
+    default: OptionValue
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+
+    def range_text(self) -> str:
+        """The accepted values in words: ``in [0, 1]``, ``finite, >= 0``, or ``""``."""
+        if self.low is not None and self.high is not None:
+            return f"in [{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"finite, >= {self.low:g}"
+        return f"finite, <= {self.high:g}" if self.high is not None else ""
+
+    def check(self, key: str, value: Any) -> None:
+        """Refuse a number outside the range (its type is checked by the caller)."""
+        if self.low is not None and self.high is not None:
+            if not self.low <= value <= self.high:
+                raise ConfigError(key, f"must lie in [{self.low:g}, {self.high:g}], "
+                                       f"got {value}")
+        elif self.low is not None and not (math.isfinite(value) and value >= self.low):
+            raise ConfigError(key, f"must be a finite number >= {self.low:g}, got {value}")
+        elif self.high is not None and not (math.isfinite(value) and value <= self.high):
+            raise ConfigError(key, f"must be a finite number <= {self.high:g}, got {value}")
+
+
+@dataclass(frozen=True)
 class Method:
     """One mixed-sample data augmentation as the rest of the project sees it."""
 
@@ -56,6 +94,8 @@ class Method:
     # given as a path is not imported yet (then: its keyword parameters and their defaults)
     options: Mapping[str, OptionValue] | None = field(default=None, compare=False)
     builtin: bool = False
+    # option name -> its Option (help and range) where the method declared them
+    specs: Mapping[str, Option] = field(default_factory=dict, compare=False)
 
     @property
     def path(self) -> str:
@@ -76,39 +116,52 @@ def palette_colour(name: str) -> str:
 
 
 _B = "robustmix.mixing.registry:"   # the built-ins' factories, imported with the samplers
+_UNIT = {"low": 0.0, "high": 1.0}
+_NON_NEGATIVE = {"low": 0.0}
+# The built-ins: name, colour, summary, whether the masks are drawn from the images, and
+# the options (each one's default, help and range: train's flags are generated from them)
 _BUILTINS = (
-    ("vanilla", "#404040", "no mixing (the all-ones mask)", {}),
-    ("mixup", "#1f77b4", "the constant mask λ", {}),
-    ("cutmix", "#d62728", "one box of area 1 − λ from the partner", {}),
-    ("stochastic", "#9467bd", "CutMix or Mixup, chosen at random per mask",
-     {"switch_prob": 0.5}),           # probability of CutMix
-    ("hmix", "#2ca02c", "a box of area r(1 − λ) on a Mixup of the rest", {"hmix_r": 0.5}),
-    ("gmix", "#ff7f0e", "a Gaussian bump centred at a random pixel", {}),
-    # the official PuzzleMix defaults: label smoothness β, data smoothness γ, weight η of
-    # the label prior, and whether salient blocks move out from under the partner
-    ("puzzlemix", "#8c564b", "graph-cut blocks chosen by saliency, then transported",
-     {"puzzle_beta": 1.2, "puzzle_gamma": 0.5, "puzzle_eta": 0.2, "puzzle_transport": True}),
+    ("vanilla", "#404040", "no mixing (the all-ones mask)", False, {}),
+    ("mixup", "#1f77b4", "the constant mask λ", False, {}),
+    ("cutmix", "#d62728", "one box of area 1 − λ from the partner", False, {}),
+    ("stochastic", "#9467bd", "CutMix or Mixup, chosen at random per mask", False,
+     {"switch_prob": Option(0.5, "probability of CutMix rather than Mixup", **_UNIT)}),
+    ("hmix", "#2ca02c", "a box of area r(1 − λ) on a Mixup of the rest", False,
+     {"hmix_r": Option(0.5, "box area fraction r of the partner's share", **_UNIT)}),
+    ("gmix", "#ff7f0e", "a Gaussian bump centred at a random pixel", False, {}),
+    # the official PuzzleMix defaults
+    ("puzzlemix", "#8c564b", "graph-cut blocks chosen by saliency, then transported", True,
+     {"puzzle_beta": Option(1.2, "label smoothness beta of the graph cut", **_NON_NEGATIVE),
+      "puzzle_gamma": Option(0.5, "data smoothness gamma across block boundaries",
+                             **_NON_NEGATIVE),
+      "puzzle_eta": Option(0.2, "weight eta of the prior that keeps the mask mean near "
+                                "lambda", **_NON_NEGATIVE),
+      "puzzle_transport": Option(True, "move salient blocks out from under the partner")}),
 )
 _REGISTRY: dict[str, Method] = {
-    name: Method(name, _B + name, colour, summary, name == "puzzlemix", options, builtin=True)
-    for name, colour, summary, options in _BUILTINS}
+    name: Method(name, _B + name, colour, summary, data_dependent,
+                 {key: spec.default for key, spec in specs.items()}, builtin=True,
+                 specs=specs)
+    for name, colour, summary, data_dependent, specs in _BUILTINS}
 MIX_NAMES = tuple(_REGISTRY)                           # the built-ins, in their order
 DATA_FREE_MIX_NAMES = tuple(n for n, m in _REGISTRY.items() if not m.data_dependent)
-BUILTIN_OPTIONS = {key: value for m in _REGISTRY.values() for key, value in m.options.items()}
-BUILTIN_OPTIONS_OF = {name: tuple(m.options) for name, m in _REGISTRY.items()}
+# every built-in option -> (its method, its Option), in the registry's order
+BUILTIN_OPTIONS = {key: (m.name, spec) for m in _REGISTRY.values()
+                   for key, spec in m.specs.items()}
 _entry_points_read = False
 
 
 def register_method(name: str, factory: Callable[..., Any] | str, *, colour: str | None = None,
                     summary: str = "", data_dependent: bool = False,
-                    options: Mapping[str, OptionValue] | None = None) -> Method:
+                    options: Mapping[str, OptionValue | Option] | None = None) -> Method:
     """Register an MSDA under ``name``; training, kernels, the study and the report use it.
 
     ``factory(**options)`` returns the method's mask sampler (or data-dependent sampler);
     it may be a callable or a ``"module:attr"`` path imported when first needed.
-    ``options`` maps each option's name to its default (bool, int, float, str or None);
-    a run's values are checked against the default's type and passed to the factory as
-    keywords. ``None`` takes the factory's keyword parameters and their defaults (for a
+    ``options`` maps each option's name to its default (bool, int, float, str or None),
+    or to an :class:`Option` (its default, help and range, as the built-ins declare theirs);
+    a run's values are checked against the default's type (and range) and passed to the
+    factory as keywords. ``None`` takes the factory's keyword parameters and their defaults (for a
     path, once it is imported).
     ``colour`` is ``"#rrggbb"``; without one the method gets one of :data:`PALETTE` by its
     name. Registering a name again with the same factory replaces its entry (a module may
@@ -145,8 +198,26 @@ def _checked_method(name, factory, colour, summary, data_dependent, options) -> 
         raise ConfigError("data_dependent", f"must be true or false, got {data_dependent!r}")
     if options is None and callable(factory):
         options = keyword_defaults(name, factory)
+    specs = _checked_specs(name, options)
+    if options is not None:
+        options = checked_defaults(name, {key: specs[key].default if key in specs else value
+                                          for key, value in options.items()})
     return Method(name, factory, colour or palette_colour(name), str(summary), data_dependent,
-                  None if options is None else checked_defaults(name, options))
+                  options, specs=specs)
+
+
+def _checked_specs(name: str, options: Any) -> dict[str, Option]:
+    """The options given as :class:`Option`, their bounds checked (numbers or None)."""
+    if not isinstance(options, Mapping):
+        return {}
+    specs = {key: spec for key, spec in options.items() if isinstance(spec, Option)}
+    for key, spec in specs.items():
+        for bound in (spec.low, spec.high):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(
+                    bound, (int, float)) or not isinstance(spec.default, (int, float))):
+                raise ConfigError("options", f"of {name}: {key}'s range must be numbers "
+                                  f"around a numeric default, got {spec.low!r}, {spec.high!r}")
+    return specs
 
 
 def keyword_defaults(name: str, factory: Callable[..., Any]) -> dict[str, Any]:
@@ -268,8 +339,8 @@ def full_options(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
 def check_options(name: str, given: Mapping[str, Any]) -> None:
     """Refuse an option the method does not have, or a value unlike its default's type.
 
-    The built-ins' ranges are checked too (``hmix_r`` in [0, 1], ...); a plugin's factory
-    checks its own when called. Nothing is checked while the method's options are unknown.
+    The ranges a method declared are checked too (``hmix_r`` in [0, 1], ...); a plugin's
+    factory checks its own when called. Nothing is checked while the method's options are unknown.
     """
     if not isinstance(given, Mapping):
         raise ConfigError("options", f"must map option names to values, got {given!r}")
@@ -282,8 +353,9 @@ def check_options(name: str, given: Mapping[str, Any]) -> None:
             raise ConfigError("options", f"{key!r} is not an option of {name} (its options: "
                               f"{accepted})")
         _check_type(key, value, method.options[key])
-        if method.builtin:
-            _check_builtin(key, value)
+        spec = method.specs.get(key)
+        if spec is not None and not isinstance(value, (bool, str, type(None))):
+            spec.check(key, value)
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
@@ -296,15 +368,6 @@ def _check_type(key: str, value: Any, default: Any) -> None:
     kind, text = kinds[type(default)]
     if not isinstance(value, kind) or (isinstance(value, bool) and type(default) is not bool):
         raise ConfigError(key, f"must be {text}, got {value!r}")
-
-
-def _check_builtin(key: str, value: Any) -> None:
-    """The built-ins' ranges (their samplers check them too, when built)."""
-    if key in ("switch_prob", "hmix_r") and not 0.0 <= value <= 1.0:
-        raise ConfigError(key, f"must lie in [0, 1], got {value}")
-    if key in ("puzzle_beta", "puzzle_gamma", "puzzle_eta") and not (
-            math.isfinite(value) and value >= 0):
-        raise ConfigError(key, f"must be a finite number >= 0, got {value}")
 
 
 def _read_entry_points() -> None:
