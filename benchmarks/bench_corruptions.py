@@ -9,7 +9,7 @@ pass, which dominates both steps, costs the same at any epoch). It then times, a
 and ``--repeats`` times each, the study's evaluate step (``evaluate_run`` with the digits
 preset's settings) and its corruptions step (``evaluate_corruptions`` on the same 200 test
 images), and prints the medians and their ratio with the machine and its load average: the
-ratio × the study's evaluate time (README, "Time") is what the step adds to the study.
+ratio × the study's evaluate time (docs/time.md) is what the step adds to the study.
 """
 
 from __future__ import annotations

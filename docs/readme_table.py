@@ -1,5 +1,5 @@
-"""Print the README's results table from a study's report tables, or its table of the
-on-the-fly corruptions' parameters.
+"""Print the README's results table from a study's report tables, or the table of the
+on-the-fly corruptions' parameters in docs/guide/evaluate.md.
 
     python docs/readme_table.py study        # after `robustmix study`; prints Markdown
     python docs/readme_table.py corruptions  # robustmix.evaluations.corruptions.CORRUPTIONS

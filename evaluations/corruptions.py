@@ -8,8 +8,8 @@ severity), so a seed, the same batches and the same device give the same images.
 
 :data:`CORRUPTIONS` is the one table of parameters: one value per severity 1-5. Spatial
 parameters are fractions of the image side s = min(H, W), so they scale with the image size;
-the others are in [0, 1] intensity units (or JPEG quality). The README prints this table
-(``python docs/readme_table.py corruptions``).
+the others are in [0, 1] intensity units (or JPEG quality). docs/guide/evaluate.md prints this
+table (``python docs/readme_table.py corruptions``).
 
 Written from the definitions below with torchvision's v2 functional ops (gaussian_blur,
 adjust_contrast, resize), Pillow's JPEG codec and plain tensor code; no code is taken from the ImageNet-C

@@ -121,7 +121,7 @@ def test_the_table_has_five_values_per_corruption_and_bad_input_is_refused():
         corrupt(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "jpeg", 1)
 
 
-def test_the_readme_prints_the_table_that_applies_the_corruptions():
+def test_the_evaluate_guide_prints_the_table_that_applies_the_corruptions():
     import importlib.util
     from pathlib import Path
 
@@ -129,4 +129,5 @@ def test_the_readme_prints_the_table_that_applies_the_corruptions():
     spec = importlib.util.spec_from_file_location("readme_table", root / "docs" / "readme_table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.corruption_table() in (root / "README.md").read_text(encoding="utf-8")
+    guide = root / "docs" / "guide" / "evaluate.md"
+    assert module.corruption_table() in guide.read_text(encoding="utf-8")

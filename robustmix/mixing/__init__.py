@@ -4,8 +4,8 @@ Inside the package the imports run one way: :mod:`~robustmix.mixing.samplers` (t
 data-free samplers, ``mix``, ``mask_kernel``) <- :mod:`~robustmix.mixing.puzzlemix` <-
 :mod:`~robustmix.mixing.registry` (``make_sampler``: the registry's factories loaded and
 called) <- :mod:`~robustmix.mixing.mixer` (the ``Mixer``). This module gathers the public
-names, so ``robustmix.mixing.make_sampler/mask_kernel/mix/Mixer/MixConfig`` are where the
-README says.
+names, so ``robustmix.mixing.make_sampler/mask_kernel/mix/Mixer/MixConfig`` are where
+docs/api.md says.
 """
 
 from robustmix.core.config import DATA_FREE_MIX_NAMES, LAM_PER, MIX_NAMES, PAIRINGS, MixConfig
