@@ -11,6 +11,7 @@ import sys
 import textwrap
 import zlib
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -513,6 +514,15 @@ def test_an_entry_point_that_cannot_load_names_itself(tmp_path, monkeypatch,
             "module 'nosuch_robustmix_module' (no module named 'nosuch_robustmix_module')")
 
 
+ROOT = Path(__file__).resolve().parent.parent   # examples/ is not installed: found from here
+
+
+@pytest.fixture
+def examples_importable():
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))
+
+
 def write_npy_folder(root, *, side=8, per_class=6):
     """A .npy folder (examples/npy_folder.py) of 3 classes: class k's images near 100 k."""
     rng = np.random.default_rng(0)
@@ -526,7 +536,7 @@ def write_npy_folder(root, *, side=8, per_class=6):
 
 
 def test_train_one_epoch_on_the_example_npy_folder_with_the_example_architecture(
-        capsys, tmp_path, monkeypatch, kinds_as_they_were):
+        capsys, tmp_path, monkeypatch, kinds_as_they_were, examples_importable):
     from robustmix import load_model
     from robustmix.core import runs
 
@@ -568,7 +578,7 @@ def test_train_one_epoch_on_the_example_npy_folder_with_the_example_architecture
       "test/c/0.npy": np.zeros((4, 4), np.uint8)}, "class folder 'c' is not among"),
 ])
 def test_the_example_npy_folder_refuses_what_it_cannot_read_in_one_line(
-        layout, fragment, tmp_path):
+        layout, fragment, tmp_path, examples_importable):
     from examples.npy_folder import npy_folder
     from robustmix.core.errors import UsageError
 
@@ -580,7 +590,7 @@ def test_the_example_npy_folder_refuses_what_it_cannot_read_in_one_line(
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-def test_the_example_npy_folder_resizes_and_keeps_its_classes(tmp_path):
+def test_the_example_npy_folder_resizes_and_keeps_its_classes(tmp_path, examples_importable):
     from examples.npy_folder import npy_folder
 
     write_npy_folder(tmp_path, side=6, per_class=2)
@@ -590,8 +600,8 @@ def test_the_example_npy_folder_resizes_and_keeps_its_classes(tmp_path):
     assert 200 <= int(images[-1].float().mean()) <= 240   # class 2's images, resized
 
 
-def test_a_study_takes_an_architecture_and_a_data_set_by_path(capsys, tmp_path, monkeypatch,
-                                                              kinds_as_they_were):
+def test_a_study_takes_an_architecture_and_a_data_set_by_path(
+        capsys, tmp_path, monkeypatch, kinds_as_they_were, examples_importable):
     write_npy_folder(tmp_path / "npy")
     toml = tmp_path / "study.toml"
     train = ('[train]\narch = "examples.tiny_arch:{}"\n'
