@@ -17,17 +17,16 @@ as AutoAttack runs its four; its progress is saved after every batch, so an inte
 evaluation resumes where it stopped.
 
 Attacks are found by name: the built-ins (:mod:`robustmix.attacks.builtin`), those registered with
-:func:`register_attack` or through the entry-point group ``robustmix.attacks``, a path
-``package.module:attr`` to an :class:`Attack` or a perturb function, and
-``torchattacks:NAME`` for torchattacks' classes (:mod:`robustmix.attacks.torchattacks_adapter`).
+:func:`register_attack`, and ``torchattacks:NAME`` for torchattacks' classes
+(:mod:`robustmix.attacks.torchattacks_adapter`); and, through the plug-in resolver every
+plug-in kind shares (:mod:`robustmix.core.plugins`), an entry point of the group
+``robustmix.attacks`` or a path ``package.module:attr``, either leading to an :class:`Attack`
+or a perturb function.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -35,10 +34,11 @@ import torch
 from torch import Tensor
 
 from robustmix.attacks.eps import NORMS, Eps
-from robustmix.core.errors import ConfigError, UsageError
+from robustmix.core import plugins
+from robustmix.core.errors import ConfigError
 
 KINDS = ("single-step", "iterative", "gradient-free", "ensemble")
-ENTRY_POINTS = "robustmix.attacks"
+ENTRY_POINTS = plugins.ATTACK.group
 Perturb = Callable[..., Tensor]
 
 
@@ -149,46 +149,31 @@ def registered() -> tuple[str, ...]:
 
 
 def get(name: str) -> Attack:
-    """The attack called ``name``: registered, ``torchattacks:NAME`` or ``module:attr``."""
+    """The attack called ``name``: registered, ``torchattacks:NAME``, an entry point's name
+    or ``package.module:attr`` (:func:`robustmix.core.plugins.resolve`)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    _load_entry_points()
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name.startswith("torchattacks:"):
+    if isinstance(name, str) and name.startswith("torchattacks:"):
         from robustmix.attacks.torchattacks_adapter import adapter  # torchattacks is an optional extra
 
         return adapter(name)
-    if ":" in name:
-        return _from_path(name)
-    raise ConfigError("attacks", f"has unknown attack {name!r}; valid: "
-                      f"{', '.join(_REGISTRY)}, torchattacks:NAME or package.module:attr")
+    return plugins.resolve(plugins.ATTACK, name, _REGISTRY, _adopt,
+                           valid=f"{', '.join(_REGISTRY)}, torchattacks:NAME")
 
 
-def _from_path(path: str) -> Attack:
-    """``package.module:attr`` -> the Attack it holds, or one around its perturb function."""
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # any failure to import the user's module is theirs to see
-        raise UsageError(f"attack {path}: cannot import module {module_name!r} "
-                         f"({type(err).__name__}: {err})") from None
-    target = getattr(module, attr, None)
-    if target is None:
-        raise UsageError(f"attack {path}: module {module_name!r} has no attribute {attr!r}")
+def _adopt(target: Any, name: str) -> Attack:
+    """A plug-in's object as a registered attack: an :class:`Attack` as it is, a perturb
+    function (checked against the module's contract) registered under ``name``."""
     if isinstance(target, Attack):
+        _REGISTRY.setdefault(name, target)
         return target
     if not callable(target):
-        raise UsageError(f"attack {path}: {attr!r} is a {type(target).__name__}, not a "
-                         "perturb function or a robustmix.attacks.Attack")
-    try:
-        inspect.signature(target).bind(None, None, None, 0.0, "linf", {}, None)
-    except TypeError:
-        raise UsageError(f"attack {path}: {attr} must take (model, x, y, eps, norm, "
-                         "settings, draws)") from None
-    except ValueError:  # a builtin without a signature: trust it
-        pass
-    return register_attack(path, target, kind=getattr(target, "kind", "iterative"),
+        raise plugins.PluginError(f"is a {type(target).__name__}, not a perturb function or "
+                                  "a robustmix.attacks.Attack")
+    if not plugins.takes(target, None, None, None, 0.0, "linf", {}, None):
+        raise plugins.PluginError("its perturb function must take (model, x, y, eps, norm, "
+                                  "settings, draws)")
+    return register_attack(name, target, kind=getattr(target, "kind", "iterative"),
                            norms=tuple(getattr(target, "norms", NORMS)),
                            defaults=getattr(target, "defaults", None), replace=True)
 
@@ -201,23 +186,9 @@ def _load_entry_points() -> None:
     if _LOADED:
         return
     _LOADED.append(True)
-    for entry in metadata.entry_points(group=ENTRY_POINTS):
-        if entry.name in _REGISTRY:
-            continue
-        try:
-            target = entry.load()
-        except Exception as err:
-            raise UsageError(f"attack plugin {entry.name} ({entry.value}): cannot load it "
-                             f"({type(err).__name__}: {err})") from None
-        if isinstance(target, Attack):
-            _REGISTRY[entry.name] = target
-        elif callable(target):
-            register_attack(entry.name, target, kind=getattr(target, "kind", "iterative"),
-                            norms=tuple(getattr(target, "norms", NORMS)),
-                            defaults=getattr(target, "defaults", None))
-        else:
-            raise UsageError(f"attack plugin {entry.name} ({entry.value}) is a "
-                             f"{type(target).__name__}, not a perturb function")
+    for name in plugins.entry_points(ENTRY_POINTS):
+        if name not in _REGISTRY:
+            get(name)
 
 
 def parse_attacks(text: str) -> tuple[tuple[str, dict[str, Any]], ...]:

@@ -1,6 +1,8 @@
-"""Bring your own MSDA: the method registry (robustmix.core.methods, robustmix.mixing.registry)
-takes a user's factory by register_method, an entry point or a module:factory path, gives it
-what a built-in gets, and refuses a broken one in one line."""
+"""Bring your own MSDA, attack, architecture or data set: the one plug-in resolver
+(robustmix.core.plugins) finds each kind by name, by entry point or by a module:attr path;
+the method registry (robustmix.core.methods, robustmix.mixing.registry) gives a user's MSDA
+what a built-in gets; the examples (examples/tiny_arch.py, examples/npy_folder.py) train;
+and a broken plug-in of any kind is refused in one line."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 import textwrap
 import zlib
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,3 +276,323 @@ def test_groups_and_plots_order_and_colour_a_plugin_like_a_builtin():
     assert list(masks) == [*methods.DATA_FREE_MIX_NAMES, "aaa"]
     assert torch.equal(masks["aaa"], masks["mixup"])   # Mixup's sampler, the same draws
     assert not is_data_dependent(make_sampler("aaa"))
+
+
+# ------------------------------------------------------------------ the four kinds on one
+# resolver (robustmix.core.plugins): architecture, data set and attack as the MSDA above
+
+ARCH = '''
+from torch import nn
+
+def net(*, num_classes, in_channels):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, num_classes))
+
+def raises(*, num_classes, in_channels):
+    raise RuntimeError("boom")
+
+def no_module(*, num_classes, in_channels):
+    return 42
+
+def no_conv(*, num_classes, in_channels):
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+def positional(size):
+    return None
+
+NOT_CALLABLE = 3
+'''
+
+DATA = '''
+import torch
+from robustmix.core.errors import UsageError
+from robustmix.data import TensorSource
+
+def data(*, data_dir, image_size, device):
+    side = image_size or 8
+    x = torch.arange(10 * side * side, dtype=torch.int64).remainder(251).to(torch.uint8)
+    y = torch.arange(10) % 2
+    x = x.view(10, 1, side, side)
+    return TensorSource("two", x[:8], y[:8], x[8:], y[8:], num_classes=2, device=device)
+
+def fixed(*, data_dir, image_size, device):
+    return data(data_dir=data_dir, image_size=None, device=device)
+
+def refuses(*, data_dir, image_size, device):
+    raise UsageError(f"{data_dir}/labels.txt is missing; accepted: a folder with labels.txt")
+
+def raises(*, data_dir, image_size, device):
+    raise RuntimeError("boom")
+
+def no_source(*, data_dir, image_size, device):
+    return 42
+
+def positional(size):
+    return None
+
+NOT_CALLABLE = 3
+'''
+
+ATTACK = '''
+def perturb(model, x, y, eps, norm, settings, draws):
+    return x
+
+def positional(size):
+    return None
+
+NOT_CALLABLE = 3
+'''
+
+
+@pytest.fixture
+def kinds_as_they_were(monkeypatch):
+    """The architecture, data-set and attack registries as before the test."""
+    from robustmix.attacks import registry
+    from robustmix.data import loading
+    import robustmix.models as models
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(loading, "_PLUGINS", {})
+    monkeypatch.setattr(models, "_PLUGINS", {})
+
+
+def entry_points(monkeypatch, *points):
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group: [p for p in points if p.group == group])
+
+
+def test_an_architecture_by_name_path_and_entry_point(tmp_path, monkeypatch,
+                                                      kinds_as_they_were):
+    from robustmix.models import build_model, check_arch
+
+    module = plugin(tmp_path, monkeypatch, ARCH)
+    entry_points(monkeypatch, EntryPoint("mine", f"{module}:net", "robustmix.architectures"))
+    stats = {"num_classes": 3, "in_channels": 2, "mean": [0.5, 0.5], "std": [0.2, 0.2]}
+    assert check_arch("SmallCNN") == "smallcnn"
+    for text in (f"{module}:net", "mine"):
+        assert check_arch(f" {text} ") == text   # its text is its canonical name
+        model = build_model(text, **stats)
+        assert model.arch == text and model.config["arch"] == text
+        assert model.net[0].in_channels == 2 and model.first_layer is model.net[0]
+        assert model(torch.rand(5, 2, 9, 9)).shape == (5, 3)
+
+
+def test_a_data_set_by_name_path_and_entry_point(tmp_path, monkeypatch, kinds_as_they_were):
+    from robustmix.data import load_dataset
+
+    module = plugin(tmp_path, monkeypatch, DATA)
+    entry_points(monkeypatch, EntryPoint("two", f"{module}:data", "robustmix.datasets"))
+    for text in (f"{module}:data", "two"):
+        data = load_dataset(text, image_size=12, holdout=2)
+        assert (data.num_classes, data.channels, data.height, data.n_train) == (2, 1, 12, 6)
+        assert data.tensors("holdout")[0].shape == (2, 1, 12, 12)
+    with pytest.raises(ConfigError, match=f"^dataset {module}:fixed: its factory returned "
+                                          "8x8 images, not the 12x12 asked for"):
+        load_dataset(f"{module}:fixed", image_size=12)
+
+
+def test_an_attack_by_name_path_and_entry_point(tmp_path, monkeypatch, kinds_as_they_were):
+    from robustmix.attacks import registry
+
+    module = plugin(tmp_path, monkeypatch, ATTACK)
+    entry_points(monkeypatch, EntryPoint("same", f"{module}:perturb", "robustmix.attacks"))
+    assert registry.get("fgsm").kind == "single-step"
+    for text in (f"{module}:perturb", "same"):
+        attack = registry.get(text)
+        assert attack.name == text and attack.kind == "iterative"
+        x = torch.rand(2, 1, 4, 4)
+        assert attack.perturb(None, x, None, 0.1, "linf", {}, None) is x
+    assert "same" in registry.registered()
+
+
+KIND_ERRORS = {   # kind -> (its flag, the module's source, its entry-point group)
+    "architecture": ("--arch", ARCH, "robustmix.architectures"),
+    "data set": ("--dataset", DATA, "robustmix.datasets"),
+}
+BROKEN_KINDS = [
+    ("nosuch_robustmix_module:f", "cannot import module 'nosuch_robustmix_module' (no module "
+                                  "named 'nosuch_robustmix_module')"),
+    ("{module}:missing", "module '{module}' has no attribute 'missing'"),
+    ("{module}:NOT_CALLABLE", "is a int, not a factory"),
+    ("{module}:positional", "its factory must take the keywords"),
+    ("{module}:raises", "its factory raised RuntimeError: boom"),
+    ("{module}:no_module", "its factory returned a int, not a"),
+    ("nosuch", "has unknown"),
+]
+
+
+@pytest.mark.parametrize("kind", list(KIND_ERRORS))
+@pytest.mark.parametrize("spec, fragment", BROKEN_KINDS)
+def test_a_broken_architecture_or_data_set_is_one_line_from_the_cli(
+        kind, spec, fragment, capsys, tmp_path, monkeypatch, kinds_as_they_were):
+    flag, source, group = KIND_ERRORS[kind]
+    module = plugin(tmp_path, monkeypatch, source)
+    spec, fragment = spec.format(module=module), fragment.format(module=module)
+    if kind == "data set" and spec.endswith(":no_module"):
+        spec = spec.replace("no_module", "no_source")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "train", "--quiet", flag, spec, "--epochs", "1")
+    start = f"{flag} has unknown {flag[2:]} 'nosuch'; valid: " if spec == "nosuch" else \
+        f"{flag} {spec}: "
+    line = assert_one_line_error(code, err, f"robustmix train: error: {start}", fragment)
+    if spec == "nosuch":   # what is accepted
+        assert line.endswith(f"an installed plug-in's entry point in {group}, or "
+                             "package.module:factory")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_architecture_without_a_conv_and_a_data_sets_own_refusal_are_one_line(
+        capsys, tmp_path, monkeypatch, kinds_as_they_were):
+    arch, data = plugin(tmp_path, monkeypatch, ARCH), plugin(tmp_path, monkeypatch, DATA)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "train", "--quiet", "--arch", f"{arch}:no_conv")
+    assert_one_line_error(code, err, f"--arch {arch}:no_conv: its network has no "
+                                     "torch.nn.Conv2d")
+    code, _, err = run_cli(capsys, "train", "--quiet", "--dataset", f"{data}:refuses",
+                           "--data-dir", "here")
+    assert_one_line_error(code, err, "robustmix train: error: here/labels.txt is missing; "
+                                     "accepted: a folder with labels.txt")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("nosuch_robustmix_module:f", "cannot import module 'nosuch_robustmix_module'"),
+    ("{module}:missing", "module '{module}' has no attribute 'missing'"),
+    ("{module}:NOT_CALLABLE", "is a int, not a perturb function or a "
+                              "robustmix.attacks.Attack"),
+    ("{module}:positional", "its perturb function must take (model, x, y, eps, norm, "
+                            "settings, draws)"),
+    ("nosuch", "has unknown attack 'nosuch'; valid: fgsm, "),
+])
+def test_a_broken_attack_is_one_line_from_a_study(spec, fragment, capsys, tmp_path,
+                                                  monkeypatch, kinds_as_they_were):
+    module = plugin(tmp_path, monkeypatch, ATTACK)
+    spec, fragment = spec.format(module=module), fragment.format(module=module)
+    toml = tmp_path / "study.toml"
+    toml.write_text(f'[attack]\nattacks = ["fgsm", "{spec}"]\n')
+    code, _, err = run_cli(capsys, "study", "--config", toml, "--out", tmp_path / "s")
+    start = "attack.attacks " + ("" if spec == "nosuch" else f"{spec}: ")
+    assert_one_line_error(code, err, str(toml), start, fragment)
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_entry_point_that_cannot_load_names_itself(tmp_path, monkeypatch,
+                                                      kinds_as_they_were):
+    from robustmix.attacks import registry
+    from robustmix.models import check_arch
+
+    entry_points(monkeypatch, EntryPoint("gone", "nosuch_robustmix_module:f",
+                                         "robustmix.architectures"),
+                 EntryPoint("gone", "nosuch_robustmix_module:f", "robustmix.attacks"))
+    for call, field, group in ((check_arch, "arch", "robustmix.architectures"),
+                               (registry.get, "attacks", "robustmix.attacks")):
+        with pytest.raises(ConfigError) as info:
+            call("gone")
+        assert str(info.value) == (
+            f"{field} gone (entry point nosuch_robustmix_module:f of {group}): cannot import "
+            "module 'nosuch_robustmix_module' (no module named 'nosuch_robustmix_module')")
+
+
+ROOT = Path(__file__).resolve().parent.parent   # examples/ is not installed: found from here
+
+
+@pytest.fixture
+def examples_importable():
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))
+
+
+def write_npy_folder(root, *, side=8, per_class=6):
+    """A .npy folder (examples/npy_folder.py) of 3 classes: class k's images near 100 k."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", 2)):
+        for k in range(3):
+            folder = root / split / f"class{k}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = rng.integers(0, 40, size=(side, side), dtype=np.uint8) + 100 * k
+                np.save(folder / f"{i}.npy", image.astype(np.uint8))
+
+
+def test_train_one_epoch_on_the_example_npy_folder_with_the_example_architecture(
+        capsys, tmp_path, monkeypatch, kinds_as_they_were, examples_importable):
+    from robustmix import load_model
+    from robustmix.core import runs
+
+    write_npy_folder(tmp_path / "npy")
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--quiet", "--arch", "examples.tiny_arch:tiny",
+                           "--dataset", "examples.npy_folder:npy_folder", "--data-dir",
+                           tmp_path / "npy", "--epochs", "1", "--batch-size", "6",
+                           "--device", "cpu", "--out", out)
+    assert code == 0, err
+    config = runs.read_config(out)
+    assert config["train"]["arch"] == config["model"]["arch"] == "examples.tiny_arch:tiny"
+    assert config["train"]["dataset"] == "examples.npy_folder:npy_folder"
+    assert (config["dataset"]["num_classes"], config["dataset"]["n_train"],
+            config["dataset"]["n_test"]) == (3, 18, 6)
+    model = load_model(out)   # rebuilt from the recorded path, the weights read as tensors
+    x = torch.rand(2, 1, 8, 8)
+    assert model(x).shape == (2, 3)
+    code, _, err = run_cli(capsys, "import", "--weights", out / runs.WEIGHTS, "--arch",
+                           "examples.tiny_arch:tiny", "--dataset",
+                           "examples.npy_folder:npy_folder", "--data-dir", tmp_path / "npy",
+                           "--out", tmp_path / "imported")
+    assert code == 0, err
+    assert torch.equal(load_model(tmp_path / "imported")(x), model(x))
+
+
+@pytest.mark.parametrize("layout, fragment", [
+    ({"train/a/0.npy": np.zeros((4, 4), np.uint8)}, "holds 1 class folder(s)"),
+    ({"train/a/0.npy": np.zeros((4, 4), np.uint8), "train/b/0.npy": np.zeros((4, 4),
+                                                                              np.uint8)},
+     "test is not a folder"),
+    ({"train/a/0.npy": np.zeros((4, 4), np.float32), "train/b/0.npy": np.zeros((4, 4))},
+     "holds a float32 array of shape (4, 4, 1); accepted: uint8"),
+    ({"train/a/0.npy": np.zeros((4, 4), np.uint8), "train/b/0.npy": np.zeros((5, 4),
+                                                                              np.uint8)},
+     "is (5, 4, 1), the images before it (4, 4, 1)"),
+    ({"train/a/0.npy": np.zeros((4, 4), np.uint8), "train/b/0.npy": np.zeros((4, 4),
+                                                                              np.uint8),
+      "test/c/0.npy": np.zeros((4, 4), np.uint8)}, "class folder 'c' is not among"),
+])
+def test_the_example_npy_folder_refuses_what_it_cannot_read_in_one_line(
+        layout, fragment, tmp_path, examples_importable):
+    from examples.npy_folder import npy_folder
+    from robustmix.core.errors import UsageError
+
+    for name, array in layout.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / name, array)
+    with pytest.raises(UsageError) as info:
+        npy_folder(data_dir=str(tmp_path), image_size=None, device="cpu")
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_example_npy_folder_resizes_and_keeps_its_classes(tmp_path, examples_importable):
+    from examples.npy_folder import npy_folder
+
+    write_npy_folder(tmp_path, side=6, per_class=2)
+    data = npy_folder(data_dir=str(tmp_path), image_size=12, device="cpu")
+    images, labels = data.tensors("train")
+    assert images.shape == (6, 1, 12, 12) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert 200 <= int(images[-1].float().mean()) <= 240   # class 2's images, resized
+
+
+def test_a_study_takes_an_architecture_and_a_data_set_by_path(
+        capsys, tmp_path, monkeypatch, kinds_as_they_were, examples_importable):
+    write_npy_folder(tmp_path / "npy")
+    toml = tmp_path / "study.toml"
+    train = ('[train]\narch = "examples.tiny_arch:{}"\n'
+             'dataset = "examples.npy_folder:npy_folder"\n'
+             f'data_dir = "{tmp_path / "npy"}"\nepochs = 1\nbatch_size = 6\n')
+    toml.write_text('methods = ["vanilla", "mixup"]\n' + train.format("tiny"))
+    code, out, err = run_cli(capsys, "study", "--config", toml, "--out", tmp_path / "s",
+                             "--dry-run")
+    assert code == 0 and "data ready" in out, err
+    toml.write_text('methods = ["vanilla", "mixup"]\n' + train.format("nosuch"))
+    code, _, err = run_cli(capsys, "study", "--config", toml, "--out", tmp_path / "s",
+                           "--device", "cpu")
+    assert_one_line_error(code, err, "arch examples.tiny_arch:nosuch: module "
+                                     "'examples.tiny_arch' has no attribute 'nosuch'")
+    assert not (tmp_path / "s").exists()

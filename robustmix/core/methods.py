@@ -32,6 +32,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
+from robustmix.core import plugins
 from robustmix.core.errors import ConfigError
 
 ENTRY_POINT_GROUP = "robustmix.methods"
@@ -377,9 +378,7 @@ def _read_entry_points() -> None:
     if _entry_points_read:
         return
     _entry_points_read = True
-    from importlib.metadata import entry_points   # on first need: it scans the installed
-
-    for point in entry_points(group=ENTRY_POINT_GROUP):
+    for point in plugins.entry_points(ENTRY_POINT_GROUP).values():
         try:
             register_method(point.name, point.value)
         except ConfigError as err:

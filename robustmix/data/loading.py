@@ -1,4 +1,20 @@
-""":func:`load_dataset`: a data set by name (digits, the torchvision sets, image folders)."""
+""":func:`load_dataset`: a data set by name (digits, the torchvision sets, image folders) or
+a plug-in's.
+
+A data set of one's own is a plug-in (:mod:`robustmix.core.plugins`), given as
+``package.module:factory`` or as the name of an entry point in the group
+``robustmix.datasets``. Its factory is called as ``factory(data_dir=..., image_size=...,
+device=...)``: ``data_dir`` is ``--data-dir`` (where its files are), ``image_size`` the side
+asked for (None: its own), ``device`` where a :class:`TensorSource` keeps its tensors. It
+returns a :class:`~robustmix.data.sources.DataSource`, most simply a
+:class:`~robustmix.data.sources.TensorSource` built from uint8 (N, C, H, W) images and
+int64 labels, which carries what robustmix needs of a data set: its number of classes
+(labels outside them are refused), its image shape, its normalization (the per-channel
+mean and std of its training images) and its default augmentation. The factory reads and
+checks its own on-disk format and refuses what it cannot read with a one-line
+:class:`UsageError`; any other exception it raises is reported in one line too.
+``examples/npy_folder.py`` reads a folder of ``.npy`` images.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from robustmix.core import plugins
 from robustmix.core.errors import UsageError
 from robustmix.data.augment import Augment
 from robustmix.data.folders import FOLDER_DEFAULT_SIZE, FolderSource
@@ -88,7 +105,40 @@ def _load(spec: str, *, data_dir, image_size, download, device, num_workers, ski
         return _load_digits(image_size, device)
     if spec in _TORCHVISION:
         return _load_torchvision(spec, data_dir, image_size, download, device)
-    raise UsageError(f"unknown dataset {spec!r}; valid: {', '.join(DATASET_NAMES)}, imagefolder:PATH")
+    factory = plugins.resolve(plugins.DATA_SET, spec, _PLUGINS, _adopt,
+                              valid=f"{', '.join(DATASET_NAMES)}, imagefolder:PATH")
+    return _plugin(spec, factory, data_dir=data_dir, image_size=image_size, device=device)
+
+
+_PLUGINS: dict[str, Callable[..., DataSource]] = {}   # plug-ins' factories, by their text
+
+
+def _adopt(factory: Any, text: str) -> Callable[..., DataSource]:
+    """A plug-in data set's factory, checked against its contract and kept."""
+    if not callable(factory):
+        raise plugins.PluginError(f"is a {type(factory).__name__}, not a factory (a callable "
+                                  "(data_dir, image_size, device) -> DataSource)")
+    if not plugins.takes(factory, data_dir="data", image_size=None, device="cpu"):
+        raise plugins.PluginError("its factory must take the keywords data_dir, image_size "
+                                  "and device")
+    _PLUGINS[text] = factory
+    return factory
+
+
+def _plugin(spec: str, factory: Callable[..., DataSource], *, data_dir: str,
+            image_size: int | None, device: Any) -> DataSource:
+    """The data set a plug-in's factory returns, checked: a DataSource of the size asked."""
+    data = plugins.call(plugins.DATA_SET, spec, factory, data_dir=data_dir,
+                        image_size=image_size, device=device)
+    if not isinstance(data, DataSource):
+        raise plugins.failure(plugins.DATA_SET, spec, f"its factory returned a "
+                              f"{type(data).__name__}, not a robustmix.data.DataSource "
+                              "(e.g. a TensorSource)")
+    if image_size is not None and (data.height, data.width) != (image_size, image_size):
+        raise plugins.failure(plugins.DATA_SET, spec, f"its factory returned "
+                              f"{data.height}x{data.width} images, not the "
+                              f"{image_size}x{image_size} asked for")
+    return data
 
 
 SKIPPED_KEY = "skipped_images"  # in config.json's "dataset" section

@@ -15,15 +15,12 @@ like any plugin's.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import os
-import sys
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
-from robustmix.core import methods
+from robustmix.core import methods, plugins
 from robustmix.core.config import MixConfig
 from robustmix.core.errors import ConfigError
 from robustmix.core.methods import Method
@@ -109,12 +106,18 @@ def load_method(name: str, factory: str | None = None) -> Method:
         return method
     if isinstance(method.factory, str):
         module_name, attr = method.factory.split(":")
-        module = _import(module_name, method)
-        method = methods.get(name)   # the module may have registered itself on import
-        if method.loaded:
-            return method
-        target = method.factory if callable(method.factory) else _attribute(module, attr,
-                                                                            method)
+        try:
+            module = plugins.import_module(module_name, here=not method.builtin)
+            method = methods.get(name)   # the module may have registered itself on import
+            if method.loaded:
+                return method
+            target = method.factory if callable(method.factory) else \
+                plugins.attribute(module, attr)
+        except plugins.PluginError as err:
+            raise _broken(method, str(err)) from None
+        if not callable(target):
+            raise _broken(method, f"'{attr}' is a {type(target).__name__}, not a factory "
+                                  "(a callable that returns a sampler)")
     else:
         target = method.factory
     options = method.options if method.options is not None else _keyword_defaults(target,
@@ -129,34 +132,7 @@ def _broken(method: Method, problem: str) -> ConfigError:
     return ConfigError("mix", f"{method.path} (method '{method.name}'): {problem}")
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
-def _import(module_name: str, method: Method):
-    """Import a plugin's module: from the installed packages, else the current directory."""
-    if not method.builtin and os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())   # as `python -m` would; last, so it shadows nothing
-    try:
-        return importlib.import_module(module_name)
-    except Exception as err:   # a missing module, or one that fails while importing
-        missing = isinstance(err, ModuleNotFoundError) and err.name is not None and \
-            (module_name + ".").startswith(err.name + ".")
-        reason = f"no module named '{err.name}'" if missing else _first_line(err)
-        raise _broken(method, f"cannot import module '{module_name}' ({reason})") from None
-
-
-def _attribute(module, attr: str, method: Method) -> Callable[..., Any]:
-    target: Any = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise _broken(method, f"module '{module.__name__}' has no attribute '{attr}'")
-        target = getattr(target, part)
-    if not callable(target):
-        raise _broken(method, f"'{attr}' is a {type(target).__name__}, not a factory "
-                              "(a callable that returns a sampler)")
-    return target
+_first_line = plugins.first_line
 
 
 def _keyword_defaults(factory: Callable[..., Any], method: Method) -> dict[str, Any]:

@@ -13,6 +13,16 @@ Architectures (see each module for its reference):
 - ``resnetN`` with N = 6n+2, e.g. ``resnet56``: CIFAR ResNet (``resnet_cifar.py``).
 - ``resnet50``: torchvision's ImageNet ResNet-50, randomly initialized (never downloaded).
   This name takes precedence over the CIFAR ResNet with N = 50.
+- ``timm:NAME``: any timm model, randomly initialized (timm is an optional extra).
+
+An architecture of one's own is a plug-in (:mod:`robustmix.core.plugins`), given as
+``package.module:factory`` or as the name of an entry point in the group
+``robustmix.architectures``. Its factory is called as ``factory(num_classes=K,
+in_channels=C)`` and returns a ``torch.nn.Module`` that maps (N, C, H, W) inputs, already
+normalized, to (N, K) logits for the data set's image size (robustmix wraps it in
+:class:`Classifier`). The path is what a run records, so a later command (attack, evaluate,
+report) rebuilds the model by importing the same module; the weights file itself is
+still only read as tensors (safetensors), never run. ``examples/tiny_arch.py`` is one.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from robustmix.core import extras
+from robustmix.core import extras, plugins
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.models.preactresnet import preactresnet
 from robustmix.models.resnet_cifar import ResNetCifar
@@ -48,16 +58,20 @@ _FIXED_NAMES = ("smallcnn", "preactresnet18", "preactresnet34", "preactresnet50"
 _WRN = re.compile(r"wrn-?(\d+)-(\d+)")
 _SMALLCNN = re.compile(r"smallcnn-(\d+)")
 _RESNET = re.compile(r"resnet(\d+)")
-_VALID = (
-    "valid: smallcnn, smallcnn-W (its first width, e.g. smallcnn-16), preactresnet18, "
+_NAMES = (
+    "smallcnn, smallcnn-W (its first width, e.g. smallcnn-16), preactresnet18, "
     "preactresnet34, preactresnet50, "
     "wrnDEPTH-WIDTH (e.g. wrn28-2), resnetN for CIFAR with N = 6n+2 (e.g. resnet56), resnet50, "
     "timm:NAME"
 )
+_VALID = "valid: " + _NAMES + ", package.module:factory"
 
 
 def check_arch(name: str) -> str:
     """Return the canonical name of architecture ``name`` (case-insensitive), or raise UsageError.
+
+    A plug-in's path or entry point (see the module docstring) is imported and its factory
+    checked here; its text is its canonical name.
 
     ``WRN28-10`` and ``wrn-28-10`` become ``wrn28-10``; WRN needs (depth-4) % 6 == 0 with
     depth >= 10 and width >= 1; a CIFAR ResNet needs N = 6n+2 with n >= 1.
@@ -97,7 +111,38 @@ def check_arch(name: str) -> str:
                 f"(e.g. resnet20, resnet56, resnet110); {_VALID}"
             )
         return f"resnet{depth}"
-    raise UsageError(f"unknown arch {name!r}; {_VALID}")
+    text = name.strip() if isinstance(name, str) else name
+    plugins.resolve(plugins.ARCHITECTURE, text, _PLUGINS, _adopt, valid=_NAMES)
+    return text
+
+
+_PLUGINS: dict[str, object] = {}   # the plug-ins' factories found so far, by their text
+
+
+def _adopt(factory: object, text: str) -> object:
+    """A plug-in architecture's factory, checked against its contract and kept."""
+    if not callable(factory):
+        raise plugins.PluginError(f"is a {type(factory).__name__}, not a factory (a "
+                                  "callable (num_classes, in_channels) -> torch.nn.Module)")
+    if not plugins.takes(factory, num_classes=10, in_channels=3):
+        raise plugins.PluginError("its factory must take the keywords num_classes and "
+                                  "in_channels")
+    _PLUGINS[text] = factory
+    return factory
+
+
+def _plugin(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
+    """The network a plug-in's factory builds (checked by :func:`check_arch` first)."""
+    net = plugins.call(plugins.ARCHITECTURE, name, _PLUGINS[name], num_classes=num_classes,
+                       in_channels=in_channels)
+    if not isinstance(net, nn.Module):
+        raise plugins.failure(plugins.ARCHITECTURE, name, f"its factory returned a "
+                              f"{type(net).__name__}, not a torch.nn.Module")
+    if not any(isinstance(m, nn.Conv2d) for m in net.modules()):
+        raise plugins.failure(plugins.ARCHITECTURE, name, "its network has no "
+                              "torch.nn.Conv2d (the first one is the stem that the "
+                              "first-layer analyses read)")
+    return net
 
 
 class Classifier(nn.Module):
@@ -211,7 +256,9 @@ def build_model(
 
     sizes = {"num_classes": num_classes, "in_channels": in_channels}
     net: nn.Module
-    if name.startswith(TIMM_PREFIX):
+    if name in _PLUGINS:
+        net = _plugin(name, **sizes)
+    elif name.startswith(TIMM_PREFIX):
         net = _timm(name[len(TIMM_PREFIX):], **sizes)
     elif name.startswith("smallcnn"):
         net = SmallCNN(**sizes, width=32 if name == "smallcnn" else

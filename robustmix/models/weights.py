@@ -2,6 +2,9 @@
 
 Only safetensors is read, so loading never executes code from the file; the spec in the
 file's header (written by :func:`robustmix.core.runs.save_weights`) says which model to build.
+A model of a plug-in architecture is rebuilt by importing the module its spec names
+(``package.module:factory``, :mod:`robustmix.models`), the user's own code, as a run with a
+plug-in MSDA names its factory: load only the runs of plug-ins you trust.
 """
 
 from __future__ import annotations
