@@ -145,7 +145,8 @@ def _add_train_augmentation(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pairing", choices=("flip", "shuffle"), default="flip",
                    help="partner of sample k: B-1-k (flip, the paper's code) or a permutation")
     g.add_argument("--mix-prob", type=float, default=1.0,
-                   help="probability that a batch (sample, with --lam-per sample) is mixed")
+                   help="probability that a batch (sample, with --lam-per sample) is mixed "
+                        "(timm: --mixup-prob)")
     _add_method_options(g)
     g.add_argument("--mix-factory", dest="factory", default=None, metavar="MODULE:FACTORY",
                    help="the factory of --mix NAME: a plugin under a name of your choice "
@@ -213,12 +214,14 @@ def _add_train_recipe(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--nesterov", action="store_true")
     g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--schedule", choices=("cosine", "multistep"), default="cosine")
+    g.add_argument("--schedule", choices=("cosine", "multistep"), default="cosine",
+                   help="(timm: --sched; default: %(default)s)")
     g.add_argument("--milestones", type=_int_list, default=(), metavar="E1,E2",
                    help="multistep: epochs at which the lr is multiplied by --lr-gamma")
     g.add_argument("--lr-gamma", type=float, default=0.1)
     g.add_argument("--warmup-epochs", type=float, default=0.0)
-    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="(timm: --smoothing; default: %(default)s)")
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -299,10 +302,11 @@ def _add_attack_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pgd-step", dest="pgd_step_size", type=float, action=_Renamed,
                    new="--pgd-step-size", help=argparse.SUPPRESS)
     p.add_argument("--restarts", type=_positive_int, default=None,
-                   help="PGD restarts; an example counts as broken if any restart breaks it "
-                        "(default: 1)")
+                   help="PGD restarts (AutoAttack's n_restarts); an example counts as broken "
+                        "if any restart breaks it (default: 1)")
     p.add_argument("--n-examples", type=_positive_int, default=None,
-                   help="a fixed subset of the test set (default: all of it)")
+                   help="a fixed subset of the test set, RobustBench's n_examples (default: "
+                        "all of it)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="(default: 256)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of PGD starts and AutoAttack (default: 0)")
