@@ -126,8 +126,11 @@ def test_runs_lists_the_runs_of_each_folder_and_run_named(trained, tmp_path, cap
     monkeypatch.chdir(trained.parent.parent)   # ./runs/ holds the trained run
     code, out, _ = run_cli(capsys, "runs")
     assert code == 0 and out.splitlines()[1].split()[0] == "run"
+    (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "runs", tmp_path / "empty")
     assert_one_line_error(code, err, f"no run under {tmp_path / 'empty'}/")
+    code, _, err = run_cli(capsys, "runs", trained, tmp_path / "nowhere")
+    assert_one_line_error(code, err, f"{tmp_path / 'nowhere'}: no such run directory")
 
 
 def test_the_attack_commands_settings_are_a_studys_attack_section():

@@ -88,6 +88,8 @@ def every_run(named: Sequence[str]) -> list[Path]:
     hold (none named: those under ./runs/); none is a UsageError."""
     found = []
     for path in map(Path, named or [DEFAULT_FOLDER]):
+        if named and not path.is_dir():
+            raise UsageError(f"{path}: no such run directory or folder of runs")
         found += [path] if runs.holds_run(path) else candidates(run_folder(path))
     if not found:
         where = ", ".join(f"{p}/" for p in (named or [DEFAULT_FOLDER]))
