@@ -352,7 +352,7 @@ def test_attack_command_writes_the_csv_and_merges_reruns(mixup_run, capsys):
     from robustmix.attacks.runner import CSV_FIELDS
     from robustmix.app.cli import main
 
-    argv = ["attack", "--quiet", "--run", str(mixup_run), "--eps", "2/255,16/255",
+    argv = ["attack", "--quiet", str(mixup_run), "--eps", "2/255,16/255",
             "--attacks", "fgsm,pgd", "--pgd-steps", "5", "--n-examples", "60"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -386,8 +386,8 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
             (run / name).unlink(missing_ok=True)
     common = ["--quiet", "--eps", "4/255,16/255", "--pgd-steps", "5", "--n-examples", "60"]
     for attacks in ("fgsm", "pgd"):
-        assert main(["attack", "--run", str(apart), "--attacks", attacks, *common]) == 0
-    assert main(["attack", "--run", str(together), "--attacks", "fgsm,pgd", *common]) == 0
+        assert main(["attack", str(apart), "--attacks", attacks, *common]) == 0
+    assert main(["attack", str(together), "--attacks", "fgsm,pgd", *common]) == 0
     capsys.readouterr()
 
     def rows(run):
@@ -429,7 +429,7 @@ def test_an_old_robustness_file_keeps_its_rows_gains_the_new_ones_and_reports(
     shutil.copytree(mixup_run, run)
     for name in ("robustness.csv", worst_case.EXAMPLES, DIAGNOSTICS):  # other tests' attacks
         (run / name).unlink(missing_ok=True)
-    common = ["--quiet", "--run", str(run), "--attacks", "fgsm,pgd", "--pgd-steps", "5",
+    common = ["--quiet", str(run), "--attacks", "fgsm,pgd", "--pgd-steps", "5",
               "--n-examples", "60"]
     assert main(["attack", "--eps", "4/255", *common]) == 0
     path = run / "robustness.csv"
@@ -473,7 +473,7 @@ def test_bad_attack_input_is_one_line_and_exit_2(mixup_run, capsys, argv, fragme
 
     before = sorted(p.name for p in mixup_run.iterdir())
     try:
-        code = main(["attack", "--run", str(mixup_run), *argv])
+        code = main(["attack", str(mixup_run), *argv])
     except SystemExit as exit_:
         code = exit_.code
     err = capsys.readouterr().err.strip()
@@ -488,7 +488,7 @@ def test_unfinished_missing_or_code_carrying_runs_are_refused(mixup_run, tmp_pat
     from robustmix.app.cli import main
 
     def attack(run):
-        code = main(["attack", "--quiet", "--run", str(run), "--attacks", "fgsm"])
+        code = main(["attack", "--quiet", str(run), "--attacks", "fgsm"])
         return code, capsys.readouterr().err.strip()
 
     code, err = attack(tmp_path / "nope")
@@ -553,7 +553,7 @@ def test_a_missing_torchattacks_is_one_line_naming_the_install(mixup_run, monkey
 
     monkeypatch.setitem(sys.modules, "torchattacks", None)   # as if not installed
     monkeypatch.delitem(registry._REGISTRY, "torchattacks:CW", raising=False)
-    code = main(["attack", "--run", str(mixup_run), "--attacks", "torchattacks:CW"])
+    code = main(["attack", str(mixup_run), "--attacks", "torchattacks:CW"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "pip install 'robustmix[torchattacks]'" in err

@@ -151,12 +151,12 @@ def test_train_attack_evaluate_refuse_before_work_then_skip(capsys, tmp_path):
     assert config["dataset"]["skipped_images"] == sorted(BAD)
     assert (config["dataset"]["n_train"], config["dataset"]["n_test"]) == (12, 6)
     # attack and evaluate leave out the recorded files, with no flag.
-    code, printed, err = run_cli(capsys, "attack", "--quiet", "--run", out, "--attacks",
+    code, printed, err = run_cli(capsys, "attack", "--quiet", out, "--attacks",
                                  "fgsm", "--eps", "8/255")
     assert code == 0, err
     assert "3 recorded by the run when it started" in printed
     assert {row["n_examples"] for row in runs.read_csv(out / runs.ROBUSTNESS)} == {"6"}
-    code, printed, err = run_cli(capsys, "evaluate", "--run", out, "--q-draws", "4")
+    code, printed, err = run_cli(capsys, "evaluate", out, "--q-draws", "4")
     assert code == 0, err
     assert json.loads((out / runs.GENERALIZATION).read_text())["test"]["n"] == 6
     # The same command again finds the same run (same files left out), complete.
@@ -175,11 +175,11 @@ def test_a_file_gone_bad_after_training_refuses_attack_and_evaluate(capsys, tmp_
     (tmp_path / "data" / "val" / "ant" / "0.jpg").write_bytes(b"")
     before = sorted(os.listdir(out))
     for command in (["attack", "--quiet", "--attacks", "fgsm"], ["evaluate", "--q-draws", "4"]):
-        code, _, err = run_cli(capsys, *command, "--run", out)
+        code, _, err = run_cli(capsys, *command, out)
         assert_one_line_error(code, err, "1 file cannot be read as images", "val/ant/0.jpg",
                               "--skip-bad-images")
         assert sorted(os.listdir(out)) == before                 # nothing written
-    code, printed, err = run_cli(capsys, "attack", "--quiet", "--attacks", "fgsm", "--run", out,
+    code, printed, err = run_cli(capsys, "attack", "--quiet", "--attacks", "fgsm", out,
                                  "--skip-bad-images")
     assert code == 0, err
     assert "leaving out 1 image file that cannot be read (found now)" in printed

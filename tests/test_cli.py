@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from robustmix.attacks import AttackConfig, PGDSettings
+from robustmix.app import commands
 from robustmix.app.cli import build_parser
 from robustmix.core import runs
 from robustmix.core import methods
@@ -105,10 +105,10 @@ def test_masks_kernel_csv_has_offsets_and_the_mixup_value(capsys, tmp_path):
     assert np.ptp(values) < 1e-9 and abs(values[0] - 1 / 3) < 0.03
 
 
-def test_masks_gallery_is_a_png(capsys, tmp_path):
-    path = tmp_path / "masks.png"
-    code, _, err = run_cli(capsys, "masks", "--size", "24", "--out", str(path))
-    assert code == 0, err
+def test_masks_gallery_is_a_png_in_the_out_folder(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "masks", "--size", "24", "--out", tmp_path / "gallery")
+    assert code == 0 and err == "", err
+    path = tmp_path / "gallery" / "mask_gallery.png"   # the name the report gives it
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     import matplotlib.image
@@ -120,7 +120,7 @@ def test_masks_gallery_is_a_png(capsys, tmp_path):
 @pytest.mark.parametrize("argv, fragment", [
     (["masks"], "nothing to do"),
     (["masks", "--kernel", "k.csv", "--alpha", "0"], "--alpha must be > 0"),
-    (["masks", "--out", "g.png", "--lam", "2"], "--lam must lie in [0, 1]"),
+    (["masks", "--out", "g", "--lam", "2"], "--lam must lie in [0, 1]"),
     (["masks", "--kernel", "k.csv", "--mix", "nope"], "--mix must be one of"),
     (["masks", "--kernel", "k.csv", "--size", "0"], "expected an integer >= 1"),
 ])
@@ -156,7 +156,14 @@ def test_train_flags_are_the_config_fields_with_the_config_defaults():
     fields += [(MixConfig(), f) for f in dataclasses.fields(MixConfig)]
     for config, field in fields:
         assert field.name in options, f"no flag for {type(config).__name__}.{field.name}"
-        assert options[field.name] == getattr(config, field.name), field.name
+        # --data-dir is a shared option: None, the run's own, which for a new run is the
+        # config's default (below)
+        if field.name != "data_dir":
+            assert options[field.name] == getattr(config, field.name), field.name
+    built = commands._train_config(build_parser().parse_args(["train"]))
+    assert built.data_dir == TrainConfig().data_dir and built.device == TrainConfig().device
+    assert commands._train_config(build_parser().parse_args(
+        ["train", "--data-dir", "elsewhere"])).data_dir == "elsewhere"
 
 
 # The built-ins' option flags as users type them today: generated from the registry, they
@@ -217,14 +224,7 @@ def test_a_builtin_option_flag_and_mix_option_give_the_same_config(capsys, tmp_p
     assert configs[0]["options"] == {"hmix_r": 0.25} and configs[0]["factory"] is None
 
 
-def test_attack_and_masks_flags_default_to_the_configs():
-    attack, pgd, masks = _options("attack"), PGDSettings(), _options("masks")
-    config = AttackConfig()
-    assert attack["attacks"] == ",".join(config.attacks)
-    assert attack["eps"] == ",".join(e.text for e in config.eps)
-    assert (attack["norm"], attack["batch_size"], attack["seed"]) == \
-        (config.norm, config.batch_size, config.seed)
-    assert (attack["pgd_steps"], attack["pgd_step"], attack["restarts"]) == \
-        (pgd.steps, pgd.step_size, pgd.restarts)
+def test_masks_flags_default_to_the_configs():
+    masks = _options("masks")
     assert masks["alpha"] == MixConfig().alpha
     assert masks["hmix_r"] is None and masks["switch_prob"] is None   # the registry's

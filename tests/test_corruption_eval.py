@@ -187,7 +187,7 @@ def test_a_missing_truncated_or_foreign_file_is_one_line_and_exit_2(
         benchmark, capsys, file, damage, fragment):
     run, root, folder = benchmark
     damage(folder / file)
-    code, _, err = run_cli(capsys, "evaluate", "--run", run, "--corruptions", "--device", "cpu",
+    code, _, err = run_cli(capsys, "evaluate", run, "--corruptions", "--device", "cpu",
                            "--data-dir", root)
     assert_one_line_error(code, err, str(folder / file), fragment)
     assert not (run / runs.CORRUPTIONS).exists() and not (run / runs.GENERALIZATION).exists()
@@ -196,7 +196,7 @@ def test_a_missing_truncated_or_foreign_file_is_one_line_and_exit_2(
 def test_without_the_benchmark_folder_the_suite_runs_and_says_so(benchmark, capsys):
     run, root, folder = benchmark
     shutil.rmtree(folder)
-    code, out, err = run_cli(capsys, "evaluate", "--run", run, "--corruptions", "--device",
+    code, out, err = run_cli(capsys, "evaluate", run, "--corruptions", "--device",
                              "cpu", "--data-dir", root, "--corruption-examples", "2",
                              "--q-draws", "8")
     assert code == 0, err

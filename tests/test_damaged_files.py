@@ -85,7 +85,7 @@ def test_attack_checks_every_file_it_reads_before_attacking(finished, capsys, da
                                                             fragment):
     damage(finished)
     before = {p.name: p.read_bytes() for p in finished.iterdir()}
-    code, _, err = run_cli(capsys, "attack", "--quiet", "--run", finished, "--attacks", "fgsm",
+    code, _, err = run_cli(capsys, "attack", "--quiet", finished, "--attacks", "fgsm",
                            "--n-examples", "16")
     line = assert_one_line_error(code, err, fragment)
     assert str(finished) in line
@@ -108,7 +108,7 @@ def edit_robust_acc(run_dir, value):
 def test_a_hand_edited_robustness_csv_is_refused_by_attack_and_report(finished, tmp_path,
                                                                       capsys, value, fragment):
     edit_robust_acc(finished, value)
-    code, _, err = run_cli(capsys, "attack", "--quiet", "--run", finished, "--attacks", "fgsm",
+    code, _, err = run_cli(capsys, "attack", "--quiet", finished, "--attacks", "fgsm",
                            "--n-examples", "16")
     assert_one_line_error(code, err, f"{finished / ROBUSTNESS}, line 2: {fragment}")
     code, _, err = run_cli(capsys, "report", finished, "--out", tmp_path / "report")
@@ -133,9 +133,9 @@ def test_no_command_that_reads_weights_runs_code_from_them(finished, unfinished,
     marker.unlink()
 
     for argv, fragment in [
-        (["attack", "--quiet", "--run", finished, "--attacks", "fgsm"],
+        (["attack", "--quiet", finished, "--attacks", "fgsm"],
          "not a readable safetensors"),
-        (["evaluate", "--run", finished, "--n-examples", "8", "--q-draws", "8"],
+        (["evaluate", finished, "--n-examples", "8", "--q-draws", "8"],
          "not a readable safetensors"),
         (["train", "--quiet", "--resume", unfinished], "not a readable robustmix checkpoint"),
     ]:
@@ -149,5 +149,5 @@ def test_no_command_that_reads_weights_runs_code_from_them(finished, unfinished,
 
 def test_evaluate_checks_config_json_too(finished, capsys):
     replace_in(finished / runs.CONFIG, '"train": {', '"extra": 1, "train": {')
-    code, _, err = run_cli(capsys, "evaluate", "--run", finished, "--n-examples", "8")
+    code, _, err = run_cli(capsys, "evaluate", finished, "--n-examples", "8")
     assert_one_line_error(code, err, f"{finished / runs.CONFIG} has unknown keys 'extra'")

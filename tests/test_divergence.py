@@ -38,7 +38,7 @@ def test_divergence_names_epoch_and_step_and_keeps_the_last_good_checkpoint(
     assert runs.load_checkpoint(out / runs.CHECKPOINT)["epoch"] == 1
     assert len(runs.read_metrics(out / runs.METRICS)) == 1
     assert not runs.is_complete(out) and check_files(out) == []
-    code, _, err = run_cli(capsys, "attack", "--run", out, "--attacks", "fgsm")
+    code, _, err = run_cli(capsys, "attack", out, "--attacks", "fgsm")
     assert_one_line_error(code, err, "holds no finished run")
 
 

@@ -30,7 +30,7 @@ def test_library_errors_name_the_field_and_are_value_errors(config, field):
     (["train", "--mix", "mixup", "--alpha", "0"], "--alpha must be > 0"),
     (["train", "--lr", "-1"], "--lr must be a finite number > 0"),
     (["train", "--mix", "hmix", "--hmix-r", "2"], "--hmix-r must lie in [0, 1]"),
-    (["attack", "--run", "x", "--pgd-step", "-1"], "--pgd-step must be > 0"),
+    (["attack", "x", "--pgd-step-size", "-1"], "--pgd-step-size must be > 0"),
 ])
 def test_the_command_line_names_the_flag(capsys, argv, line):
     code, _, err = run_cli(capsys, *argv)

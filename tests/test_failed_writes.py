@@ -61,7 +61,7 @@ def test_a_full_disk_during_an_attack_keeps_the_earlier_results(attack_base, tmp
     shutil.copytree(attack_base, run)
     old = (run / ROBUSTNESS).read_bytes()
     full_disk_at(ROBUSTNESS, 1, monkeypatch, [])
-    code, _, err = run_cli(capsys, "attack", "--quiet", "--run", run, "--attacks", "fgsm",
+    code, _, err = run_cli(capsys, "attack", "--quiet", run, "--attacks", "fgsm",
                            "--eps", "8/255", "--n-examples", "16")
     assert_one_line_error(code, err, f"could not write {run / ROBUSTNESS}",
                           "No space left on device", "the previous robustness.csv is kept")
@@ -86,6 +86,6 @@ def test_an_attack_that_breaks_a_guard_stops_and_writes_nothing(finished, monkey
     before = {p.name: p.read_bytes() for p in finished.iterdir()}
     with pytest.raises(AttackError, match="fgsm: robust accuracy rises from ε = 40/255 to "
                                           "80/255: a bug"):
-        main(["attack", "--quiet", "--run", str(finished), "--attacks", "fgsm", "--eps",
+        main(["attack", "--quiet", str(finished), "--attacks", "fgsm", "--eps",
               "40/255,80/255", "--n-examples", "16"])
     assert {p.name: p.read_bytes() for p in finished.iterdir()} == before

@@ -67,7 +67,7 @@ def test_eps_parses_to_sorted_positive_budgets_or_one_line(capsys, text):
     from robustmix.core.errors import UsageError
 
     missing = "/nonexistent/run"
-    code, err = run(capsys, ["attack", "--run", missing, f"--eps={text}", "--attacks", "fgsm"])
+    code, err = run(capsys, ["attack", missing, f"--eps={text}", "--attacks", "fgsm"])
     line = error_line(code, err)
     try:
         budgets = parse_eps(text)

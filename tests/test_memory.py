@@ -235,7 +235,7 @@ def test_attack_that_cannot_fit_is_refused_in_one_line_and_writes_nothing(
                                    AttackConfig(batch_size=50), "cpu")
     _pretend_free(monkeypatch, math.ceil(found.fixed + found.data + 20 * found.per_example)
                   - found.available)
-    code, _, err = run_cli(capsys, "attack", "--quiet", "--run", finished_run, "--attacks",
+    code, _, err = run_cli(capsys, "attack", "--quiet", finished_run, "--attacks",
                            "fgsm", "--n-examples", 100, "--batch-size", 50)
     assert_one_line_error(code, err, "robustmix attack: error: --batch-size 50 needs about",
                           "available: --batch-size 20 would fit", mem.NO_CHECK)

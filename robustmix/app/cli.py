@@ -14,6 +14,8 @@ from typing import Sequence
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.core.methods import BUILTIN_OPTIONS, DATA_FREE_MIX_NAMES, MIX_NAMES
 
+ALPHA_HELP = ("the mixing law's α: λ ~ Beta(α, α) (not torchattacks' alpha, PGD's step size: "
+              "that is attack --pgd-step-size)")
 MIX_HELP = (f"the MSDA: {', '.join(MIX_NAMES)}, a registered plugin's name, or a factory's "
             "path package.module:factory")
 
@@ -64,22 +66,71 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_threads(p: argparse.ArgumentParser) -> None:
-    """--threads, on every command that computes (robustmix.core.threads has the policy)."""
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="torch's intra-op threads (default: ROBUSTMIX_THREADS, else "
-                        "OMP_NUM_THREADS, else the cores not busy with other work at start)")
+# the options several commands share: each has one flag, one default and one meaning here
+_SHARED = {
+    "device": (("--device",), {
+        "default": "auto", "help": "auto (CUDA when present; in a study: the study's own "
+                                   "device setting, auto unless its TOML says), cpu, cuda, "
+                                   "cuda:N (default: auto)"}),
+    "threads": (("--threads",), {
+        "type": _positive_int, "default": None, "metavar": "N",
+        "help": "torch's intra-op threads (default: ROBUSTMIX_THREADS, else OMP_NUM_THREADS, "
+                "else the cores not busy with other work at start)"}),
+    "quiet": (("--quiet",), {"action": "store_true", "help": "no progress bars"}),
+    "data_dir": (("--data-dir",), {
+        "default": None, "metavar": "DIR",
+        "help": "where torchvision data sets live (default: a trained run's own, else ./data)"}),
+}
+
+
+def _shared(*names: str) -> argparse.ArgumentParser:
+    """The parent parser of a command's shared options (``_SHARED``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for name in names:
+        flags, settings = _SHARED[name]
+        parent.add_argument(*flags, **settings)
+    return parent
+
+
+def say_renamed(old: str, new: str) -> None:
+    """One stderr line for a form kept one release: its new form (on rank 0 under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"robustmix: {old} is now {new}; this form goes in the next release",
+              file=sys.stderr)
+
+
+class _Renamed(argparse.Action):
+    """An old flag kept one release: stores as its new form does and says the new form."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        say_renamed(option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
+def _add_run_dirs(p: argparse.ArgumentParser, old: tuple[str, ...] = ()) -> None:
+    """The runs a command takes: one positional list (``old``: the flags it replaces)."""
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="run directories, or folders of runs (a study's folder: its runs/), "
+                        "each taken as its finished runs (default: every finished run under "
+                        "./runs/)")
+    if old:
+        p.add_argument(*old, dest="old_runs", nargs="+", default=None, action=_Renamed,
+                       new="a positional RUN_DIR...", help=argparse.SUPPRESS)
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one model under one MSDA into a run directory",
+                       parents=[_shared("device", "threads", "quiet", "data_dir")],
                        description="Train one image classifier under one mixed-sample data "
                                    "augmentation; writes a resumable run directory.")
     _add_train_augmentation(p)
     _add_train_data(p)
     _add_train_recipe(p)
     _add_train_device_and_output(p)
-    _add_threads(p)
     p.set_defaults(handler=_command("train"), parser=p)
 
 
@@ -88,14 +139,14 @@ def _add_train_augmentation(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("augmentation")
     g.add_argument("--mix", default="vanilla", metavar="NAME",
                    help=MIX_HELP + " (default: vanilla)")
-    g.add_argument("--alpha", type=float, default=1.0,
-                   help="λ ~ Beta(α, α) (default: %(default)s)")
+    g.add_argument("--alpha", type=float, default=1.0, help=ALPHA_HELP + " (default: %(default)s)")
     g.add_argument("--lam-per", choices=("batch", "sample"), default="batch",
                    help="one λ and mask per batch (the paper's code) or per sample")
     g.add_argument("--pairing", choices=("flip", "shuffle"), default="flip",
                    help="partner of sample k: B-1-k (flip, the paper's code) or a permutation")
     g.add_argument("--mix-prob", type=float, default=1.0,
-                   help="probability that a batch (sample, with --lam-per sample) is mixed")
+                   help="probability that a batch (sample, with --lam-per sample) is mixed "
+                        "(timm: --mixup-prob)")
     _add_method_options(g)
     g.add_argument("--mix-factory", dest="factory", default=None, metavar="MODULE:FACTORY",
                    help="the factory of --mix NAME: a plugin under a name of your choice "
@@ -125,7 +176,6 @@ def _add_train_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="digits",
                    help="digits (embedded, default), cifar10, cifar100, svhn, mnist, "
                         "fashionmnist, or imagefolder:PATH (PATH/train, PATH/val)")
-    g.add_argument("--data-dir", default="data", help="where torchvision data sets live")
     g.add_argument("--download", action="store_true", help="fetch a torchvision data set")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="image folders: train without the files that cannot be decoded "
@@ -156,19 +206,20 @@ def _add_train_recipe(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--nesterov", action="store_true")
     g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--schedule", choices=("cosine", "multistep"), default="cosine")
+    g.add_argument("--schedule", choices=("cosine", "multistep"), default="cosine",
+                   help="(timm: --sched; default: %(default)s)")
     g.add_argument("--milestones", type=_int_list, default=(), metavar="E1,E2",
                    help="multistep: epochs at which the lr is multiplied by --lr-gamma")
     g.add_argument("--lr-gamma", type=float, default=0.1)
     g.add_argument("--warmup-epochs", type=float, default=0.0)
-    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="(timm: --smoothing; default: %(default)s)")
     g.add_argument("--seed", type=int, default=0)
 
 
 def _add_train_device_and_output(p: argparse.ArgumentParser) -> None:
     """train's device, speed options and run directory."""
     g = p.add_argument_group("device and output")
-    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="bf16 autocast on CUDA (default: on)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -179,12 +230,11 @@ def _add_train_device_and_output(p: argparse.ArgumentParser) -> None:
                    help="under torchrun on GPUs: batch-norm statistics over the global batch")
     g.add_argument("--log-interval", type=int, default=20,
                    help="steps between progress updates (the only host synchronizations)")
-    g.add_argument("--out", default=None,
+    g.add_argument("--out", default=None, metavar="FOLDER",
                    help="run directory (default: runs/<dataset>-<arch>-<mix>-s<seed>)")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a killed run from its last checkpoint, with its own settings")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--tensorboard", action="store_true",
                    help="TensorBoard event files in the run directory (pip install "
                         "'robustmix[tensorboard]')")
@@ -194,7 +244,7 @@ def _add_train_device_and_output(p: argparse.ArgumentParser) -> None:
 
 def _add_masks(sub) -> None:
     p = sub.add_parser("masks", help="mask gallery (PNG) or the kernel c(p) of one MSDA (CSV)",
-                       description="Draw each MSDA's mask at a fixed λ (--out), or write the "
+                       description="Draw each MSDA's mask at a fixed λ (--out), and/or write the "
                                    "regularization kernel c(p) = E[(1-M_u)(1-M_u+p)] of one "
                                    "MSDA for horizontal offsets p (--kernel).")
     p.add_argument("--size", type=_positive_int, default=32, help="image side in pixels")
@@ -203,65 +253,74 @@ def _add_masks(sub) -> None:
     p.add_argument("--kernel", default=None, metavar="FILE.csv", help="write c(p) as offset,c")
     p.add_argument("--draws", type=_positive_int, default=4096,
                    help="masks drawn to estimate c(p)")
-    p.add_argument("--alpha", type=float, default=1.0, help="λ ~ Beta(α, α)")
+    p.add_argument("--alpha", type=float, default=1.0, help=ALPHA_HELP + " (default: %(default)s)")
     _add_method_options(p, tuple(key for key, (method, _) in BUILTIN_OPTIONS.items()
                                  if method in DATA_FREE_MIX_NAMES))   # the kernel's methods
     p.add_argument("--lam", type=float, default=0.65, help="λ of the gallery (default: 0.65)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, metavar="FILE.png", help="write the gallery")
+    p.add_argument("--out", default=None, metavar="FOLDER",
+                   help="write the gallery, FOLDER/mask_gallery.png")
     p.set_defaults(handler=_command("masks"), parser=p)
 
 
 def _add_attack(sub) -> None:
     p = sub.add_parser("attack", help="FGSM / PGD / AutoAttack accuracy over an ε grid",
+                       parents=[_shared("device", "threads", "quiet", "data_dir")],
                        description="Measure clean and robust accuracy of trained runs on their "
-                                   "test split; writes RUN_DIR/robustness.csv.")
-    p.add_argument("--run", "--runs", nargs="+", default=None, metavar="RUN_DIR", dest="run",
-                   help="run directories (default: every finished run under ./runs/); under "
-                        "torchrun spell it --runs (torchrun reads --run as its --run-path)")
-    p.add_argument("--eps", default="8/255",
+                                   "test split; writes RUN_DIR/robustness.csv. The settings "
+                                   "are a study's [attack] section, with its defaults.")
+    _add_run_dirs(p, old=("--run", "--runs"))
+    _add_attack_settings(p)
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="image folders: leave out test images that cannot be decoded now")
+    p.set_defaults(handler=_command("attack"), parser=p)
+
+
+def _add_attack_settings(p: argparse.ArgumentParser) -> None:
+    """The fields of a study's [attack] (robustmix.app.study_config.AttackPlan), one flag
+    each; default None: the field's default, which each help states (a test holds them)."""
+    p.add_argument("--eps", default=None,
                    help="budget(s): 8/255, 0.031, or a comma list (default: 8/255)")
-    p.add_argument("--norm", default="linf", choices=("linf", "l2"))
-    p.add_argument("--attacks", default="fgsm,pgd,apgd",
+    p.add_argument("--norm", default=None, choices=("linf", "l2"), help="(default: linf)")
+    p.add_argument("--attacks", default=None,
                    help="comma list of attacks: fgsm, pgd, apgd (APGD-CE + APGD-T), "
                         "autoattack (standard: + FAB-T, Square), apgd-ce, apgd-t, fab-t, "
                         "square, torchattacks:NAME[,KEY=VALUE...] (the torchattacks extra), "
                         "package.module:attack (your own); KEY=VALUE items set the "
-                        "attack before them, e.g. apgd,targets=3 (default: %(default)s)")
-    p.add_argument("--pgd-steps", type=_positive_int, default=20)
-    p.add_argument("--pgd-step", type=float, default=None,
-                   help="PGD step size (default: ε/4)")
-    p.add_argument("--restarts", type=_positive_int, default=1,
-                   help="PGD restarts; an example counts as broken if any restart breaks it")
+                        "attack before them, e.g. apgd,targets=3 (default: fgsm,pgd,apgd)")
+    p.add_argument("--pgd-steps", type=_positive_int, default=None,
+                   help="PGD iterations, torchattacks' steps (default: 20)")
+    p.add_argument("--pgd-step-size", type=float, default=None, metavar="SIZE",
+                   help="PGD step size, torchattacks' alpha (default: ε/4)")
+    p.add_argument("--pgd-step", dest="pgd_step_size", type=float, action=_Renamed,
+                   new="--pgd-step-size", help=argparse.SUPPRESS)
+    p.add_argument("--restarts", type=_positive_int, default=None,
+                   help="PGD restarts (AutoAttack's n_restarts); an example counts as broken "
+                        "if any restart breaks it (default: 1)")
     p.add_argument("--n-examples", type=_positive_int, default=None,
-                   help="a fixed subset of the test set (default: all of it)")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--seed", type=int, default=0, help="seed of PGD starts and AutoAttack")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--data-dir", default=None, help="override the run's data directory")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="image folders: leave out test images that cannot be decoded now")
-    p.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=True,
+                   help="a fixed subset of the test set, RobustBench's n_examples (default: "
+                        "all of it)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="(default: 256)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of PGD starts and AutoAttack (default: 0)")
+    p.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=None,
                    help="the attack-failure checks after the sweep, RUN_DIR/diagnostics.csv "
-                        "(with several runs, each also checked by transfer from the next)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_threads(p)
-    p.set_defaults(handler=_command("attack"), parser=p)
+                        "(with several runs, each also checked by transfer from the next; "
+                        "default: on)")
 
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="train-test gap, first-layer norms, gradient profiles, Q",
+                       parents=[_shared("device", "threads", "data_dir")],
                        description="Measure generalization and the paper's regularizers on "
                                    "trained runs; writes RUN_DIR/generalization.json and CSVs.")
-    p.add_argument("--run", nargs="+", default=None, metavar="RUN_DIR",
-                   help="run directories (default: every finished run under ./runs/)")
+    _add_run_dirs(p, old=("--run",))
     p.add_argument("--n-examples", type=_positive_int, default=None,
                    help="a fixed subset of the test set for the gradient parts")
     p.add_argument("--q-draws", type=_positive_int, default=512,
                    help="image pairs and masks drawn to estimate Q (default: 512)")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="image folders: leave out images that cannot be decoded now")
     p.add_argument("--corruptions", action="store_true",
@@ -270,8 +329,6 @@ def _add_evaluate(sub) -> None:
                         "for CIFAR runs when present, else the on-the-fly suite)")
     p.add_argument("--corruption-examples", type=_positive_int, default=None,
                    help="a fixed subset of the test set for the corruptions (default: all)")
-    p.add_argument("--data-dir", default=None, help="override the run's data directory")
-    _add_threads(p)
     p.set_defaults(handler=_command("evaluate"), parser=p)
 
 
@@ -279,9 +336,9 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="compare runs: tables, plots, the paper's predictions",
                        description="Gather runs (seeds averaged) into OUT/report.md with CSV "
                                    "tables and PNG plots.")
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
-                   help="run directories (default: every finished run under ./runs/)")
-    p.add_argument("--out", default="report", help="output directory (default: report)")
+    _add_run_dirs(p)
+    p.add_argument("--out", default="report", metavar="FOLDER",
+                   help="output folder (default: report)")
     p.add_argument("--open", action="store_true",
                    help="open report.md in the system's viewer once written")
     p.set_defaults(handler=_command("report"), parser=p)
@@ -289,6 +346,7 @@ def _add_report(sub) -> None:
 
 def _add_study(sub) -> None:
     p = sub.add_parser("study", help="the whole comparison: train, attack, evaluate, report",
+                       parents=[_shared("device", "threads", "quiet")],
                        description="Train every MSDA over several seeds, attack each model, "
                                    "evaluate generalization, and write OUT/report.md. Rerun "
                                    "the same command to resume after a crash.")
@@ -302,10 +360,9 @@ def _add_study(sub) -> None:
     p.add_argument("--methods", default=None, help="comma list overriding the methods")
     p.add_argument("--seeds", type=_int_list, default=None, metavar="S1,S2",
                    help="comma list overriding the seeds")
-    p.add_argument("--out", default=None, help="output directory (default: the preset's)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--out", default=None, metavar="FOLDER",
+                   help="output folder (default: the preset's)")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is done")
-    p.add_argument("--quiet", action="store_true", help="no per-step progress bars")
     phase = p.add_mutually_exclusive_group()
     phase.add_argument("--pilot", action="store_true",
                        help="the pilot: every method on the preset's pilot_seeds (or --seeds) "
@@ -313,7 +370,6 @@ def _add_study(sub) -> None:
     phase.add_argument("--confirm", action="store_true",
                        help="the declared study in OUT again on fresh seeds (OUT/confirmation); "
                             "writes OUT/confirmation.md: which primaries replicated")
-    _add_threads(p)
     _add_study_fan_out(p)
     p.set_defaults(handler=_command("study"), parser=p)
 
@@ -379,11 +435,13 @@ def _add_power(sub) -> None:
 
 def _add_runs(sub) -> None:
     p = sub.add_parser("runs", help="a table of runs: how far each got, and the next command",
-                       description="One row per run under FOLDER: method, seed, epochs done "
-                                   "of planned, test accuracy, attacked at which ε, evaluated, "
-                                   "converged; then the command that takes them further.")
-    p.add_argument("folder", nargs="?", default="runs",
-                   help="a folder of runs, or a study's folder (default: runs)")
+                       description="One row per run (finished or not): method, seed, "
+                                   "epochs done of planned, test accuracy, attacked at which "
+                                   "ε, evaluated, converged; then the command that takes them "
+                                   "further.")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="run directories, or folders of runs (a study's folder: its runs/) "
+                        "(default: every run under ./runs/)")
     p.set_defaults(handler=_command("runs"), parser=p)
 
 
@@ -397,6 +455,7 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 def _add_import(sub) -> None:
     p = sub.add_parser("import", help="turn weights trained elsewhere into a run directory",
+                       parents=[_shared("data_dir")],
                        description="Fit a safetensors file or a PyTorch state dict (read with "
                                    "weights_only=True) to a zoo architecture or a timm model, "
                                    "with its normalization inside; attack, evaluate and "
@@ -407,7 +466,6 @@ def _add_import(sub) -> None:
                    help="a zoo architecture (smallcnn, preactresnet18, wrn28-10, resnet56, "
                         "resnet50, ...) or timm:NAME (needs timm)")
     p.add_argument("--dataset", default="digits", help="the data set it was trained on")
-    p.add_argument("--data-dir", default="data", help="where torchvision data sets live")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="the image side it was trained at (default: the data set's)")
     p.add_argument("--mean", type=_float_list, default=None, metavar="M1,M2,...",
@@ -418,8 +476,10 @@ def _add_import(sub) -> None:
     p.add_argument("--mix", default="vanilla", metavar="NAME",
                    help="the MSDA it was trained with, which the report groups by: "
                         + MIX_HELP + " (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=1.0, help="that MSDA's α (default: %(default)s)")
-    p.add_argument("--out", required=True, help="the run directory to write (new or empty)")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="that MSDA's " + ALPHA_HELP + " (default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="FOLDER",
+                   help="the run directory to write (new or empty)")
     p.set_defaults(handler=_command("import"), parser=p)
 
 
@@ -452,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # fields whose flag is not the field's name with dashes
-_FLAGS = {"pgd.steps": "--pgd-steps", "pgd.step_size": "--pgd-step",
+_FLAGS = {"pgd.steps": "--pgd-steps", "pgd.step_size": "--pgd-step-size",
           "pgd.restarts": "--restarts", "options": "--mix-option", "factory": "--mix-factory"}
 
 

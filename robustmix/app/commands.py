@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from robustmix.attacks import (AttackConfig, DiagnosticSettings, PGDSettings, parse_attacks, parse_eps,
-                     transfer_run)
+from robustmix.attacks import AttackConfig, DiagnosticSettings, parse_attacks, transfer_run
 from robustmix.attacks import memory as attack_memory
 from robustmix.attacks.plan import clock, estimate
 from robustmix.attacks.runner import attack_run, format_table, load_subset
@@ -108,9 +107,11 @@ def _start_train(args: argparse.Namespace) -> TrainResult | None:
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that train's flags spell, validated, with the canonical arch name."""
-    # one flag per field, of the same name (tests/test_cli.py holds the parser to this)
+    # one flag per field, of the same name (tests/test_cli.py holds the parser to this);
+    # --data-dir's None (the shared option's default) is the field's default, ./data
     config = TrainConfig(mix=_mix_config(args), **{
-        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "mix"})
+        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+        if f.name != "mix" and not (f.name == "data_dir" and args.data_dir is None)})
     config = dataclasses.replace(config, arch=check_arch(config.arch))
     config.validate()
     return config
@@ -173,9 +174,24 @@ def _explicit_options(args: argparse.Namespace, ignore: set[str]) -> list[str]:
     return given
 
 
+GALLERY = "mask_gallery.png"   # the name the report gives it too
+
+
+def _gallery_path(out: str) -> Path:
+    """``masks --out FOLDER``: FOLDER/mask_gallery.png; the former ``--out FILE.png`` is
+    taken as it was, for one release, and says the new form."""
+    if out.lower().endswith(".png"):
+        from robustmix.app.cli import say_renamed
+
+        say_renamed("masks --out FILE.png", f"--out FOLDER (writes FOLDER/{GALLERY})")
+        return Path(out)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(out) / GALLERY
+
+
 def _run_masks(args: argparse.Namespace) -> int:
     if args.kernel is None and args.out is None:
-        raise UsageError("nothing to do: give --kernel FILE.csv and/or --out FILE.png")
+        raise UsageError("nothing to do: give --kernel FILE.csv and/or --out FOLDER")
     # for --kernel: --mix's own options; --hmix-r also sets the gallery's HMix
     mix = _mix_config(argparse.Namespace(**{**vars(args), "lam_per": "batch",
                                             "pairing": "flip", "mix_prob": 1.0}),
@@ -192,29 +208,41 @@ def _run_masks(args: argparse.Namespace) -> int:
         # here: the evaluations package loads pandas and scipy (about 1.5 s) on import
         from robustmix.evaluations.plots import draw_gallery
 
-        draw_gallery(args.out, args.size, lam=args.lam, hmix_r=args.hmix_r, seed=args.seed)
-        print(f"robustmix masks: wrote the gallery (λ = {args.lam}) to {args.out}")
+        path = _gallery_path(args.out)
+        draw_gallery(path, args.size, lam=args.lam, hmix_r=args.hmix_r, seed=args.seed)
+        print(f"robustmix masks: wrote the gallery (λ = {args.lam}) to {path}")
     return 0
+
+
+def attack_plan(args: argparse.Namespace):
+    """The settings that ``robustmix attack``'s flags describe, checked: a study's
+    [attack] section (:class:`~robustmix.app.study_config.AttackPlan`), each flag not given
+    at the section's default."""
+    # here: study_config reads the evaluations' declaration (pandas, scipy)
+    from robustmix.app.study_config import AttackPlan
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttackPlan)
+             if f.name not in ("attacks", "options") and getattr(args, f.name, None) is not None}
+    if args.attacks is not None:
+        specs = parse_attacks(args.attacks)
+        given["attacks"] = tuple(name for name, _ in specs)
+        given["options"] = {name: settings for name, settings in specs if settings}
+    plan = AttackPlan(**given)
+    plan.validate()
+    return plan
 
 
 def attack_config(args: argparse.Namespace) -> AttackConfig:
     """The AttackConfig that ``robustmix attack``'s flags describe, checked."""
-    specs = parse_attacks(args.attacks)
-    config = AttackConfig(
-        attacks=tuple(name for name, _ in specs), eps=tuple(parse_eps(args.eps)),
-        norm=args.norm, batch_size=args.batch_size, seed=args.seed,
-        pgd=PGDSettings(steps=args.pgd_steps, step_size=args.pgd_step, restarts=args.restarts),
-        options={name: settings for name, settings in specs if settings})
-    config.validate()
-    return config
+    return attack_plan(args).config()
 
 
 def _plan(run_dirs: list[str], config: AttackConfig, args: argparse.Namespace,
-          device) -> dict[str, float]:
+          device, n_examples: int | None) -> dict[str, float]:
     """Before any work: what each run will meet, and a bound on its time (printed)."""
     bounds = {}
     for run in run_dirs:
-        subset = load_subset(run, device, args.n_examples, args.data_dir,
+        subset = load_subset(run, device, n_examples, args.data_dir,
                              args.skip_bad_images, echo=None)
         # refused here, before the timed pass at the attack's batch size would run out
         attack_memory.check(subset.model, subset.x, config, device)
@@ -225,15 +253,16 @@ def _plan(run_dirs: list[str], config: AttackConfig, args: argparse.Namespace,
 
 
 def _run_attack(args: argparse.Namespace) -> int:
-    config = attack_config(args)
+    plan = attack_plan(args)
+    config, n_examples = plan.config(), plan.n_examples or None   # 0: the whole test set
     place = distributed.current()
     device = distributed.device_for(resolve_device(args.device), place)
     run_dirs = _run_dirs(args, "attack")
-    checks = DiagnosticSettings() if args.diagnostics else None  # the flag's default: on
-    bounds = _plan(run_dirs, config, args, device)
+    checks = DiagnosticSettings() if plan.diagnostics else None
+    bounds = _plan(run_dirs, config, args, device, n_examples)
     for run in run_dirs:
         started = time.perf_counter()
-        rows = attack_run(run, config, device=device, n_examples=args.n_examples,
+        rows = attack_run(run, config, device=device, n_examples=n_examples,
                           data_dir=args.data_dir, progress=not args.quiet,
                           skip_bad_images=args.skip_bad_images, diagnostics=checks)
         _say(format_table(run, rows))
@@ -246,7 +275,7 @@ def _run_attack(args: argparse.Namespace) -> int:
         for run in run_dirs:
             source = sources[run]
             found = transfer_run(run, source, config, device=device,
-                                 n_examples=args.n_examples, data_dir=args.data_dir,
+                                 n_examples=n_examples, data_dir=args.data_dir,
                                  settings=checks)
             failed = [c for c in found if not c.passed]
             _say(f"robustmix attack: transfer from {source} to {run}: "
@@ -266,16 +295,6 @@ def _transfer_sources(run_dirs: list[str]) -> dict[str, str]:
         name = mix.get("mix", "vanilla") if isinstance(mix, dict) else str(mix)
         described.append((run, name == "vanilla", "", str(train.get("seed", ""))))
     return transfer_sources(described)
-
-
-def _check_run_dirs(paths: Sequence[str]) -> None:
-    """Refuse a missing directory or an unfinished run before any work starts."""
-    for path in paths:
-        if not Path(path).is_dir():
-            raise UsageError(f"{path}: no such run directory")
-        if not runs.is_complete(path):
-            raise UsageError(f"{path} holds no finished run ({runs.WEIGHTS} is missing); "
-                             f"finish it with: robustmix train --resume {path}")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -371,19 +390,17 @@ def _open(path: Path) -> str:
 
 
 def _run_dirs(args: argparse.Namespace, command: str) -> list[str]:
-    """The run directories named, or every finished run under ./runs/ (said in one line)."""
-    named = args.runs if command == "report" else args.run
-    if named:
-        if command != "report":
-            _check_run_dirs(named)
-        return list(named)
-    found, line = listing.finished_runs(command)
-    _say(line)
+    """The runs named (a folder of runs: its finished runs), or every finished run under
+    ./runs/; which a folder gave is said in one line. Report reads an unfinished run too."""
+    named = [*args.runs, *(getattr(args, "old_runs", None) or ())]   # old: --run/--runs
+    found, lines = listing.chosen_runs(named, command, check=command != "report")
+    for line in lines:
+        _say(line)
     return found
 
 
 def _run_runs(args: argparse.Namespace) -> int:
-    print(listing.table(listing.run_folder(args.folder)))
+    print(listing.table(listing.every_run(args.runs)))
     return 0
 
 
@@ -419,18 +436,23 @@ def _study_config(args: argparse.Namespace):
             raise UsageError("--confirm reruns the declared study as it is: give only --out "
                              "(and --device, --threads)")
         out = Path(args.out or study.load_config(None, None).out)
-        return protocol.confirmation_config(out).with_overrides(device=args.device)
+        return protocol.confirmation_config(out).with_overrides(device=_study_device(args))
     declared = Path(args.out or study.load_config(args.preset, args.config).out) \
         / protocol.STUDY_FILE
     if args.preset is None and args.config is None and not args.pilot and declared.is_file():
         base = protocol.read_declared(declared)[0]
     else:
         base = study.load_config(args.preset, args.config)
-    config = base.with_overrides(methods=methods, out=args.out, device=args.device)
+    config = base.with_overrides(methods=methods, out=args.out, device=_study_device(args))
     if args.pilot:
         pilot = args.seeds or config.pilot_seeds
         return protocol.pilot_config(dataclasses.replace(config, pilot_seeds=pilot))
     return config.with_overrides(seeds=args.seeds)
+
+
+def _study_device(args: argparse.Namespace) -> str | None:
+    """--device for a study: auto (the default) keeps the study's own device setting."""
+    return None if args.device == "auto" else args.device
 
 
 def _run_power(args: argparse.Namespace) -> int:
@@ -464,10 +486,11 @@ def _run_import(args: argparse.Namespace) -> int:
     from robustmix.app.importing import import_run
 
     out = import_run(args.weights, args.out, arch=args.arch, dataset=args.dataset,
-                     data_dir=args.data_dir, image_size=args.image_size, mean=args.mean,
+                     data_dir=args.data_dir or TrainConfig.data_dir,
+                     image_size=args.image_size, mean=args.mean,
                      std=args.std, mix=args.mix, alpha=args.alpha)
     print(f"robustmix import: wrote {out} ({args.arch} on {args.dataset}); next: "
-          f"robustmix attack --run {out}")
+          f"robustmix attack {out}")
     return 0
 
 

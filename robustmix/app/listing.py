@@ -1,10 +1,15 @@
-"""Which runs a folder holds, and how far each got: what ``attack``, ``evaluate`` and
-``report`` take when no run is named, and the table of ``robustmix runs``."""
+"""Which runs a command takes, and how far each got.
+
+``attack``, ``evaluate``, ``report`` and ``runs`` take one positional list of run
+directories: a folder of runs (a study's folder: its ``runs/``) stands for its runs, and
+none named means every run under ``./runs/`` (:func:`chosen_runs`, :func:`every_run`).
+:func:`table` is the table of ``robustmix runs``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from robustmix.attacks.eps import Eps
 from robustmix.attacks.runner import read_rows
@@ -45,6 +50,51 @@ def finished_runs(command: str, folder: str | Path = DEFAULT_FOLDER) -> tuple[li
                          "robustmix train --mix cutmix (or name run directories)")
     names = ", ".join(Path(d).name for d in done)
     return done, f"robustmix {command}: {len(done)} finished runs under {folder}/: {names}{skipped}"
+
+
+def chosen_runs(named: Sequence[str], command: str,
+                check: bool = True) -> tuple[list[str], list[str]]:
+    """The runs ``robustmix COMMAND RUN_DIR...`` takes, and a line for each folder of runs
+    that says which it gave: each run directory named (``check``: refused when missing or
+    unfinished), each folder of runs as its finished runs, none named: those of ./runs/."""
+    if not named:
+        found, line = finished_runs(command)
+        return found, [line]
+    chosen, lines = [], []
+    for path in map(str, named):
+        folder = run_folder(path)
+        if not runs.holds_run(path) and candidates(folder):
+            found, line = finished_runs(command, folder)
+            chosen += found
+            lines.append(line)
+            continue
+        if check:
+            check_finished(path)
+        chosen.append(path)
+    return list(dict.fromkeys(chosen)), lines
+
+
+def check_finished(path: str) -> None:
+    """Refuse a missing directory or an unfinished run before any work starts."""
+    if not Path(path).is_dir():
+        raise UsageError(f"{path}: no such run directory")
+    if not runs.is_complete(path):
+        raise UsageError(f"{path} holds no finished run ({runs.WEIGHTS} is missing); "
+                         f"finish it with: robustmix train --resume {path}")
+
+
+def every_run(named: Sequence[str]) -> list[Path]:
+    """Every run, finished or not, that the run directories and folders of runs ``named``
+    hold (none named: those under ./runs/); none is a UsageError."""
+    found = []
+    for path in map(Path, named or [DEFAULT_FOLDER]):
+        if named and not path.is_dir():
+            raise UsageError(f"{path}: no such run directory or folder of runs")
+        found += [path] if runs.holds_run(path) else candidates(run_folder(path))
+    if not found:
+        where = ", ".join(f"{p}/" for p in (named or [DEFAULT_FOLDER]))
+        raise UsageError(f"no run under {where}; make one with: robustmix train --mix cutmix")
+    return list(dict.fromkeys(found))
 
 
 @dataclass(frozen=True)
@@ -90,11 +140,9 @@ def status(run_dir: Path) -> Status:
         f"no ({verdict.reason})")
 
 
-def table(folder: str | Path) -> str:
-    """The runs under ``folder`` as an aligned text table, with the next command to run."""
-    found = candidates(folder)
-    if not found:
-        raise UsageError(f"no run under {folder}/; make one with: robustmix train --mix cutmix")
+def table(found: Sequence[Path]) -> str:
+    """The runs ``found`` (:func:`every_run`) as an aligned text table, with the next command
+    to run."""
     rows = [status(d) for d in found]
     header = Status("run", "method", "seed", "epochs", "test acc", "attacked at ε",
                     "evaluated", "converged")

@@ -49,15 +49,19 @@ class AttackPlan:
     """``[attack]``: the attacks every run meets at every ε of the grid, on the same
     examples and every seed, with the attack-failure diagnostics; optionally a further
     AutoAttack configuration (``autoattack``: ``autoattack`` for the standard version)
-    on some seeds, ε and examples."""
+    on some seeds, ε and examples.
+
+    It is also ``robustmix attack``'s configuration, one flag per field but the
+    ``autoattack*`` ones, with these defaults (each preset states every value it uses)."""
 
     eps: str = "8/255"
     norm: str = "linf"
     attacks: tuple[str, ...] = STRONG_ATTACKS
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per attack settings
-    pgd_steps: int = 10
+    pgd_steps: int = PGDSettings.steps
+    pgd_step_size: float | None = None   # None: ε/4 (TOML has no null: left out)
     restarts: int = 1
-    n_examples: int = 1000            # 0: the whole test set
+    n_examples: int = 0               # 0: the whole test set
     diagnostics: bool = True
     autoattack: str = ""              # "", apgd, autoattack (or autoattack-fast)
     autoattack_eps: str = ""
@@ -90,7 +94,8 @@ class AttackPlan:
         """The attacks of every run (at every ε of ``eps``)."""
         return AttackConfig(attacks=tuple(self.attacks), eps=tuple(parse_eps(self.eps)),
                             norm=self.norm, batch_size=self.batch_size, seed=self.seed,
-                            pgd=PGDSettings(steps=self.pgd_steps, restarts=self.restarts),
+                            pgd=PGDSettings(steps=self.pgd_steps, step_size=self.pgd_step_size,
+                                            restarts=self.restarts),
                             options={k: dict(v) for k, v in self.options.items()})
 
     gradient = config   # the former name
@@ -439,7 +444,8 @@ def to_dict(config: StudyConfig) -> dict[str, Any]:
     values["train"] = {k: v for k, v in _flat(config.train).items() if v is not None}
     if config.options:
         values["train"]["options"] = config.options
-    values["attack"] = dataclasses.asdict(config.attack)
+    values["attack"] = {k: v for k, v in dataclasses.asdict(config.attack).items()
+                        if v is not None}
     values["evaluate"] = dataclasses.asdict(config.evaluate)
     values["seeds_by_method"] = {k: list(v) for k, v in config.seeds_by_method.items()}
     values["verdicts"] = {k: v for k, v in dataclasses.asdict(config.verdicts).items()
