@@ -283,7 +283,7 @@ def _missing_measurements(records: list[RunRecord]) -> list[str]:
         missing = [r for r in records if getattr(r, attribute) is None]
         if missing:
             lines.append(f"Without {file}: {', '.join(r.name for r in missing)}; {verb} them "
-                         f"with `robustmix {command} --run "
+                         f"with `robustmix {command} "
                          f"{' '.join(str(r.info.path) for r in missing)}`.")
     return lines
 

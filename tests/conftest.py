@@ -93,7 +93,7 @@ def attack_base(commands, reference, tmp_path_factory):
     """A finished run that an earlier, different attack has already written results to."""
     base = tmp_path_factory.mktemp("attack-base") / "run"
     shutil.copytree(reference[0], base)
-    outcome = commands.run(FIRST_ATTACK + ["--run", base])
+    outcome = commands.run(FIRST_ATTACK + [base])
     assert outcome.exitcode == 0, outcome.log
     return base
 
@@ -103,7 +103,7 @@ def attack_reference(commands, attack_base, tmp_path_factory):
     """The attack run uninterrupted, in the directory the kill tests use."""
     run = tmp_path_factory.mktemp("attacked") / "run"
     shutil.copytree(attack_base, run)
-    outcome = commands.run(ATTACK + ["--run", run])
+    outcome = commands.run(ATTACK + [run])
     assert outcome.exitcode == 0, outcome.log
     assert outcome.writes >= 5, "AutoAttack saves its state after every batch"
     return run, rows_without_wall_clock(run / ROBUSTNESS), outcome

@@ -182,7 +182,7 @@ def test_the_attack_command_writes_every_check_and_transfer_adds_its_own(tmp_pat
         assert main(["train", "--quiet", "--epochs", "1", "--image-size", "8", "--mix", mix,
                      "--out", str(out)]) == 0
         paths.append(str(out))
-    assert main(["attack", "--quiet", "--run", *paths, "--eps", "16/255,32/255",
+    assert main(["attack", "--quiet", *paths, "--eps", "16/255,32/255",
                  "--attacks", "fgsm,pgd", "--pgd-steps", "3", "--n-examples", "24"]) == 0
     printed = capsys.readouterr().out
     assert f"transfer from {paths[1]} to {paths[0]}" in printed  # another recipe

@@ -181,7 +181,7 @@ def test_sync_bn_on_the_cpu_is_one_line_and_exit_2(group_of_one, tmp_path, capsy
 
 
 @pytest.mark.parametrize("command", [["study", "--dry-run"], ["report", "x"],
-                                     ["masks", "--out", "m.png"]])
+                                     ["masks", "--out", "m"]])
 def test_single_process_commands_refuse_torchrun(monkeypatch, capsys, command):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -356,8 +356,8 @@ def test_a_two_process_attack_gives_the_single_process_accuracies(one_thread_cut
     shutil.copytree(one_thread_cutmix_run, single)
     shutil.copytree(one_thread_cutmix_run, sharded)
     with one_thread():  # as each rank
-        assert main(ATTACK + ["--run", str(single)]) == 0
-    done = torchrun(2, *ATTACK, "--runs", sharded)
+        assert main(ATTACK + [str(single)]) == 0
+    done = torchrun(2, *ATTACK, sharded)
     assert done.returncode == 0, done.stderr
     assert accuracies(sharded) == accuracies(single)
     assert {row["robust_acc"] for row in read_rows(single / ROBUSTNESS)} != {"0.000000"}

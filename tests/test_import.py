@@ -56,7 +56,7 @@ def test_imported_weights_give_the_runs_own_numbers(trained, tmp_path, capsys):
     assert record["format"] == "torch" and len(record["sha256"]) == 64
     with one_thread():
         for run in (trained, imported):
-            assert run_cli(capsys, *ATTACK, "--run", str(run))[0] == 0
+            assert run_cli(capsys, *ATTACK, str(run))[0] == 0
     assert attack_rows(imported) == attack_rows(trained)
     assert {row["robust_acc"] for row in attack_rows(trained)} != {"0.000000"}
 

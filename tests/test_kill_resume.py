@@ -79,13 +79,13 @@ def test_attack_killed_anywhere_then_rerun_gives_the_uninterrupted_csv(
     for sequence in kill_points(outcome, 11, writes, moments=1):
         reset()
         for how, where in sequence:
-            kill(commands, ATTACK + ["--run", run], how, where, reset)
+            kill(commands, ATTACK + [run], how, where, reset)
             check_files(run)
             states_left += len(list((run / STATE_DIR).glob("*.json")))
             csv = (run / ROBUSTNESS).read_bytes()
             assert csv == old or rows_without_wall_clock(run / ROBUSTNESS) == expected, \
                 "robustness.csv is the earlier complete file or the new complete one"
-        finished = commands.run(ATTACK + ["--run", run])
+        finished = commands.run(ATTACK + [run])
         assert finished.exitcode == 0, (sequence, finished.log)
         assert check_files(run) == []
         assert not (run / STATE_DIR).exists()
@@ -196,7 +196,7 @@ def test_a_fixed_seed_gives_bit_identical_weights_and_csvs_in_another_process(
     run, rows, _ = attack_reference
     shutil.rmtree(run)
     shutil.copytree(attack_base, run)
-    assert commands.run(ATTACK + ["--run", run]).exitcode == 0
+    assert commands.run(ATTACK + [run]).exitcode == 0
     assert rows_without_wall_clock(run / ROBUSTNESS) == rows
 
 

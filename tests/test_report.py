@@ -143,7 +143,7 @@ def test_report_without_robustness_or_generalization_says_what_is_missing(study)
     shutil.copytree(out, again)                  # an earlier, fuller report in the same folder
     text = write_report([bare], again).read_text()
     assert "no run has robustness.csv" in text
-    assert f"robustmix evaluate --run {bare}" in text
+    assert f"robustmix evaluate {bare}" in text
     assert not (again / "robust_accuracy_linf.png").exists()   # stale output removed
     for path in again.iterdir():
         assert path.suffix not in (".png", ".csv") or f"]({path.name})" in text
