@@ -175,7 +175,8 @@ def _add_train_data(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
                    help="digits (embedded, default), cifar10, cifar100, svhn, mnist, "
-                        "fashionmnist, or imagefolder:PATH (PATH/train, PATH/val)")
+                        "fashionmnist, imagefolder:PATH (PATH/train, PATH/val), a plugin's "
+                        "entry-point name, or a factory's path package.module:factory")
     g.add_argument("--download", action="store_true", help="fetch a torchvision data set")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="image folders: train without the files that cannot be decoded "
@@ -199,7 +200,8 @@ def _add_train_recipe(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and recipe")
     g.add_argument("--arch", default="smallcnn",
                    help="smallcnn (default), preactresnet18/34/50, wrnDEPTH-WIDTH (e.g. "
-                        "wrn28-2), resnetN for CIFAR (e.g. resnet56), resnet50 (torchvision)")
+                        "wrn28-2), resnetN for CIFAR (e.g. resnet56), resnet50 (torchvision), "
+                        "a plugin's entry-point name, or a factory's path package.module:factory")
     g.add_argument("--epochs", type=int, default=15)
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD)")
@@ -464,8 +466,10 @@ def _add_import(sub) -> None:
                    help=".safetensors, or a PyTorch file holding a state dict")
     p.add_argument("--arch", required=True,
                    help="a zoo architecture (smallcnn, preactresnet18, wrn28-10, resnet56, "
-                        "resnet50, ...) or timm:NAME (needs timm)")
-    p.add_argument("--dataset", default="digits", help="the data set it was trained on")
+                        "resnet50, ...), timm:NAME (needs timm), or a factory's path "
+                        "package.module:factory")
+    p.add_argument("--dataset", default="digits",
+                   help="the data set it was trained on (as train's --dataset)")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="the image side it was trained at (default: the data set's)")
     p.add_argument("--mean", type=_float_list, default=None, metavar="M1,M2,...",
