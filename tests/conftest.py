@@ -21,11 +21,15 @@ from kill_harness import (ATTACK, FIRST_ATTACK, THREAD_VARIABLES, TRAIN, TRAIN_W
                           Commands, rows_without_wall_clock)
 from robustmix.core import runs
 
-# The suite's results must not depend on how busy the machine is while it runs: commands
-# run here (in this process and in the ones it starts) take this process's torch thread
-# count as the user's choice, not the automatic one (robustmix.core.threads; the tests of
-# that policy clear this variable). helpers.one_thread sets it to 1 for its block.
-os.environ.setdefault("ROBUSTMIX_THREADS", str(torch.get_num_threads()))
+# The suite runs on one intra-op torch thread, and so do the commands it runs (in this
+# process and in the ones it starts): they take ROBUSTMIX_THREADS as the user's choice, not
+# the automatic one (robustmix.core.threads; the tests of that policy clear it, and
+# test_threads.py's two_torch_threads gives a test two). Its results must not depend on how
+# busy the machine is, and its tiny models run faster on one thread: beside other work, two
+# OpenMP threads wait on each other (test_attacks.py's sweep fixture: 5 s on one thread,
+# 136 s on two, on 2 cores at load 11).
+torch.set_num_threads(1)
+os.environ.setdefault("ROBUSTMIX_THREADS", "1")
 
 # The image-folder check caches its results (robustmix.data.image_check): in a folder of
 # this session, never in the user's cache. Commands the tests start inherit it.

@@ -211,6 +211,7 @@ def test_worst_case_is_the_per_example_and_over_attacks(sweep):
         assert torch.equal(result.robust[("worst-case", eps.value)], expected)
 
 
+@pytest.mark.slow
 def test_eval_mode_during_the_attack_and_former_mode_and_rng_after():
     model = two_conv_cnn()
     modes = []
@@ -346,6 +347,7 @@ def mixup_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_attack_command_writes_the_csv_and_merges_reruns(mixup_run, capsys):
     import csv
 
@@ -460,6 +462,7 @@ def test_an_old_robustness_file_keeps_its_rows_gains_the_new_ones_and_reports(
     capsys.readouterr()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, fragment", [
     (["--eps=-1/255"], "must be positive"),
     (["--eps", "1/0"], "zero denominator"),
@@ -481,6 +484,7 @@ def test_bad_attack_input_is_one_line_and_exit_2(mixup_run, capsys, argv, fragme
     assert sorted(p.name for p in mixup_run.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_unfinished_missing_or_code_carrying_runs_are_refused(mixup_run, tmp_path, capsys):
     import shutil
 
@@ -545,6 +549,7 @@ def test_torchattacks_settings_and_names_are_checked():
         AttackConfig(attacks=("torchattacks:PGDL2",)).validate()
 
 
+@pytest.mark.slow
 def test_a_missing_torchattacks_is_one_line_naming_the_install(mixup_run, monkeypatch, capsys):
     import sys
 

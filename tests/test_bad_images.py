@@ -186,6 +186,7 @@ def test_a_file_gone_bad_after_training_refuses_attack_and_evaluate(capsys, tmp_
     assert {row["n_examples"] for row in runs.read_csv(out / runs.ROBUSTNESS)} == {"5"}
 
 
+@pytest.mark.slow
 def test_a_file_that_goes_bad_mid_run_stops_it_and_resume_continues(capsys, tmp_path,
                                                                     monkeypatch):
     from robustmix.training import trainer as trainer_module
@@ -237,6 +238,7 @@ def _folder_study(tmp_path, skip: bool):
     return toml, out
 
 
+@pytest.mark.slow
 def test_a_study_refuses_a_folder_with_bad_files_before_any_step(capsys, tmp_path):
     toml, out = _folder_study(tmp_path, skip=False)
     code, printed, err = run_cli(capsys, "study", "--dry-run", "--config", toml)

@@ -112,6 +112,7 @@ def test_bench_attack_counts_passes_of_both_ways():
     assert "sweep / independent" in bench_attack.format_results(result)
 
 
+@pytest.mark.slow
 def test_bench_puzzlemix_times_both_methods_and_every_part():
     result = bench_puzzlemix.run(setups=("digits",), steps=1, repeats=1, device="cpu")
     check_machine(result["machine"])

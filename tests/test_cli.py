@@ -63,6 +63,7 @@ def test_corrupt_dataset_files_are_refused(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_then_refuse_to_overwrite_then_resume_and_overwrite(capsys, tmp_path):
     out = tmp_path / "run"
     code, stdout, err = run_cli(capsys, "train", "--quiet", "--epochs", "1", "--mix", "mixup",
@@ -105,6 +106,7 @@ def test_masks_kernel_csv_has_offsets_and_the_mixup_value(capsys, tmp_path):
     assert np.ptp(values) < 1e-9 and abs(values[0] - 1 / 3) < 0.03
 
 
+@pytest.mark.slow
 def test_masks_gallery_is_a_png_in_the_out_folder(capsys, tmp_path):
     code, _, err = run_cli(capsys, "masks", "--size", "24", "--out", tmp_path / "gallery")
     assert code == 0 and err == "", err
@@ -212,6 +214,7 @@ def test_the_generated_option_flags_are_todays_with_range_and_default_in_their_h
     assert not set(_options("masks")) & {"puzzle_beta", "puzzle_transport"}   # data-free only
 
 
+@pytest.mark.slow
 def test_a_builtin_option_flag_and_mix_option_give_the_same_config(capsys, tmp_path):
     configs = []
     for flags in (["--hmix-r", "0.25"], ["--mix-option", "hmix_r=0.25"]):

@@ -76,6 +76,7 @@ def test_the_held_out_slice_is_fixed_and_never_trained_on():
         TrainConfig(holdout=-1).validate()
 
 
+@pytest.mark.slow
 def test_a_run_cut_short_fails_and_says_why(tmp_path):
     out = tmp_path / "short"
     train(SHORT, out, progress=False)
@@ -93,6 +94,7 @@ def test_a_run_cut_short_fails_and_says_why(tmp_path):
     assert values["converged"] is None and values["convergence"] == convergence.NOT_JUDGED
 
 
+@pytest.mark.slow
 def test_resume_with_a_held_out_slice_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     config = dataclasses.replace(SHORT, epochs=2)
     train(config, tmp_path / "whole", progress=False)

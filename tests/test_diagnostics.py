@@ -99,6 +99,7 @@ def evaluate(model, x, y):
     return result, checks
 
 
+@pytest.mark.slow
 def test_a_normal_model_raises_no_flag_on_its_worst_case(digits):
     net, x, y = digits
     result, checks = evaluate(net, x, y)
@@ -295,6 +296,7 @@ def test_the_restart_withholds_only_a_fall_that_more_effort_confirms(standing, f
     assert check.flagged, "a restart that broke something sends Square there"
 
 
+@pytest.mark.slow
 def test_a_weaker_attacks_break_keeps_the_verdict_and_joins_the_worst_case(digits, tmp_path):
     """A sound run in which APGD left standing one example that FGSM broke: the single-step
     check reports it on APGD's row, the worst case counts FGSM's break, and the worst-case

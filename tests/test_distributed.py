@@ -98,6 +98,7 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused():
         data.train_batches(np.random.default_rng(0), 64, "cpu", Augment(), shard=(0, 3))
 
 
+@pytest.mark.slow
 def test_results_from_strided_shards_merge_to_the_one_process_result(one_thread_cutmix_run):
     model = OneAtATime(load_model(one_thread_cutmix_run))
     data = load_dataset("digits", image_size=8)
@@ -257,6 +258,7 @@ def test_compile_trains_the_same_model(tmp_path, monkeypatch):
     assert runs.read_config(out)["train"]["compile"] is True
 
 
+@pytest.mark.slow
 def test_a_compiler_that_fails_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     from torch._dynamo import register_backend
 

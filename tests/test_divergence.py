@@ -27,6 +27,7 @@ def nan_loss_at(step, monkeypatch, value=float("nan")):
     monkeypatch.setattr(train_module, "soft_cross_entropy", loss)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value, shown", [(float("nan"), "nan"), (float("inf"), "inf")])
 def test_divergence_names_epoch_and_step_and_keeps_the_last_good_checkpoint(
         tmp_path, capsys, monkeypatch, value, shown):
@@ -51,6 +52,7 @@ def test_divergence_in_the_first_epoch_says_that_no_checkpoint_exists(tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == [runs.CONFIG]
 
 
+@pytest.mark.slow
 def test_weights_or_test_loss_that_turn_non_finite_at_an_epoch_end_stop_the_run(
         tmp_path, capsys, monkeypatch):
     from robustmix.training import trainer as train_module

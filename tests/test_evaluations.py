@@ -185,6 +185,7 @@ def evaluated(tmp_path_factory):
     return run, result
 
 
+@pytest.mark.slow
 def test_clean_accuracy_and_gap_agree_with_training(evaluated):
     run, result = evaluated
     last = runs.read_csv(run / runs.METRICS)[-1]
@@ -198,6 +199,7 @@ def test_clean_accuracy_and_gap_agree_with_training(evaluated):
     assert result["input_gradient"]["n_examples"] == 64
 
 
+@pytest.mark.slow
 def test_clean_calibration_agrees_with_the_clean_test_numbers(evaluated):
     # two paths: the calibration pass's accuracy and NLL are evaluate()'s accuracy and loss
     _, result = evaluated
@@ -208,6 +210,7 @@ def test_clean_calibration_agrees_with_the_clean_test_numbers(evaluated):
     assert 0 <= c["ece"] <= 1 and 0 <= c["brier"] <= 2 and c["bins"] == 15
 
 
+@pytest.mark.slow
 def test_first_layer_norms_are_those_of_the_loaded_weight(evaluated):
     run, result = evaluated
     weight = load_model(run).first_layer.weight.detach()
@@ -219,6 +222,7 @@ def test_first_layer_norms_are_those_of_the_loaded_weight(evaluated):
     assert float((per_offset ** 2).sum()) == pytest.approx(norms["frobenius"] ** 2, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_files_written_match_the_returned_dict(evaluated):
     run, result = evaluated
     assert runs.read_json(run / "generalization.json") == json.loads(json.dumps(result))
@@ -236,6 +240,7 @@ def test_files_written_match_the_returned_dict(evaluated):
     assert result["regularizer"]["draws"] == 128 and result["regularizer"]["alpha"] == 1.0
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_usage_error(evaluated, tmp_path):
     run, _ = evaluated
     with pytest.raises(UsageError, match="not found") as missing:

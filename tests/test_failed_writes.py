@@ -38,6 +38,7 @@ def full_disk_at(name, occurrence, monkeypatch, seen_before):
     monkeypatch.setattr(os, "fsync", fsync)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_training_keeps_the_checkpoint_and_stops_in_one_line(
         reference, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"

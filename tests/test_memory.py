@@ -204,6 +204,7 @@ def test_train_that_cannot_fit_is_refused_in_one_line_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_train_runs_anyway_when_the_check_is_off(capsys, monkeypatch, tmp_path):
     _pretend_free(monkeypatch, 0)
     monkeypatch.setenv(mem.NO_CHECK, "1")
@@ -222,6 +223,7 @@ def finished_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_attack_that_cannot_fit_is_refused_in_one_line_and_writes_nothing(
         finished_run, capsys, monkeypatch):
     from robustmix.attacks import memory as attack_memory

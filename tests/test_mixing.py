@@ -174,6 +174,7 @@ def test_stochastic_is_mixup_or_cutmix_per_mask():
     assert ((all_cut == 0) | (all_cut == 1)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mixup", "cutmix", "hmix", pytest.param("gmix", marks=pytest.mark.slow),
                                   "stochastic"])
 def test_per_sample_and_per_batch_agree_in_distribution(name):

@@ -60,6 +60,7 @@ def study(tmp_path_factory):
     return root, out, report
 
 
+@pytest.mark.slow
 def test_report_writes_every_file_and_links_each_one(study):
     _, out, report = study
     assert report == out / "report.md"
@@ -80,6 +81,7 @@ def test_report_writes_every_file_and_links_each_one(study):
     assert "zero gradients on 3 points" in text  # attack checks are surfaced
 
 
+@pytest.mark.slow
 def test_grouped_tables_average_the_two_vanilla_seeds(study):
     root, out, _ = study
     table = {r["group"]: r for r in runs.read_csv(out / "generalization_by_method.csv")}
@@ -101,6 +103,7 @@ def test_grouped_tables_average_the_two_vanilla_seeds(study):
     assert float(q["vanilla", "vanilla"]["q_mean"]) == 0.0
 
 
+@pytest.mark.slow
 def test_predictions_of_runs_without_held_out_data_or_strong_attack(study):
     """Runs trained without held-out images: convergence not judged, named in the notes;
     worst-case rows made without APGD: the primaries are not measured, and say why."""
@@ -133,6 +136,7 @@ def test_predictions_of_runs_without_held_out_data_or_strong_attack(study):
     assert "| cutmix-s0 | cutmix | 0 |" in text and "not judged (no held-out data)" in text
 
 
+@pytest.mark.slow
 def test_report_without_robustness_or_generalization_says_what_is_missing(study):
     root, out, _ = study
     bare = root / "bare" / "cutmix-s0"
@@ -151,6 +155,7 @@ def test_report_without_robustness_or_generalization_says_what_is_missing(study)
     assert verdicts == {st.NOT_MEASURED}     # one cutmix run, nothing to compare with
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line_usage_errors(study, tmp_path):
     root, _, _ = study
     with pytest.raises(UsageError, match="no runs given"):
@@ -196,6 +201,7 @@ def _mean(values):
     return sum(values) / len(values)
 
 
+@pytest.mark.slow
 def test_summary_and_calibration_tables_are_the_runs_numbers(study):
     root, out, report = study
     g = {name: runs.read_json(root / name / "generalization.json") for name in RUNS}
@@ -220,6 +226,7 @@ def test_summary_and_calibration_tables_are_the_runs_numbers(study):
     assert "](reliability.png)" in text and "robust acc at ε = 8/255 (linf)" in text
 
 
+@pytest.mark.slow
 def test_corruption_table_is_the_mean_over_corruptions_then_seeds(study):
     root, out, report = study
     table = runs.read_csv(out / "corruptions_by_method.csv")
@@ -237,6 +244,7 @@ def test_corruption_table_is_the_mean_over_corruptions_then_seeds(study):
     assert "## Common corruptions" in text and "Runs without the file: mixup-s0." in text
 
 
+@pytest.mark.slow
 def test_runs_measured_before_calibration_and_damaged_tables(study, tmp_path):
     root, _, _ = study
     old = tmp_path / "old"
@@ -254,6 +262,7 @@ def test_runs_measured_before_calibration_and_damaged_tables(study, tmp_path):
         write_report([old], tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_no_per_study_error_where_no_secondary_can_be_tested(study):
     """One run per MSDA: nothing to test, so no simulated rate (see test_error_rates)."""
     _, out, report = study

@@ -121,6 +121,7 @@ def trained(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("torch_one_thread")
 def test_the_report_writes_one_file_per_run_from_its_csv_and_removes_stale_ones(trained,
                                                                               tmp_path):

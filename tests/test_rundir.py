@@ -2,7 +2,6 @@
 rule for the test subset that ``attack`` and ``evaluate`` share; the data sources' public
 view of their evaluation images."""
 
-import ast
 import json
 from pathlib import Path
 
@@ -15,12 +14,11 @@ from PIL import Image
 
 import robustmix.evaluations.runinfo
 from robustmix.attacks import runner, worst_case
-from robustmix.evaluations import evaluate_run, generalization
+from robustmix.evaluations import evaluate_run
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError, UsageError
 from robustmix.data import LazyImages, load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 FILES = {"config_path": runs.CONFIG, "metrics_path": runs.METRICS,
          "checkpoint_path": runs.CHECKPOINT, "weights_path": runs.WEIGHTS,
          "robustness_path": runs.ROBUSTNESS,
@@ -43,39 +41,6 @@ def test_every_file_has_one_name_and_one_path(tmp_path):
     assert list(tmp_path.iterdir()) == [], "a RunDir touches nothing"
     with pytest.raises(AttributeError):
         run.path = tmp_path / "other"  # frozen
-
-
-def test_the_old_names_are_aliases_of_the_core_ones():
-    assert (runner.ROBUSTNESS, runner.STATE_DIR, worst_case.EXAMPLES) == (
-        runs.ROBUSTNESS, runs.ATTACK_STATE, runs.ROBUSTNESS_EXAMPLES)
-    info = robustmix.evaluations.runinfo
-    assert (info.GENERALIZATION, info.PROFILE_CSV, info.REGULARIZER_CSV, info.ROBUSTNESS) == (
-        runs.GENERALIZATION, runs.PROFILE_CSV, runs.REGULARIZER_CSV, runs.ROBUSTNESS)
-    assert info.open_run is runs.open_run and info.RunInfo is runs.FinishedRun
-    assert info.DATA_KEYS is runs.DATA_KEYS
-
-
-def _string_constants(path: Path):
-    """Every string constant of a module but its docstrings (f-string parts included)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
-                                       ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr)
-                  and isinstance(node.body[0].value, ast.Constant)}
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and id(node) not in docstrings]
-
-
-def test_no_analysis_module_spells_a_run_file_name():
-    modules = [p for folder in ("attacks", "evaluations") for p in (ROOT / folder).glob("*.py")
-               if p.name != "plots.py"]
-    assert len(modules) > 10
-    spelled = [f"{path.relative_to(ROOT)}:{line}: {value!r}" for path in modules
-               for line, value in _string_constants(path)
-               if any(name in value for name in FILES.values())]
-    assert spelled == [], "use the names of robustmix.core.runs"
 
 
 # ---------------------------------------------------------------------------- a real run
@@ -168,11 +133,16 @@ def test_the_subset_is_the_rule_both_commands_always_used():
         runs.test_subset(397, 0)
 
 
-def test_attack_and_evaluate_share_one_subset_rule():
-    assert runner.select_examples is runs.test_subset
-    assert generalization.subset_indices is runs.test_subset
-    for module in (runner, generalization):
-        assert "permutation" not in Path(module.__file__).read_text(), "no second copy"
+def test_attack_and_evaluate_read_the_same_test_examples(finished):
+    """The attack command's subset is the images evaluate reads: the test subset's rule."""
+    subset = runner.load_subset(finished, "cpu", 8, None, False, echo=lambda *_: None)
+    train = runs.RunDir(finished).read_config()["train"]
+    data = load_dataset(train["dataset"], image_size=train["image_size"])
+    chosen = runs.test_subset(data.n_test, 8)
+    images, labels = data.eval_images("test", chosen)
+    assert subset.indices.tolist() == chosen.tolist() and len(chosen) == 8
+    assert torch.equal(subset.y, labels)
+    assert torch.equal(subset.x, images.float() / 255)
 
 
 # ---------------------------------------------------------------------------- evaluation images

@@ -198,6 +198,7 @@ def test_bad_study_flags_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, 
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
+@pytest.mark.slow
 def test_a_run_trained_with_other_settings_is_not_silently_reused(capsys, tmp_path):
     out = tmp_path / "s"
     config = write_config(tmp_path, out)

@@ -16,6 +16,7 @@ TRAIN = ["train", "--quiet", "--epochs", "2", "--image-size", "8", "--batch-size
          "--mix", "cutmix"]
 
 
+@pytest.mark.slow
 def test_the_event_file_holds_the_metrics_and_training_is_unchanged(capsys, tmp_path):
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -235,6 +235,7 @@ def test_resuming_on_another_thread_count_is_said_with_the_way_back():
     assert threads_note("runs/x", now + 1, torch.device("cuda")) is None   # GPU: no CPU sums
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("two_torch_threads")
 def test_train_resume_with_other_threads_says_so(capsys, tmp_path):
     out = tmp_path / "r"

@@ -36,6 +36,7 @@ def cutmix_run(tmp_path_factory):
     return config, out, result
 
 
+@pytest.mark.slow
 def test_short_digits_training_beats_chance_by_a_wide_margin(cutmix_run):
     _, out, result = cutmix_run
     assert result.test_acc > 0.6  # chance is 0.1
@@ -48,6 +49,7 @@ def test_short_digits_training_beats_chance_by_a_wide_margin(cutmix_run):
     assert TrainConfig.from_dict(config["train"]) == cutmix_run[0]
 
 
+@pytest.mark.slow
 def test_load_model_gives_the_trained_model_in_eval_mode(cutmix_run):
     _, out, result = cutmix_run
     from robustmix.data import load_dataset
@@ -107,6 +109,7 @@ def test_same_seed_gives_the_same_weights_and_resume_equals_uninterrupted(
         (killed / runs.METRICS).read_text().count("\n")
 
 
+@pytest.mark.slow
 def test_per_sample_shuffled_mixing_trains_too(tmp_path):
     config = dataclasses.replace(FAST, epochs=2, mix=MixConfig(
         mix="gmix", lam_per="sample", pairing="shuffle"))

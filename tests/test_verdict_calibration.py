@@ -114,6 +114,7 @@ def test_the_generator_has_the_studys_sds_and_grid():
             assert abs(sd - frame.loc[method, f"{prefix}_std"]) <= half * 1.0001, column
 
 
+@pytest.mark.slow
 def test_the_generator_keeps_bounds_and_the_measured_spread():
     groups, per_run, _ = ss.study(np.random.default_rng(9), ss.allocation(300, 300))
     bounded = ["ece", "corrupted_acc", "profile_decay"]
