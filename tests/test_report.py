@@ -270,6 +270,7 @@ def test_no_per_study_error_where_no_secondary_can_be_tested(study):
     assert "Per-study error" not in report.read_text()
 
 
+@pytest.mark.slow
 def test_a_paper_table_sets_each_methods_mean_beside_the_papers_number(study, tmp_path):
     """The section's mean ± std over seeds is each run's final test accuracy from its
     metrics.csv; a key no run has says "not run"; a report without a paper removes the
