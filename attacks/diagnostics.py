@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustmix.attacks import worst_case
+from robustmix.attacks.worst_case import WORST
 from robustmix.attacks.eps import Eps
 from robustmix.attacks.gradient import PGDSettings, pgd
 from robustmix.attacks.registry import get
-from robustmix.attacks.sweep import WORST, AttackConfig, robustness
+from robustmix.attacks.sweep import AttackConfig, robustness
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError, UsageError
 

@@ -21,10 +21,11 @@ from torch import Tensor
 from robustmix.attacks import diagnostics as diag
 from robustmix.attacks.diagnostics import Check, DiagnosticSettings
 from robustmix.attacks import memory, table, worst_case
+from robustmix.attacks.worst_case import WORST
 from robustmix.attacks.eps import Eps, parse_eps  # noqa: F401 (parse_eps: kept for callers)
 from robustmix.attacks.guards import AttackError, check_adversarial, model_checks  # noqa: F401
 from robustmix.attacks.registry import get, registered
-from robustmix.attacks.sweep import (WORST, AttackConfig, ByEps, Result, Row, robustness,  # noqa: F401
+from robustmix.attacks.sweep import (AttackConfig, ByEps, Result, Row, robustness,  # noqa: F401
                            worst_label)
 from robustmix.core import distributed, runs
 from robustmix.core.config import TrainConfig

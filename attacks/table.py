@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 from robustmix.attacks.eps import NORMS, Eps
 from robustmix.attacks.registry import registered
+from robustmix.attacks.worst_case import WORST
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError
 
@@ -26,7 +27,6 @@ OLD_FIELDS = ["run", "attack", "settings", "norm", "eps", "eps_value", "n_exampl
               "backward_passes", "checks"]
 NEW_FIELDS = ("evaluation", "diagnostics")     # absent from files of before 2026-12
 CSV_FIELDS = OLD_FIELDS + list(NEW_FIELDS)
-WORST = "worst-case"
 
 
 def _attack_name(text: str) -> str:

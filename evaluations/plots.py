@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from robustmix.attacks.worst_case import WORST
 from robustmix.evaluations.grouping import Group
 from robustmix.core import runs
 from robustmix.core import methods
@@ -29,7 +30,7 @@ from robustmix.mixing import is_data_dependent, make_sampler
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
 ATTACK_ORDER = ("fgsm", "pgd", "apgd-ce", "apgd-t", "apgd", "autoattack-fast", "fab-t",
-                "square", "autoattack", "worst-case")
+                "square", "autoattack", WORST)
 
 
 def style(group: Group) -> dict:

@@ -16,6 +16,7 @@ note says so. Those, and every per-ε, per-attack cell, are exploratory estimate
 
 from __future__ import annotations
 
+from robustmix.attacks.worst_case import WORST
 from robustmix.evaluations import statistics as st
 from robustmix.evaluations.declaration import grid_mean
 from robustmix.evaluations.grouping import Group
@@ -25,7 +26,6 @@ from robustmix.evaluations.verdicts import (EXPLORATORY, PRIMARY, Comparison, Ju
 from robustmix.core import runs
 
 FAMILY = "(b) primary"
-WORST = "worst-case"
 STRONG = ("apgd", "autoattack")          # what counts as the strong attack, by name
 SHADOWS = ("fgsm", "pgd")
 CELL_FAMILY = "(b) per eps and attack"

@@ -14,11 +14,11 @@ from __future__ import annotations
 import pandas as pd
 
 from robustmix.attacks import diagnostics as checks_module
+from robustmix.attacks.worst_case import WORST
 from robustmix.evaluations.grouping import Group, summarize
 from robustmix.evaluations.markdown import md as _md
 from robustmix.evaluations.plots import attack_order
 
-WORST = "worst-case"
 OVERSTATEMENT = "overstatement.csv"
 DIAGNOSTICS = "diagnostics_by_run.csv"
 OUTPUTS = (OVERSTATEMENT, DIAGNOSTICS)
