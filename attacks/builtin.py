@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from robustmix.attacks import autoattack
 from robustmix.attacks.eps import Eps
 from robustmix.attacks.gradient import PGDSettings, fgsm, pgd
-from robustmix.attacks.registry import register_attack
+from robustmix.attacks.registry import STRONG, register_attack
 
 AUTOATTACK = "standard (apgd-ce,apgd-t,fab-t,square)"
 
@@ -59,7 +59,7 @@ for _name, _perturb, _kind, _label in (
         ("square", autoattack.square, "gradient-free", "Square")):
     register_attack(_name, _perturb, kind=_kind, evaluation=_label,
                     defaults=dict(autoattack.REFERENCE), describe=_describer(_name))
-register_attack("apgd", stages=autoattack.COMPONENTS["fast"], evaluation="APGD",
+register_attack("apgd", stages=autoattack.COMPONENTS["fast"], evaluation="APGD", strength=STRONG,
                 defaults=dict(autoattack.REFERENCE), describe=_describer("apgd-ce,apgd-t"),
                 checks=True)
 register_attack("autoattack", stages=autoattack.COMPONENTS["standard"],

@@ -39,6 +39,7 @@ from robustmix.core.errors import ConfigError, UsageError
 
 KINDS = ("single-step", "iterative", "gradient-free", "ensemble")
 ENTRY_POINTS = "robustmix.attacks"
+STRONG = 3        # APGD's strength: an attack at least this strong is "the strong attack"
 Perturb = Callable[..., Tensor]
 
 
@@ -140,6 +141,22 @@ def register_attack(name: str, perturb: Perturb | None = None, *, kind: str = "i
                     describe, checks)
     _REGISTRY[name] = attack
     return attack
+
+
+def is_strong(attack: Attack | str) -> bool:
+    """Whether ``attack`` (a record, or a name :func:`find` knows) counts as the strong
+    attack a primary comparison requires: its strength at least APGD's (:data:`STRONG`)."""
+    found = find(attack) if isinstance(attack, str) else attack
+    return found is not None and found.strength >= STRONG
+
+
+def find(name: str) -> Attack | None:
+    """The attack called ``name`` as :func:`get` finds it, or None where it cannot be found
+    (a check's own attack, a plugin no longer installed)."""
+    try:
+        return get(name)
+    except (ConfigError, UsageError, ImportError):
+        return None
 
 
 def registered() -> tuple[str, ...]:

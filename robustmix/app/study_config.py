@@ -22,7 +22,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from robustmix.attacks import AttackConfig, DiagnosticSettings, PGDSettings, parse_eps
+from robustmix.attacks import (DEFAULT_ATTACKS, AttackConfig, DiagnosticSettings, PGDSettings,
+                               parse_eps)
 from robustmix.evaluations.declaration import Declaration
 from robustmix.core import methods, runs
 from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
@@ -38,7 +39,6 @@ METHODS_ACCEPTED = (f"{', '.join(MIX_NAMES)}, registered plugins or factories' p
                     "(package.module:factory)")
 Options = dict[str, dict[str, Any]]   # method name -> its options
 PHASES = ("pilot", "confirmatory", "confirmation")   # README "The three phases"
-STRONG_ATTACKS = ("fgsm", "pgd", "apgd")         # every preset's attacks at every ε
 
 
 def _count(value: Any, least: int) -> bool:
@@ -54,7 +54,7 @@ class AttackPlan:
 
     eps: str = "8/255"
     norm: str = "linf"
-    attacks: tuple[str, ...] = STRONG_ATTACKS
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS      # every preset's attacks at every ε
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per attack settings
     pgd_steps: int = 10
     restarts: int = 1
