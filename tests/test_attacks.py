@@ -557,3 +557,26 @@ def test_a_missing_torchattacks_is_one_line_naming_the_install(mixup_run, monkey
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "pip install 'robustmix[torchattacks]'" in err
+
+
+def test_a_plugin_attack_carries_its_cost_and_its_report_order(monkeypatch):
+    """The time bound and the report's order read an attack's record: a plugin registered
+    with a cost and an order is counted and placed by them, one without either is guessed
+    from its steps and placed after the worst case."""
+    from robustmix.attacks import plan, registry
+    from robustmix.evaluations.plots import attack_order
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register_attack("costed", lambda *a: a[1], defaults={"steps": 5},
+                             cost=lambda settings, n_classes: 3 * settings["steps"] * n_classes,
+                             order=15)
+    registry.register_attack("plain", lambda *a: a[1], defaults={"rounds": 5})
+    assert plan.passes("costed", {"steps": 5}, 4) == (60.0, True)
+    assert plan.passes("plain", {"rounds": 5}, 4) == (1.0, False)
+    config = AttackConfig(attacks=("fgsm", "costed", "plain"))
+    estimate = plan.bound(config, 4, per_pass=0.5, n=10)
+    assert estimate.passes == 1 + 60 + 1 and estimate.guessed == ("plain",)
+    assert attack_order(["plain", "worst-case", "pgd", "costed", "fgsm"]) == [
+        "fgsm", "costed", "pgd", "worst-case", "plain"]
+    with pytest.raises(ConfigError, match="cost"):
+        registry.register_attack("bad-cost", lambda *a: a[1], cost=3)
