@@ -106,7 +106,7 @@ def diagnostics_section(ctx) -> None:
         "ε. A run whose worst case fails one gets \"attack failure suspected: CHECK\" "
         "instead of a robustness verdict.")
     ctx.lines += _md(["check", "fails when", "threshold"],
-                     [[name, *checks_module.DESCRIPTIONS[name]]
+                     [[name, *checks_module.descriptions()[name]]
                       for name in checks_module.CHECKS])
     ctx.lines += _worst_table(ctx)
     failed = frame[frame["passed"] == "no"]
