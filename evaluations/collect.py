@@ -32,7 +32,6 @@ from robustmix.core import runs
 from robustmix.core.runs import FinishedRun
 
 
-LATER_COLUMNS = ("evaluation", "diagnostics")   # robustness.csv's, "" where absent
 CORRUPTED_SETS = ("suite", "standard")           # corruptions.csv's corrupted cells
 
 
@@ -62,10 +61,7 @@ def read_robustness(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     rows = read_rows(path)
-    frame = pd.DataFrame(rows, columns=list(dict.fromkeys(
-        [*CSV_FIELDS, *(rows[0] if rows else {}), *LATER_COLUMNS])))
-    for column in LATER_COLUMNS:   # absent from older files
-        frame[column] = ["" if pd.isna(v) else str(v) for v in frame[column]]
+    frame = pd.DataFrame(rows, columns=CSV_FIELDS)
     for column in ("eps_value", "clean_acc", "robust_acc", "n_examples"):
         frame[column] = pd.to_numeric(frame[column])
     return frame

@@ -410,54 +410,27 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
     assert {attack for attack, _ in flags} == set(named.split(",")), "no worst-case rows"
 
 
-@pytest.mark.slow
-def test_an_old_robustness_file_keeps_its_rows_gains_the_new_ones_and_reports(
-        mixup_run, tmp_path, capsys):
-    """A run attacked before robustness.csv had its ``evaluation`` and ``diagnostics``
-    columns: a new ε adds its rows beside the old ones, which keep their numbers (with
-    both new columns empty), and the report reads the merged file."""
+def test_a_robustness_file_without_its_evaluation_columns_is_refused(tmp_path):
+    """robustness.csv has one format: a file lacking ``evaluation`` and ``diagnostics`` is a
+    one-line UsageError naming the file, not rows read with those columns empty."""
     import csv
-    import shutil
 
-    from robustmix.attacks import diagnostics as diag
-    from robustmix.attacks import worst_case
-    from robustmix.attacks.table import CSV_FIELDS, OLD_FIELDS
-    from robustmix.app.cli import main
-    from robustmix.core.runs import DIAGNOSTICS
+    from robustmix.attacks.table import CSV_FIELDS, read_rows
 
-    run = tmp_path / "old"
-    shutil.copytree(mixup_run, run)
-    for name in ("robustness.csv", worst_case.EXAMPLES, DIAGNOSTICS):  # other tests' attacks
-        (run / name).unlink(missing_ok=True)
-    common = ["--quiet", "--run", str(run), "--attacks", "fgsm,pgd", "--pgd-steps", "5",
-              "--n-examples", "60"]
-    assert main(["attack", "--eps", "4/255", *common]) == 0
-    path = run / "robustness.csv"
-    new = list(csv.DictReader(path.open()))
-    with path.open("w", newline="") as f:                 # the file as it was written
-        writer = csv.DictWriter(f, OLD_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(new)
-    (run / DIAGNOSTICS).unlink()                          # nor had it diagnostics
-    assert main(["attack", "--eps", "16/255", *common]) == 0
-    rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == CSV_FIELDS
-    by = {(r["attack"], r["eps"]): r for r in rows}
-    assert set(by) == {(a, e) for a in ("fgsm", "pgd", "worst-case")
-                       for e in ("4/255", "16/255")}
-    for old in new:
-        kept = by[old["attack"], old["eps"]]
-        assert kept["robust_acc"] == old["robust_acc"]
-        if old["attack"] != "worst-case":      # what ran there is not known, not invented
-            assert kept["evaluation"] == ""
-    assert all(by[a, "16/255"]["evaluation"] for a in ("fgsm", "pgd", "worst-case"))
-    # the checks ran again on every ε on record, the old one's examples included
-    assert {r["eps"] for r in diag.read(run / DIAGNOSTICS)} >= {"4/255", "16/255"}
-    assert all(r["diagnostics"] for r in rows)
-    out = tmp_path / "report"
-    assert main(["report", "--out", str(out), str(run)]) == 0
-    assert "4/255" in (out / "report.md").read_text()
-    capsys.readouterr()
+    path = tmp_path / "robustness.csv"
+    row = {"run": "r", "attack": "fgsm", "settings": "", "norm": "linf", "eps": "8/255",
+           "eps_value": "0.03137254901960784", "n_examples": "10", "n_attacked": "9",
+           "clean_acc": "0.9", "robust_acc": "0.5", "seconds": "1.0", "forward_passes": "9",
+           "backward_passes": "9", "checks": "", "evaluation": "FGSM", "diagnostics": ""}
+    for fields in (CSV_FIELDS, CSV_FIELDS[:-2]):
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerow(row)
+        if fields == CSV_FIELDS:
+            assert read_rows(path) == [row]
+    with pytest.raises(UsageError, match="robustness.csv"):
+        read_rows(path)
 
 
 @pytest.mark.parametrize("argv, fragment", [
