@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from robustmix.attacks.eps import Eps
-from robustmix.attacks.runner import CSV_FIELDS, read_rows
+from robustmix.attacks.table import CSV_FIELDS, read_rows
 from robustmix.evaluations import convergence
 from robustmix.core import runs
 from robustmix.core.runs import FinishedRun
@@ -56,7 +56,7 @@ def load_record(info: FinishedRun, name: str) -> RunRecord:
 
 
 def read_robustness(path: Path) -> pd.DataFrame | None:
-    """A run's robustness.csv as a frame, checked first (:func:`robustmix.attacks.runner.read_rows`):
+    """A run's robustness.csv as a frame, checked first (:func:`robustmix.attacks.table.read_rows`):
     a file edited by hand into something robustmix attack never writes is a UsageError."""
     if not path.is_file():
         return None

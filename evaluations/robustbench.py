@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from robustmix.attacks.eps import Eps
-from robustmix.attacks.runner import read_rows
+from robustmix.attacks.table import read_rows
 from robustmix.attacks.worst_case import WORST
 from robustmix.core import runs
 

@@ -26,8 +26,9 @@ import pytest
 
 import robustmix
 from robustmix.attacks import diagnostics, worst_case
-from robustmix.attacks.runner import ROBUSTNESS, STATE_DIR, read_rows
-from robustmix.evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV
+from robustmix.attacks.table import read_rows
+from robustmix.core.runs import (ATTACK_STATE as STATE_DIR, GENERALIZATION, PROFILE_CSV,
+                                 REGULARIZER_CSV, ROBUSTNESS)
 from robustmix.core import runs
 
 TRAIN = ["train", "--quiet", "--epochs", "2", "--image-size", "8", "--batch-size", "128",

@@ -13,7 +13,7 @@ from robustmix.attacks import runner as runner_module
 from robustmix.attacks import sweep as sweep_module
 from robustmix.attacks.eps import Eps
 from robustmix.attacks.gradient import fgsm, pgd
-from robustmix.attacks.runner import check_adversarial
+from robustmix.attacks.guards import check_adversarial
 from robustmix.core.errors import ConfigError, UsageError
 
 from helpers import OneAtATime, two_conv_cnn
@@ -349,7 +349,7 @@ def mixup_run(tmp_path_factory):
 def test_attack_command_writes_the_csv_and_merges_reruns(mixup_run, capsys):
     import csv
 
-    from robustmix.attacks.runner import CSV_FIELDS
+    from robustmix.attacks.table import CSV_FIELDS
     from robustmix.app.cli import main
 
     argv = ["attack", "--quiet", "--run", str(mixup_run), "--eps", "2/255,16/255",
@@ -376,7 +376,7 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
     import shutil
 
     from robustmix.attacks import worst_case
-    from robustmix.attacks.runner import read_rows
+    from robustmix.attacks.table import read_rows
     from robustmix.app.cli import main
 
     apart, together = tmp_path / "apart", tmp_path / "together"

@@ -15,7 +15,7 @@ import shutil
 import pytest
 
 from robustmix.attacks.eps import parse_eps
-from robustmix.attacks.runner import CSV_FIELDS, read_rows
+from robustmix.attacks.table import CSV_FIELDS, read_rows
 from robustmix.evaluations import robustbench as rb
 from robustmix.evaluations import write_report
 from robustmix.core import runs

@@ -13,8 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-import robustmix.evaluations.runinfo
-from robustmix.attacks import runner, worst_case
+from robustmix.attacks import table, worst_case
 from robustmix.evaluations import evaluate_run, generalization
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError, UsageError
@@ -43,16 +42,6 @@ def test_every_file_has_one_name_and_one_path(tmp_path):
     assert list(tmp_path.iterdir()) == [], "a RunDir touches nothing"
     with pytest.raises(AttributeError):
         run.path = tmp_path / "other"  # frozen
-
-
-def test_the_old_names_are_aliases_of_the_core_ones():
-    assert (runner.ROBUSTNESS, runner.STATE_DIR, worst_case.EXAMPLES) == (
-        runs.ROBUSTNESS, runs.ATTACK_STATE, runs.ROBUSTNESS_EXAMPLES)
-    info = robustmix.evaluations.runinfo
-    assert (info.GENERALIZATION, info.PROFILE_CSV, info.REGULARIZER_CSV, info.ROBUSTNESS) == (
-        runs.GENERALIZATION, runs.PROFILE_CSV, runs.REGULARIZER_CSV, runs.ROBUSTNESS)
-    assert info.open_run is runs.open_run and info.RunInfo is runs.FinishedRun
-    assert info.DATA_KEYS is runs.DATA_KEYS
 
 
 def _string_constants(path: Path):
@@ -92,7 +81,7 @@ def test_readers_round_trip_a_finished_run(finished):
     assert [row["epoch"] for row in run.read_metrics(epochs=1)] == ["1"]
     assert runs.load_checkpoint(run.checkpoint_path)["epoch"] == 2
     assert run.weights_path.is_file() and not run.attack_state_dir.exists()
-    rows = runner.read_rows(run.robustness_path)
+    rows = table.read_rows(run.robustness_path)
     assert {(row["attack"], row["n_examples"]) for row in rows} == {("fgsm", "16"),
                                                                      ("worst-case", "16")}
     assert {row["n_examples"] for row in worst_case.read(run.robustness_examples_path)} \
@@ -108,7 +97,7 @@ def test_readers_round_trip_a_finished_run(finished):
 def test_open_reads_the_config_once_and_keeps_the_run_info(finished):
     opened = runs.RunDir(finished).open()
     assert isinstance(opened, runs.FinishedRun) and isinstance(opened, runs.RunDir)
-    assert opened == runs.open_run(str(finished)) == robustmix.evaluations.runinfo.open_run(finished)
+    assert opened == runs.open_run(str(finished)) == runs.open_run(finished)
     assert opened.path == finished and opened.config == runs.read_config(finished)
     assert opened.weights_path == finished / runs.WEIGHTS
     assert (opened.mix, opened.seed) == ("cutmix", 0)
@@ -169,9 +158,8 @@ def test_the_subset_is_the_rule_both_commands_always_used():
 
 
 def test_attack_and_evaluate_share_one_subset_rule():
-    assert runner.select_examples is runs.test_subset
     assert generalization.subset_indices is runs.test_subset
-    for module in (runner, generalization):
+    for module in (generalization,):
         assert "permutation" not in Path(module.__file__).read_text(), "no second copy"
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robustmix.attacks.eps import Eps
-from robustmix.attacks.runner import read_rows
+from robustmix.attacks.table import read_rows
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from robustmix.attacks import DiagnosticSettings, Eps, diagnostics, transfer_run
-from robustmix.attacks.runner import attack_run, read_rows
+from robustmix.attacks.runner import attack_run
+from robustmix.attacks.table import read_rows
 from robustmix.attacks.worst_case import WORST
 from robustmix.evaluations import confirmation, evaluate_corruptions, evaluate_run, write_report
 from robustmix.app.presets import PAPER, PRESETS  # noqa: F401 (the study's presets)
