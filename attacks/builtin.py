@@ -11,7 +11,6 @@ registration holds all of the attack's facts (kind, strength, cost, report order
 | square | AutoAttack's Square | gradient-free | queries / 3 (forwards only, about a third of a forward and backward) |
 | apgd | APGD-CE then APGD-T on what stands: AutoAttack's gradient attacks | ensemble | the sum over its stages |
 | autoattack | standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square | ensemble | the sum over its stages |
-| autoattack-fast | the former name of ``apgd`` (old robustness.csv files use it) | ensemble | the sum over its stages |
 """
 
 from __future__ import annotations
@@ -86,6 +85,3 @@ register_attack("autoattack", stages=autoattack.COMPONENTS["standard"],
                 evaluation="standard AutoAttack", strength=4,
                 defaults=dict(autoattack.REFERENCE), describe=_describer(AUTOATTACK),
                 checks=True, order=80)
-register_attack("autoattack-fast", stages=autoattack.COMPONENTS["fast"], evaluation="APGD",
-                defaults=dict(autoattack.REFERENCE), describe=_describer("apgd-ce,apgd-t"),
-                checks=True, order=55)

@@ -223,7 +223,7 @@ def test_eval_mode_during_the_attack_and_former_mode_and_rng_after():
     modes.clear()
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    robustness(model, x, y, AttackConfig(attacks=("fgsm", "pgd", "autoattack-fast"),
+    robustness(model, x, y, AttackConfig(attacks=("fgsm", "pgd", "apgd"),
                                          eps=(Eps(0.05, "0.05"),), batch_size=8,
                                          pgd=PGDSettings(steps=3)))
     assert modes and not any(modes), "every forward pass during the attack is in eval mode"
@@ -257,21 +257,21 @@ def test_an_example_outside_the_ball_or_the_range_stops_the_run(monkeypatch):
 
 
 @pytest.mark.slow
-def test_autoattack_fast_runs_and_reports_its_checks():
+def test_apgd_runs_and_reports_its_checks():
     model = two_conv_cnn()
     x, _ = tiny_data(12)
     y = correct_labels(model, x)
-    config = AttackConfig(attacks=("pgd", "autoattack-fast"), eps=tuple(parse_eps("0.02,0.1")),
+    config = AttackConfig(attacks=("pgd", "apgd"), eps=tuple(parse_eps("0.02,0.1")),
                           batch_size=6, pgd=PGDSettings(steps=10))
     result = robustness(model, x, y, config)
     rows = {(r.attack, r.eps.value): r for r in result.rows}
-    assert rows[("autoattack-fast", 0.1)].robust_acc <= rows[("autoattack-fast", 0.02)].robust_acc
-    assert rows[("autoattack-fast", 0.1)].robust_acc < 1.0
-    assert rows[("autoattack-fast", 0.02)].checks == []
+    assert rows[("apgd", 0.1)].robust_acc <= rows[("apgd", 0.02)].robust_acc
+    assert rows[("apgd", 0.1)].robust_acc < 1.0
+    assert rows[("apgd", 0.02)].checks == []
 
     probabilities = nn.Sequential(model, nn.Softmax(dim=1))
     result = robustness(probabilities, x, y, AttackConfig(
-        attacks=("autoattack-fast",), eps=(Eps(0.02, "0.02"),), batch_size=6))
+        attacks=("apgd",), eps=(Eps(0.02, "0.02"),), batch_size=6))
     checks = result.rows[0].checks
     assert any("probability distribution" in c for c in checks), checks
     assert checks[0] in result.rows[-1].checks  # and the worst-case row carries it too
@@ -282,7 +282,7 @@ def test_autoattack_resumes_where_it_stopped(tmp_path, monkeypatch):
     model = two_conv_cnn()
     x, _ = tiny_data(12)
     y = correct_labels(model, x)
-    config = AttackConfig(attacks=("autoattack-fast",), eps=(Eps(0.01, "0.01"),), batch_size=4)
+    config = AttackConfig(attacks=("apgd",), eps=(Eps(0.01, "0.01"),), batch_size=4)
     real = autoattack_module._perturb
     uninterrupted = []
     monkeypatch.setattr(autoattack_module, "_perturb",
@@ -319,8 +319,8 @@ def test_autoattack_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert progress[0] == 12, "APGD-CE, done before the interruption, counts whole"
     # only the APGD-T batches not yet done run again
     assert counted == ["apgd-t"] * (uninterrupted.count("apgd-t") - 1)
-    assert torch.equal(resumed.robust[("autoattack-fast", 0.01)],
-                       reference.robust[("autoattack-fast", 0.01)])
+    assert torch.equal(resumed.robust[("apgd", 0.01)],
+                       reference.robust[("apgd", 0.01)])
     assert list(tmp_path.iterdir()) == []
 
 

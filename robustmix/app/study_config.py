@@ -60,7 +60,7 @@ class AttackPlan:
     restarts: int = 1
     n_examples: int = 1000            # 0: the whole test set
     diagnostics: bool = True
-    autoattack: str = ""              # "", apgd, autoattack (or autoattack-fast)
+    autoattack: str = ""              # "", apgd or autoattack
     autoattack_eps: str = ""
     autoattack_examples: int = 0
     autoattack_seeds: tuple[int, ...] = ()   # (): every seed
@@ -73,7 +73,7 @@ class AttackPlan:
                 not isinstance(v, dict) for v in self.options.values()):
             raise ConfigError("options", "must be a table of attack = {setting = value}")
         if self.autoattack:
-            if self.autoattack not in ("apgd", "autoattack", "autoattack-fast"):
+            if self.autoattack not in ("apgd", "autoattack"):
                 raise ConfigError("autoattack", f"must be apgd, autoattack or empty; "
                                   f"got {self.autoattack!r}")
             parse_eps(self.autoattack_eps)
