@@ -18,14 +18,12 @@ from robustmix.attacks.diagnostics import DiagnosticSettings
 from robustmix.attacks.eps import Eps, parse_eps
 from robustmix.attacks.gradient import PGDSettings
 from robustmix.attacks.guards import AttackError
-from robustmix.attacks.registry import (Attack, ExampleDraws, is_strong, parse_attacks,
-                                        register_attack, registered)
+from robustmix.attacks.registry import Attack, ExampleDraws, parse_attacks, register_attack, registered
 from robustmix.attacks.runner import attack_run, transfer_run
-from robustmix.attacks.sweep import DEFAULT_ATTACKS, AttackConfig, robustness
+from robustmix.attacks.sweep import AttackConfig, robustness
 
-__all__ = ["ATTACKS", "Attack", "AttackConfig", "AttackError", "DEFAULT_ATTACKS",
-           "DiagnosticSettings", "Eps", "ExampleDraws", "PGDSettings", "attack_run", "is_strong",
-           "parse_attacks", "parse_eps", "register_attack", "registered", "robustness",
-           "transfer_run"]
+__all__ = ["ATTACKS", "Attack", "AttackConfig", "AttackError", "DiagnosticSettings", "Eps",
+           "ExampleDraws", "PGDSettings", "attack_run", "parse_attacks", "parse_eps",
+           "register_attack", "registered", "robustness", "transfer_run"]
 
 ATTACKS = registered()   # the built-in attacks' names (registered() also lists plugins')

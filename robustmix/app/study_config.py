@@ -22,8 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from robustmix.attacks import (DEFAULT_ATTACKS, AttackConfig, DiagnosticSettings, PGDSettings,
-                               parse_eps)
+from robustmix.attacks import AttackConfig, DiagnosticSettings, PGDSettings, parse_eps
 from robustmix.evaluations.declaration import Declaration
 from robustmix.core import methods, runs
 from robustmix.core.config import LEGACY_OPTIONS, MixConfig, TrainConfig
@@ -54,7 +53,7 @@ class AttackPlan:
 
     eps: str = "8/255"
     norm: str = "linf"
-    attacks: tuple[str, ...] = DEFAULT_ATTACKS      # every preset's attacks at every ε
+    attacks: tuple[str, ...] = AttackConfig.attacks   # the attack command's default list
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per attack settings
     pgd_steps: int = 10
     restarts: int = 1
