@@ -4,13 +4,16 @@ registration holds all of the attack's facts (kind, strength, cost, report order
 | name | what | kind | passes per example and ε |
 |---|---|---|---|
 | fgsm | x + ε·sign(∇ CE), one step (L∞) | single-step | 1 |
-| pgd | PGD with per-example random starts, early exit, best iterate | iterative | steps × restarts |
+| pgd | PGD: per-example random starts, early exit, best iterate | iterative | steps × restarts |
 | apgd-ce | AutoAttack's APGD on cross-entropy (pyautoattack) | iterative | n_iter |
 | apgd-t | AutoAttack's targeted APGD on DLR | iterative | n_iter × targets |
-| fab-t | AutoAttack's targeted FAB | iterative | 2 × n_iter × targets (a step needs the logits' Jacobian rows of two classes) |
-| square | AutoAttack's Square | gradient-free | queries / 3 (forwards only, about a third of a forward and backward) |
-| apgd | APGD-CE then APGD-T on what stands: AutoAttack's gradient attacks | ensemble | the sum over its stages |
-| autoattack | standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square | ensemble | the sum over its stages |
+| fab-t | AutoAttack's targeted FAB | iterative | 2 × n_iter × targets (a) |
+| square | AutoAttack's Square | gradient-free | queries / 3 (b) |
+| apgd | APGD-CE then APGD-T on what stands | ensemble | the sum over its stages |
+| autoattack | standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square | ensemble | the same |
+
+(a) a step needs the logits' Jacobian rows of two classes; (b) forwards only, about a
+third of a forward and backward each.
 """
 
 from __future__ import annotations
