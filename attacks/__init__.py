@@ -19,9 +19,11 @@ from robustmix.attacks.eps import Eps, parse_eps
 from robustmix.attacks.gradient import PGDSettings
 from robustmix.attacks.guards import AttackError
 from robustmix.attacks.registry import Attack, ExampleDraws, parse_attacks, register_attack, registered
-from robustmix.attacks.runner import ATTACKS, attack_run, transfer_run
+from robustmix.attacks.runner import attack_run, transfer_run
 from robustmix.attacks.sweep import AttackConfig, robustness
 
 __all__ = ["ATTACKS", "Attack", "AttackConfig", "AttackError", "DiagnosticSettings", "Eps",
            "ExampleDraws", "PGDSettings", "attack_run", "parse_attacks", "parse_eps",
            "register_attack", "registered", "robustness", "transfer_run"]
+
+ATTACKS = registered()   # the built-in attacks' names (registered() also lists plugins')

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 COMPONENTS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
               "fast": ("apgd-ce", "apgd-t")}
 REFERENCE = {"n_iter": 100, "targets": 9}    # the standard version's settings
+SQUARE_QUERIES = 5000                         # Square's queries in the standard version
 LOGGER = "auto-attack"
 
 

@@ -3,18 +3,18 @@
 After Carlini et al. 2019 ("On Evaluating Adversarial Robustness"), Pintor et al. 2022
 ("Indicators of Attack Failure") and AutoAttack's own checks. For every ε of a run's grid
 they look at the examples the worst case leaves standing, the ones a robustness number
-counts. Every rule and threshold is a field of :class:`DiagnosticSettings` (a study
-freezes them in its declaration); :func:`descriptions` writes the table the report shows
-from those fields.
+counts. The checks are :data:`CHECKS`; every rule and threshold is a field of
+:class:`DiagnosticSettings` (a study freezes them in its declaration), and
+:func:`descriptions` writes the check table the report shows from those fields.
 
 Two kinds of check:
 
-- **Reporting only** (single-step): a weaker attack broke what a stronger one left
+- **Reporting only** (:data:`REPORTING`): a weaker attack broke what a stronger one left
   standing. The per-example worst case already counts that break, so the check reports it
   on the stronger attack's row and withholds nothing.
-- **Withholding** (restart once confirmed, zero-gradients, saturated-softmax, noise,
-  transfer, unbounded, shattered-gradients, autoattack): the worst case itself is in doubt,
-  and the worst-case row of robustness.csv names the check ("attack failure suspected").
+- **Withholding** (every other check; the restart once confirmed): the worst case itself is
+  in doubt, and the worst-case row of robustness.csv names the check ("attack failure
+  suspected").
 
 Every example that a check's own attack breaks (the restart, the noise draws, the transfer
 attack; Square where a check flags, :mod:`robustmix.attacks.runner`) is a real adversarial
@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustmix.attacks import worst_case
+from robustmix.attacks.worst_case import WORST
 from robustmix.attacks.eps import Eps
 from robustmix.attacks.gradient import PGDSettings, pgd
 from robustmix.attacks.registry import get
-from robustmix.attacks.sweep import WORST, AttackConfig, robustness
+from robustmix.attacks.sweep import AttackConfig, robustness
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError, UsageError
 
@@ -143,9 +144,6 @@ def descriptions(s: DiagnosticSettings = DiagnosticSettings()) -> dict[str, tupl
         "autoattack": ("AutoAttack's or the model's own checks raised a message",
                        "0 messages"),
     }
-
-
-DESCRIPTIONS = descriptions()  # the defaults' table (kept for callers)
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,10 @@ The bound: one forward and backward pass over a batch of the run's own examples,
 (seconds per example), times each attack's known passes per example at one ε, times the
 examples, at every ε, as if every example stood at every ε. The sweep does not attack an
 example again once broken at a smaller ε, so a command usually takes less; the command
-prints the time it took beside the bound. Passes per example and ε:
-
-| attack | passes |
-|---|---|
-| fgsm | 1 |
-| pgd | steps × restarts |
-| apgd-ce | n_iter |
-| apgd-t | n_iter × targets |
-| fab-t | 2 × n_iter × targets (a step needs the logits' Jacobian rows of two classes) |
-| square | n_queries / 3 (forwards only, about a third of a forward and backward) |
-| apgd, autoattack | the sum over their stages (every example through every stage) |
-| others | the ``steps`` setting, else 1 (a guess: the line says so) |
+prints the time it took beside the bound. Passes per example and ε are the attack's own
+fact, on its record (:meth:`robustmix.attacks.registry.Attack.passes`; the built-ins' in
+:mod:`robustmix.attacks.builtin`): an ensemble's is the sum over its stages, and an attack
+registered without a cost counts its ``steps`` setting, else 1 (a guess: the line says so).
 
 The diagnostics add the strongest attack again (a restart) on a few examples per ε, and
 forward passes only for the rest (:mod:`robustmix.attacks.diagnostics`).
@@ -33,23 +25,9 @@ from torch import Tensor, nn
 from robustmix.attacks.registry import get
 from robustmix.attacks.sweep import AttackConfig
 
-SQUARE_QUERIES = 5000
-
-
 def passes(name: str, settings: dict, n_classes: int) -> tuple[float, bool]:
     """Forward-and-backward passes per example at one ε, and whether that is known."""
-    attack = get(name)
-    if attack.stages:
-        return sum(passes(stage, settings, n_classes)[0] for stage in attack.stages), True
-    targets = min(int(settings.get("targets", 9)), n_classes - 1)
-    n_iter = int(settings.get("n_iter", 100))
-    known = {"fgsm": 1, "apgd-ce": n_iter, "apgd-t": n_iter * targets,
-             "fab-t": 2 * n_iter * targets, "square": SQUARE_QUERIES / 3}
-    if name == "pgd":
-        return float(settings["steps"] * settings["restarts"]), True
-    if name in known:
-        return float(known[name]), True
-    return float(settings.get("steps", 1)), "steps" in settings
+    return get(name).passes(settings, n_classes)
 
 
 def seconds_per_pass(model: nn.Module, x: Tensor, y: Tensor, device, batch_size: int

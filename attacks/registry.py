@@ -35,11 +35,13 @@ from torch import Tensor
 
 from robustmix.attacks.eps import NORMS, Eps
 from robustmix.core import plugins
-from robustmix.core.errors import ConfigError
+from robustmix.core.errors import ConfigError, UsageError
 
 KINDS = ("single-step", "iterative", "gradient-free", "ensemble")
 ENTRY_POINTS = plugins.ATTACK.group
+STRONG = 3        # APGD's strength: an attack at least this strong is "the strong attack"
 Perturb = Callable[..., Tensor]
+Cost = Callable[[Mapping[str, Any], int], float]   # (settings, n_classes) -> passes per example
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,18 @@ class Attack:
     strength: int = 2                       # ranks evaluations: 1 single-step .. 4 AutoAttack
     describe: Callable[[Mapping[str, Any], Eps, int], str] | None = None
     checks: bool = False                    # run AutoAttack's own checks first
+    cost: Cost | None = None                # forward-and-backward passes per example and ε
+    order: int | None = None                # place in the report's tables and figures
+
+    def passes(self, settings: Mapping[str, Any], n_classes: int) -> tuple[float, bool]:
+        """Forward-and-backward passes per example at one ε with ``settings``, and whether
+        that is known: an ensemble's is the sum over its stages (every example through
+        every stage); without a ``cost``, the ``steps`` setting, else 1 (a guess)."""
+        if self.stages:
+            return sum(get(stage).passes(settings, n_classes)[0] for stage in self.stages), True
+        if self.cost is not None:
+            return float(self.cost(settings, n_classes)), True
+        return float(settings.get("steps", 1)), "steps" in settings
 
     def settings(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The defaults updated by ``overrides``; where the attack declares its settings
@@ -109,14 +123,20 @@ def register_attack(name: str, perturb: Perturb | None = None, *, kind: str = "i
                     norms: tuple[str, ...] = NORMS, stages: tuple[str, ...] = (),
                     defaults: Mapping[str, Any] | None = None, evaluation: str = "",
                     strength: int | None = None, describe=None, checks: bool = False,
+                    cost: Cost | None = None, order: int | None = None,
                     replace: bool = False) -> Attack:
     """Register an attack under ``name`` (see the module's contract); returns it.
 
     ``kind`` is one of single-step, iterative, gradient-free (an ensemble's is
     "ensemble"); the diagnostics expect an iterative attack to break whatever a
     single-step one broke. ``defaults`` declares the settings and their defaults (then
-    another setting is refused); None passes any settings through. A name taken is a
-    ValueError unless ``replace``.
+    another setting is refused); None passes any settings through. ``strength`` ranks
+    evaluations (default by kind: 1 single-step, 2 iterative or gradient-free, 3 an
+    ensemble; :data:`STRONG` and above is the strong attack). ``cost(settings,
+    n_classes)`` is the forward-and-backward passes per example at one ε, for the time
+    bound (None: the ``steps`` setting, else 1, said to be a guess). ``order`` places the
+    attack in the report's tables and figures (None: after the built-ins and the worst
+    case, by name). A name taken is a ConfigError unless ``replace``.
     """
     if not isinstance(name, str) or not name or "," in name or "=" in name:
         raise ConfigError("name", f"must be a non-empty text without ',' or '=', got {name!r}")
@@ -133,13 +153,31 @@ def register_attack(name: str, perturb: Perturb | None = None, *, kind: str = "i
     bad = [n for n in norms if n not in NORMS]
     if bad or not norms:
         raise ConfigError("norms", f"must be a non-empty tuple of {', '.join(NORMS)}")
+    if cost is not None and not callable(cost):
+        raise ConfigError("cost", f"must be callable (settings, n_classes), got {cost!r}")
     if strength is None:
         strength = {"single-step": 1, "iterative": 2, "gradient-free": 2, "ensemble": 3}[kind]
     attack = Attack(name, perturb, kind, tuple(norms), tuple(stages),
                     None if defaults is None else dict(defaults), evaluation, strength,
-                    describe, checks)
+                    describe, checks, cost, order)
     _REGISTRY[name] = attack
     return attack
+
+
+def is_strong(attack: Attack | str) -> bool:
+    """Whether ``attack`` (a record, or a name :func:`find` knows) counts as the strong
+    attack a primary comparison requires: its strength at least APGD's (:data:`STRONG`)."""
+    found = find(attack) if isinstance(attack, str) else attack
+    return found is not None and found.strength >= STRONG
+
+
+def find(name: str) -> Attack | None:
+    """The attack called ``name`` as :func:`get` finds it, or None where it cannot be found
+    (a check's own attack, a plugin no longer installed)."""
+    try:
+        return get(name)
+    except (ConfigError, UsageError, ImportError):
+        return None
 
 
 def registered() -> tuple[str, ...]:

@@ -21,26 +21,15 @@ from torch import Tensor
 from robustmix.attacks import diagnostics as diag
 from robustmix.attacks.diagnostics import Check, DiagnosticSettings
 from robustmix.attacks import memory, table, worst_case
-from robustmix.attacks.eps import Eps, parse_eps  # noqa: F401 (parse_eps: kept for callers)
-from robustmix.attacks.guards import AttackError, check_adversarial, model_checks  # noqa: F401
-from robustmix.attacks.registry import get, registered
-from robustmix.attacks.sweep import (WORST, AttackConfig, ByEps, Result, Row, robustness,  # noqa: F401
-                           worst_label)
+from robustmix.attacks.worst_case import WORST
+from robustmix.attacks.eps import Eps
+from robustmix.attacks.registry import get
+from robustmix.attacks.sweep import AttackConfig, ByEps, Result, Row, robustness, worst_label
 from robustmix.core import distributed, runs
 from robustmix.core.config import TrainConfig
 from robustmix.core.errors import UsageError
 from robustmix.data import load_dataset, recorded_skips
 from robustmix.models.weights import load_model
-
-# Kept for callers: the names of the built-in attacks, the file's columns and names.
-ATTACKS = registered()
-CSV_FIELDS = table.CSV_FIELDS
-ROBUSTNESS_COLUMNS = table.COLUMNS
-read_rows = table.read_rows
-ROBUSTNESS = runs.ROBUSTNESS
-STATE_DIR = runs.ATTACK_STATE
-select_examples = runs.test_subset
-
 
 @dataclass
 class Subset:
@@ -89,7 +78,7 @@ def attack_run(run_dir: str | Path, config: AttackConfig, *, device="cpu",
     checks = _settings(diagnostics)
     place = distributed.current()
     run = runs.RunDir(run_dir)
-    old = read_rows(run.robustness_path) if run.robustness_path.exists() else []
+    old = table.read_rows(run.robustness_path) if run.robustness_path.exists() else []
     subset = load_subset(run_dir, device, n_examples, data_dir, skip_bad_images,
                          echo=print if place.is_main else None)
     memory.check(subset.model, subset.x, config, device)  # before anything is written
@@ -340,7 +329,7 @@ def transfer_run(run_dir: str | Path, source_dir: str | Path, config: AttackConf
                            target.indices, outcomes, config, device, settings)
     examples = _record_found(run, norm, outcomes, settings)
     _write_diagnostics(run, norm, n, checks, keep=tuple(diag.CHECKS))
-    old = read_rows(run.robustness_path) if run.robustness_path.exists() else []
+    old = table.read_rows(run.robustness_path) if run.robustness_path.exists() else []
     worst = [table.as_csv(row, str(run.path), norm)
              for row in _worst_rows(examples, norm, n, old, [])]
     mine = lambda row: row["attack"] == WORST and row["norm"] == norm and \
@@ -392,7 +381,7 @@ def merge_results(parts: Sequence[Result]) -> Result:
 def write_rows(path: Path, new_rows: list[dict], drop=lambda row: False) -> None:
     """Merge rows into a robustness CSV (checked first), replacing those with the same key
     and removing the old rows for which ``drop(row)`` is true."""
-    old = read_rows(path) if path.exists() else []
+    old = table.read_rows(path) if path.exists() else []
     table.write(path, table.merge(old, new_rows, drop))
 
 

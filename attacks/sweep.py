@@ -32,10 +32,10 @@ from robustmix.attacks.ensemble import run_ensemble
 from robustmix.attacks.gradient import PassCounter, PGDSettings
 from robustmix.attacks.guards import check_adversarial, check_rows, model_checks
 from robustmix.attacks.registry import Attack, ExampleDraws, get
+from robustmix.attacks.worst_case import WORST, describe as worst_settings
 from robustmix.core import checks as guards, threads
 from robustmix.core.errors import ConfigError
 
-WORST = "worst-case"
 DEFAULT_ATTACKS = ("fgsm", "pgd", "apgd")
 
 
@@ -94,7 +94,7 @@ class AttackConfig:
     def settings(self, attack: str, eps) -> str:
         """robustness.csv's ``settings`` text of ``attack`` at ``eps``."""
         if attack == WORST:
-            return "per-example worst of " + ",".join(self.attacks)
+            return worst_settings(list(self.attacks))
         return get(attack).text(self.settings_for(attack), Eps.of(eps), self.seed)
 
 
@@ -270,7 +270,7 @@ def worst_rows(rows: list[Row], robust: ByEps, clean: Tensor, grid, notes: list[
         for row in here:
             worst &= robust[(row.attack, eps)]
         robust[(WORST, eps)] = worst
-        result.append(Row(WORST, eps, "per-example worst of " + ",".join(r.attack for r in here),
+        result.append(Row(WORST, eps, worst_settings([r.attack for r in here]),
                           clean.numel(), int(clean.sum()), clean_acc,
                           worst.float().mean().item(), 0.0, 0, 0,
                           notes + sorted({c for r in here for c in r.checks} - set(notes)),

@@ -4,8 +4,7 @@ One row per attack, settings, norm, ε and example subset (``n_examples``): clea
 robust accuracy, the work spent, the model and attack checks, the evaluation behind the
 number (``evaluation``: FGSM, PGD, APGD, standard AutoAttack, or for a ``worst-case`` row
 the attacks it is the worst of) and the attack-failure diagnostics
-(``diagnostics``: "passed", "failed: CHECK,..." or "" where none ran). Files written
-before the last two columns existed read with both empty.
+(``diagnostics``: "passed", "failed: CHECK,..." or "" where none ran).
 
 A command reads the file once (:func:`read_rows`), merges its rows into what it read
 (:func:`merge`) and writes it once, atomically.
@@ -18,15 +17,9 @@ from typing import Any, Callable, Iterable
 
 from robustmix.attacks.eps import NORMS, Eps
 from robustmix.attacks.registry import registered
+from robustmix.attacks.worst_case import WORST
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError
-
-OLD_FIELDS = ["run", "attack", "settings", "norm", "eps", "eps_value", "n_examples",
-              "n_attacked", "clean_acc", "robust_acc", "seconds", "forward_passes",
-              "backward_passes", "checks"]
-NEW_FIELDS = ("evaluation", "diagnostics")     # absent from files of before 2026-12
-CSV_FIELDS = OLD_FIELDS + list(NEW_FIELDS)
-WORST = "worst-case"
 
 
 def _attack_name(text: str) -> str:
@@ -60,7 +53,7 @@ COLUMNS: dict[str, Callable[[str], Any]] = {
     "forward_passes": runs.number(0, integer=True),
     "backward_passes": runs.number(0, integer=True), "checks": runs.text,
     "evaluation": runs.text, "diagnostics": runs.text}
-assert list(COLUMNS) == CSV_FIELDS
+CSV_FIELDS = list(COLUMNS)
 
 
 def _check_row(row: dict[str, str]) -> None:
@@ -79,11 +72,9 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
 
     A file edited by hand into something this program never writes (a missing column, a
     non-numeric or out-of-range accuracy, robust above clean) is a one-line UsageError
-    naming the file, the line and the problem. A file of the older format (without
-    ``evaluation`` and ``diagnostics``) reads with both empty.
+    naming the file, the line and the problem.
     """
-    rows = runs.read_table(path, COLUMNS, row_check=_check_row, optional=NEW_FIELDS)
-    return [{**{name: "" for name in NEW_FIELDS}, **row} for row in rows]
+    return runs.read_table(path, COLUMNS, row_check=_check_row)
 
 
 def row_key(row: dict) -> tuple:

@@ -21,7 +21,7 @@ from robustmix.attacks.eps import NORMS, Eps
 from robustmix.core import runs
 
 EXAMPLES = runs.ROBUSTNESS_EXAMPLES  # the file's name, kept here as an alias
-WORST = "worst-case"
+WORST = "worst-case"     # the attack column of the per-ε worst-case rows, everywhere
 FIELDS = ["attack", "settings", "norm", "eps", "eps_value", "n_examples", "clean", "standing"]
 
 
@@ -99,7 +99,16 @@ def worst_cases(rows: list[dict[str, str]], norm: str, n_examples: int
     return result
 
 
+WORST_OF = "per-example worst of "
+
+
 def describe(attacks: list[str]) -> str:
-    return "per-example worst of " + ",".join(attacks)
+    """A worst-case row's ``settings`` text: the attacks it is the worst of."""
+    return WORST_OF + ",".join(attacks)
+
+
+def attacks_of(settings: str) -> list[str]:
+    """The attacks a worst-case row's ``settings`` text names (:func:`describe`'s inverse)."""
+    return settings[len(WORST_OF):].split(",") if settings.startswith(WORST_OF) else []
 
 

@@ -72,7 +72,7 @@ def trained_model(run: str | None, epochs: int, seed: int):
 
 
 def test_split(config: dict, n_examples: int | None, data_dir: str | None):
-    from robustmix.attacks.runner import select_examples
+    from robustmix.core.runs import test_subset as select_examples
     from robustmix.data import load_dataset
 
     data = load_dataset(config["dataset"], data_dir=data_dir or config.get("data_dir", "data"),

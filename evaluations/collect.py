@@ -26,13 +26,12 @@ from typing import Any
 import pandas as pd
 
 from robustmix.attacks.eps import Eps
-from robustmix.attacks.runner import CSV_FIELDS, read_rows
+from robustmix.attacks.table import CSV_FIELDS, read_rows
 from robustmix.evaluations import convergence
 from robustmix.core import runs
 from robustmix.core.runs import FinishedRun
 
 
-LATER_COLUMNS = ("evaluation", "diagnostics")   # robustness.csv's, "" where absent
 CORRUPTED_SETS = ("suite", "standard")           # corruptions.csv's corrupted cells
 
 
@@ -57,15 +56,12 @@ def load_record(info: FinishedRun, name: str) -> RunRecord:
 
 
 def read_robustness(path: Path) -> pd.DataFrame | None:
-    """A run's robustness.csv as a frame, checked first (:func:`robustmix.attacks.runner.read_rows`):
+    """A run's robustness.csv as a frame, checked first (:func:`robustmix.attacks.table.read_rows`):
     a file edited by hand into something robustmix attack never writes is a UsageError."""
     if not path.is_file():
         return None
     rows = read_rows(path)
-    frame = pd.DataFrame(rows, columns=list(dict.fromkeys(
-        [*CSV_FIELDS, *(rows[0] if rows else {}), *LATER_COLUMNS])))
-    for column in LATER_COLUMNS:   # absent from older files
-        frame[column] = ["" if pd.isna(v) else str(v) for v in frame[column]]
+    frame = pd.DataFrame(rows, columns=CSV_FIELDS)
     for column in ("eps_value", "clean_acc", "robust_acc", "n_examples"):
         frame[column] = pd.to_numeric(frame[column])
     return frame

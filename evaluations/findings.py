@@ -25,14 +25,15 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
+from robustmix.attacks.worst_case import WORST
 from robustmix.core.errors import UsageError
 from robustmix.core.files import read_csv
 from robustmix.evaluations import confirmation
 from robustmix.evaluations.markdown import md
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
-CELLS = (("fgsm", "20/255"), ("pgd", "20/255"), ("worst-case", "20/255"), ("pgd", "26/255"),
-         ("worst-case", "26/255"), ("worst-case", "32/255"))
+CELLS = (("fgsm", "20/255"), ("pgd", "20/255"), (WORST, "20/255"), ("pgd", "26/255"),
+         (WORST, "26/255"), (WORST, "32/255"))
 OVERSTATED = (("pgd", "26/255"), ("pgd", "32/255"), ("fgsm", "32/255"))
 RATE_COLUMN = "false_secondary_rate"
 NOT_COMPUTED = "not computed"

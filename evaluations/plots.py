@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from robustmix.attacks.registry import find, registered
+from robustmix.attacks.worst_case import WORST
 from robustmix.evaluations.grouping import Group
 from robustmix.core import runs
 from robustmix.core import methods
@@ -28,8 +30,6 @@ from robustmix.mixing import is_data_dependent, make_sampler
 
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
-ATTACK_ORDER = ("fgsm", "pgd", "apgd-ce", "apgd-t", "apgd", "autoattack-fast", "fab-t",
-                "square", "autoattack", "worst-case")
 
 
 def style(group: Group) -> dict:
@@ -70,8 +70,15 @@ def _legend(fig, axes) -> None:
 
 
 def attack_order(attacks: Sequence[str]) -> list[str]:
-    known = [a for a in ATTACK_ORDER if a in attacks]
-    return known + sorted(a for a in attacks if a not in ATTACK_ORDER)
+    """The attacks in the report's order: those whose record has an ``order`` by it, then
+    the worst case, then the rest by name."""
+    def place(name: str) -> tuple:
+        if name == WORST:
+            return (1, 0, name)
+        attack = find(name) if name in registered() else None
+        ordered = attack is not None and attack.order is not None
+        return (0, attack.order, name) if ordered else (2, 0, name)
+    return sorted(dict.fromkeys(attacks), key=place)
 
 
 def robustness_figure(path: Path, summary, groups: list[Group], norm: str,

@@ -6,7 +6,8 @@ worst over every attack run at that ε, the strong attack included) averaged ove
 declared uniform ε grid (:func:`~robustmix.evaluations.declaration.grid_mean`); Welch's t-test; Holm
 over the primaries at the declared level. A comparison is "not measured", with the reason,
 when a run lacks a worst-case row at a grid ε, or its worst case there was made without the
-strong attack (APGD or AutoAttack); "attack failure suspected: CHECK" when a run's
+strong attack (one as strong as APGD by the attack registry's strength: APGD, AutoAttack or a
+plugin registered so); "attack failure suspected: CHECK" when a run's
 worst-case row at a grid ε failed an attack-failure check. Both stay in the family.
 
 The same statistic under FGSM alone and under PGD alone is computed too, with the same
@@ -16,6 +17,8 @@ note says so. Those, and every per-ε, per-attack cell, are exploratory estimate
 
 from __future__ import annotations
 
+from robustmix.attacks.registry import is_strong
+from robustmix.attacks.worst_case import WORST, attacks_of
 from robustmix.evaluations import statistics as st
 from robustmix.evaluations.declaration import grid_mean
 from robustmix.evaluations.grouping import Group
@@ -25,8 +28,6 @@ from robustmix.evaluations.verdicts import (EXPLORATORY, PRIMARY, Comparison, Ju
 from robustmix.core import runs
 
 FAMILY = "(b) primary"
-WORST = "worst-case"
-STRONG = ("apgd", "autoattack")          # what counts as the strong attack, by name
 SHADOWS = ("fgsm", "pgd")
 CELL_FAMILY = "(b) per eps and attack"
 
@@ -139,8 +140,7 @@ def run_values(data, group: Group, attack: str, grid: list[tuple[float, str]], *
             missing.append((run, f"no {attack} row at eps {', '.join(absent)}"))
             continue
         if attack == WORST:
-            weak = [text for key, text in grid
-                    if strong and not _strong(data, at[key], run, norm, key)]
+            weak = [text for key, text in grid if strong and not _strong(at[key])]
             if weak:
                 missing.append((run, f"the worst case at eps {', '.join(weak)} was made "
                                      "without the strong attack (APGD / AutoAttack)"))
@@ -160,14 +160,10 @@ def _by_reason(problems: list[tuple[str, str]]) -> str:
                      f"{', '.join(names)})" for reason, names in reasons.items())
 
 
-def _strong(data, worst: dict, run: str, norm: str, eps_key: float) -> bool:
-    """Whether a worst-case row includes the strong attack: from its ``evaluation`` where
-    the file has one, else (older files) from the attacks run at that ε."""
-    evaluation = str(worst.get("evaluation", "") or "")
-    if evaluation:
-        return any(name in evaluation.lower() for name in STRONG)
-    return any(str(key[2]).lower().startswith(STRONG) for key in data.cells
-               if key[0] == run and key[1] == norm and key[3] == eps_key)
+def _strong(worst: dict) -> bool:
+    """Whether a worst-case row includes the strong attack: one of the attacks its
+    ``settings`` name is as strong as APGD (:func:`robustmix.attacks.registry.is_strong`)."""
+    return any(is_strong(name) for name in attacks_of(str(worst.get("settings", "") or "")))
 
 
 def _failed_checks(worst: dict) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from robustmix.attacks.worst_case import WORST
 from robustmix.evaluations import plots
 from robustmix.evaluations.collect import (RunRecord, load_record, robustness_rows, run_metrics,
                                  unique_names)
@@ -349,7 +350,7 @@ def _robust_table(robust: pd.DataFrame, groups: list[Group], norm: str) -> list[
 
 
 def _worst_case_note(robust: pd.DataFrame) -> list[str]:
-    worst = robust[robust["attack"] == "worst-case"]
+    worst = robust[robust["attack"] == WORST]
     covers = worst.groupby("settings")["eps"].agg(lambda e: ", ".join(dict.fromkeys(e)))
     if covers.empty:
         return []

@@ -14,11 +14,11 @@ from __future__ import annotations
 import pandas as pd
 
 from robustmix.attacks import diagnostics as checks_module
+from robustmix.attacks.worst_case import WORST
 from robustmix.evaluations.grouping import Group, summarize
 from robustmix.evaluations.markdown import md as _md
 from robustmix.evaluations.plots import attack_order
 
-WORST = "worst-case"
 OVERSTATEMENT = "overstatement.csv"
 DIAGNOSTICS = "diagnostics_by_run.csv"
 OUTPUTS = (OVERSTATEMENT, DIAGNOSTICS)
@@ -106,7 +106,7 @@ def diagnostics_section(ctx) -> None:
         "ε. A run whose worst case fails one gets \"attack failure suspected: CHECK\" "
         "instead of a robustness verdict.")
     ctx.lines += _md(["check", "fails when", "threshold"],
-                     [[name, *checks_module.DESCRIPTIONS[name]]
+                     [[name, *checks_module.descriptions()[name]]
                       for name in checks_module.CHECKS])
     ctx.lines += _worst_table(ctx)
     failed = frame[frame["passed"] == "no"]

@@ -20,6 +20,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from robustmix.attacks.worst_case import WORST
 from robustmix.evaluations import plots
 from robustmix.evaluations.calibration import BINS, DEFINITION as CALIBRATION_DEFINITION
 from robustmix.evaluations.corruption_eval import SUITE
@@ -77,7 +78,7 @@ def main_eps(robust: pd.DataFrame | None):
         return None
     for norm in ("linf", "l2"):
         part = robust[robust["norm"] == norm]
-        worst = part[part["attack"] == "worst-case"]
+        worst = part[part["attack"] == WORST]
         pick = worst if not worst.empty else part
         if not pick.empty:
             row = pick.sort_values("eps_key").iloc[-1]

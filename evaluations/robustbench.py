@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from robustmix.attacks.eps import Eps
-from robustmix.attacks.runner import read_rows
+from robustmix.attacks.table import read_rows
+from robustmix.attacks.worst_case import WORST
 from robustmix.core import runs
 
 FOLDER = "robustbench"     # in the report's folder: one <run>.json per run
@@ -68,7 +69,7 @@ def _pick(rows: Sequence[Mapping[str, str]], dataset: str) -> Mapping[str, str] 
         return (row["attack"] != STANDARD, not on_board, -int(row["n_examples"]),
                 row["norm"], float(row["eps_value"]))
 
-    candidates = [row for row in rows if row["attack"] != "worst-case"]
+    candidates = [row for row in rows if row["attack"] != WORST]
     return min(candidates, key=key) if candidates else None
 
 
@@ -107,7 +108,7 @@ def model_info(name: str, config: Mapping[str, Any], rows: Sequence[Mapping[str,
     method = str(train.get("mix", {}).get("mix", "vanilla"))
     row = _pick(rows, dataset)
     standard = row is not None and row["attack"] == STANDARD
-    attacks = sorted({r["attack"] for r in rows} - {"worst-case"})
+    attacks = sorted({r["attack"] for r in rows} - {WORST})
     reasons = _not_on_leaderboard(row, dataset, attacks)
     clean = float(row["clean_acc"]) if row is not None else test_acc
     robust = percent(float(row["robust_acc"])) if standard else ""

@@ -15,7 +15,7 @@ import tempfile
 import pytest
 import torch
 
-from robustmix.attacks.runner import ROBUSTNESS
+from robustmix.core.runs import ROBUSTNESS
 from helpers import one_thread
 from kill_harness import (ATTACK, FIRST_ATTACK, THREAD_VARIABLES, TRAIN, TRAIN_WRITES,
                           Commands, rows_without_wall_clock)

@@ -97,7 +97,7 @@ class RunsCode:
 def mini_study(out, *, methods=("vanilla", "cutmix"), train=None, attack=None,
                evaluate=None) -> str:
     """A miniature digits study with every kind of step, as TOML: one seed on the CPU,
-    AutoAttack-fast on a few examples. ``train``, ``attack``, ``evaluate`` override it."""
+    APGD (``autoattack``) on a few examples. ``train``, ``attack``, ``evaluate`` override it."""
     import dataclasses
 
     from robustmix.app.study_config import load_config, to_toml
@@ -105,7 +105,7 @@ def mini_study(out, *, methods=("vanilla", "cutmix"), train=None, attack=None,
     base = load_config("digits", None)
     settings = {"epochs": 2, "image_size": 12, **(train or {})}
     plan = {"eps": "8/255,32/255", "pgd_steps": 3, "n_examples": 24,
-            "autoattack": "autoattack-fast", "autoattack_eps": "32/255",
+            "autoattack": "apgd", "autoattack_eps": "32/255",
             "autoattack_examples": 8, "autoattack_seeds": (), **(attack or {})}
     config = dataclasses.replace(
         base, out=str(out), methods=tuple(methods), seeds=(0,), seeds_by_method={},

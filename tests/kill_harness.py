@@ -26,8 +26,9 @@ import pytest
 
 import robustmix
 from robustmix.attacks import diagnostics, worst_case
-from robustmix.attacks.runner import ROBUSTNESS, STATE_DIR, read_rows
-from robustmix.evaluations.runinfo import GENERALIZATION, PROFILE_CSV, REGULARIZER_CSV
+from robustmix.attacks.table import read_rows
+from robustmix.core.runs import (ATTACK_STATE as STATE_DIR, GENERALIZATION, PROFILE_CSV,
+                                 REGULARIZER_CSV, ROBUSTNESS)
 from robustmix.core import runs
 
 TRAIN = ["train", "--quiet", "--epochs", "2", "--image-size", "8", "--batch-size", "128",
@@ -36,7 +37,7 @@ STEPS_PER_EPOCH = 1400 // 128          # digits: 1,400 training images
 TRAIN_WRITES = 6                       # config.json, (metrics.csv, checkpoint.pt) x 2, weights
 # Few examples at a large ε keep AutoAttack to a second; batches of 2 give it several state
 # saves. (tests/test_attacks.py and test_attack_checks.py resume APGD-T batches in-process.)
-ATTACK = ["attack", "--quiet", "--attacks", "fgsm,pgd,autoattack-fast", "--eps",
+ATTACK = ["attack", "--quiet", "--attacks", "fgsm,pgd,apgd", "--eps",
           "48/255,96/255", "--pgd-steps", "5", "--n-examples", "8", "--batch-size", "2"]
 FIRST_ATTACK = ["attack", "--quiet", "--attacks", "fgsm", "--eps", "4/255", "--n-examples", "16"]
 WALL_CLOCK = {"seconds", "images_per_s"}

@@ -26,6 +26,7 @@ import pandas as pd
 
 from robustmix.app.presets import PRESETS
 from robustmix.attacks.eps import Eps
+from robustmix.attacks.worst_case import describe as worst_settings
 from robustmix.evaluations import error_rates as er
 from robustmix.evaluations.declaration import Declaration
 from robustmix.evaluations.grouping import Group
@@ -37,6 +38,7 @@ STUDY = Path(__file__).resolve().parents[1] / "docs" / "study"
 TAILS = er.TAIL_DF
 Q_RHO = 0.9       # a seed's imprint on Q (q_matrix.csv's rho_vs_vanilla: 0.81-0.93)
 CELL_SD = 0.01    # what each (ε, attack) cell adds on top of a run's level, per run
+WORST_SETTINGS = worst_settings(["apgd", "fgsm", "pgd"])   # as robustmix attack writes it
 # the predictions' statistic texts -> (per-run column, the scale they are printed at)
 COLUMNS = {"clean accuracy gap train - test (pp)": ("gap_acc", 100.0),
            "clean loss gap test - train (nats)": ("gap_loss", 1.0),
@@ -151,7 +153,9 @@ def _robust_rows(rng, run: str, method: str, effect: float, grid=EPS, tails=TAIL
         for attack, value, evaluation in (("fgsm", fgsm, "FGSM"), ("pgd", pgd, "PGD"),
                                           ("apgd", apgd, "APGD"),
                                           ("worst-case", worst, "worst of FGSM, PGD, APGD")):
-            rows.append({"run": run, "group": method, "attack": attack, "norm": "linf",
+            settings = WORST_SETTINGS if attack == "worst-case" else ""
+            rows.append({"run": run, "group": method, "attack": attack, "settings": settings,
+                         "norm": "linf",
                          "eps": f"{round(eps * 255)}/255",
                          "eps_key": Eps(f"{round(eps * 255)}/255").value,
                          "n_examples": 200, "clean_acc": 1.0, "robust_acc": value,

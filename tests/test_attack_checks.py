@@ -13,7 +13,7 @@ from torch import nn
 
 from robustmix.attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
 from robustmix.attacks import autoattack as autoattack_module
-from robustmix.attacks import ensemble, runner, sweep
+from robustmix.attacks import ensemble, guards, runner, sweep, table
 from robustmix.attacks.registry import get
 from robustmix.attacks.gradient import PassCounter
 from robustmix.core import runs
@@ -45,7 +45,7 @@ def test_a_model_that_outputs_logits_raises_no_model_check():
     x, y = data_for(model)
     result = robustness(model, x, y, CONFIG)
     assert all(row.checks == [] for row in result.rows)
-    assert runner.model_checks(model, x, "cpu") == []
+    assert guards.model_checks(model, x, "cpu") == []
 
 
 @pytest.mark.parametrize("wrap, fragment", [
@@ -72,7 +72,7 @@ def test_non_finite_outputs_are_flagged():
             return out.masked_fill(torch.arange(10) == 3, float("nan"))
 
     x = torch.rand(4, 1, 8, 8)
-    assert runner.model_checks(NaNAfter(), x, "cpu") == [
+    assert guards.model_checks(NaNAfter(), x, "cpu") == [
         "model: non-finite outputs (NaN or inf) on clean inputs"]
 
 
@@ -130,9 +130,9 @@ def csv_rows():
 
 
 def test_what_the_runner_writes_reads_back_unchanged(csv_rows, tmp_path):
-    path = tmp_path / runner.ROBUSTNESS
+    path = tmp_path / runs.ROBUSTNESS
     runner.write_rows(path, csv_rows)
-    assert runner.read_rows(path) == [{k: str(v) for k, v in row.items()} for row in csv_rows]
+    assert table.read_rows(path) == [{k: str(v) for k, v in row.items()} for row in csv_rows]
     before = path.read_bytes()
     runner.write_rows(path, csv_rows)  # the same evaluation again replaces its rows
     assert path.read_bytes() == before
@@ -154,10 +154,10 @@ def test_what_the_runner_writes_reads_back_unchanged(csv_rows, tmp_path):
     ("seconds", "-3", "seconds is -3, outside [0, inf]"),
 ])
 def test_a_hand_edited_row_is_refused_with_its_line(csv_rows, tmp_path, column, value, fragment):
-    path = tmp_path / runner.ROBUSTNESS
+    path = tmp_path / runs.ROBUSTNESS
     rows = [dict(row) for row in csv_rows]
     rows[0][column] = value
-    runs.write_csv(path, rows, runner.CSV_FIELDS)
+    runs.write_csv(path, rows, table.CSV_FIELDS)
     before = path.read_bytes()
     with pytest.raises(UsageError) as caught:
         runner.write_rows(path, csv_rows)

@@ -13,7 +13,7 @@ from robustmix.attacks import runner as runner_module
 from robustmix.attacks import sweep as sweep_module
 from robustmix.attacks.eps import Eps
 from robustmix.attacks.gradient import fgsm, pgd
-from robustmix.attacks.runner import check_adversarial
+from robustmix.attacks.guards import check_adversarial
 from robustmix.core.errors import ConfigError, UsageError
 
 from helpers import OneAtATime, two_conv_cnn
@@ -224,7 +224,7 @@ def test_eval_mode_during_the_attack_and_former_mode_and_rng_after():
     modes.clear()
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    robustness(model, x, y, AttackConfig(attacks=("fgsm", "pgd", "autoattack-fast"),
+    robustness(model, x, y, AttackConfig(attacks=("fgsm", "pgd", "apgd"),
                                          eps=(Eps(0.05, "0.05"),), batch_size=8,
                                          pgd=PGDSettings(steps=3)))
     assert modes and not any(modes), "every forward pass during the attack is in eval mode"
@@ -258,21 +258,21 @@ def test_an_example_outside_the_ball_or_the_range_stops_the_run(monkeypatch):
 
 
 @pytest.mark.slow
-def test_autoattack_fast_runs_and_reports_its_checks():
+def test_apgd_runs_and_reports_its_checks():
     model = two_conv_cnn()
     x, _ = tiny_data(12)
     y = correct_labels(model, x)
-    config = AttackConfig(attacks=("pgd", "autoattack-fast"), eps=tuple(parse_eps("0.02,0.1")),
+    config = AttackConfig(attacks=("pgd", "apgd"), eps=tuple(parse_eps("0.02,0.1")),
                           batch_size=6, pgd=PGDSettings(steps=10))
     result = robustness(model, x, y, config)
     rows = {(r.attack, r.eps.value): r for r in result.rows}
-    assert rows[("autoattack-fast", 0.1)].robust_acc <= rows[("autoattack-fast", 0.02)].robust_acc
-    assert rows[("autoattack-fast", 0.1)].robust_acc < 1.0
-    assert rows[("autoattack-fast", 0.02)].checks == []
+    assert rows[("apgd", 0.1)].robust_acc <= rows[("apgd", 0.02)].robust_acc
+    assert rows[("apgd", 0.1)].robust_acc < 1.0
+    assert rows[("apgd", 0.02)].checks == []
 
     probabilities = nn.Sequential(model, nn.Softmax(dim=1))
     result = robustness(probabilities, x, y, AttackConfig(
-        attacks=("autoattack-fast",), eps=(Eps(0.02, "0.02"),), batch_size=6))
+        attacks=("apgd",), eps=(Eps(0.02, "0.02"),), batch_size=6))
     checks = result.rows[0].checks
     assert any("probability distribution" in c for c in checks), checks
     assert checks[0] in result.rows[-1].checks  # and the worst-case row carries it too
@@ -283,7 +283,7 @@ def test_autoattack_resumes_where_it_stopped(tmp_path, monkeypatch):
     model = two_conv_cnn()
     x, _ = tiny_data(12)
     y = correct_labels(model, x)
-    config = AttackConfig(attacks=("autoattack-fast",), eps=(Eps(0.01, "0.01"),), batch_size=4)
+    config = AttackConfig(attacks=("apgd",), eps=(Eps(0.01, "0.01"),), batch_size=4)
     real = autoattack_module._perturb
     uninterrupted = []
     monkeypatch.setattr(autoattack_module, "_perturb",
@@ -320,8 +320,8 @@ def test_autoattack_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert progress[0] == 12, "APGD-CE, done before the interruption, counts whole"
     # only the APGD-T batches not yet done run again
     assert counted == ["apgd-t"] * (uninterrupted.count("apgd-t") - 1)
-    assert torch.equal(resumed.robust[("autoattack-fast", 0.01)],
-                       reference.robust[("autoattack-fast", 0.01)])
+    assert torch.equal(resumed.robust[("apgd", 0.01)],
+                       reference.robust[("apgd", 0.01)])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -351,7 +351,7 @@ def mixup_run(tmp_path_factory):
 def test_attack_command_writes_the_csv_and_merges_reruns(mixup_run, capsys):
     import csv
 
-    from robustmix.attacks.runner import CSV_FIELDS
+    from robustmix.attacks.table import CSV_FIELDS
     from robustmix.app.cli import main
 
     argv = ["attack", "--quiet", str(mixup_run), "--eps", "2/255,16/255",
@@ -378,7 +378,7 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
     import shutil
 
     from robustmix.attacks import worst_case
-    from robustmix.attacks.runner import read_rows
+    from robustmix.attacks.table import read_rows
     from robustmix.app.cli import main
 
     apart, together = tmp_path / "apart", tmp_path / "together"
@@ -412,54 +412,27 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
     assert {attack for attack, _ in flags} == set(named.split(",")), "no worst-case rows"
 
 
-@pytest.mark.slow
-def test_an_old_robustness_file_keeps_its_rows_gains_the_new_ones_and_reports(
-        mixup_run, tmp_path, capsys):
-    """A run attacked before robustness.csv had its ``evaluation`` and ``diagnostics``
-    columns: a new ε adds its rows beside the old ones, which keep their numbers (with
-    both new columns empty), and the report reads the merged file."""
+def test_a_robustness_file_without_its_evaluation_columns_is_refused(tmp_path):
+    """robustness.csv has one format: a file lacking ``evaluation`` and ``diagnostics`` is a
+    one-line UsageError naming the file, not rows read with those columns empty."""
     import csv
-    import shutil
 
-    from robustmix.attacks import diagnostics as diag
-    from robustmix.attacks import worst_case
-    from robustmix.attacks.table import CSV_FIELDS, OLD_FIELDS
-    from robustmix.app.cli import main
-    from robustmix.core.runs import DIAGNOSTICS
+    from robustmix.attacks.table import CSV_FIELDS, read_rows
 
-    run = tmp_path / "old"
-    shutil.copytree(mixup_run, run)
-    for name in ("robustness.csv", worst_case.EXAMPLES, DIAGNOSTICS):  # other tests' attacks
-        (run / name).unlink(missing_ok=True)
-    common = ["--quiet", str(run), "--attacks", "fgsm,pgd", "--pgd-steps", "5",
-              "--n-examples", "60"]
-    assert main(["attack", "--eps", "4/255", *common]) == 0
-    path = run / "robustness.csv"
-    new = list(csv.DictReader(path.open()))
-    with path.open("w", newline="") as f:                 # the file as it was written
-        writer = csv.DictWriter(f, OLD_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(new)
-    (run / DIAGNOSTICS).unlink()                          # nor had it diagnostics
-    assert main(["attack", "--eps", "16/255", *common]) == 0
-    rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == CSV_FIELDS
-    by = {(r["attack"], r["eps"]): r for r in rows}
-    assert set(by) == {(a, e) for a in ("fgsm", "pgd", "worst-case")
-                       for e in ("4/255", "16/255")}
-    for old in new:
-        kept = by[old["attack"], old["eps"]]
-        assert kept["robust_acc"] == old["robust_acc"]
-        if old["attack"] != "worst-case":      # what ran there is not known, not invented
-            assert kept["evaluation"] == ""
-    assert all(by[a, "16/255"]["evaluation"] for a in ("fgsm", "pgd", "worst-case"))
-    # the checks ran again on every ε on record, the old one's examples included
-    assert {r["eps"] for r in diag.read(run / DIAGNOSTICS)} >= {"4/255", "16/255"}
-    assert all(r["diagnostics"] for r in rows)
-    out = tmp_path / "report"
-    assert main(["report", "--out", str(out), str(run)]) == 0
-    assert "4/255" in (out / "report.md").read_text()
-    capsys.readouterr()
+    path = tmp_path / "robustness.csv"
+    row = {"run": "r", "attack": "fgsm", "settings": "", "norm": "linf", "eps": "8/255",
+           "eps_value": "0.03137254901960784", "n_examples": "10", "n_attacked": "9",
+           "clean_acc": "0.9", "robust_acc": "0.5", "seconds": "1.0", "forward_passes": "9",
+           "backward_passes": "9", "checks": "", "evaluation": "FGSM", "diagnostics": ""}
+    for fields in (CSV_FIELDS, CSV_FIELDS[:-2]):
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerow(row)
+        if fields == CSV_FIELDS:
+            assert read_rows(path) == [row]
+    with pytest.raises(UsageError, match="robustness.csv"):
+        read_rows(path)
 
 
 @pytest.mark.slow
@@ -562,3 +535,26 @@ def test_a_missing_torchattacks_is_one_line_naming_the_install(mixup_run, monkey
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "pip install 'robustmix[torchattacks]'" in err
+
+
+def test_a_plugin_attack_carries_its_cost_and_its_report_order(monkeypatch):
+    """The time bound and the report's order read an attack's record: a plugin registered
+    with a cost and an order is counted and placed by them, one without either is guessed
+    from its steps and placed after the worst case."""
+    from robustmix.attacks import plan, registry
+    from robustmix.evaluations.plots import attack_order
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register_attack("costed", lambda *a: a[1], defaults={"steps": 5},
+                             cost=lambda settings, n_classes: 3 * settings["steps"] * n_classes,
+                             order=15)
+    registry.register_attack("plain", lambda *a: a[1], defaults={"rounds": 5})
+    assert plan.passes("costed", {"steps": 5}, 4) == (60.0, True)
+    assert plan.passes("plain", {"rounds": 5}, 4) == (1.0, False)
+    config = AttackConfig(attacks=("fgsm", "costed", "plain"))
+    estimate = plan.bound(config, 4, per_pass=0.5, n=10)
+    assert estimate.passes == 1 + 60 + 1 and estimate.guessed == ("plain",)
+    assert attack_order(["plain", "worst-case", "pgd", "costed", "fgsm"]) == [
+        "fgsm", "costed", "pgd", "worst-case", "plain"]
+    with pytest.raises(ConfigError, match="cost"):
+        registry.register_attack("bad-cost", lambda *a: a[1], cost=3)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import robustmix
-from robustmix.attacks.runner import ROBUSTNESS, read_rows
+from robustmix.attacks.table import read_rows
+from robustmix.core.runs import ROBUSTNESS
 from helpers import RunsCode, assert_one_line_error, run_cli
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
@@ -95,7 +96,7 @@ def test_attack_checks_every_file_it_reads_before_attacking(finished, capsys, da
 def edit_robust_acc(run_dir, value):
     rows = read_rows(run_dir / ROBUSTNESS)
     rows[0]["robust_acc"] = value
-    from robustmix.attacks.runner import CSV_FIELDS
+    from robustmix.attacks.table import CSV_FIELDS
 
     runs.write_csv(run_dir / ROBUSTNESS, rows, CSV_FIELDS)
 

@@ -21,7 +21,9 @@ import torch
 
 import robustmix
 from robustmix.attacks import AttackConfig, PGDSettings, parse_eps
-from robustmix.attacks.runner import ROBUSTNESS, merge_results, read_rows, robustness
+from robustmix.attacks.runner import merge_results, robustness
+from robustmix.attacks.table import read_rows
+from robustmix.core.runs import ROBUSTNESS
 from robustmix.core import distributed, runs
 from robustmix.app.cli import main
 from robustmix.data import Augment, load_dataset

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from robustmix.attacks.runner import ROBUSTNESS
+from robustmix.core.runs import ROBUSTNESS
 from helpers import assert_one_line_error, run_cli
 from kill_harness import TRAIN, assert_same_training, check_files
 from robustmix.app.cli import main

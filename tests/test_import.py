@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustmix.attacks.runner import read_rows
+from robustmix.attacks.table import read_rows
 from helpers import assert_one_line_error, one_thread, run_cli
 from robustmix import load_model
 from robustmix.core import runs

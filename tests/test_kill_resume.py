@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from robustmix.attacks.runner import ROBUSTNESS, STATE_DIR
-from robustmix.evaluations.runinfo import GENERALIZATION
+from robustmix.core.runs import ATTACK_STATE as STATE_DIR, GENERALIZATION, ROBUSTNESS
 from helpers import assert_one_line_error, mini_study, run_cli
 from kill_harness import (ATTACK, THREAD_VARIABLES, TRAIN, TRAIN_WRITES, WALL_CLOCK,
                           assert_same_training, check_files, continue_train, kill,

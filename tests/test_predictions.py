@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import synthetic_study as ss
+from robustmix.attacks.worst_case import describe as worst_settings
 from robustmix.evaluations import statistics as st
 from robustmix.evaluations.declaration import Declaration, grid_mean
 from robustmix.evaluations.predictions import MIXUP_Q, UNION, prediction_table
@@ -58,19 +59,49 @@ def test_a_worst_case_without_the_strong_attack_is_not_measured():
     groups, per_run, robust = _study()
     weak = (robust["run"] == "vanilla-s2") & (robust["attack"] == "worst-case") & \
         (robust["eps"] == "20/255")
-    robust.loc[weak, "evaluation"] = "worst of FGSM, PGD"
+    robust.loc[weak, "settings"] = worst_settings(["fgsm", "pgd"])
     primary = _by(_rows(groups, per_run, robust), "(b) primary")
     for r in primary.values():
         assert r["verdict"] == st.NOT_MEASURED
         assert "worst case at eps 20/255 was made without the strong attack" in r["note"]
         assert "vanilla-s2" in r["note"]
-    # an older file has no evaluation column: the attacks run at that ε tell
-    robust["evaluation"] = ""
-    rows = _by(_rows(groups, per_run, robust), "(b) primary")
-    assert all(r["verdict"] != st.NOT_MEASURED for r in rows.values())
-    robust = robust[~((robust["attack"] == "apgd") & (robust["eps"] == "32/255"))]
-    rows = _by(_rows(groups, per_run, robust), "(b) primary")
-    assert all("eps 32/255 was made without" in r["note"] for r in rows.values())
+    # an attack is strong by its registered strength, not by its name: APGD's components
+    # alone (strength 2) are not the strong attack, the standard AutoAttack (4) is
+    robust.loc[weak, "settings"] = worst_settings(["apgd-ce", "apgd-t", "fgsm"])
+    assert all(r["verdict"] == st.NOT_MEASURED for r in _by(
+        _rows(groups, per_run, robust), "(b) primary").values())
+    robust.loc[weak, "settings"] = worst_settings(["autoattack", "fgsm"])
+    assert all(r["verdict"] != st.NOT_MEASURED for r in _by(
+        _rows(groups, per_run, robust), "(b) primary").values())
+
+
+@pytest.fixture
+def strong_plugin():
+    """A plugin attack registered as strong as APGD, removed again after the test."""
+    from robustmix.attacks import registry
+
+    attack = registry.register_attack("test-strong-plugin", lambda *args: args[1],
+                                      strength=registry.STRONG)
+    yield attack
+    del registry._REGISTRY[attack.name]
+
+
+def test_a_plugin_attack_as_strong_as_apgd_feeds_the_primaries(strong_plugin):
+    """Worst cases made by FGSM, PGD and a plugin registered with APGD's strength (no APGD
+    anywhere): the primaries are measured; the same plugin registered weaker: not."""
+    groups, per_run, robust = _study()
+    robust = robust[robust["attack"] != "apgd"].copy()
+    worst = robust["attack"] == "worst-case"
+    robust.loc[worst, "settings"] = worst_settings(["fgsm", "pgd", strong_plugin.name])
+    robust.loc[worst, "evaluation"] = "worst of test-strong-plugin, PGD, FGSM"
+    primary = _by(_rows(groups, per_run, robust), "(b) primary")
+    assert primary and all(r["verdict"] != st.NOT_MEASURED for r in primary.values())
+    from robustmix.attacks import registry
+
+    registry.register_attack(strong_plugin.name, strong_plugin.perturb, replace=True)
+    primary = _by(_rows(groups, per_run, robust), "(b) primary")
+    assert all(r["verdict"] == st.NOT_MEASURED and "without the strong attack" in r["note"]
+               for r in primary.values())
 
 
 def test_a_failed_attack_check_replaces_the_verdict_and_stays_in_the_family():

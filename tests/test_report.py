@@ -7,6 +7,7 @@ import shutil
 import matplotlib.image
 import pytest
 
+from robustmix.attacks.table import CSV_FIELDS
 from robustmix.evaluations import evaluate_corruptions, evaluate_run, write_report
 from robustmix.evaluations import statistics as st
 from robustmix.evaluations.grouping import group_runs
@@ -18,8 +19,6 @@ from robustmix.training.trainer import train
 
 RUNS = {"vanilla-s0": ("vanilla", 0), "vanilla-s1": ("vanilla", 1),
         "cutmix-s0": ("cutmix", 0), "mixup-s0": ("mixup", 0)}
-FIELDS = ["run", "attack", "settings", "norm", "eps", "eps_value", "n_examples", "n_attacked",
-          "clean_acc", "robust_acc", "seconds", "forward_passes", "backward_passes", "checks"]
 # robust accuracy at 1/255 and 8/255 (L∞) per run and attack, written by hand
 ROBUST = {
     "vanilla-s0": {"fgsm": (0.50, 0.10), "pgd": (0.40, 0.00)},
@@ -37,12 +36,13 @@ def write_robustness(run_dir, name):
                          "eps": eps, "eps_value": eps_value, "n_examples": 100,
                          "n_attacked": 90, "clean_acc": 0.9, "robust_acc": values[at],
                          "seconds": 1.0, "forward_passes": 100, "backward_passes": 100,
-                         "checks": "zero gradients on 3 points" if attack == "pgd" and at else ""})
+                         "checks": "zero gradients on 3 points" if attack == "pgd" and at else "",
+                         "evaluation": "", "diagnostics": ""})
         worst = min(v[at] for v in ROBUST[name].values())
         rows.append({**rows[-1], "attack": "worst-case", "robust_acc": worst, "checks": ""})
     if name == "vanilla-s0":  # an earlier quick attack on fewer examples: not the one to use
         rows.append({**rows[0], "n_examples": 20, "robust_acc": 0.0})
-    runs.write_csv(run_dir / "robustness.csv", rows, FIELDS)
+    runs.write_csv(run_dir / "robustness.csv", rows, CSV_FIELDS)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import shutil
 import pytest
 
 from robustmix.attacks.eps import parse_eps
-from robustmix.attacks.runner import CSV_FIELDS, read_rows
+from robustmix.attacks.table import CSV_FIELDS, read_rows
 from robustmix.evaluations import robustbench as rb
 from robustmix.evaluations import write_report
 from robustmix.core import runs
@@ -78,7 +78,7 @@ def test_standard_autoattack_elsewhere_keeps_its_number_and_says_why_not(rows, d
 
 def test_without_standard_autoattack_autoattack_acc_is_empty_and_no_entry():
     rows = [row("fgsm", settings="", robust="0.600000"),
-            row("autoattack-fast", settings="apgd-ce,apgd-t;seed=0", robust="0.300000"),
+            row("apgd", settings="apgd-ce,apgd-t;seed=0", robust="0.300000"),
             row("worst-case", settings="per-example worst of fgsm", robust="0.300000")]
     info = rb.model_info("r", config(), rows)
     check_types(info)
@@ -86,7 +86,7 @@ def test_without_standard_autoattack_autoattack_acc_is_empty_and_no_entry():
     assert info["clean_acc"] == "91.23" and info["eps"] == "8/255"
     assert info["leaderboard"] is False
     assert info["leaderboard_note"].startswith(
-        "no full standard AutoAttack ran (attacks: autoattack-fast, fgsm)")
+        "no full standard AutoAttack ran (attacks: apgd, fgsm)")
 
 
 def test_an_unattacked_run_gives_its_test_accuracy_and_no_eps():

@@ -12,8 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-import robustmix.evaluations.runinfo
-from robustmix.attacks import runner, worst_case
+from robustmix.attacks import runner, table, worst_case
 from robustmix.evaluations import evaluate_run
 from robustmix.core import runs
 from robustmix.core.errors import ConfigError, UsageError
@@ -57,7 +56,7 @@ def test_readers_round_trip_a_finished_run(finished):
     assert [row["epoch"] for row in run.read_metrics(epochs=1)] == ["1"]
     assert runs.load_checkpoint(run.checkpoint_path)["epoch"] == 2
     assert run.weights_path.is_file() and not run.attack_state_dir.exists()
-    rows = runner.read_rows(run.robustness_path)
+    rows = table.read_rows(run.robustness_path)
     assert {(row["attack"], row["n_examples"]) for row in rows} == {("fgsm", "16"),
                                                                      ("worst-case", "16")}
     assert {row["n_examples"] for row in worst_case.read(run.robustness_examples_path)} \
@@ -73,7 +72,7 @@ def test_readers_round_trip_a_finished_run(finished):
 def test_open_reads_the_config_once_and_keeps_the_run_info(finished):
     opened = runs.RunDir(finished).open()
     assert isinstance(opened, runs.FinishedRun) and isinstance(opened, runs.RunDir)
-    assert opened == runs.open_run(str(finished)) == robustmix.evaluations.runinfo.open_run(finished)
+    assert opened == runs.open_run(str(finished)) == runs.open_run(finished)
     assert opened.path == finished and opened.config == runs.read_config(finished)
     assert opened.weights_path == finished / runs.WEIGHTS
     assert (opened.mix, opened.seed) == ("cutmix", 0)

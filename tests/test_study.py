@@ -62,9 +62,10 @@ def test_a_miniature_study_produces_every_report_file(finished):
     for run_name in ("vanilla-s0", "cutmix-s0"):
         run_dir = out / "runs" / run_name
         assert runs.is_complete(run_dir)
-        attacks = {(r["attack"], r["eps"]) for r in runs.read_csv(run_dir / "robustness.csv")}
-        assert {("fgsm", "8/255"), ("pgd", "32/255"), ("apgd", "8/255"), ("apgd", "32/255"),
-                ("autoattack-fast", "32/255")} <= attacks
+        attacks = {(r["attack"], r["eps"], r["n_examples"])
+                   for r in runs.read_csv(run_dir / "robustness.csv")}
+        assert {("fgsm", "8/255", "24"), ("pgd", "32/255", "24"), ("apgd", "8/255", "24"),
+                ("apgd", "32/255", "24"), ("apgd", "32/255", "8")} <= attacks  # 8: autoattack
         checked = {(r["check"], r["eps"]) for r in runs.read_csv(run_dir / "diagnostics.csv")}
         assert {("transfer", "8/255"), ("transfer", "32/255"), ("noise", "32/255")} <= checked
         assert (run_dir / "generalization.json").is_file()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from robustmix.attacks.eps import Eps
-from robustmix.attacks.runner import read_rows
+from robustmix.attacks.table import read_rows
 from robustmix.core import runs
 from robustmix.core.errors import UsageError
 

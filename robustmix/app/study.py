@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from robustmix.attacks import DiagnosticSettings, Eps, diagnostics, transfer_run
-from robustmix.attacks.runner import attack_run, read_rows
+from robustmix.attacks.runner import attack_run
+from robustmix.attacks.table import read_rows
+from robustmix.attacks.worst_case import WORST
 from robustmix.evaluations import confirmation, evaluate_corruptions, evaluate_run, write_report
 from robustmix.evaluations.report_paper import PaperTable
 from robustmix.app.presets import PAPER, PRESETS  # noqa: F401 (the study's presets)
@@ -221,7 +223,7 @@ def _attack(run_dir: Path, config, device: str, n_examples: int, progress: bool,
             checks: DiagnosticSettings | None) -> str:
     rows = attack_run(run_dir, config, device=resolve_device(device),
                       n_examples=n_examples or None, progress=progress, diagnostics=checks)
-    worst = [r for r in rows if r.attack == "worst-case" and r.eps in config.eps]
+    worst = [r for r in rows if r.attack == WORST and r.eps in config.eps]
     flagged = [r.eps.text for r in worst if r.diagnostics.startswith("failed")]
     return (", ".join(f"worst {r.eps.text} {r.robust_acc:.1%}" for r in worst[-2:])
             + (f"; diagnostics failed at {', '.join(flagged)}" if flagged else ""))

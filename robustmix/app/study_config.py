@@ -37,7 +37,6 @@ METHODS_ACCEPTED = (f"{', '.join(MIX_NAMES)}, registered plugins or factories' p
                     "(package.module:factory)")
 Options = dict[str, dict[str, Any]]   # method name -> its options
 PHASES = ("pilot", "confirmatory", "confirmation")   # README "The three phases"
-STRONG_ATTACKS = ("fgsm", "pgd", "apgd")         # every preset's attacks at every ε
 
 
 def _count(value: Any, least: int) -> bool:
@@ -56,14 +55,14 @@ class AttackPlan:
 
     eps: str = "8/255"
     norm: str = "linf"
-    attacks: tuple[str, ...] = STRONG_ATTACKS
+    attacks: tuple[str, ...] = AttackConfig.attacks   # the attack command's default list
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per attack settings
     pgd_steps: int = PGDSettings.steps
     pgd_step_size: float | None = None   # None: ε/4 (TOML has no null: left out)
     restarts: int = 1
     n_examples: int = 0               # 0: the whole test set
     diagnostics: bool = True
-    autoattack: str = ""              # "", apgd, autoattack (or autoattack-fast)
+    autoattack: str = ""              # "", apgd or autoattack
     autoattack_eps: str = ""
     autoattack_examples: int = 0
     autoattack_seeds: tuple[int, ...] = ()   # (): every seed
@@ -76,7 +75,7 @@ class AttackPlan:
                 not isinstance(v, dict) for v in self.options.values()):
             raise ConfigError("options", "must be a table of attack = {setting = value}")
         if self.autoattack:
-            if self.autoattack not in ("apgd", "autoattack", "autoattack-fast"):
+            if self.autoattack not in ("apgd", "autoattack"):
                 raise ConfigError("autoattack", f"must be apgd, autoattack or empty; "
                                   f"got {self.autoattack!r}")
             parse_eps(self.autoattack_eps)
