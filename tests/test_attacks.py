@@ -9,7 +9,6 @@ from torch import nn
 
 from robustmix.attacks import AttackConfig, AttackError, PGDSettings, parse_eps, robustness
 from robustmix.attacks import autoattack as autoattack_module
-from robustmix.attacks import runner as runner_module
 from robustmix.attacks import sweep as sweep_module
 from robustmix.attacks.eps import Eps
 from robustmix.attacks.gradient import fgsm, pgd

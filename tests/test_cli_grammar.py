@@ -3,13 +3,12 @@ folder, a study's [attack] as the attack command's settings, and the old forms k
 release (they work and say the new form on stderr)."""
 
 import csv
-import dataclasses
 import os
 import shutil
 
 import pytest
 
-from robustmix.app import commands, listing
+from robustmix.app import commands
 from robustmix.app.cli import build_parser
 from robustmix.app.presets import PRESETS
 from robustmix.app.study_config import AttackPlan, StudyConfig, load_config, to_dict

@@ -53,9 +53,10 @@ Changed or simplified, on purpose:
   permutation as partner).
 
 The graph cuts run on the host in one gco call per batch: the B grids are stacked into one
-graph with no edges between them, which solves the B problems independently, with the masks of
-per-sample calls and faster than them (benchmarks/RESULTS.md, under this module's name). Everything else (pooling, boundary terms, transport) is batched tensor
-work on the batch's device.
+graph with no edges between them, which solves the B problems independently, with the masks
+of per-sample calls and faster than them (benchmarks/RESULTS.md, under this module's name).
+Everything else (pooling, boundary terms, transport) is batched tensor work on the batch's
+device.
 The only random draw is the block count, taken from the NumPy generator passed in, so the
 same seed gives the same masks on any device (the cut itself is deterministic).
 """
