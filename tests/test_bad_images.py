@@ -266,6 +266,7 @@ def test_a_study_trains_around_bad_files_with_skip_bad_images(capsys, tmp_path):
     assert (out / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs(monkeypatch):
     import math
     import sys

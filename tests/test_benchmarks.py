@@ -46,6 +46,7 @@ def test_summary_of_known_times_in_microseconds():
     assert stats["repeats"] == 5
 
 
+@pytest.mark.slow
 def test_bench_mixing_times_every_method_beside_torchvision():
     result = bench_mixing.run(batch_size=8, size=8, repeats=3, warmup=1, device="cpu")
     check_machine(result["machine"])
