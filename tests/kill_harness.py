@@ -91,10 +91,11 @@ class HalfWrittenThenKilled:
 def fdopen(fd, *args, **kwargs):
     global writes
     handle = real_fdopen(fd, *args, **kwargs)
-    if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    if target.endswith(".tmp"):
         writes += 1
-        with open(__LOG__ + ".writes", "w") as counter:
-            counter.write(str(writes))
+        with open(__LOG__ + ".writes", "a") as written:
+            written.write(target + "\n")
         if writes == __KILL_AT__:
             return HalfWrittenThenKilled(handle)
     return handle
@@ -116,8 +117,12 @@ os._exit(code if isinstance(code, int) else 1)
 class Outcome:
     exitcode: int
     log: str
-    writes: int
+    written: list[str]  # the temporary file of each write, in order
     seconds: float
+
+    @property
+    def writes(self) -> int:
+        return len(self.written)
 
     @property
     def killed(self) -> bool:
@@ -152,9 +157,9 @@ class Commands:
             process.kill()
             process.join()
             pytest.fail(f"robustmix {' '.join(map(str, argv))} hung")
-        counter = Path(f"{log}.writes")
+        written = Path(f"{log}.writes")
         return Outcome(process.exitcode, log.read_text() if log.exists() else "",
-                       int(counter.read_text()) if counter.exists() else 0,
+                       written.read_text().splitlines() if written.exists() else [],
                        time.perf_counter() - started)
 
 
