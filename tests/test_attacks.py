@@ -379,11 +379,12 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
     from robustmix.attacks import worst_case
     from robustmix.attacks.table import read_rows
     from robustmix.app.cli import main
+    from robustmix.core.runs import ROBUSTNESS_EXAMPLES
 
     apart, together = tmp_path / "apart", tmp_path / "together"
     for run in (apart, together):
         shutil.copytree(mixup_run, run)
-        for name in ("robustness.csv", worst_case.EXAMPLES):
+        for name in ("robustness.csv", ROBUSTNESS_EXAMPLES):
             (run / name).unlink(missing_ok=True)
     common = ["--quiet", "--eps", "4/255,16/255", "--pgd-steps", "5", "--n-examples", "60"]
     for attacks in ("fgsm", "pgd"):
@@ -404,7 +405,7 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
     named = a["worst-case", "16/255"]["settings"].removeprefix("per-example worst of ")
     assert {"fgsm", "pgd"} <= set(named.split(","))
     flags = {(r["attack"], r["eps"]): worst_case.decode(r["standing"])
-             for r in worst_case.read(apart / worst_case.EXAMPLES)}
+             for r in worst_case.read(apart / ROBUSTNESS_EXAMPLES)}
     worst = torch.stack([f for (attack, eps), f in flags.items()
                          if eps == "16/255"]).all(0).float().mean().item()
     assert float(a["worst-case", "16/255"]["robust_acc"]) == pytest.approx(worst, abs=1e-6)
