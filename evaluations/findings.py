@@ -100,7 +100,7 @@ def results_table(study: Path) -> list[str]:
     runs = read_csv(study / "runs.csv")
     total = Counter(r["group"] for r in runs)
     converged = Counter(r["group"] for r in runs if r["converged"] == "True")
-    # runs without held-out data (made before it existed) are not judged, not unconverged
+    # runs without held-out data (holdout = 0) are not judged, not unconverged
     unjudged = Counter(r["group"] for r in runs if r["converged"] == "")
     primary = _primary_statistic(read_csv(study / "predictions.csv"))
     header = ["method", "test acc", "converged", "primary"] + [f"{a} {e}" for a, e in CELLS]
