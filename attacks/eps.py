@@ -69,24 +69,15 @@ def _snapped(value: Fraction) -> Fraction:
 class Eps:
     """One perturbation budget: its exact value and the text it was written as.
 
-    ``Eps("8/255")`` or ``Eps.of(0.031)``; ``Eps(8 / 255, "8/255")`` (value and text, the
-    older spelling) is accepted when the two agree to float precision.
+    ``Eps("8/255")``, or ``Eps.of(0.031)`` from a float, a text or an Eps.
     """
 
     exact: Fraction = field(compare=True)
     text: str = field(compare=False, default="")
 
-    def __init__(self, value_or_text, text: str | None = None):
-        if text is None:
-            text = str(value_or_text).strip()
-            exact = exact_value(text)
-        else:
-            exact = exact_value(text)
-            value = float(value_or_text)
-            if not math.isclose(value, float(exact), rel_tol=1e-9, abs_tol=0.0):
-                raise ConfigError("eps", f"value {value!r} is not the budget {text!r} "
-                                  f"({float(exact):.10g})")
-        object.__setattr__(self, "exact", exact)
+    def __init__(self, text):
+        text = str(text).strip()
+        object.__setattr__(self, "exact", exact_value(text))
         object.__setattr__(self, "text", text)
 
     @classmethod

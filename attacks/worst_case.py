@@ -20,7 +20,6 @@ from torch import Tensor
 from robustmix.attacks.eps import NORMS, Eps
 from robustmix.core import runs
 
-EXAMPLES = runs.ROBUSTNESS_EXAMPLES  # the file's name, kept here as an alias
 WORST = "worst-case"     # the attack column of the per-ε worst-case rows, everywhere
 FIELDS = ["attack", "settings", "norm", "eps", "eps_value", "n_examples", "clean", "standing"]
 

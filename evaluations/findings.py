@@ -100,7 +100,7 @@ def results_table(study: Path) -> list[str]:
     runs = read_csv(study / "runs.csv")
     total = Counter(r["group"] for r in runs)
     converged = Counter(r["group"] for r in runs if r["converged"] == "True")
-    # runs without held-out data (made before it existed) are not judged, not unconverged
+    # runs without held-out data (holdout = 0) are not judged, not unconverged
     unjudged = Counter(r["group"] for r in runs if r["converged"] == "")
     primary = _primary_statistic(read_csv(study / "predictions.csv"))
     header = ["method", "test acc", "converged", "primary"] + [f"{a} {e}" for a, e in CELLS]
@@ -123,7 +123,7 @@ def _primary_statistic(rows: list[dict[str, str]]) -> dict[str, str]:
     ``measured`` text ("hmix 53.3 ± 2.2 (n=5) vs vanilla 40.9 ± 2.2 (n=10)")."""
     found = {}
     for r in rows:
-        if r.get("role") == "primary" and " vs " in r.get("measured", ""):
+        if r["role"] == "primary" and " vs " in r["measured"]:
             for side in r["measured"].split(" vs "):
                 name, _, value = side.partition(" ")
                 found[name] = value.split(" (n=")[0]
@@ -256,13 +256,12 @@ def diagnostics_lines(study: Path) -> list[str]:
 
 def verdict_lines(rows: list[dict[str, str]]) -> list[str]:
     """The verdict counts: the primaries, then each secondary family (exploratory rows
-    carry no verdict); a table without roles (older) as one count."""
+    carry no verdict)."""
     groups: dict[str, Counter] = {}
     for r in rows:
-        role = r.get("role", "")
-        if role == "exploratory":
+        if r["role"] == "exploratory":
             continue
-        name = "Primary" if role == "primary" else r.get("family") or "Verdicts"
+        name = "Primary" if r["role"] == "primary" else r["family"]
         groups.setdefault(name, Counter())[r["verdict"]] += 1
     return [f"- {name} ({sum(c.values())} comparisons): "
             + ", ".join(f"{k} {v}" for k, v in c.most_common()) + "."

@@ -193,11 +193,6 @@ def _checked_examples(model, images, labels, device) -> tuple[torch.Tensor, torc
     return images, guards.class_labels("labels", labels, images.shape[0], n_classes, "images")
 
 
-# The test subset of ``n_examples``: the core's one rule, which ``robustmix attack`` uses
-# too (the name is kept for callers).
-subset_indices = runs.test_subset
-
-
 def gradient_measures(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       batch_size: int, device) -> dict[str, Any]:
     """Mean input-gradient norms and the gradient-distance profile over the given examples.

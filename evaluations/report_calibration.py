@@ -10,7 +10,7 @@
   ``corruptions.csv`` (mean over the corruptions at a severity, then over seeds).
 
 Each takes the :class:`robustmix.evaluations.report.ReportContext` and skips itself, saying why,
-where its files are missing; older runs without calibration or corruptions still report.
+where its files are missing (a run not evaluated, or without corruptions.csv).
 """
 
 from __future__ import annotations

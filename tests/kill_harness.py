@@ -202,7 +202,7 @@ def check_files(run_dir: Path) -> list[Path]:
             robustmix.load_model(path)
         elif path.name == ROBUSTNESS:
             read_rows(path)
-        elif path.name == worst_case.EXAMPLES:
+        elif path.name == runs.ROBUSTNESS_EXAMPLES:
             worst_case.read(path)
         elif path.name == runs.DIAGNOSTICS:
             assert diagnostics.read(path)

@@ -49,7 +49,7 @@ EPS_GRID = tuple(parse_eps("0.02,0.05,0.1,0.2"))
 
 
 def test_eps_parsing_accepts_fractions_decimals_and_lists():
-    assert parse_eps("8/255") == [Eps(8 / 255, "8/255")]
+    assert parse_eps("8/255") == [Eps("8/255")]
     assert [e.value for e in parse_eps("4/255, 0.031,1/255,4/255")] == [1 / 255, 4 / 255, 0.031]
     assert parse_eps("8/255")[0].text == "8/255"
 
@@ -224,7 +224,7 @@ def test_eval_mode_during_the_attack_and_former_mode_and_rng_after():
     torch.manual_seed(123)
     before = torch.get_rng_state()
     robustness(model, x, y, AttackConfig(attacks=("fgsm", "pgd", "apgd"),
-                                         eps=(Eps(0.05, "0.05"),), batch_size=8,
+                                         eps=(Eps("0.05"),), batch_size=8,
                                          pgd=PGDSettings(steps=3)))
     assert modes and not any(modes), "every forward pass during the attack is in eval mode"
     assert model.training
@@ -250,7 +250,7 @@ def test_an_example_outside_the_ball_or_the_range_stops_the_run(monkeypatch):
     xs, _ = tiny_data(8)
     with pytest.raises(AttackError, match="too-far left the linf ball"):
         robustness(model, xs, correct_labels(model, xs),
-                   AttackConfig(attacks=("too-far",), eps=(Eps(0.01, "0.01"),)))
+                   AttackConfig(attacks=("too-far",), eps=(Eps("0.01"),)))
 
 
 # ---------------------------------------------------------------------------- AutoAttack
@@ -271,7 +271,7 @@ def test_apgd_runs_and_reports_its_checks():
 
     probabilities = nn.Sequential(model, nn.Softmax(dim=1))
     result = robustness(probabilities, x, y, AttackConfig(
-        attacks=("apgd",), eps=(Eps(0.02, "0.02"),), batch_size=6))
+        attacks=("apgd",), eps=(Eps("0.02"),), batch_size=6))
     checks = result.rows[0].checks
     assert any("probability distribution" in c for c in checks), checks
     assert checks[0] in result.rows[-1].checks  # and the worst-case row carries it too
@@ -282,7 +282,7 @@ def test_autoattack_resumes_where_it_stopped(tmp_path, monkeypatch):
     model = two_conv_cnn()
     x, _ = tiny_data(12)
     y = correct_labels(model, x)
-    config = AttackConfig(attacks=("apgd",), eps=(Eps(0.01, "0.01"),), batch_size=4)
+    config = AttackConfig(attacks=("apgd",), eps=(Eps("0.01"),), batch_size=4)
     real = autoattack_module._perturb
     uninterrupted = []
     monkeypatch.setattr(autoattack_module, "_perturb",
@@ -379,11 +379,12 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
     from robustmix.attacks import worst_case
     from robustmix.attacks.table import read_rows
     from robustmix.app.cli import main
+    from robustmix.core.runs import ROBUSTNESS_EXAMPLES
 
     apart, together = tmp_path / "apart", tmp_path / "together"
     for run in (apart, together):
         shutil.copytree(mixup_run, run)
-        for name in ("robustness.csv", worst_case.EXAMPLES):
+        for name in ("robustness.csv", ROBUSTNESS_EXAMPLES):
             (run / name).unlink(missing_ok=True)
     common = ["--quiet", "--eps", "4/255,16/255", "--pgd-steps", "5", "--n-examples", "60"]
     for attacks in ("fgsm", "pgd"):
@@ -404,7 +405,7 @@ def test_worst_case_covers_attacks_run_in_separate_commands(mixup_run, tmp_path,
     named = a["worst-case", "16/255"]["settings"].removeprefix("per-example worst of ")
     assert {"fgsm", "pgd"} <= set(named.split(","))
     flags = {(r["attack"], r["eps"]): worst_case.decode(r["standing"])
-             for r in worst_case.read(apart / worst_case.EXAMPLES)}
+             for r in worst_case.read(apart / ROBUSTNESS_EXAMPLES)}
     worst = torch.stack([f for (attack, eps), f in flags.items()
                          if eps == "16/255"]).all(0).float().mean().item()
     assert float(a["worst-case", "16/255"]["robust_acc"]) == pytest.approx(worst, abs=1e-6)

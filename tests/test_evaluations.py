@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from robustmix.evaluations import evaluate_run
-from robustmix.evaluations.generalization import gradient_measures, subset_indices
+from robustmix.evaluations.generalization import gradient_measures
 from robustmix.evaluations.profiles import COLUMNS
 from robustmix.evaluations.regularizer import first_layer_energy, regularizer_table
 from robustmix.core import runs
@@ -162,15 +162,6 @@ def test_first_layer_energy_is_the_difference_of_the_layer_on_two_normalized_inp
     energy = first_layer_energy(conv, model.std, x_j - x_i)
     assert energy.numpy() == pytest.approx(direct.detach().double().square().sum(dim=(1, 2, 3)).numpy(),
                                            rel=1e-5)
-
-
-def test_subset_is_fixed_sorted_distinct_and_clamped():
-    assert subset_indices(10, None).tolist() == list(range(10))
-    assert subset_indices(10, 50).tolist() == list(range(10))
-    subset = subset_indices(397, 40)
-    assert subset.tolist() == subset_indices(397, 40).tolist()
-    assert len(set(subset.tolist())) == 40 and subset.tolist() == sorted(subset.tolist())
-    assert subset.max() < 397 and subset.tolist() != list(range(40))
 
 
 # ---------------------------------------------------------------------- on a trained run

@@ -290,9 +290,8 @@ def _transfer_sources(run_dirs: list[str]) -> dict[str, str]:
 
     described = []
     for run in run_dirs:
-        train = runs.RunDir(run).read_config().get("train", {})
-        mix = train.get("mix", {})   # a MixConfig's dict; a bare name in older files
-        name = mix.get("mix", "vanilla") if isinstance(mix, dict) else str(mix)
+        train = runs.RunDir(run).read_config()["train"]   # checked there: present, a dict
+        name = str(train.get("mix", {}).get("mix", "vanilla"))
         described.append((run, name == "vanilla", "", str(train.get("seed", ""))))
     return transfer_sources(described)
 

@@ -97,8 +97,6 @@ class AttackPlan:
                                             restarts=self.restarts),
                             options={k: dict(v) for k, v in self.options.items()})
 
-    gradient = config   # the former name
-
     def auto(self) -> AttackConfig | None:
         """The further AutoAttack configuration, or None when the study runs none."""
         if not self.autoattack:

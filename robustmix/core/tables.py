@@ -173,8 +173,8 @@ def read_table(path: str | os.PathLike, columns: Mapping[str, Callable[[str], An
     each value must pass its column's check, and each row ``row_check`` (checks raise
     ``ValueError`` naming the problem). Anything else is a one-line :class:`UsageError`
     naming the file, the line and the problem. Columns named in ``optional`` may be absent
-    (all of them together, as a file written before they existed). Returns the rows as
-    strings, so rewriting them changes nothing.
+    (all of them together: the metrics.csv of a run without a held-out slice). Returns the
+    rows as strings, so rewriting them changes nothing.
     """
     path = Path(path)
     optional = tuple(optional)
