@@ -15,9 +15,9 @@ the same for every run, never trained on) and scores them after every epoch
    settled run at a still high learning rate does not fail it.
 
 How the thresholds were set (runs that pass and runs that fail them) is in
-benchmarks/RESULTS.md, under this module's name. A run without held-out data (written before it existed, or trained with
-``holdout`` = 0) is *not judged*: ``converged`` is None, and the report names such runs in
-the runs table and in the note of every verdict they enter, so they are never passed
+benchmarks/RESULTS.md, under this module's name. A run without held-out data (trained
+with ``holdout`` = 0) is *not judged*: ``converged`` is None, and the report names such runs
+in the runs table and in the note of every verdict they enter, so they are never passed
 silently. The test accuracy is not used: reading it to decide which runs count would let
 the test set choose the verdicts. The training loss is not used either: it is measured on
 the mixed batches, and with one λ per batch it moves 10-20% from the λ draws alone.

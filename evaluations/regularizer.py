@@ -18,9 +18,7 @@ the λ and masks of distribution A from ``default_rng([seed, 1, k_A])``, k_A the
 A's name (:func:`robustmix.core.methods.name_seed`; never its position in a list, so a
 method registered later changes no other's draws), so every model evaluated with one seed
 meets the very same pairs and masks, and Q_A does not depend on which other distributions
-are evaluated or on the batch size. (Until the registry, k_A was A's index among the
-built-ins: Q of a run evaluated since differs from an earlier evaluation of the same model
-by a fresh draw of the masks, within their Monte-Carlo error.)
+are evaluated or on the batch size.
 
 PuzzleMix's masks depend on the images and on a model's saliency: its Q uses the evaluated
 model's saliency (so models share its pairs and λ but not its masks) and the perturbation

@@ -87,7 +87,7 @@ class TrainConfig:
     skip_bad_images: bool = False         # image folders: leave out files that cannot be decoded
     crop_scale: tuple[float, float] | None = None
     # training images set aside, never trained on, scored each epoch to judge convergence
-    # (0: none; a config.json without the key was written before it existed: none)
+    # (0: none)
     holdout: int = 0
     pad: int | None = None                 # None: the data set's default crop padding
     flip: bool | None = None               # None: the data set's default (off for digits)

@@ -72,9 +72,15 @@ CONFIG_SECTIONS = {"train": dict, "model": dict, "dataset": dict,
                    "versions": dict, "git_commit": (str, type(None)), "device": str,
                    "world_size": int, "threads": int,
                    "imported": dict}                # robustmix import: the weights' origin
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
-                 "images_per_s"]
-HOLDOUT_FIELDS = ["holdout_loss", "holdout_acc"]   # runs with a held-out slice only
+# metrics.csv's columns, each with its check; the held-out ones in runs with a held-out slice
+METRIC_COLUMNS: dict[str, Callable[[str], Any]] = {
+    "epoch": number(1, integer=True), "train_loss": number(0), "train_acc": number(0, 1),
+    "test_loss": number(0), "test_acc": number(0, 1), "lr": number(0), "seconds": number(0),
+    "images_per_s": number(0)}
+HOLDOUT_COLUMNS: dict[str, Callable[[str], Any]] = {"holdout_loss": number(0),
+                                                   "holdout_acc": number(0, 1)}
+METRIC_FIELDS = list(METRIC_COLUMNS)
+HOLDOUT_FIELDS = list(HOLDOUT_COLUMNS)
 
 
 def metric_fields(holdout: bool) -> list[str]:
@@ -105,15 +111,6 @@ def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
             raise UsageError(f"{path}: '{key}' must be {kind_name(kind)}, got "
                              f"{short_value(config[key])}")
     return config
-
-
-METRIC_COLUMNS: dict[str, Callable[[str], Any]] = {
-    "epoch": number(1, integer=True), "train_loss": number(0), "train_acc": number(0, 1),
-    "test_loss": number(0), "test_acc": number(0, 1), "lr": number(0), "seconds": number(0),
-    "images_per_s": number(0)}
-assert list(METRIC_COLUMNS) == METRIC_FIELDS
-HOLDOUT_COLUMNS: dict[str, Callable[[str], Any]] = {"holdout_loss": number(0),
-                                                   "holdout_acc": number(0, 1)}
 
 
 def read_metrics(path: str | os.PathLike, *, epochs: int | None = None) -> list[dict[str, str]]:
