@@ -15,13 +15,7 @@ import torch
 from torch import nn
 
 from robustmix.attacks.sweep import AttackConfig
-from robustmix.core import distributed
 from robustmix.core import memory as mem
-from robustmix.core.config import TrainConfig
-from robustmix.core.devices import resolve_device
-from robustmix.core.errors import ConfigError
-from robustmix.data import load_dataset
-from robustmix.models import build_model
 from robustmix.models.memory import measure, model_bytes
 
 # Input-sized float tensors an attack keeps per example besides the activations: APGD, the
@@ -61,26 +55,14 @@ def check(model: nn.Module, x: torch.Tensor, config: AttackConfig, device) -> No
         return
     found = estimate(model, tuple(x.shape[1:]), x.shape[0], config, device)
     error = mem.refusal(found, {"batch_size": found.largest_batch()})
-    mine = None if error is None else (error.field, error.problem, error.mentions)
-    failed = [e for e in distributed.all_gather(mine) if e is not None]
-    if failed:
-        field, problem, mentions = failed[0]
-        raise distributed.shared_error(ConfigError(field, problem, mentions=mentions))
+    mem.refuse_on_every_rank(error)
 
 
-def estimate_run(train: TrainConfig, config: AttackConfig, n_examples: int | None = None, *,
-                 device: torch.device | str | None = None, data=None) -> mem.Estimate:
-    """The peak of attacking a run trained with ``train`` (for a study's plan, before it
-    is trained): its model built from the config (the same size as the trained one) on
-    ``device`` (the config's by default), ``n_examples`` of its test set (None: all), the
-    data set loaded on the CPU unless given as ``data``."""
-    device = resolve_device(train.device) if device is None else torch.device(device)
-    if data is None:
-        data = load_dataset(train.dataset, data_dir=train.data_dir,
-                            image_size=train.image_size, holdout=train.holdout)
-    with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they were
-        model = build_model(train.arch, num_classes=data.num_classes,
-                            in_channels=data.channels, mean=data.mean, std=data.std)
+def estimate_run(data, model: nn.Module, config: AttackConfig, n_examples: int | None,
+                 device) -> mem.Estimate:
+    """The peak of attacking a run before it is trained (for a study's plan): ``model``,
+    untrained but the trained one's size, on ``device``, and ``n_examples`` of ``data``'s
+    test set (None: all), the data set held on the CPU."""
     n = data.n_test if not n_examples else min(n_examples, data.n_test)
-    return estimate(model.to(device).eval(), (data.channels, data.height, data.width), n,
+    return estimate(model.eval(), (data.channels, data.height, data.width), n,
                     config, device, loaded=False)

@@ -64,7 +64,7 @@ def test_plan_times_measures_each_model_shape_once(monkeypatch):
         return SHAPE
 
     monkeypatch.setattr(study_plan, "measure", fake)
-    monkeypatch.setattr(study_plan, "load", lambda train: None)
+    monkeypatch.setattr(study_plan.train_memory, "load_data", lambda train: None)
     steps = _steps()
     planned = study_plan.plan_times(steps, "cpu")
     assert sorted(planned) == [0, 1, 2] and measured == [("smallcnn", 256)]
@@ -89,7 +89,9 @@ def _estimate(available, batch=64):
 
 
 def test_the_plan_says_each_kinds_largest_peak_and_refuses_one_that_cannot_fit(monkeypatch):
-    monkeypatch.setattr(study_plan, "load", lambda train: None)
+    monkeypatch.setattr(study_plan.train_memory, "load_data", lambda train: None)
+    monkeypatch.setattr(study_plan.train_memory, "planned",
+                        lambda train, device, data: (data, None, device))
     monkeypatch.setattr(study_plan.attack_memory, "estimate_run",
                         lambda *a, **k: _estimate(8 * 2 ** 30, 256))
     monkeypatch.setattr(study_plan.train_memory, "estimate_run",

@@ -31,7 +31,6 @@ from robustmix.attacks import memory as attack_memory
 from robustmix.attacks.plan import bound, clock, seconds_per_pass
 from robustmix.core import memory as mem
 from robustmix.core.config import TrainConfig
-from robustmix.data import load_dataset
 from robustmix.mixing import Mixer
 from robustmix.models import build_model
 from robustmix.training import memory as train_memory
@@ -51,15 +50,9 @@ class Shape:
     per_example: float
 
 
-def load(train: TrainConfig):
-    """``train``'s data set, on the CPU: its sizes, and the memory estimates' data."""
-    return load_dataset(train.dataset, data_dir=train.data_dir, image_size=train.image_size,
-                        holdout=train.holdout, skip_bad_images=train.skip_bad_images)
-
-
 def measure(train: TrainConfig, device, batch_size: int, data=None) -> Shape:
     """Time one pass of an untrained model of ``train``'s shape (``data``: its data set)."""
-    data = load(train) if data is None else data
+    data = train_memory.load_data(train) if data is None else data
     model = build_model(train.arch, num_classes=data.num_classes, in_channels=data.channels,
                         mean=data.mean, std=data.std).to(device)
     n = min(batch_size, MEASURED_BATCH)
@@ -117,7 +110,7 @@ def data_of(train: TrainConfig, loaded: dict):
     """The data set of ``train``, from ``loaded`` or loaded into it."""
     key = (train.dataset, train.data_dir, train.image_size, train.holdout)
     if key not in loaded:
-        loaded[key] = load(train)
+        loaded[key] = train_memory.load_data(train)
     return loaded[key]
 
 
@@ -149,8 +142,8 @@ def _estimate(step, train: TrainConfig, device, data) -> mem.Estimate:
         error = mem.refusal(found, train_memory.knobs(train, found))
     else:
         config, n_examples, _ = step.settings
-        found = attack_memory.estimate_run(train, config, n_examples or None, device=device,
-                                           data=data)
+        data, model, device = train_memory.planned(train, device, data)
+        found = attack_memory.estimate_run(data, model, config, n_examples or None, device)
         error = mem.refusal(found, {"batch_size": found.largest_batch()})
     if error is not None and mem.checking():
         raise error

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robustmix.core import distributed
 from robustmix.core.errors import ConfigError
 
 NO_CHECK = "ROBUSTMIX_NO_MEMORY_CHECK"
@@ -150,6 +151,16 @@ def refuse_unless_fits(estimate: Estimate, knobs: dict[str, int]) -> None:
     error = refusal(estimate, knobs)
     if error is not None and checking():
         raise error
+
+
+def refuse_on_every_rank(error: ConfigError | None) -> None:
+    """Raise, on every rank alike, the first rank's refusal (``error``: this rank's, None
+    when its run fits); every rank must call it."""
+    mine = None if error is None else (error.field, error.problem, error.mentions)
+    failed = [e for e in distributed.all_gather(mine) if e is not None]
+    if failed:
+        field, problem, mentions = failed[0]
+        raise distributed.shared_error(ConfigError(field, problem, mentions=mentions))
 
 
 def _gib(size: float) -> str:

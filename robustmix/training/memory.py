@@ -12,6 +12,7 @@ training device, which do not. :func:`check` runs in :meth:`Trainer.setup
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,6 @@ from robustmix.core import distributed
 from robustmix.core import memory as mem
 from robustmix.core.config import TrainConfig
 from robustmix.core.devices import resolve_device
-from robustmix.core.errors import ConfigError
 from robustmix.data import FolderSource, load_dataset
 from robustmix.models import build_model
 from robustmix.models.memory import measure, model_bytes, parameter_bytes
@@ -92,11 +92,7 @@ def check(config: TrainConfig, data, model: nn.Module, device: torch.device) -> 
     place = distributed.current()
     found = estimate(config, data, model, device, place.world)
     error = mem.refusal(found, knobs(config, found, place.world))
-    mine = None if error is None else (error.field, error.problem, error.mentions)
-    failed = [e for e in distributed.all_gather(mine) if e is not None]
-    if failed:
-        field, problem, mentions = failed[0]
-        raise distributed.shared_error(ConfigError(field, problem, mentions=mentions))
+    mem.refuse_on_every_rank(error)
 
 
 def estimate_run(config: TrainConfig, *, device: torch.device | str | None = None,
@@ -105,16 +101,29 @@ def estimate_run(config: TrainConfig, *, device: torch.device | str | None = Non
     loaded on the CPU (or ``data``, loaded once for runs that share it), its model built
     on ``device`` (the config's by default) and one tiny batch measured there. Its
     ``summary()`` is one line; ``fits``, ``needed`` and ``available`` the numbers."""
-    device = resolve_device(config.device) if device is None else torch.device(device)
-    if data is None:
-        data = load_dataset(config.dataset, data_dir=config.data_dir,
-                            image_size=config.image_size, holdout=config.holdout)
-    with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they were
-        model = build_model(config.arch, num_classes=data.num_classes,
-                            in_channels=data.channels, mean=data.mean, std=data.std)
-    model = model.to(device)
+    data, model, device = planned(config, device, data)
     found = estimate(config, data, model, device)
     if not _on(data, device):  # loaded here on the CPU, but the run holds it on the GPU
         return dataclasses.replace(found, data=data.held_bytes(), parts=tuple(
             (name, data.held_bytes() if name == "data" else size) for name, size in found.parts))
     return found
+
+
+def load_data(config: TrainConfig):
+    """``config``'s data set on the CPU, as a study's plan sees it before the run trains."""
+    return load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                        holdout=config.holdout, skip_bad_images=config.skip_bad_images)
+
+
+def planned(config: TrainConfig, device: torch.device | str | None = None, data=None
+            ) -> tuple[Any, nn.Module, torch.device]:
+    """A run of ``config`` before it trains: its data set (``data``, else :func:`load_data`),
+    its untrained model on ``device`` (the config's by default), and that device. The
+    caller's random numbers stay as they were."""
+    device = resolve_device(config.device) if device is None else torch.device(device)
+    data = load_data(config) if data is None else data
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(config.arch, num_classes=data.num_classes,
+                            in_channels=data.channels, mean=data.mean, std=data.std)
+    return data, model.to(device), device
+
