@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -195,31 +195,32 @@ def heatmap_figure(path: Path, matrix: np.ndarray, rows: list[str], cols: list[s
     save(fig, path)
 
 
-def gallery_masks(size: int, lam: float, *, hmix_r: float | None = None,
-                  seed: int = 0) -> dict[str, torch.Tensor]:
+def gallery_masks(size: int, lam: float, *,
+                  options: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0
+                  ) -> dict[str, torch.Tensor]:
     """One (1, 1, size, size) mask per registered MSDA whose masks need no images (in the
-    registry's order, plugins too) at a fixed λ, drawn from the training samplers."""
-    masks = {}
+    registry's order, plugins too) at a fixed λ, drawn from the training samplers with
+    ``options[name]`` (an MSDA's own options; its defaults where not given)."""
+    masks, options = {}, options or {}
     for mix in methods.names():
         rng = np.random.default_rng(seed)
-        own = {"hmix_r": hmix_r} if mix == "hmix" and hmix_r is not None else {}
-        sampler = make_sampler(mix, **own)
+        sampler = make_sampler(mix, **options.get(mix, {}))
         if not is_data_dependent(sampler):
             masks[mix] = sampler(torch.tensor([lam]), size, size, rng, "cpu")
     return masks
 
 
 def draw_gallery(path: str | Path, size: int, *, lam: float = 0.65,
-                 hmix_r: float | None = None, seed: int = 0) -> None:
+                 options: Mapping[str, Mapping[str, Any]] | None = None,
+                 seed: int = 0) -> None:
     """The paper's figure: two digits, then for each MSDA the mixed image above its mask
-    (``hmix_r``: HMix's r, its default when None)."""
+    (``options`` as :func:`gallery_masks` takes them)."""
     images, labels = load_dataset("digits", image_size=size).tensors("test")
     first = int((labels == 0).nonzero()[0])
     second = int((labels == 8).nonzero()[0])
     x_i, x_j = images[first].float() / 255, images[second].float() / 255
-    masks = gallery_masks(size, lam, hmix_r=hmix_r, seed=seed)
-    if hmix_r is None:
-        hmix_r = methods.get("hmix").options["hmix_r"]
+    masks = gallery_masks(size, lam, options=options, seed=seed)
+    hmix_r = {**methods.get("hmix").options, **(options or {}).get("hmix", {})}["hmix_r"]
     fig = _new_figure(figsize=(1.7 * (len(masks) + 2), 3.8))
     axes = fig.subplots(2, len(masks) + 2)
     for ax, image, title in ((axes[0, 0], x_i, "x_i"), (axes[0, 1], x_j, "x_j")):

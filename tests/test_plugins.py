@@ -276,6 +276,12 @@ def test_groups_and_plots_order_and_colour_a_plugin_like_a_builtin():
     assert list(masks) == [*methods.DATA_FREE_MIX_NAMES, "aaa"]
     assert torch.equal(masks["aaa"], masks["mixup"])   # Mixup's sampler, the same draws
     assert not is_data_dependent(make_sampler("aaa"))
+    # an MSDA's own option reaches its sampler alone: HMix's r, the others' masks unchanged
+    given = gallery_masks(6, 0.5, options={"hmix": {"hmix_r": 0.2}})
+    assert torch.equal(given["hmix"], make_sampler("hmix", hmix_r=0.2)(
+        torch.tensor([0.5]), 6, 6, np.random.default_rng(0), "cpu"))
+    assert not torch.equal(given["hmix"], masks["hmix"])
+    assert all(torch.equal(given[m], masks[m]) for m in masks if m != "hmix")
 
 
 # ------------------------------------------------------------------ the four kinds on one

@@ -189,10 +189,19 @@ def _gallery_path(out: str) -> Path:
     return Path(out) / GALLERY
 
 
+def _given_options(args: argparse.Namespace) -> dict[str, dict]:
+    """The MSDA options given on the command line, by MSDA."""
+    given: dict[str, dict] = {}
+    for key, (method, _) in methods.BUILTIN_OPTIONS.items():
+        if getattr(args, key, None) is not None:
+            given.setdefault(method, {})[key] = getattr(args, key)
+    return given
+
+
 def _run_masks(args: argparse.Namespace) -> int:
     if args.kernel is None and args.out is None:
         raise UsageError("nothing to do: give --kernel FILE.csv and/or --out FOLDER")
-    # for --kernel: --mix's own options; --hmix-r also sets the gallery's HMix
+    # for --kernel: --mix's own options; the gallery draws each MSDA with its own
     mix = _mix_config(argparse.Namespace(**{**vars(args), "lam_per": "batch",
                                             "pairing": "flip", "mix_prob": 1.0}),
                       strict=False)
@@ -209,7 +218,8 @@ def _run_masks(args: argparse.Namespace) -> int:
         from robustmix.evaluations.plots import draw_gallery
 
         path = _gallery_path(args.out)
-        draw_gallery(path, args.size, lam=args.lam, hmix_r=args.hmix_r, seed=args.seed)
+        draw_gallery(path, args.size, lam=args.lam, options=_given_options(args),
+                     seed=args.seed)
         print(f"robustmix masks: wrote the gallery (λ = {args.lam}) to {path}")
     return 0
 
