@@ -8,6 +8,8 @@ the kill tests (test_kill_resume.py) and the in-process reliability tests
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -94,13 +96,31 @@ def reference(commands, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def attack_base(commands, reference, tmp_path_factory):
+def trained(tmp_path_factory):
+    """The reference run's command, run in this process (on one thread, as the forked ones):
+    a finished run for the tests that only read one, without starting the fork server."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    in_process(TRAIN + ["--out", out])
+    return out
+
+
+@pytest.fixture(scope="session")
+def attack_base(trained, tmp_path_factory):
     """A finished run that an earlier, different attack has already written results to."""
     base = tmp_path_factory.mktemp("attack-base") / "run"
-    shutil.copytree(reference[0], base)
-    outcome = commands.run(FIRST_ATTACK + [base])
-    assert outcome.exitcode == 0, outcome.log
+    shutil.copytree(trained, base)
+    in_process(FIRST_ATTACK + [base])
     return base
+
+
+def in_process(argv) -> None:
+    """Run a robustmix command here, quietly, on one torch thread; it must succeed."""
+    from robustmix.app.cli import main
+
+    with one_thread(), contextlib.redirect_stdout(io.StringIO()) as out, \
+            contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main([str(a) for a in argv])
+    assert code == 0, (argv, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")
@@ -116,10 +136,10 @@ def attack_reference(commands, attack_base, tmp_path_factory):
 
 
 @pytest.fixture
-def unfinished(reference, tmp_path):
+def unfinished(trained, tmp_path):
     """The reference run before its weights were written (checkpoint at the last epoch)."""
     out = tmp_path / "unfinished"
-    shutil.copytree(reference[0], out)
+    shutil.copytree(trained, out)
     (out / runs.WEIGHTS).unlink()
     return out
 

@@ -40,7 +40,7 @@ def full_disk_at(name, occurrence, monkeypatch, seen_before):
 
 @pytest.mark.slow
 def test_a_full_disk_during_training_keeps_the_checkpoint_and_stops_in_one_line(
-        reference, tmp_path, capsys, monkeypatch):
+        trained, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     before = []
     full_disk_at(runs.CHECKPOINT, 2, monkeypatch, before)
@@ -53,7 +53,7 @@ def test_a_full_disk_during_training_keeps_the_checkpoint_and_stops_in_one_line(
     monkeypatch.undo()
     code, _, err = run_cli(capsys, "train", "--quiet", "--resume", out)
     assert code == 0, err
-    assert_same_training(reference[0], out)
+    assert_same_training(trained, out)
 
 
 def test_a_full_disk_during_an_attack_keeps_the_earlier_results(attack_base, tmp_path,

@@ -189,11 +189,12 @@ def test_the_real_command_killed_by_sigkill_resumes_to_the_same_bits(reference, 
 
 @pytest.mark.slow
 def test_a_fixed_seed_gives_bit_identical_weights_and_csvs_in_another_process(
-        commands, reference, attack_base, attack_reference, tmp_path):
+        commands, reference, trained, attack_base, attack_reference, tmp_path):
     expected, _ = reference
     again = tmp_path / "again"
     assert commands.run(TRAIN + ["--out", again]).exitcode == 0
     assert_same_training(expected, again)
+    assert_same_training(expected, trained)   # run in the test process itself
 
     run, rows, _ = attack_reference
     shutil.rmtree(run)
@@ -205,14 +206,14 @@ def test_a_fixed_seed_gives_bit_identical_weights_and_csvs_in_another_process(
 # ---------------------------------------------------------------------------- the same command
 
 
-def test_the_same_train_command_rerun_continues_an_unfinished_run(unfinished, reference,
+def test_the_same_train_command_rerun_continues_an_unfinished_run(unfinished, trained,
                                                                    tmp_path, capsys):
     """Rerunning the very command that was killed (as a requeued batch job does) continues
     the run; other settings in the same directory are refused."""
     code, out, err = run_cli(capsys, *TRAIN, "--out", unfinished)
     assert code == 0, err
     assert "continuing it" in out
-    assert_same_training(reference[0], unfinished)
+    assert_same_training(trained, unfinished)
     code, out, err = run_cli(capsys, *TRAIN, "--out", unfinished)
     assert code == 0 and "complete; nothing to do" in out, err
     code, _, err = run_cli(capsys, *TRAIN, "--seed", "1", "--out", unfinished)

@@ -64,6 +64,7 @@ def test_the_installed_metadata_is_the_pyprojects():
     assert installed == declared
 
 
+@pytest.mark.slow
 def test_pip_check_is_clean_beside_timm_and_huggingface_hub():
     """`pip check` in this environment (timm and huggingface_hub come with the test extra).
 
