@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 
 import pytest
 import torch
@@ -202,6 +203,18 @@ def test_train_that_cannot_fit_is_refused_in_one_line_and_writes_nothing(
                                  "about", " MiB available", mem.NO_CHECK)
     assert re.search(r": --batch-size 16 (or --image-size \d+ )?would fit", line), line
     assert not out.exists()
+
+
+def test_an_overwrite_that_cannot_fit_keeps_the_run_it_would_replace(
+        capsys, monkeypatch, tmp_path, trained):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _pretend_free(monkeypatch, 0)
+    code, _, err = run_cli(capsys, "train", "--quiet", "--epochs", "1", "--out", str(out),
+                           "--overwrite")
+    assert_one_line_error(code, err, "needs about", mem.NO_CHECK)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 @pytest.mark.slow

@@ -45,18 +45,16 @@ def _git_commit() -> str | None:
 
 
 def prepare_run_dir(out: Path, *, overwrite: bool, config: TrainConfig | None = None) -> bool:
-    """Refuse to write over another run unless asked; with ``overwrite`` clear its files.
+    """Refuse to write over another run unless asked (``overwrite``: the new run replaces
+    it, its files removed by :func:`clear_run_files` once the new run has passed its
+    checks, so that a refused run loses nothing).
 
     Returns True when ``out`` already holds a run with exactly ``config``'s settings, so
     that the same command, rerun after a crash, continues it (or finds it complete).
     """
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} is a file, not a directory")
-    if not runs.holds_run(out):
-        return False
-    if overwrite:
-        for name in runs.RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+    if not runs.holds_run(out) or overwrite:
         return False
     differ = ""
     if config is not None and (out / runs.CONFIG).is_file():
@@ -69,6 +67,12 @@ def prepare_run_dir(out: Path, *, overwrite: bool, config: TrainConfig | None = 
         differ = f" with other settings ({', '.join(names)} differ)"
     raise UsageError(f"{out} already holds a run{differ}; continue it with --resume {out} "
                      "or replace it with --overwrite")
+
+
+def clear_run_files(out: Path) -> None:
+    """Remove an earlier run's files from ``out`` (a fresh run starts there)."""
+    for name in runs.RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def write_config(out: Path, config: TrainConfig, spec: dict[str, Any], device: torch.device,

@@ -160,6 +160,13 @@ class Trainer:
         return distributed.on_main(lambda: recorded_skips(runs.read_config(self.out), str(path))
                                    if path.is_file() else ())
 
+    def _start_fresh(self) -> None:
+        """A new run's config.json (rank 0), after an earlier run's files are removed: those
+        of a run it replaces (``--overwrite``), kept until this one passed its checks."""
+        run_files.clear_run_files(self.out)
+        run_files.write_config(self.out, self.config, self.spec, self.device,
+                               self.place.world, self.data, self.augment)
+
     def restore(self) -> None:
         """With ``resume``, continue from the checkpoint (read on rank 0, sent to every rank);
         otherwise write the run's config.json."""
@@ -173,9 +180,7 @@ class Trainer:
         if self.config.tensorboard and self.place.is_main:
             self.board = tensorboard.Board(self.out)
         if restored is None:
-            distributed.on_main(lambda: run_files.write_config(
-                self.out, self.config, self.spec, self.device, self.place.world, self.data,
-                self.augment))
+            distributed.on_main(self._start_fresh)
             if self.board is not None:
                 self.board.masks(self.config, self.data.height, self.data.width)
             return
