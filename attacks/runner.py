@@ -197,7 +197,12 @@ def _escalate(run_dir: Path, probe: diag.Probe | None, settings: DiagnosticSetti
     flagged = [eps for eps in diag.flagged_eps(checks) if eps not in done]
     if not flagged:
         return rows
+    # robustness.csv already holds the diagnosed rows: the marker says, to a study that
+    # reads them after a crash, that the attack is not complete until Square has run
+    pending = runs.RunDir(run_dir).square_pending_path
+    runs.write_json(pending, {"eps": [eps.text for eps in flagged]})
     extra, merged = square_where_flagged(run_dir, probe, flagged, settings, merged, echo=echo)
+    pending.unlink()
     return _refreshed([r for r in rows if r.attack != WORST], merged) + extra
 
 

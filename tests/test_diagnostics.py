@@ -21,6 +21,7 @@ from robustmix.attacks import AttackConfig, parse_eps, robustness
 from robustmix.attacks.diagnostics import (DiagnosticSettings, Outcomes, diagnose_result,
                                            failed_worst, gradient_flags, single_step)
 from robustmix.attacks.eps import Eps
+from robustmix.attacks.table import read_rows
 
 from helpers import one_thread
 
@@ -235,6 +236,45 @@ def test_square_runs_where_a_check_flags_and_its_breaks_lower_the_worst_case(
     examples = worst_case.read(out / runs.ROBUSTNESS_EXAMPLES)
     square = next(r for r in examples if r["attack"] == "square")
     assert by["square"].n_attacked - square["standing"].count("1") > 0
+
+
+@pytest.mark.slow
+def test_a_square_escalation_cut_off_is_not_done_and_a_rerun_completes_it(tmp_path,
+                                                                         monkeypatch):
+    """Killed while Square attacks where a check flagged, an attack has written its
+    diagnosed rows but not Square's: a study must not count the step done, and the rerun
+    runs Square and clears the mark."""
+    from robustmix.app import study
+    from robustmix.attacks import attack_run, runner
+    from robustmix.app.cli import main
+    from robustmix.core import runs
+    from robustmix.models.weights import load_model
+
+    out = tmp_path / "run"
+    assert main(["train", "--quiet", "--epochs", "2", "--image-size", "8",
+                 "--out", str(out)]) == 0
+    monkeypatch.setattr(runner, "load_model",
+                        lambda path: nn.Sequential(RoundInput(), load_model(path)).eval())
+    config = AttackConfig(attacks=("fgsm", "pgd"), eps=tuple(parse_eps("24/255")),
+                          batch_size=64)
+    settings = DiagnosticSettings(sample=2, noise_sample=4, noise_draws=4)
+    square = runner.square_where_flagged
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "square_where_flagged", killed)
+    with pytest.raises(KeyboardInterrupt):
+        attack_run(out, config, n_examples=16, diagnostics=settings)
+    marked = runs.RunDir(out).square_pending_path
+    assert marked.is_file() and study._attacked(out, config, 16, True) is False
+    # the diagnosed rows were on file: without the mark the step would count as done
+    assert study._attack_key(config) <= {
+        (r["attack"], r["settings"], r["norm"], Eps(r["eps"]))
+        for r in read_rows(runs.RunDir(out).robustness_path) if r["diagnostics"]}
+    monkeypatch.setattr(runner, "square_where_flagged", square)
+    rows = attack_run(out, config, n_examples=16, diagnostics=settings)
+    assert "square" in {r.attack for r in rows} and not marked.exists()
+    assert study._attacked(out, config, 16, True)
 
 
 def _fake_probe(breaks: dict[int, int], calls: list):

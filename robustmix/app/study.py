@@ -200,9 +200,9 @@ def _attack_key(config) -> set[tuple]:
 
 def _attacked(run_dir: Path, config, n_examples: int, diagnosed: bool) -> bool:
     """Whether robustness.csv holds every row of this attack configuration, diagnosed
-    where ``diagnosed``."""
+    where ``diagnosed``, and no Square escalation was cut off."""
     path = runs.RunDir(run_dir).robustness_path
-    if not path.exists():
+    if not path.exists() or runs.RunDir(run_dir).square_pending_path.exists():
         return False
     n = str(_n_examples(run_dir, n_examples))
     have = {(row["attack"], row["settings"], row["norm"], Eps(row["eps"]))

@@ -62,6 +62,7 @@ ROBUSTNESS = "robustness.csv"
 ROBUSTNESS_EXAMPLES = "robustness_examples.csv"
 DIAGNOSTICS = "diagnostics.csv"
 ATTACK_STATE = ".attack-state"
+SQUARE_PENDING = "square-pending.json"   # in ATTACK_STATE while Square's escalation runs
 GENERALIZATION = "generalization.json"
 PROFILE_CSV = "gradient_profile.csv"
 REGULARIZER_CSV = "regularizer.csv"
@@ -237,6 +238,11 @@ class RunDir:
     @property
     def attack_state_dir(self) -> Path:
         return self.path / ATTACK_STATE
+
+    @property
+    def square_pending_path(self) -> Path:
+        """Present while Square attacks where a check flagged: the attack is not complete."""
+        return self.path / ATTACK_STATE / SQUARE_PENDING
 
     @property
     def generalization_path(self) -> Path:
