@@ -204,6 +204,25 @@ def test_the_attack_command_writes_every_check_and_transfer_adds_its_own(tmp_pat
             assert column["worst-case"] == "passed"
 
 
+HIDDEN_CHECKS = DiagnosticSettings(sample=2, noise_sample=4, noise_draws=4)
+
+
+def _hidden_run(tmp_path, monkeypatch, wrapper) -> tuple:
+    """A short digits run whose model the attacks meet behind ``wrapper`` (the run
+    directory), and FGSM + PGD at 24/255 to attack it with."""
+    from robustmix.attacks import runner
+    from robustmix.app.cli import main
+    from robustmix.models.weights import load_model
+
+    out = tmp_path / "run"
+    assert main(["train", "--quiet", "--epochs", "2", "--image-size", "8",
+                 "--out", str(out)]) == 0
+    monkeypatch.setattr(runner, "load_model",
+                        lambda path: nn.Sequential(wrapper(), load_model(path)).eval())
+    return out, AttackConfig(attacks=("fgsm", "pgd"), eps=tuple(parse_eps("24/255")),
+                             batch_size=64)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("wrapper, flag", [(RoundInput, "zero-gradients"),
                                            (QuantizeInput, "shattered-gradients")])
@@ -213,20 +232,11 @@ def test_square_runs_where_a_check_flags_and_its_breaks_lower_the_worst_case(
     pseudo-random gradient: the gradient attacks find little, a check flags it, and Square
     (gradient-free) then attacks the examples still standing; its breaks lower the worst
     case, which names it, and the flag stays."""
-    from robustmix.attacks import attack_run, runner, worst_case
-    from robustmix.app.cli import main
+    from robustmix.attacks import attack_run, worst_case
     from robustmix.core import runs
-    from robustmix.models.weights import load_model
 
-    out = tmp_path / "run"
-    assert main(["train", "--quiet", "--epochs", "2", "--image-size", "8",
-                 "--out", str(out)]) == 0
-    monkeypatch.setattr(runner, "load_model",
-                        lambda path: nn.Sequential(wrapper(), load_model(path)).eval())
-    config = AttackConfig(attacks=("fgsm", "pgd"), eps=tuple(parse_eps("24/255")),
-                          batch_size=64)
-    rows = attack_run(out, config, n_examples=16,
-                      diagnostics=DiagnosticSettings(sample=2, noise_sample=4, noise_draws=4))
+    out, config = _hidden_run(tmp_path, monkeypatch, wrapper)
+    rows = attack_run(out, config, n_examples=16, diagnostics=HIDDEN_CHECKS)
     by = {r.attack: r for r in rows}
     assert flag in by["worst-case"].diagnostics
     assert 0 < by["square"].n_attacked <= round(by["pgd"].robust_acc * 16)
@@ -246,18 +256,10 @@ def test_a_square_escalation_cut_off_is_not_done_and_a_rerun_completes_it(tmp_pa
     runs Square and clears the mark."""
     from robustmix.app import study
     from robustmix.attacks import attack_run, runner
-    from robustmix.app.cli import main
     from robustmix.core import runs
-    from robustmix.models.weights import load_model
 
-    out = tmp_path / "run"
-    assert main(["train", "--quiet", "--epochs", "2", "--image-size", "8",
-                 "--out", str(out)]) == 0
-    monkeypatch.setattr(runner, "load_model",
-                        lambda path: nn.Sequential(RoundInput(), load_model(path)).eval())
-    config = AttackConfig(attacks=("fgsm", "pgd"), eps=tuple(parse_eps("24/255")),
-                          batch_size=64)
-    settings = DiagnosticSettings(sample=2, noise_sample=4, noise_draws=4)
+    out, config = _hidden_run(tmp_path, monkeypatch, RoundInput)
+    settings = HIDDEN_CHECKS
     square = runner.square_where_flagged
 
     def killed(*args, **kwargs):
