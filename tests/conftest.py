@@ -8,21 +8,21 @@ the kill tests (test_kill_resume.py) and the in-process reliability tests
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
-from robustmix.core.runs import ATTACK_STATE as STATE_DIR, ROBUSTNESS
-from helpers import one_thread
-from kill_harness import (ATTACK, FIRST_ATTACK, THREAD_VARIABLES, TRAIN, TRAIN_WRITES,
-                          Commands, rows_without_wall_clock)
-from robustmix.core import runs
+# Nothing here imports torch or robustmix at the top: under pytest-xdist this file is also
+# loaded by the controlling process, which runs no test, and the workers start only after
+# it has started (importing torch, scipy.stats and the harness there cost the fast tier
+# about 4 s at start and 1 s at exit on the faster AMD EPYC).
 
 # The suite runs on one intra-op torch thread, and so do the commands it runs (in this
 # process and in the ones it starts): they take ROBUSTMIX_THREADS as the user's choice, not
@@ -31,12 +31,55 @@ from robustmix.core import runs
 # busy the machine is, and its tiny models run faster on one thread: beside other work, two
 # OpenMP threads wait on each other (test_attacks.py's sweep fixture: 5 s on one thread,
 # 136 s on two, on 2 cores at load 11).
-torch.set_num_threads(1)
 os.environ.setdefault("ROBUSTMIX_THREADS", "1")
 
 # The image-folder check caches its results (robustmix.data.image_check): in a folder of
 # this session, never in the user's cache. Commands the tests start inherit it.
 os.environ["ROBUSTMIX_CACHE_DIR"] = tempfile.mkdtemp(prefix="robustmix-test-cache-")
+
+
+def _exit_now():
+    """A pytest-xdist worker's end: the other exit handlers have run (this one, registered
+    when this file is loaded, runs last); the interpreter's own teardown with torch loaded
+    (about 2-3 s on the faster AMD EPYC, mostly torch's libraries) is skipped. The
+    controller gets the results before this, and does not read a worker's exit status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if "PYTEST_XDIST_WORKER" in os.environ:   # set before a worker loads this file
+    atexit.register(_exit_now)
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):   # a pytest that a worker's test started
+        atexit.unregister(_exit_now)
+    if not _xdist_controller(config):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def _xdist_controller(config) -> bool:
+    """Whether this process only hands tests to pytest-xdist workers (``-n N``, N > 0)."""
+    return not hasattr(config, "workerinput") and bool(config.getoption("numprocesses", 0))
+
+
+# The longest test files, longest first (seconds in the fast tier on one worker, faster AMD
+# EPYC). pytest-xdist hands out whole files in collection order (--dist loadfile), so a long
+# file collected late leaves the other worker idle at the end: test_fuzz.py last cost the
+# fast tier 6 s. Starting with them keeps the two workers' ends close.
+LONGEST_FIRST = ("test_fuzz.py",         # 11 s
+                 "test_models.py",       # 7 s
+                 "test_predictions.py",  # 5 s
+                 "test_attacks.py",      # 5 s
+                 "test_damaged_files.py", "test_threads.py", "test_diagnostics.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: else as found
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +99,8 @@ def registry_as_it_was():
 def torch_one_thread():
     """One intra-op torch thread for the test (modules use it with
     ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``)."""
+    from helpers import one_thread
+
     with one_thread():
         yield
 
@@ -66,6 +111,8 @@ def torch_one_thread():
 
 @pytest.fixture(scope="session")
 def commands(tmp_path_factory):
+    from kill_harness import THREAD_VARIABLES, Commands
+
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     os.environ.update({name: "1" for name in THREAD_VARIABLES})
     try:
@@ -88,6 +135,8 @@ def commands(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference(commands, tmp_path_factory):
     """An uninterrupted training run and its number of writes and seconds."""
+    from kill_harness import TRAIN, TRAIN_WRITES
+
     out = tmp_path_factory.mktemp("reference") / "run"
     outcome = commands.run(TRAIN + ["--out", out])
     assert outcome.exitcode == 0, outcome.log
@@ -99,6 +148,8 @@ def reference(commands, tmp_path_factory):
 def trained(tmp_path_factory):
     """The reference run's command, run in this process (on one thread, as the forked ones):
     a finished run for the tests that only read one, without starting the fork server."""
+    from kill_harness import TRAIN
+
     out = tmp_path_factory.mktemp("trained") / "run"
     in_process(TRAIN + ["--out", out])
     return out
@@ -107,6 +158,8 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="session")
 def attack_base(trained, tmp_path_factory):
     """A finished run that an earlier, different attack has already written results to."""
+    from kill_harness import FIRST_ATTACK
+
     base = tmp_path_factory.mktemp("attack-base") / "run"
     shutil.copytree(trained, base)
     in_process(FIRST_ATTACK + [base])
@@ -115,6 +168,7 @@ def attack_base(trained, tmp_path_factory):
 
 def in_process(argv) -> None:
     """Run a robustmix command here, quietly, on one torch thread; it must succeed."""
+    from helpers import one_thread
     from robustmix.app.cli import main
 
     with one_thread(), contextlib.redirect_stdout(io.StringIO()) as out, \
@@ -126,11 +180,14 @@ def in_process(argv) -> None:
 @pytest.fixture(scope="session")
 def attack_reference(commands, attack_base, tmp_path_factory):
     """The attack run uninterrupted, in the directory the kill tests use."""
+    from kill_harness import ATTACK, rows_without_wall_clock
+    from robustmix.core.runs import ATTACK_STATE, ROBUSTNESS
+
     run = tmp_path_factory.mktemp("attacked") / "run"
     shutil.copytree(attack_base, run)
     outcome = commands.run(ATTACK + [run])
     assert outcome.exitcode == 0, outcome.log
-    states = [path for path in outcome.written if Path(path).parent.name == STATE_DIR]
+    states = [path for path in outcome.written if Path(path).parent.name == ATTACK_STATE]
     assert len(states) >= 4, "AutoAttack saves its state after every batch"
     return run, rows_without_wall_clock(run / ROBUSTNESS), outcome
 
@@ -138,6 +195,8 @@ def attack_reference(commands, attack_base, tmp_path_factory):
 @pytest.fixture
 def unfinished(trained, tmp_path):
     """The reference run before its weights were written (checkpoint at the last epoch)."""
+    from robustmix.core import runs
+
     out = tmp_path / "unfinished"
     shutil.copytree(trained, out)
     (out / runs.WEIGHTS).unlink()

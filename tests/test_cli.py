@@ -231,3 +231,19 @@ def test_masks_flags_default_to_the_configs():
     masks = _options("masks")
     assert masks["alpha"] == MixConfig().alpha
     assert masks["hmix_r"] is None and masks["switch_prob"] is None   # the registry's
+
+
+def test_the_shared_parser_carries_nothing_from_one_command_to_the_next():
+    """``main`` parses with one parser per process (cli._parser): a command parsed after
+    another gets exactly what a new parser gives it, whatever the first one set."""
+    from robustmix.app import cli
+
+    first = cli._parser().parse_args(["train", "--mix", "hmix", "--mix-option", "hmix_r=0.3",
+                                      "--hmix-r", "0.2", "--epochs", "3"])
+    assert first.options == {"hmix_r": "0.3"}
+    with pytest.raises(TypeError):
+        cli._parser().parse_args(["train"]).options["hmix_r"] = "0.1"   # a default is read-only
+    for argv in (["train"], ["train", "--mix", "hmix"], ["attack", "run"]):
+        again, new = cli._parser().parse_args(argv), build_parser().parse_args(argv)
+        assert {k: v for k, v in vars(again).items() if k not in ("handler", "parser")} == \
+            {k: v for k, v in vars(new).items() if k not in ("handler", "parser")}, argv
